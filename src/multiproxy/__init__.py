@@ -1,0 +1,1 @@
+"""multiproxy: a Twisted-based multi-protocol proxy framework."""

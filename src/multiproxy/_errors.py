@@ -1,0 +1,107 @@
+"""
+One error tree for multiproxy.
+
+Every error a person can act on derives from `MultiproxyError`.  Errors that
+map to an HTTP answer carry the status code to send, so the Twisted layer
+never has to guess.
+"""
+
+from __future__ import annotations
+
+
+class MultiproxyError(Exception):
+    """Base class of every error multiproxy raises on purpose."""
+
+
+class ConfigError(MultiproxyError):
+    """A configuration value is wrong; the message names the key and the problem."""
+
+
+class ProtocolError(MultiproxyError):
+    """A peer broke the HTTP/1.x grammar or a limit; `status` is what to answer."""
+
+    status: int = 400
+    reason: bytes = b"Bad Request"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+            self.reason = STATUS_REASONS.get(status, b"Error")
+
+
+class HeadTooLarge(ProtocolError):
+    """The request or response head is larger than the configured limit."""
+
+    status = 431
+    reason = b"Request Header Fields Too Large"
+
+
+class TargetTooLong(ProtocolError):
+    """The request line is longer than the configured limit."""
+
+    status = 414
+    reason = b"URI Too Long"
+
+
+class BodyTooLarge(ProtocolError):
+    """The body is larger than the configured limit."""
+
+    status = 413
+    reason = b"Content Too Large"
+
+
+class UnsupportedFraming(ProtocolError):
+    """A transfer coding or feature this proxy does not implement."""
+
+    status = 501
+    reason = b"Not Implemented"
+
+
+class UpstreamError(MultiproxyError):
+    """Reaching or talking to the upstream failed; `status` is what the client sees."""
+
+    status: int = 502
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+STATUS_REASONS: dict[int, bytes] = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    201: b"Created",
+    202: b"Accepted",
+    203: b"Non-Authoritative Information",
+    204: b"No Content",
+    206: b"Partial Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    304: b"Not Modified",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    407: b"Proxy Authentication Required",
+    408: b"Request Timeout",
+    411: b"Length Required",
+    412: b"Precondition Failed",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    417: b"Expectation Failed",
+    421: b"Misdirected Request",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}

@@ -1,0 +1,93 @@
+"""
+Frozen values that travel through the proxy pipeline.
+
+Every proxy, whatever its layer, does the same five things: learn what the
+client wants (an `Intent`), ask the policy (a `Decision`), choose an upstream,
+relay, and report (an `AccessRecord`).  These values are the vocabulary of
+that pipeline; they hold no sockets and need no reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from multiproxy.http._headers import Headers
+
+IntentKind = Literal["http", "connect", "tcp"]
+Action = Literal["allow", "deny", "authenticate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """
+    What a client asked a proxy for, as far as the proxy has learnt it.
+
+    ``host`` is the normalised destination (lower case, no trailing dot, IDNA
+    ASCII form, IP literals in canonical form); for a TCP relay it is empty and
+    ``port`` is the listening port.  ``target`` is the absolute URL of an HTTP
+    request, ``host:port`` for CONNECT and empty for a TCP connection.
+    """
+
+    kind: IntentKind
+    proxy: str
+    client_host: str
+    client_port: int
+    host: str = ""
+    port: int = 0
+    method: str = ""
+    scheme: str = ""
+    target: str = ""
+    headers: Headers | None = None
+    user: str | None = None
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a policy decided about an `Intent`, and which rule decided it."""
+
+    action: Action
+    rule: str | None = None
+    message: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == "allow"
+
+
+ALLOW = Decision("allow", rule=None)
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """
+    One line of the access log: a finished request, tunnel or connection.
+
+    Mutable while the exchange runs (the protocol fills it in as it learns),
+    then handed to every `IReporter` once, when the exchange ends.
+    """
+
+    kind: IntentKind
+    proxy: str
+    started: float
+    client_host: str
+    client_port: int = 0
+    user: str | None = None
+    method: str = "-"
+    target: str = "-"
+    version: str = "HTTP/1.1"
+    status: int = 0
+    bytes_to_client: int = 0
+    bytes_from_client: int = 0
+    duration: float = 0.0
+    referer: str | None = None
+    user_agent: str | None = None
+    upstream: str | None = None
+    bytes_to_upstream: int = 0
+    bytes_from_upstream: int = 0
+    rule: str | None = None
+    cache: str | None = None
+    ended: str = "ok"
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""HTTP/1.x machinery shared by the forward and reverse proxies."""
