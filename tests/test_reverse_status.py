@@ -1,0 +1,170 @@
+"""
+Tests for the status page renderings (pure), and one that renders the HTML
+in a real headless Chromium to check what a person sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from multiproxy.reverse._status import (
+    HTML_TYPE,
+    JSON_TYPE,
+    PROMETHEUS_TYPE,
+    BackendStatus,
+    PoolStatus,
+    StatusSnapshot,
+    render_html,
+    render_json,
+    render_prometheus,
+    status_page,
+)
+
+
+def snapshot() -> StatusSnapshot:
+    return StatusSnapshot(
+        proxy="web",
+        pools=(
+            PoolStatus("api", (
+                BackendStatus("b1", "up", active=2, requests=100, failures=1, latency_ms=3.25,
+                              address="http://127.0.0.1:9001", check="HTTP 200 in 2 ms"),
+                BackendStatus("b2", "down", active=0, requests=50, failures=10, weight=2,
+                              check="connection refused"),
+            ), balance="roundrobin"),
+            PoolStatus('odd "name"\n<x>', (BackendStatus("s1", "draining", requests=7),)),
+        ),
+        taken_at=1_700_000_000.0,
+        started_at=1_699_999_000.0,
+    )
+
+
+def test_json_has_every_backend_field_in_order() -> None:
+    doc = json.loads(render_json(snapshot()))
+    assert doc["proxy"] == "web"
+    assert doc["uptime_s"] == 1000.0
+    assert [p["name"] for p in doc["pools"]] == ["api", 'odd "name"\n<x>']
+    api = doc["pools"][0]
+    assert api["up"] == 1 and api["balance"] == "roundrobin"
+    assert api["backends"][0] == {
+        "name": "b1", "state": "up", "active": 2, "requests": 100, "failures": 1,
+        "latency_ms": 3.25, "address": "http://127.0.0.1:9001", "weight": 1,
+        "check": "HTTP 200 in 2 ms",
+    }
+    assert api["backends"][1]["latency_ms"] is None
+
+
+_SAMPLE = re.compile(r'^([a-z_]+)\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\} (\S+)$')
+
+
+def test_prometheus_exposition_is_well_formed() -> None:
+    text = render_prometheus(snapshot()).decode()
+    assert text.endswith("\n")
+    declared: dict[str, str] = {}
+    samples = []
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            declared[name] = kind
+        elif line.startswith("# HELP "):
+            continue
+        else:
+            m = _SAMPLE.match(line)
+            assert m, line
+            assert m.group(1) in declared, line
+            value = m.group(3)
+            assert value == "NaN" or math.isfinite(float(value))
+            samples.append((m.group(1), m.group(2), value))
+    assert declared["multiproxy_backend_requests_total"] == "counter"
+    assert ("multiproxy_backend_up", 'proxy="web",pool="api",backend="b1"', "1") in samples
+    assert ("multiproxy_backend_up", 'proxy="web",pool="api",backend="b2"', "0") in samples
+    assert ("multiproxy_backend_latency_milliseconds", 'proxy="web",pool="api",backend="b2"',
+            "NaN") in samples
+    assert ("multiproxy_pool_backends_up", 'proxy="web",pool="api"', "1") in samples
+
+
+def test_prometheus_label_values_are_escaped() -> None:
+    text = render_prometheus(snapshot()).decode()
+    assert 'pool="odd \\"name\\"\\n<x>"' in text
+
+
+def test_html_escapes_names_and_marks_states() -> None:
+    page = render_html(snapshot()).decode()
+    assert "<x>" not in page and "&lt;x&gt;" in page
+    assert '<tr class="up" data-backend="b1">' in page
+    assert '<tr class="down" data-backend="b2">' in page
+    assert '<tr class="draining" data-backend="s1">' in page
+    assert "1/2 up, roundrobin" in page
+    assert 'http-equiv="refresh"' in page
+    assert "up 16m 40s" in page
+
+
+def test_html_without_pools_says_so() -> None:
+    page = render_html(StatusSnapshot("p", (), taken_at=0), refresh=None).decode()
+    assert "No backend pools are configured." in page
+    assert "refresh" not in page
+
+
+def test_status_page_routes_paths_to_formats() -> None:
+    snap = snapshot()
+    assert status_page(snap, b"/").content_type == HTML_TYPE
+    assert status_page(snap, b"/?x=1").status == 200
+    assert status_page(snap, b"/status.json").content_type == JSON_TYPE
+    assert status_page(snap, b"/json/").content_type == JSON_TYPE
+    assert status_page(snap, b"/metrics").content_type == PROMETHEUS_TYPE
+    missing = status_page(snap, b"/admin")
+    assert missing.status == 404 and b"/metrics" in missing.body
+
+
+# ---- in a real browser -------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# Injected after rendering: asks the browser's own CSS engine what a person would see.
+_PROBE = """
+<script>
+for (const row of document.querySelectorAll('tr[data-backend]')) {
+  const cell = row.querySelector('td.state');
+  const box = cell.getBoundingClientRect();
+  row.setAttribute('data-seen',
+    getComputedStyle(cell).backgroundColor + '|' + cell.innerText + '|' +
+    (box.width > 0 && box.height > 0 ? 'visible' : 'hidden'));
+}
+</script>
+"""
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_html_status_page_in_headless_chromium_shows_coloured_states(tmp_path: Path) -> None:
+    page = render_html(snapshot(), refresh=None).decode()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", _PROBE + "</body>"))
+    result = _chromium(tmp_path, "--dump-dom", probe.as_uri())
+    dom = result.stdout
+    assert "<table" in dom, result.stderr[-2000:]
+    seen = dict(re.findall(r'data-backend="([^"]+)"[^>]*data-seen="([^"]+)"', dom))
+    assert seen["b1"] == "rgb(46, 158, 68)|UP|visible"
+    assert seen["b2"] == "rgb(221, 51, 51)|DOWN|visible"
+    assert seen["s1"] == "rgb(224, 160, 0)|DRAINING|visible"
+
+    shot = tmp_path / "status.png"
+    (tmp_path / "page.html").write_text(page)
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1000,600",
+              (tmp_path / "page.html").as_uri())
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
