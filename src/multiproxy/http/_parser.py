@@ -1,0 +1,827 @@
+"""
+A strict, sans-I/O HTTP/1.x message reader.
+
+`RequestReader` and `ResponseReader` take bytes with ``feed`` and hand out
+events with ``next_event``: a head (`RequestHead` / `ResponseHead`), then
+`Data` for the body, then `EndOfMessage`.  They never touch a socket, so the
+Twisted protocols feed them from ``dataReceived`` and tests feed them one byte
+at a time.
+
+The grammar is RFC 9112 read strictly: anything that lets two parsers frame
+the same bytes differently (request smuggling) is refused with a
+`ProtocolError` carrying the status to answer, and the reader then stays
+failed.  docs/parser.md lists every rule with its status and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Union
+
+from multiproxy._errors import (
+    BodyTooLarge,
+    HeadTooLarge,
+    ProtocolError,
+    TargetTooLong,
+    UnsupportedFraming,
+)
+from multiproxy.http._headers import Headers
+
+__all__ = [
+    "CLOSED",
+    "NEED_DATA",
+    "PAUSED",
+    "Data",
+    "EndOfMessage",
+    "Event",
+    "IncompleteMessage",
+    "Limits",
+    "RequestHead",
+    "RequestReader",
+    "ResponseHead",
+    "ResponseReader",
+    "UnsupportedVersion",
+]
+
+
+class IncompleteMessage(ProtocolError):
+    """The peer closed its side in the middle of a message: the message is truncated."""
+
+    status = 400
+    reason = b"Bad Request"
+
+
+class UnsupportedVersion(ProtocolError):
+    """The message uses an HTTP major version other than 1 (RFC 9110 15.6.6)."""
+
+    status = 505
+    reason = b"HTTP Version Not Supported"
+
+
+class _Sentinel:
+    """A named singleton returned by `next_event` instead of an event."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+    def __reduce__(self) -> str:
+        return self._name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+"""More bytes are needed before the next event."""
+
+PAUSED: Final = _Sentinel("PAUSED")
+"""The message is complete (or the connection switched protocols); call ``start_next``."""
+
+CLOSED: Final = _Sentinel("CLOSED")
+"""The peer closed its side cleanly between messages."""
+
+
+def _keep_alive(version: bytes, headers: Headers) -> bool:
+    # RFC 9112 9.3: "close" always wins; HTTP/1.1 persists by default,
+    # HTTP/1.0 only with the "keep-alive" connection option.
+    tokens = headers.tokens(b"connection")
+    if b"close" in tokens:
+        return False
+    if version == b"HTTP/1.1":
+        return True
+    return b"keep-alive" in tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A parsed request line and header section."""
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: Headers
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may carry another request after this one (RFC 9112 9.3)."""
+        return _keep_alive(self.version, self.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """A parsed status line and header section."""
+
+    version: bytes
+    status: int
+    reason: bytes
+    headers: Headers
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may carry another response after this one (RFC 9112 9.3)."""
+        return _keep_alive(self.version, self.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A piece of message body (transfer coding already removed)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    """The body is complete; ``trailers`` holds a chunked body's trailer fields, if any."""
+
+    trailers: Headers | None = None
+
+
+Event = Union[RequestHead, ResponseHead, Data, EndOfMessage, _Sentinel]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    Bounds on what a reader buffers.
+
+    ``max_request_line`` bounds the request (or status) line, ``max_head`` the
+    whole head (start line, fields and the empty line; also the trailer
+    section), ``max_fields`` the number of field lines, ``max_body`` the
+    decoded body (None: unbounded, streamed), ``max_chunk_line`` one chunk
+    size line with its extensions.
+    """
+
+    max_request_line: int = 8192
+    max_head: int = 65536
+    max_fields: int = 100
+    max_body: int | None = None
+    max_chunk_line: int = 4096
+
+
+# -- grammar ---------------------------------------------------------------
+
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TOKEN_RE = re.compile(rb"[" + _TCHAR + rb"]+")
+_REQUEST_LINE_RE = re.compile(
+    rb"([" + _TCHAR + rb"]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])"
+)
+_STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+# Controls other than HTAB, CR and LF; CR and LF are checked by counting.
+_HEAD_CTL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# RFC 9110 7.2 / RFC 3986: Host = uri-host [ ":" port ]
+_HOST_RE = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?"
+)
+_HEX_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
+_CHUNK_EXT_RE = re.compile(
+    rb"(?:[ \t]*;[ \t]*[" + _TCHAR + rb"]+(?:[ \t]*=[ \t]*(?:[" + _TCHAR + rb"]+|" + _QUOTED + rb"))?)*"
+)
+
+# Seen field names -> lower-case form; bounded so hostile names cannot grow it.
+_NAME_CACHE: dict[bytes, bytes] = {}
+_NAME_CACHE_MAX = 1024
+
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+_MAX_EMPTY_LINES = 8
+"""Empty lines tolerated before a start line (RFC 9112 2.2 asks for at least one)."""
+
+_MAX_CONTENT_LENGTH_DIGITS = 18  # < 2**63: no 64-bit peer overflows on what we accept
+
+# reader states
+_HEAD = 0
+_BODY_NONE = 1
+_BODY_LENGTH = 2
+_BODY_CHUNKED = 3
+_BODY_EOF = 4
+_DONE = 5
+_SWITCHED = 6
+_CLOSED = 7
+_FAILED = 8
+
+# chunked sub-states
+_CHUNK_SIZE = 0
+_CHUNK_DATA = 1
+_CHUNK_CRLF = 2
+_CHUNK_TRAILER = 3
+
+
+def _field_name(name: bytes) -> bytes:
+    """The lower-case form of a field name, or a ProtocolError naming what is wrong."""
+    lname = _NAME_CACHE.get(name)
+    if lname is not None:
+        return lname
+    if _TOKEN_RE.fullmatch(name) is None:
+        if not name:
+            raise ProtocolError("empty field name")
+        if name[:1] in b" \t":
+            raise ProtocolError("obsolete line folding (obs-fold) in the header section")
+        if name[-1:] in b" \t":
+            raise ProtocolError(
+                f"whitespace between field name and colon: {_show(name)}"
+            )
+        raise ProtocolError(f"invalid character in field name {_show(name)}")
+    lname = name.lower()
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = lname
+    return lname
+
+
+def _show(value: bytes, limit: int = 40) -> str:
+    """A short, printable rendering of untrusted bytes for error messages."""
+    text = repr(value[:limit])[2:-1]
+    return text + ("..." if len(value) > limit else "")
+
+
+def _check_line_endings(section: bytes) -> None:
+    """Refuse a bare CR or bare LF anywhere in a head or trailer section."""
+    crlf = section.count(b"\r\n")
+    if section.count(b"\r") != crlf:
+        raise ProtocolError("bare CR in the header section")
+    if section.count(b"\n") != crlf:
+        raise ProtocolError("bare LF in the header section (lines must end with CRLF)")
+
+
+def _parse_fields(
+    lines: list[bytes], limits: Limits, framing: dict[bytes, list[bytes]] | None
+) -> list[tuple[bytes, bytes]]:
+    """
+    Parse field lines into pairs; if ``framing`` is given, collect the values
+    of Content-Length, Transfer-Encoding and Host into it.
+    """
+    if len(lines) > limits.max_fields:
+        raise HeadTooLarge(f"too many header fields (more than {limits.max_fields})")
+    pairs = []
+    append = pairs.append
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            if line[:1] in b" \t":
+                raise ProtocolError("obsolete line folding (obs-fold) in the header section")
+            raise ProtocolError(f"header field line without a colon: {_show(line)}")
+        lname = _field_name(name)
+        value = value.strip(b" \t")
+        append((name, value))
+        if framing is not None and lname in _FRAMING_FIELDS:
+            framing.setdefault(lname, []).append(value)
+    return pairs
+
+
+def _content_length(values: list[bytes]) -> int:
+    """
+    The one length named by all Content-Length fields (RFC 9110 8.6).
+
+    Identical repeats (``5, 5``) are accepted as RFC 9110 8.6 allows;
+    anything else that is not plain decimal digits is refused.
+    """
+    result: int | None = None
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t")
+            if not item.isdigit():  # bytes.isdigit is ASCII-only: no signs, spaces, hex
+                raise ProtocolError(f"invalid Content-Length {_show(value)}")
+            if len(item) > _MAX_CONTENT_LENGTH_DIGITS:
+                raise ProtocolError(f"Content-Length too large: {_show(value)}")
+            length = int(item)
+            if result is not None and length != result:
+                raise ProtocolError("conflicting Content-Length values")
+            result = length
+    if result is None:
+        raise ProtocolError("empty Content-Length")
+    return result
+
+
+def _check_chunked(values: list[bytes]) -> None:
+    """
+    Check that Transfer-Encoding is exactly one final "chunked"; refuse
+    anything else (chunked not last or repeated: 400; other codings: 501).
+    """
+    codings = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t")
+            if not item:
+                raise ProtocolError(f"empty element in Transfer-Encoding {_show(value)}")
+            codings.append(item)
+    if not codings:
+        raise ProtocolError("empty Transfer-Encoding")
+    names = []
+    for coding in codings:
+        name, semi, params = coding.partition(b";")
+        name = name.rstrip(b" \t").lower()
+        if _TOKEN_RE.fullmatch(name) is None:
+            raise ProtocolError(f"invalid transfer coding {_show(coding)}")
+        if name == b"chunked" and semi:
+            raise ProtocolError("the chunked transfer coding takes no parameters")
+        names.append(name)
+    if names.count(b"chunked") > 1:
+        raise ProtocolError("chunked transfer coding applied more than once")
+    if b"chunked" in names and names[-1] != b"chunked":
+        raise ProtocolError("chunked is not the final transfer coding")
+    if names != [b"chunked"]:
+        raise UnsupportedFraming(
+            "unsupported transfer coding "
+            + _show(b", ".join(names))
+            + " (only chunked is implemented)"
+        )
+
+
+def _version(major: bytes, minor: bytes) -> bytes:
+    if major != b"1":
+        raise UnsupportedVersion(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
+    # RFC 9110 2.5: a higher minor version is handled as the highest we implement.
+    return b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
+
+
+# -- readers ---------------------------------------------------------------
+
+
+class _Reader:
+    """What requests and responses share: buffering, head search, body framing."""
+
+    body_framing: str
+    """How the current body is delimited: "none", "length", "chunked" or "eof"."""
+
+    body_length: int | None
+    """The declared body length when ``body_framing`` is "length"."""
+
+    _start_line_too_long: type[ProtocolError] = HeadTooLarge
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+        self.body_framing = "none"
+        self.body_length = None
+        self._buf = bytearray()
+        self._eof = False
+        self._state = _HEAD
+        self._error: ProtocolError | None = None
+        self._scanned = 0  # head bytes known to hold no terminator and no bare LF
+        self._empty_lines = 0
+        self._remaining = 0  # of a length body or the current chunk
+        self._body_seen = 0
+        self._chunk_state = _CHUNK_SIZE
+
+    # -- input -------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes to the buffer (cheap; parsing happens in `next_event`)."""
+        if self._eof:
+            raise RuntimeError("feed() after feed_eof()")
+        if self._state != _FAILED:
+            self._buf += data
+
+    def feed_eof(self) -> None:
+        """Record that the peer closed its write side."""
+        self._eof = True
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes not parsed yet (for a switch to a byte relay)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._scanned = 0
+        return data
+
+    def start_next(self) -> None:
+        """Move on to the next message after `EndOfMessage` (or a body-less head)."""
+        if self._state not in (_DONE, _BODY_NONE):
+            raise RuntimeError("start_next() called before the message was complete")
+        self._state = _HEAD
+        self._scanned = 0
+        self._empty_lines = 0
+        self.body_framing = "none"
+        self.body_length = None
+
+    @property
+    def failed(self) -> bool:
+        """True once the reader has raised a ProtocolError; it then stays failed."""
+        return self._state == _FAILED
+
+    # -- events ------------------------------------------------------------
+
+    def next_event(self) -> Event:
+        """
+        The next event: a head, `Data`, `EndOfMessage`, or one of the
+        sentinels `NEED_DATA`, `PAUSED`, `CLOSED`.  Raises a `ProtocolError`
+        subclass on any violation, and again on every later call.
+        """
+        state = self._state
+        try:
+            if state == _BODY_LENGTH:
+                return self._read_length()
+            if state == _BODY_CHUNKED:
+                return self._read_chunked()
+            if state == _HEAD:
+                return self._read_head()
+            if state == _BODY_NONE:
+                self._state = _DONE
+                return EndOfMessage()
+            if state == _BODY_EOF:
+                return self._read_until_eof()
+            if state == _DONE or state == _SWITCHED:
+                return PAUSED
+            if state == _CLOSED:
+                return CLOSED
+        except ProtocolError as error:
+            self._fail(error)
+            raise
+        assert self._error is not None
+        raise self._error.with_traceback(None)
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._state = _FAILED
+        self._error = error
+        self._buf.clear()
+
+    # -- head --------------------------------------------------------------
+
+    def _read_head(self) -> Event:
+        buf = self._buf
+        while buf.startswith(b"\r\n"):
+            self._empty_lines += 1
+            if self._empty_lines > _MAX_EMPTY_LINES:
+                raise ProtocolError("too many empty lines before the start line")
+            del buf[:2]
+            self._scanned = 0
+        size = len(buf)
+        if not size:
+            if self._eof:
+                self._state = _CLOSED
+                return CLOSED
+            return NEED_DATA
+        scanned = self._scanned
+        end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
+        limit = end + 4 if end >= 0 else size
+        # Reject a bare LF as soon as it arrives rather than waiting for a
+        # CRLF CRLF that a bare-LF peer will never send.
+        if buf.count(b"\n", scanned, limit) != buf.count(
+            b"\r\n", scanned - 1 if scanned else 0, limit
+        ):
+            raise ProtocolError("bare LF in the header section (lines must end with CRLF)")
+        line_end = buf.find(b"\r\n", 0, self.limits.max_request_line + 2)
+        if line_end < 0 and size > self.limits.max_request_line + 1:
+            raise self._start_line_too_long(
+                f"start line longer than {self.limits.max_request_line} bytes"
+            )
+        if end < 0:
+            if size > self.limits.max_head:
+                raise HeadTooLarge(f"header section larger than {self.limits.max_head} bytes")
+            if self._eof:
+                raise IncompleteMessage("connection closed in the middle of a message head (truncated)")
+            self._scanned = size
+            return NEED_DATA
+        if end + 4 > self.limits.max_head:
+            raise HeadTooLarge(f"header section larger than {self.limits.max_head} bytes")
+        head = bytes(buf[:end])
+        del buf[: end + 4]
+        self._scanned = 0
+        self._empty_lines = 0
+        _check_line_endings(head)
+        bad = _HEAD_CTL_RE.search(head)
+        if bad is not None:
+            raise ProtocolError(f"control character {bad.group()!r} in the header section")
+        lines = head.split(b"\r\n")
+        return self._head_event(lines[0], lines[1:] if len(lines) > 1 else [])
+
+    def _head_event(self, start: bytes, field_lines: list[bytes]) -> Event:
+        raise NotImplementedError
+
+    # -- bodies ------------------------------------------------------------
+
+    def _take(self, n: int) -> bytes:
+        buf = self._buf
+        if n >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+            return data
+        with memoryview(buf) as view:
+            data = view[:n].tobytes()
+        del buf[:n]
+        return data
+
+    def _begin_body(self, framing: str, length: int | None) -> None:
+        self.body_framing = framing
+        self.body_length = length
+        self._body_seen = 0
+        max_body = self.limits.max_body
+        if framing == "none":
+            self._state = _BODY_NONE
+        elif framing == "length":
+            assert length is not None
+            if max_body is not None and length > max_body:
+                raise BodyTooLarge(f"body of {length} bytes is larger than the limit of {max_body}")
+            self._remaining = length
+            self._state = _BODY_LENGTH if length else _BODY_NONE
+        elif framing == "chunked":
+            self._chunk_state = _CHUNK_SIZE
+            self._state = _BODY_CHUNKED
+        else:
+            self._state = _BODY_EOF
+
+    def _read_length(self) -> Event:
+        remaining = self._remaining
+        if not remaining:
+            self._state = _DONE
+            return EndOfMessage()
+        if not self._buf:
+            if self._eof:
+                raise IncompleteMessage(
+                    f"connection closed with {remaining} bytes of the body missing (truncated)"
+                )
+            return NEED_DATA
+        data = self._take(remaining)
+        self._remaining = remaining - len(data)
+        return Data(data)
+
+    def _read_until_eof(self) -> Event:
+        if self._buf:
+            data = self._take(len(self._buf))
+            self._body_seen += len(data)
+            max_body = self.limits.max_body
+            if max_body is not None and self._body_seen > max_body:
+                raise BodyTooLarge(f"body larger than the limit of {max_body} bytes")
+            return Data(data)
+        if self._eof:
+            self._state = _DONE
+            return EndOfMessage()
+        return NEED_DATA
+
+    def _read_chunked(self) -> Event:
+        # Gather every chunk already buffered into one Data event.
+        pieces: list[bytes] = []
+        try:
+            while True:
+                cstate = self._chunk_state
+                if cstate == _CHUNK_DATA:
+                    if not self._buf:
+                        break
+                    data = self._take(self._remaining)
+                    pieces.append(data)
+                    self._remaining -= len(data)
+                    if not self._remaining:
+                        self._chunk_state = _CHUNK_CRLF
+                elif cstate == _CHUNK_SIZE:
+                    if not self._read_chunk_size():
+                        break
+                elif cstate == _CHUNK_CRLF:
+                    buf = self._buf
+                    if len(buf) < 2:
+                        if buf and buf[0] != 13:
+                            raise ProtocolError("chunk data not followed by CRLF")
+                        break
+                    if buf[0] != 13 or buf[1] != 10:
+                        raise ProtocolError("chunk data not followed by CRLF")
+                    del buf[:2]
+                    self._chunk_state = _CHUNK_SIZE
+                else:
+                    if pieces:
+                        break
+                    return self._read_trailers()
+        except ProtocolError:
+            # State only advances after a step succeeds, so the error comes
+            # back on the next call; hand out the body read so far first.
+            if pieces:
+                return Data(b"".join(pieces))
+            raise
+        if pieces:
+            return Data(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if self._eof:
+            raise IncompleteMessage("connection closed in the middle of a chunked body (truncated)")
+        return NEED_DATA
+
+    def _read_chunk_size(self) -> bool:
+        buf = self._buf
+        max_line = self.limits.max_chunk_line
+        lf = buf.find(b"\n", 0, max_line + 2)
+        if lf < 0:
+            if len(buf) > max_line + 1:
+                raise ProtocolError(f"chunk size line longer than {max_line} bytes")
+            return False
+        if lf == 0 or buf[lf - 1] != 13:
+            raise ProtocolError("bare LF in a chunk size line")
+        line = bytes(buf[: lf - 1])
+        size_text, _, ext = line.partition(b";")
+        if ext or size_text != line:
+            ext = line[len(size_text.rstrip(b" \t")) :]
+            size_text = size_text.rstrip(b" \t")
+            if _CHUNK_EXT_RE.fullmatch(ext) is None:
+                raise ProtocolError(f"invalid chunk extension {_show(ext)}")
+        if _HEX_RE.fullmatch(size_text) is None:
+            if size_text and all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                raise ProtocolError("chunk size too large (more than 16 hex digits)")
+            raise ProtocolError(f"invalid chunk size {_show(size_text)}")
+        size = int(size_text, 16)
+        max_body = self.limits.max_body
+        if max_body is not None and self._body_seen + size > max_body:
+            raise BodyTooLarge(f"chunked body larger than the limit of {max_body} bytes")
+        del buf[: lf + 1]
+        self._body_seen += size
+        if size:
+            self._remaining = size
+            self._chunk_state = _CHUNK_DATA
+        else:
+            self._chunk_state = _CHUNK_TRAILER
+            self._scanned = 0
+        return True
+
+    def _read_trailers(self) -> Event:
+        buf = self._buf
+        if buf.startswith(b"\r\n"):
+            del buf[:2]
+            self._state = _DONE
+            return EndOfMessage()
+        if not buf or buf == b"\r":
+            if self._eof:
+                raise IncompleteMessage(
+                    "connection closed before the end of a chunked body (truncated)"
+                )
+            return NEED_DATA
+        scanned = self._scanned
+        end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
+        limit = end + 4 if end >= 0 else len(buf)
+        if buf.count(b"\n", scanned, limit) != buf.count(
+            b"\r\n", scanned - 1 if scanned else 0, limit
+        ):
+            raise ProtocolError("bare LF in the trailer section")
+        if end < 0:
+            if len(buf) > self.limits.max_head:
+                raise HeadTooLarge(f"trailer section larger than {self.limits.max_head} bytes")
+            if self._eof:
+                raise IncompleteMessage("connection closed in the trailer section (truncated)")
+            self._scanned = len(buf)
+            return NEED_DATA
+        if end + 4 > self.limits.max_head:
+            raise HeadTooLarge(f"trailer section larger than {self.limits.max_head} bytes")
+        section = bytes(buf[:end])
+        _check_line_endings(section)
+        bad = _HEAD_CTL_RE.search(section)
+        if bad is not None:
+            raise ProtocolError(f"control character {bad.group()!r} in the trailer section")
+        pairs = _parse_fields(section.split(b"\r\n"), self.limits, None)
+        del buf[: end + 4]
+        self._scanned = 0
+        self._state = _DONE
+        return EndOfMessage(Headers(pairs))
+
+
+class RequestReader(_Reader):
+    """
+    Reads HTTP/1.x requests from a client, one at a time.
+
+    After each `EndOfMessage` it answers `PAUSED` until `start_next` is
+    called, so pipelined requests wait in the buffer while the proxy answers
+    the current one.
+    """
+
+    _start_line_too_long = TargetTooLong
+
+    def _head_event(self, start: bytes, field_lines: list[bytes]) -> Event:
+        match = _REQUEST_LINE_RE.fullmatch(start)
+        if match is None:
+            raise _bad_request_line(start)
+        method, target, major, minor = match.groups()
+        version = _version(major, minor)
+        framing: dict[bytes, list[bytes]] = {}
+        headers = Headers(_parse_fields(field_lines, self.limits, framing))
+        hosts = framing.get(b"host")
+        if hosts is None:
+            if version == b"HTTP/1.1":
+                raise ProtocolError("HTTP/1.1 request without a Host header field")
+        elif len(hosts) > 1:
+            raise ProtocolError("more than one Host header field")
+        elif _HOST_RE.fullmatch(hosts[0]) is None:
+            raise ProtocolError(f"invalid Host header field {_show(hosts[0])}")
+        te = framing.get(b"transfer-encoding")
+        cl = framing.get(b"content-length")
+        if te is not None:
+            if cl is not None:
+                raise ProtocolError("both Content-Length and Transfer-Encoding in a request")
+            if version == b"HTTP/1.0":
+                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+            _check_chunked(te)
+            self._begin_body("chunked", None)
+        elif cl is not None:
+            length = _content_length(cl)
+            if len(cl) > 1 or cl[0] != b"%d" % length:
+                headers = _normalise_content_length(headers, length)
+            self._begin_body("length", length)
+        else:
+            self._begin_body("none", None)
+        return RequestHead(method, target, version, headers)
+
+
+def _normalise_content_length(headers: Headers, length: int) -> Headers:
+    """One Content-Length field with the plain decimal value, in the first one's place."""
+    out = []
+    seen = False
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            if seen:
+                continue
+            seen = True
+            value = b"%d" % length
+        out.append((name, value))
+    return Headers(out)
+
+
+def _bad_request_line(line: bytes) -> ProtocolError:
+    """An error naming what is wrong with a request line."""
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        if not line:
+            return ProtocolError("empty request line")
+        return ProtocolError(
+            f"request line must be 'method SP target SP version': {_show(line, 80)}"
+        )
+    method, target, version = parts
+    if _TOKEN_RE.fullmatch(method) is None:
+        return ProtocolError(f"invalid method {_show(method)}")
+    if not target or re.fullmatch(rb"[\x21-\x7e]+", target) is None:
+        return ProtocolError(f"invalid request target {_show(target)}")
+    match = re.fullmatch(rb"HTTP/([0-9]+)\.([0-9]+)", version)
+    if match is not None and match.group(1) != b"1":
+        return UnsupportedVersion(f"{_show(version)} is not supported")
+    return ProtocolError(f"invalid HTTP version {_show(version)}")
+
+
+class ResponseReader(_Reader):
+    """
+    Reads HTTP/1.x responses from an upstream.
+
+    Call `expect` with the request method before each response (HEAD and
+    CONNECT change how a response is framed).  Interim 1xx responses other
+    than 101 come out as heads and the reader carries on to the final
+    response by itself.
+    """
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        super().__init__(limits)
+        self._expected: deque[bytes] = deque()
+
+    def expect(self, method: bytes) -> None:
+        """Record the method of a request sent, whose response is to be read next."""
+        self._expected.append(method)
+
+    def start_next(self) -> None:
+        super().start_next()
+        if self._expected:
+            self._expected.popleft()
+
+    def _head_event(self, start: bytes, field_lines: list[bytes]) -> Event:
+        match = _STATUS_LINE_RE.fullmatch(start)
+        if match is None:
+            version = re.match(rb"HTTP/([0-9]+)\.([0-9]+) ", start)
+            if version is not None and version.group(1) != b"1":
+                raise UnsupportedVersion(f"response version {_show(start[:12])} is not supported")
+            raise ProtocolError(f"invalid status line {_show(start, 80)}")
+        if not self._expected:
+            raise ProtocolError("response received with no request outstanding")
+        major, minor, status_text, reason = match.groups()
+        version = _version(major, minor)
+        status = int(status_text)
+        if not 100 <= status <= 599:
+            raise ProtocolError(f"invalid status code {status}")
+        framing: dict[bytes, list[bytes]] = {}
+        headers = Headers(_parse_fields(field_lines, self.limits, framing))
+        method = self._expected[0]
+        te = framing.get(b"transfer-encoding")
+        cl = framing.get(b"content-length")
+        # Framing fields are checked even where they do not frame anything
+        # (HEAD, 204, 304): the proxy forwards them.
+        if te is not None:
+            if cl is not None:
+                raise ProtocolError("both Content-Length and Transfer-Encoding in a response")
+            if version == b"HTTP/1.0":
+                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
+            _check_chunked(te)
+        length = None
+        if cl is not None:
+            length = _content_length(cl)
+            if len(cl) > 1 or cl[0] != b"%d" % length:
+                headers = _normalise_content_length(headers, length)
+        head = ResponseHead(version, status, reason or b"", headers)
+        if status < 200:
+            self.body_framing = "none"
+            self.body_length = None
+            if status == 101:
+                self._state = _SWITCHED
+            # other 1xx: stay in _HEAD and read the final response next
+            return head
+        if method == b"CONNECT" and status < 300:
+            self.body_framing = "none"
+            self.body_length = None
+            self._state = _SWITCHED
+        elif method == b"HEAD" or status == 204 or status == 304:
+            self._begin_body("none", None)
+        elif te is not None:
+            self._begin_body("chunked", None)
+        elif length is not None:
+            self._begin_body("length", length)
+        else:
+            self._begin_body("eof", None)
+        return head
