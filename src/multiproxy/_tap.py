@@ -1,6 +1,74 @@
+"""
+``twistd multiproxy``: command-line options and the service they build.
+
+``twistd -n multiproxy`` with no options runs a forward proxy on
+127.0.0.1:8080.  ``forward``, ``reverse`` and ``tcp`` are subcommands with
+their own options; ``--config FILE.toml`` builds any number of proxies from
+a file instead.  Every option and file is checked before anything listens.
+"""
+
+from __future__ import annotations
+
+import sys
+
 from twisted.python import usage
-from twisted.application.service import MultiService
+
+from multiproxy._config import (
+    Configuration,
+    load_configuration,
+    make_services,
+    proxy_kinds,
+)
+from multiproxy._errors import ConfigError
+from multiproxy.forward._config import ForwardOptions
+
+
 class Options(usage.Options):
-    pass
-def makeService(options):
-    return MultiService()
+    """Options of ``twistd multiproxy``."""
+
+    synopsis = "[--config FILE.toml] [forward|reverse|tcp [options]]"
+    longdesc = (
+        "A multi-protocol proxy. With no arguments: a forward HTTP proxy on "
+        "127.0.0.1:8080. Use a subcommand for one proxy with command-line "
+        "options, or --config for any number of proxies from a TOML file."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (instead of a subcommand)."],
+        ["access-log", None, "-", "Access log file for a subcommand's proxy ('-' = stdout, "
+         "'none' = off)."],
+    ]
+    subCommands = [
+        ["forward", None, ForwardOptions, "Forward HTTP proxy (the default)."],
+    ]
+    defaultSubCommand = "forward"
+
+    def parseOptions(self, options=None) -> None:
+        argv = sys.argv[1:] if options is None else list(options)
+        names = {sub[0] for sub in self.subCommands}
+        self._explicit_subcommand = any(arg in names for arg in argv)
+        super().parseOptions(options)
+
+    def postOptions(self) -> None:
+        if self["config"] is not None:
+            if self._explicit_subcommand:
+                raise usage.UsageError(
+                    "use either --config FILE or a subcommand with options, not both"
+                )
+            try:
+                self.configuration = load_configuration(self["config"])
+            except ConfigError as e:
+                raise usage.UsageError(str(e)) from None
+            return
+        kind = proxy_kinds()[self.subCommand]
+        access = None if self["access-log"] == "none" else self["access-log"]
+        self.configuration = Configuration(((kind, self.subOptions.config),), access)
+
+
+def makeService(options: Options):
+    """Build the service ``twistd`` runs (the reactor is imported only here)."""
+    from twisted.internet import reactor
+
+    try:
+        return make_services(options.configuration, reactor)
+    except ConfigError as e:
+        raise usage.UsageError(str(e)) from None

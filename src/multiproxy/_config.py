@@ -1,0 +1,114 @@
+"""
+The TOML configuration file: several proxies in one process.
+
+A file holds any number of ``[[forward]]``, ``[[reverse]]`` and ``[[tcp]]``
+tables (one per proxy) and an optional ``[log]`` table.  Each kind of proxy
+reads its own table with a `TableReader`; this module only dispatches, so a
+bad file is refused before anything listens, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.application.service import IService, MultiService
+
+from multiproxy._accesslog import AccessLog
+from multiproxy._errors import ConfigError
+from multiproxy._tablereader import TableReader
+
+
+@dataclass(frozen=True)
+class ProxyKind:
+    """How one kind of proxy is read from its table and turned into a service."""
+
+    name: str
+    from_table: Callable[[TableReader], object]
+    make_service: Callable[..., IService]
+
+
+def proxy_kinds() -> dict[str, ProxyKind]:
+    """The kinds of proxy a configuration file may hold, by table name."""
+    from multiproxy.forward._config import forward_config_from_table, make_forward_service
+
+    kinds = [ProxyKind("forward", forward_config_from_table, make_forward_service)]
+    return {kind.name: kind for kind in kinds}
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """A whole configuration file, read and checked."""
+
+    proxies: tuple[tuple[ProxyKind, object], ...]
+    access_log: str | None = "-"
+
+
+def read_configuration(data: dict, source: str = "") -> Configuration:
+    """Check a parsed TOML document; raise `ConfigError` naming the bad key."""
+    reader = TableReader(data, "")
+    kinds = proxy_kinds()
+    proxies = []
+    for name, kind in kinds.items():
+        for table in reader.tables(name):
+            config = kind.from_table(table)
+            table.finish()
+            proxies.append((kind, config))
+    log = reader.table_of("log")
+    access = log.raw("access", "-")
+    if access is False:
+        access_log = None
+    elif isinstance(access, str) and access:
+        access_log = access
+    else:
+        raise log.error("access", 'expected a file path, "-" for stdout, or false')
+    log.finish()
+    try:
+        reader.finish()
+    except ConfigError as e:
+        raise ConfigError(f"{e} (proxy tables: {', '.join(kinds)})") from None
+    if not proxies:
+        raise ConfigError(
+            f"{source or 'configuration'}: no proxy defined; add a [[forward]], "
+            f"[[reverse]] or [[tcp]] table"
+        )
+    names = [getattr(config, "name", "") for _, config in proxies]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"two proxies are named {name!r}; give each a distinct name")
+    return Configuration(tuple(proxies), access_log)
+
+
+def load_configuration(path: str) -> Configuration:
+    """Read and check the TOML file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return read_configuration(data, path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def make_reporters(reactor, access_log: str | None) -> tuple:
+    """The reporters every proxy of a process shares."""
+    if access_log is None:
+        return ()
+    try:
+        return (AccessLog(reactor, access_log),)
+    except OSError as e:
+        raise ConfigError(f"cannot open access log {access_log}: {e.strerror}") from None
+
+
+def make_services(configuration: Configuration, reactor) -> MultiService:
+    """One service running every proxy of ``configuration``."""
+    top = MultiService()
+    reporters = make_reporters(reactor, configuration.access_log)
+    for kind, config in configuration.proxies:
+        kind.make_service(config, reactor, reporters).setServiceParent(top)
+    return top

@@ -1,0 +1,38 @@
+"""
+Checking plug-ins against the shared contract, and its trivial defaults.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface, implementer
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from multiproxy._errors import ConfigError
+from multiproxy._interfaces import IPolicy
+from multiproxy._values import ALLOW, Decision, Intent
+
+
+def check(interface: type[Interface], obj: object, role: str) -> object:
+    """
+    Verify that ``obj`` provides ``interface`` (methods and attributes), so a
+    plug-in that does not fit fails at start-up with a readable message.
+    """
+    try:
+        verifyObject(interface, obj)
+    except Invalid as e:
+        raise ConfigError(
+            f"{role}: {obj!r} does not provide {interface.__name__}: {e}"
+        ) from None
+    return obj
+
+
+@implementer(IPolicy)
+class AllowAll:
+    """The policy of a proxy with no rules: everything is allowed."""
+
+    def decide(self, intent: Intent) -> Decision:
+        return ALLOW
+
+    def __repr__(self) -> str:
+        return "AllowAll()"

@@ -1,0 +1,226 @@
+"""
+Configuring a forward proxy: from the command line or a ``[[forward]]`` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from multiproxy._errors import ConfigError
+from multiproxy._tablereader import TableReader
+from multiproxy.forward._proxy import XFF_MODES, ForwardProxy, ForwardSettings
+from multiproxy.http._parser import Limits
+from multiproxy.http._server import Timeouts
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+_TIMEOUTS = Timeouts()
+_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """Everything needed to run one forward proxy."""
+
+    name: str = "forward"
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    settings: ForwardSettings = ForwardSettings()
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    extras: dict = field(default_factory=dict)
+
+
+def parse_ports(text: str) -> frozenset[int]:
+    """``"443, 8443"`` -> {443, 8443}; ValueError naming the bad entry."""
+    ports = set()
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item.isdigit() or not 0 < int(item) < 65536:
+            raise ValueError(f"{item!r} is not a port number (1-65535)")
+        ports.add(int(item))
+    if not ports:
+        raise ValueError("at least one port is needed")
+    return frozenset(ports)
+
+
+def forward_config_from_table(reader: TableReader) -> ForwardConfig:
+    """Read one ``[[forward]]`` table; unknown keys and bad values are refused."""
+    name = reader.string("name", "forward")
+    listen = tuple(reader.strings("listen", [DEFAULT_LISTEN]))
+    if not listen:
+        raise reader.error("listen", "needs at least one endpoint, e.g. 'tcp:8080'")
+    via = reader.raw("via", True)
+    if isinstance(via, bool):
+        via_value = b"multiproxy" if via else None
+    elif isinstance(via, str) and via and all(0x20 < ord(c) < 0x7F for c in via):
+        via_value = via.encode("ascii")
+    else:
+        raise reader.error("via", "expected true, false or a pseudonym without spaces")
+    ports = reader.raw("connect_ports", [443])
+    if not isinstance(ports, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
+    ):
+        raise reader.error("connect_ports", f"expected a list of port numbers, got {ports!r}")
+    settings = ForwardSettings(
+        via=via_value,
+        x_forwarded_for=reader.string("x_forwarded_for", "add", choices=XFF_MODES),
+        connect_ports=frozenset(ports),
+    )
+    limits = Limits(
+        max_head=reader.integer("max_head_size", _LIMITS.max_head, minimum=1024),
+        max_request_line=reader.integer("max_request_line", _LIMITS.max_request_line, minimum=256),
+        max_fields=reader.integer("max_header_fields", _LIMITS.max_fields, minimum=8),
+        max_body=reader.integer("max_body_size", 0, minimum=0) or None,
+    )
+    defaults = _TIMEOUTS
+    timeouts = Timeouts(
+        header=reader.optional_number("header_timeout") if reader.has("header_timeout")
+        else defaults.header,
+        keepalive=reader.optional_number("keepalive_timeout") if reader.has("keepalive_timeout")
+        else defaults.keepalive,
+        client_idle=reader.optional_number("idle_timeout") if reader.has("idle_timeout")
+        else defaults.client_idle,
+        connect=reader.number("connect_timeout", defaults.connect, minimum=0.001),
+        response=reader.optional_number("response_timeout") if reader.has("response_timeout")
+        else defaults.response,
+        upstream_idle=reader.optional_number("upstream_idle_timeout")
+        if reader.has("upstream_idle_timeout") else defaults.upstream_idle,
+        tunnel_idle=reader.optional_number("tunnel_idle_timeout")
+        if reader.has("tunnel_idle_timeout") else defaults.tunnel_idle,
+    )
+    return ForwardConfig(name, listen, settings, limits, timeouts)
+
+
+class ForwardOptions(usage.Options):
+    """``twistd multiproxy forward``: a forward HTTP proxy (the default)."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a forward HTTP proxy: clients send absolute-form requests and CONNECT "
+        "through it. With no options it listens on " + DEFAULT_LISTEN + "."
+    )
+    optFlags = [
+        ["no-via", None, "Do not add a Via header (RFC 9110 7.6.3)."],
+    ]
+    optParameters = [
+        ["name", None, "forward", "Name of this proxy in logs."],
+        ["via-name", None, "multiproxy", "Pseudonym sent in the Via header."],
+        ["x-forwarded-for", None, "add",
+         "What to do with X-Forwarded-For: add (append the client address), leave, delete."],
+        ["connect-ports", None, "443",
+         "Comma-separated destination ports CONNECT tunnels may reach."],
+        ["max-head-size", None, _LIMITS.max_head,
+         "Largest request head in bytes; larger heads get 431.", int],
+        ["max-request-line", None, _LIMITS.max_request_line,
+         "Longest request line in bytes; longer ones get 414.", int],
+        ["max-body-size", None, 0, "Largest request body in bytes (413 past it); 0 = no limit.",
+         int],
+        ["header-timeout", None, _TIMEOUTS.header,
+         "Seconds a client may take to send a request head (408 after).", float],
+        ["keepalive-timeout", None, _TIMEOUTS.keepalive,
+         "Seconds an idle client connection is kept open.", float],
+        ["idle-timeout", None, _TIMEOUTS.client_idle,
+         "Seconds a client may pause while sending a request body (408 after).", float],
+        ["connect-timeout", None, _TIMEOUTS.connect,
+         "Seconds to connect to an upstream, name lookup included (504 after).", float],
+        ["response-timeout", None, _TIMEOUTS.response,
+         "Seconds to wait for the upstream's response head (504 after).", float],
+        ["tunnel-idle-timeout", None, _TIMEOUTS.tunnel_idle,
+         "Seconds a CONNECT tunnel may be idle before it is closed.", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        try:
+            ports = parse_ports(self["connect-ports"])
+        except ValueError as e:
+            raise usage.UsageError(f"--connect-ports: {e}") from None
+        if self["x-forwarded-for"] not in XFF_MODES:
+            raise usage.UsageError(
+                f"--x-forwarded-for must be one of {', '.join(XFF_MODES)}, "
+                f"not {self['x-forwarded-for']!r}"
+            )
+        for key in ("max-head-size", "max-request-line", "max-body-size"):
+            if self[key] < 0:
+                raise usage.UsageError(f"--{key} must not be negative")
+        for key in ("header-timeout", "keepalive-timeout", "idle-timeout", "connect-timeout",
+                    "response-timeout", "tunnel-idle-timeout"):
+            if self[key] < 0:
+                raise usage.UsageError(f"--{key} must not be negative (0 means no limit)")
+        if self["connect-timeout"] == 0:
+            raise usage.UsageError("--connect-timeout must be more than 0")
+        via = None if self["no-via"] else self["via-name"].encode("ascii", "replace")
+        if via is not None and (not via or b" " in via):
+            raise usage.UsageError("--via-name must be a single word, e.g. multiproxy")
+        listen = tuple(self["listen"]) or (DEFAULT_LISTEN,)
+        self.config = ForwardConfig(
+            name=self["name"],
+            listen=listen,
+            settings=ForwardSettings(
+                via=via, x_forwarded_for=self["x-forwarded-for"], connect_ports=ports
+            ),
+            limits=Limits(
+                max_head=self["max-head-size"],
+                max_request_line=self["max-request-line"],
+                max_body=self["max-body-size"] or None,
+            ),
+            timeouts=Timeouts(
+                header=self["header-timeout"] or None,
+                keepalive=self["keepalive-timeout"] or None,
+                client_idle=self["idle-timeout"] or None,
+                connect=self["connect-timeout"],
+                response=self["response-timeout"] or None,
+                tunnel_idle=self["tunnel-idle-timeout"] or None,
+            ),
+        )
+
+
+def make_forward_proxy(config: ForwardConfig, reactor, reporters=()) -> ForwardProxy:
+    """The `ForwardProxy` factory described by ``config``."""
+    return ForwardProxy(
+        reactor,
+        name=config.name,
+        settings=config.settings,
+        limits=config.limits,
+        timeouts=config.timeouts,
+        reporters=reporters,
+    )
+
+
+class ProxyService(MultiService):
+    """A proxy's listeners as one service; stopping it closes idle upstream connections."""
+
+    def __init__(self, factory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def stopService(self):
+        d = super().stopService()
+        pool = getattr(self.factory, "pool", None)
+        if pool is not None:
+            pool.close_idle()
+        return d
+
+
+def make_forward_service(config: ForwardConfig, reactor, reporters=()) -> ProxyService:
+    """A service listening on every endpoint of ``config``."""
+    factory = make_forward_proxy(config, reactor, reporters)
+    service = ProxyService(factory)
+    service.setName(config.name)
+    for description in config.listen:
+        try:
+            listener = strports.service(description, factory, reactor=reactor)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{config.name}: bad listen endpoint {description!r}: {e}") from None
+        listener.setServiceParent(service)
+    return service

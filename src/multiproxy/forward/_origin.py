@@ -1,0 +1,58 @@
+"""
+Where a forward proxy connects: the origin server named by the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from zope.interface import implementer
+
+from multiproxy._interfaces import IUpstream, IUpstreamChooser
+from multiproxy._values import Intent
+
+
+@implementer(IUpstream)
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """An origin server reached directly by name (an `IUpstream`)."""
+
+    scheme: str
+    host: str
+    port: int
+    connect_timeout: float = 10.0
+
+    @property
+    def name(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+    def endpoint(self, reactor):
+        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=self.connect_timeout)
+        if self.scheme == "https":
+            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+        return endpoint
+
+    def started(self) -> None:
+        pass
+
+    def finished(self, ok: bool, elapsed: float) -> None:
+        pass
+
+
+@implementer(IUpstreamChooser)
+class DirectChooser:
+    """The forward proxy's chooser: the upstream is the origin the client named."""
+
+    def __init__(self, connect_timeout: float = 10.0) -> None:
+        self.connect_timeout = connect_timeout
+
+    def choose(self, intent: Intent, excluded=frozenset()) -> Origin | None:
+        origin = Origin(intent.scheme or "http", intent.host, intent.port, self.connect_timeout)
+        return None if origin.key in excluded else origin

@@ -1,0 +1,301 @@
+"""
+The forward HTTP proxy: clients send it absolute-form requests and CONNECT.
+
+`ForwardProxy` is the protocol factory (an `IProxy`); `ForwardProxyProtocol`
+is the per-connection protocol, and the class to subclass to change how
+requests are admitted or rewritten.  Everything it shares with the reverse
+proxy (reading requests, streaming, pooling, timeouts, error answers) lives
+in `multiproxy.http`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from multiproxy._connect import UpstreamEndpoint
+from multiproxy._contract import AllowAll
+from multiproxy._errors import ProtocolError
+from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy._relay import Relay
+from multiproxy._values import Decision, Intent
+from multiproxy.forward._origin import DirectChooser
+from multiproxy.http._client import ConnectionPool, UpstreamFetcher
+from multiproxy.http._exchange import ForwardedRequest, IFetcher
+from multiproxy.http._headers import Headers
+from multiproxy.http._parser import Limits, RequestHead
+from multiproxy.http._rules import end_to_end
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
+from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
+from multiproxy.policy._hosts import normalise_host
+
+log = Logger()
+
+XFF_MODES = ("add", "leave", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """How a forward proxy rewrites what passes through it."""
+
+    via: bytes | None = b"multiproxy"
+    """The pseudonym in ``Via`` (RFC 9110 7.6.3); None sends no ``Via``."""
+    x_forwarded_for: str = "add"
+    """"add" appends the client address, "leave" passes it on, "delete" removes it."""
+    connect_ports: frozenset[int] = frozenset({443})
+    """Destination ports a CONNECT tunnel may reach."""
+
+
+class ForwardProxyProtocol(HTTPServerProtocol):
+    """
+    One client connection to the forward proxy.
+
+    Override `request_headers` to rewrite what is sent upstream, or `admit`
+    to add checks before the policy is asked.
+    """
+
+    factory: ForwardProxy
+
+    def handle(self, exchange: Exchange) -> None:
+        head = exchange.request
+        if head.method == b"CONNECT":
+            self._handle_connect(exchange)
+            return
+        if is_origin_form(head.target):
+            exchange.respond_error(
+                400,
+                "this is a forward proxy: the request target must be an absolute URL "
+                "(http://host/path); configure your client to use it as a proxy",
+            )
+            return
+        target = parse_absolute_target(head.target)
+        intent = self.make_intent(exchange, "http", target.scheme, target.host, target.port)
+        if head.method in (b"OPTIONS", b"TRACE") and self._answer_max_forwards(exchange):
+            return
+        self.admit(exchange, intent, lambda intent: self._forward(exchange, intent, target.path))
+
+    def make_intent(
+        self, exchange: Exchange, kind: str, scheme: str, host: str, port: int
+    ) -> Intent:
+        """The `Intent` for a request, with the destination host normalised."""
+        try:
+            host = normalise_host(host)
+        except ValueError as e:
+            raise ProtocolError(f"invalid host in request target: {e}") from None
+        head = exchange.request
+        if kind == "connect":
+            target = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        else:
+            target = head.target.decode("latin-1")
+        return Intent(
+            kind=kind,
+            proxy=self.factory.name,
+            client_host=self.client_host,
+            client_port=self.client_port,
+            host=host,
+            port=port,
+            method=head.method.decode("latin-1"),
+            scheme=scheme,
+            target=target,
+            headers=head.headers,
+        )
+
+    def admit(self, exchange: Exchange, intent: Intent, proceed) -> None:
+        """Ask the policy about ``intent``; call ``proceed(intent)`` if it is allowed."""
+        decision = self.factory.policy.decide(intent)
+        exchange.record.rule = decision.rule
+        if decision.action == "allow":
+            proceed(intent)
+        elif decision.action == "authenticate":
+            self.challenge(exchange, decision)
+        else:
+            self.deny(exchange, intent, decision)
+
+    def deny(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
+        """Answer a request the policy refused."""
+        exchange.record.ended = "denied"
+        message = decision.message or "access to this destination is not allowed by policy"
+        exchange.respond_error(403, message)
+
+    def challenge(self, exchange: Exchange, decision: Decision) -> None:
+        """Answer 407: the policy wants to know who the client is."""
+        exchange.record.ended = "auth-required"
+        exchange.respond(
+            407,
+            Headers([
+                (b"Proxy-Authenticate", b'Basic realm="multiproxy", charset="UTF-8"'),
+                (b"Content-Type", b"text/plain; charset=utf-8"),
+            ]),
+            b"407 Proxy Authentication Required\n",
+        )
+
+    def request_headers(self, exchange: Exchange, intent: Intent, authority: bytes) -> Headers:
+        """The header fields sent upstream (framing fields are added later)."""
+        head = exchange.request
+        headers = end_to_end(head.headers)
+        # RFC 9112 3.2.2: the target's authority replaces any Host field.
+        headers.set(b"host", authority)
+        settings = self.factory.settings
+        if settings.via is not None:
+            headers.add(b"Via", head.version[5:] + b" " + settings.via)
+        mode = settings.x_forwarded_for
+        if mode == "add":
+            headers.add(b"X-Forwarded-For", self.client_host.encode("ascii", "replace"))
+        elif mode == "delete":
+            headers.remove(b"x-forwarded-for")
+        return headers
+
+    # -- plain requests --------------------------------------------------
+
+    def _forward(self, exchange: Exchange, intent: Intent, path: bytes) -> None:
+        upstream = self.factory.chooser.choose(intent)
+        if upstream is None:
+            exchange.respond_error(503, f"no upstream available for {intent.host}")
+            return
+        default_port = 443 if intent.scheme == "https" else 80
+        host = f"[{intent.host}]" if ":" in intent.host else intent.host
+        authority = host if intent.port == default_port else f"{host}:{intent.port}"
+        head = exchange.request
+        headers = self.request_headers(exchange, intent, authority.encode("ascii"))
+        exchange.forward(
+            ForwardedRequest(
+                intent=intent,
+                upstream=upstream,
+                head=RequestHead(head.method, path, b"HTTP/1.1", headers),
+                body=exchange.body,
+            )
+        )
+
+    def _answer_max_forwards(self, exchange: Exchange) -> bool:
+        """RFC 9110 7.6.2: OPTIONS and TRACE with ``Max-Forwards: 0`` stop here."""
+        headers = exchange.request.headers
+        value = headers.get(b"max-forwards")
+        if value is None:
+            return False
+        if not value.isdigit():
+            raise ProtocolError("Max-Forwards must be a non-negative integer")
+        remaining = int(value)
+        if remaining > 0:
+            # Rebuild the head with the field decremented.
+            rewritten = [
+                (n, b"%d" % (remaining - 1) if n.lower() == b"max-forwards" else v)
+                for n, v in headers
+            ]
+            exchange.request = RequestHead(
+                exchange.request.method, exchange.request.target, exchange.request.version,
+                Headers(rewritten),
+            )
+            return False
+        if exchange.request.method == b"OPTIONS":
+            exchange.respond(200, Headers([(b"Allow", b"GET, HEAD, POST, PUT, DELETE, "
+                                                      b"OPTIONS, PATCH, CONNECT")]))
+        else:
+            exchange.respond_error(405, "TRACE is not answered by this proxy")
+        return True
+
+    # -- CONNECT tunnels ---------------------------------------------------
+
+    def _handle_connect(self, exchange: Exchange) -> None:
+        host, port = parse_authority(exchange.request.target)
+        intent = self.make_intent(exchange, "connect", "", host, port)
+        exchange.record.target = intent.target
+        if port not in self.factory.settings.connect_ports:
+            exchange.record.ended = "denied"
+            allowed = ", ".join(str(p) for p in sorted(self.factory.settings.connect_ports))
+            exchange.respond_error(
+                403, f"CONNECT to port {port} is not allowed (allowed ports: {allowed})"
+            )
+            return
+        self.admit(exchange, intent, lambda intent: self._open_tunnel(exchange, intent))
+
+    def _open_tunnel(self, exchange: Exchange, intent: Intent) -> None:
+        upstream = self.factory.chooser.choose(intent)
+        if upstream is None:
+            exchange.respond_error(503, f"no upstream available for {intent.target}")
+            return
+        record = exchange.record
+        record.kind = "connect"
+        record.upstream = upstream.name
+        timeouts = self.factory.timeouts
+
+        def ended(relay: Relay, how: str) -> None:
+            record.ended = how
+            record.bytes_from_client += relay.bytes_from_downstream
+            record.bytes_to_client += relay.bytes_from_upstream
+            self.report(exchange)
+
+        reactor = self.factory.reactor
+        relay = Relay(reactor, self.transport, idle_timeout=timeouts.tunnel_idle)
+        connecting = relay.connect(UpstreamEndpoint(reactor, upstream, timeouts.connect))
+        exchange.abort_fetch = lambda: relay.end("client-closed")
+
+        def opened(_):
+            if exchange.finished:
+                return
+            exchange.abort_fetch = None
+            relay.on_end = ended
+            exchange.finished = True
+            exchange.response_started = True
+            record.status = 200
+            self.exchange = None
+            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            early = self.become_tunnel(relay)
+            if early:
+                relay.downstream_data(early)
+
+        def failed(failure):
+            if not exchange.finished:
+                exchange.abort_fetch = None
+                exchange.respond_error(failure.value.status, str(failure.value))
+
+        connecting.addCallbacks(opened, failed)
+
+
+@implementer(IProxy)
+class ForwardProxy(HTTPProxyFactory):
+    """
+    A forward HTTP proxy: the protocol factory to listen with.
+
+    Every collaborator is injectable: ``policy`` (an `IPolicy`), ``chooser``
+    (an `IUpstreamChooser`; by default the origin named by the request) and
+    ``fetcher`` (an `IFetcher`, e.g. a cache in front of the pool).
+    """
+
+    protocol = ForwardProxyProtocol
+
+    def __init__(
+        self,
+        reactor,
+        *,
+        name: str = "forward",
+        policy: IPolicy | None = None,
+        chooser: IUpstreamChooser | None = None,
+        fetcher: IFetcher | None = None,
+        pool: ConnectionPool | None = None,
+        settings: ForwardSettings = ForwardSettings(),
+        limits: Limits = Limits(),
+        timeouts: Timeouts = Timeouts(),
+        reporters: Sequence = (),
+    ) -> None:
+        self.pool = pool or ConnectionPool(
+            reactor,
+            limits,
+            connect_timeout=timeouts.connect,
+            response_timeout=timeouts.response,
+            idle_timeout=timeouts.upstream_idle,
+        )
+        super().__init__(
+            reactor,
+            name=name,
+            fetcher=fetcher or UpstreamFetcher(self.pool),
+            limits=limits,
+            timeouts=timeouts,
+            reporters=tuple(reporters),
+            via=settings.via,
+        )
+        self.policy = policy or AllowAll()
+        self.chooser = chooser or DirectChooser(timeouts.connect)
+        self.settings = settings

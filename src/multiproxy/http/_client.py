@@ -1,0 +1,394 @@
+"""
+The upstream side of the HTTP proxies: persistent connections and their pool.
+
+An `UpstreamConnection` sends one request at a time over a connection to an
+upstream and feeds the response to an `IResponseSink` as it arrives.  The
+`ConnectionPool` keeps idle connections per upstream key, bounded in number
+and closed after an idle timeout.  `UpstreamFetcher` is the `IFetcher` that
+puts the two together, and is what the forward and reverse proxies use when
+nothing (such as a cache) stands in front of the upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from multiproxy._connect import UpstreamEndpoint
+from multiproxy._errors import ProtocolError, UpstreamError
+from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
+from multiproxy.http._parser import (
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    Limits,
+    ResponseHead,
+    ResponseReader,
+)
+from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, request_head_bytes
+
+log = Logger()
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+@implementer(IBodyConsumer)
+class UpstreamConnection(Protocol):
+    """One HTTP/1.1 connection to an upstream, carrying one request at a time."""
+
+    def __init__(self, pool: ConnectionPool, key: object) -> None:
+        self.pool = pool
+        self.key = key
+        self.requests = 0
+        self._reader = ResponseReader(pool.limits)
+        self._request: ForwardedRequest | None = None
+        self._sink: IResponseSink | None = None
+        self._on_stale: Callable[[], None] | None = None
+        self._got_response = False
+        self._body_sent = True
+        self._keep_alive = False
+        self._timer: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
+        self._sent_at = 0.0
+        self.lost = False
+
+    # -- driving a request ----------------------------------------------
+
+    def send(
+        self, request: ForwardedRequest, sink: IResponseSink,
+        on_stale: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        Send ``request`` and stream its response to ``sink``.
+
+        ``on_stale`` is called instead of failing the sink when a reused
+        connection turns out to have been closed by the upstream before any
+        byte of the response came back, and the request is safe to replay.
+        """
+        self._cancel_idle_timer()
+        self.requests += 1
+        self._request = request
+        self._sink = sink
+        self._on_stale = on_stale if request.idempotent and self.requests > 1 else None
+        self._got_response = False
+        self._sent_at = self.pool.reactor.seconds()
+        self._reader.expect(request.head.method)
+        head = request.head
+        headers = head.headers
+        body = request.body
+        if body is not None:
+            headers = headers.copy()
+            headers.remove_all(_FRAMING)
+            if body.chunked:
+                headers.add(b"Transfer-Encoding", b"chunked")
+            else:
+                headers.add(b"Content-Length", b"%d" % (body.length or 0,))
+        self.transport.write(request_head_bytes(head.method, head.target, headers))
+        self._body_sent = body is None
+        self._arm(self.pool.response_timeout, self._response_timed_out)
+        if body is not None:
+            body.attach(self)
+
+    def body_data(self, data: bytes) -> None:
+        if self._request is not None and self._request.body.chunked:
+            self.transport.write(chunk_bytes(data))
+        else:
+            self.transport.write(data)
+
+    def body_end(self) -> None:
+        if self._request is not None and self._request.body.chunked:
+            self.transport.write(LAST_CHUNK)
+        self._body_sent = True
+        if self._request is None:
+            self._maybe_idle()
+
+    def abandon(self) -> None:
+        """The client no longer wants the response: drop the connection."""
+        self._sink = None
+        self.transport.abortConnection()
+
+    # -- receiving -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._sink is None:
+            # Bytes with no request outstanding: the upstream is broken.
+            self.transport.abortConnection()
+            return
+        self._got_response = True
+        self._reader.feed(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        reader = self._reader
+        while self._sink is not None:
+            try:
+                event = reader.next_event()
+            except ProtocolError as e:
+                self._fail(UpstreamError(f"invalid response from upstream: {e}", 502))
+                self.transport.abortConnection()
+                return
+            if event is NEED_DATA:
+                return
+            if type(event) is Data:
+                self._arm(self.pool.idle_timeout, self._body_timed_out)
+                self._sink.data(event.data)
+            elif type(event) is ResponseHead:
+                if event.status < 200 and event.status != 101:
+                    self._sink.head(event, None)
+                    continue
+                self._keep_alive = event.keep_alive and reader.body_framing != "eof"
+                self._arm(self.pool.idle_timeout, self._body_timed_out)
+                self._sink.head(event, self.transport)
+            elif type(event) is EndOfMessage:
+                self._finish_response()
+                return
+            elif event is PAUSED:
+                # 101 or a 2xx to CONNECT: the connection is no longer HTTP.
+                self._keep_alive = False
+                return
+
+    def _finish_response(self) -> None:
+        sink, request = self._sink, self._request
+        self._sink = None
+        self._cancel_timer()
+        self._request = None
+        if self._keep_alive:
+            self._reader.start_next()
+        if request is not None:
+            request.upstream.finished(True, self.pool.reactor.seconds() - self._sent_at)
+        sink.end()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self._request is not None or self._sink is not None or self.lost:
+            return
+        if self._keep_alive and self._body_sent:
+            self.pool.release(self)
+        else:
+            self.transport.loseConnection()
+
+    def _fail(self, err: UpstreamError) -> None:
+        sink, request = self._sink, self._request
+        self._sink = None
+        self._request = None
+        self._keep_alive = False
+        self._cancel_timer()
+        if request is not None:
+            if request.body is not None:
+                request.body.detach()
+            request.upstream.finished(False, self.pool.reactor.seconds() - self._sent_at)
+        if sink is not None:
+            sink.fail(err)
+
+    # -- timers ----------------------------------------------------------
+
+    def _arm(self, seconds: float | None, fn: Callable[[], None]) -> None:
+        self._cancel_timer()
+        if seconds:
+            self._timer = self.pool.reactor.callLater(seconds, fn)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _response_timed_out(self) -> None:
+        self._timer = None
+        seconds = self.pool.response_timeout
+        self._fail(UpstreamError(f"upstream sent no response within {seconds:g} s", 504))
+        self.transport.abortConnection()
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        seconds = self.pool.idle_timeout
+        self._fail(UpstreamError(f"upstream stalled for {seconds:g} s mid-response", 504))
+        self.transport.abortConnection()
+
+    def start_idle_timer(self, seconds: float, fn: Callable[[], None]) -> None:
+        self._cancel_idle_timer()
+        self._idle_timer = self.pool.reactor.callLater(seconds, fn)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    # -- end of the connection --------------------------------------------
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lost = True
+        self._cancel_timer()
+        self._cancel_idle_timer()
+        self.pool.forget(self)
+        if self._sink is None:
+            return
+        if not self._got_response and self._on_stale is not None:
+            retry, self._on_stale, self._sink, self._request = self._on_stale, None, None, None
+            retry()
+            return
+        self._reader.feed_eof()
+        self._pump()
+        if self._sink is not None:
+            if self._got_response:
+                message = "upstream closed the connection mid-response"
+            else:
+                message = "upstream closed the connection without answering"
+            self._fail(UpstreamError(message, 502))
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: ConnectionPool, key: object) -> None:
+        self.pool = pool
+        self.key = key
+
+    def buildProtocol(self, addr):
+        return UpstreamConnection(self.pool, self.key)
+
+
+class ConnectionPool:
+    """
+    Persistent upstream connections, kept idle per upstream key for reuse.
+
+    At most ``max_idle_per_key`` idle connections are kept per key; each is
+    closed after ``keepalive_timeout`` seconds unused.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        limits: Limits,
+        *,
+        connect_timeout: float = 10.0,
+        response_timeout: float | None = 60.0,
+        idle_timeout: float | None = 60.0,
+        keepalive_timeout: float = 30.0,
+        max_idle_per_key: int = 16,
+    ) -> None:
+        self.reactor = reactor
+        self.limits = limits
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.idle_timeout = idle_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_idle_per_key = max_idle_per_key
+        self._idle: dict[object, list[UpstreamConnection]] = {}
+
+    def idle_count(self, key: object | None = None) -> int:
+        """How many idle connections are kept (for one key, or in all)."""
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def acquire(self, upstream) -> defer.Deferred[UpstreamConnection]:
+        """An idle connection to ``upstream`` if one is kept, else a new one."""
+        idle = self._idle.get(upstream.key)
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                conn._cancel_idle_timer()
+                return defer.succeed(conn)
+        return self.connect(upstream)
+
+    def connect(self, upstream) -> defer.Deferred[UpstreamConnection]:
+        """A new connection to ``upstream``, failing with `UpstreamError`."""
+        endpoint = UpstreamEndpoint(self.reactor, upstream, self.connect_timeout)
+        return endpoint.connect(_ConnectionFactory(self, upstream.key))
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """``conn`` finished a request and may be reused."""
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle_per_key:
+            conn.transport.loseConnection()
+            return
+        idle.append(conn)
+        conn.start_idle_timer(self.keepalive_timeout, conn.transport.loseConnection)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """``conn`` is closed: it must never be handed out again."""
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
+
+    def close_idle(self) -> None:
+        """Close every idle connection (at shutdown)."""
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
+                conn.transport.loseConnection()
+        self._idle.clear()
+
+
+@implementer(IFetcher)
+class UpstreamFetcher:
+    """Fetches responses from the request's upstream over pooled connections."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def fetch(self, request: ForwardedRequest, sink: IResponseSink) -> Callable[[], None]:
+        """Start the exchange; returns a callable that abandons it."""
+        state = _Fetch(self, request, sink)
+        state.start(fresh=False)
+        return state.abandon
+
+
+class _Fetch:
+    """One request's journey through the pool (with one replay on a stale connection)."""
+
+    def __init__(self, fetcher: UpstreamFetcher, request: ForwardedRequest, sink) -> None:
+        self.fetcher = fetcher
+        self.request = request
+        self.sink = sink
+        self.connection: UpstreamConnection | None = None
+        self.abandoned = False
+        self.pending: defer.Deferred | None = None
+
+    def start(self, fresh: bool) -> None:
+        pool = self.fetcher.pool
+        self.request.upstream.started()
+        self.pending = pool.connect(self.request.upstream) if fresh else pool.acquire(
+            self.request.upstream
+        )
+        self.pending.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, conn: UpstreamConnection) -> None:
+        self.pending = None
+        if self.abandoned:
+            self.request.upstream.finished(True, 0.0)
+            self.fetcher.pool.release(conn)
+            return
+        self.connection = conn
+        conn.send(self.request, self.sink, on_stale=self._stale)
+
+    def _stale(self) -> None:
+        self.request.upstream.finished(True, 0.0)
+        if not self.abandoned:
+            self.start(fresh=True)
+
+    def _failed(self, failure: Failure) -> None:
+        self.pending = None
+        self.request.upstream.finished(False, 0.0)
+        if self.abandoned:
+            return
+        if failure.check(UpstreamError):
+            self.sink.fail(failure.value)
+        else:
+            log.failure("unexpected error connecting upstream", failure)
+            self.sink.fail(UpstreamError("internal error connecting upstream", 502))
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        if self.pending is not None:
+            self.pending.cancel()
+        elif self.connection is not None and self.connection._sink is not None:
+            self.connection.abandon()

@@ -1,0 +1,553 @@
+"""
+The client side of the HTTP proxies: one protocol instance per connection.
+
+`HTTPServerProtocol` reads requests with the sans-I/O `RequestReader`,
+answers them one at a time in order (pipelined requests wait in the reader's
+buffer), enforces the client-facing timeouts, and writes each response with
+framing recomputed for this client.  What a request *means* is decided by a
+subclass (`handle`): the forward proxy and the reverse proxy differ only
+there.  Each request lives in an `Exchange`, which is the `IResponseSink`
+the upstream side writes the response into.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
+from multiproxy._values import AccessRecord
+from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
+from multiproxy.http._headers import Headers
+from multiproxy.http._parser import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    Limits,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+)
+from multiproxy.http._rules import end_to_end
+from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, response_head_bytes
+
+log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Client- and upstream-facing timeouts of an HTTP proxy, in seconds (None: no limit)."""
+
+    header: float | None = 30.0
+    """From the first byte of a request head until the head is complete (slowloris)."""
+    keepalive: float | None = 60.0
+    """An idle persistent client connection is closed after this long."""
+    client_idle: float | None = 60.0
+    """A client that stops sending a request body for this long gets 408."""
+    connect: float = 10.0
+    """Connecting to an upstream (name resolution included): 504 after this."""
+    response: float | None = 60.0
+    """Waiting for the upstream's response head: 504 after this."""
+    upstream_idle: float | None = 60.0
+    """An upstream that stalls mid-response for this long is cut off."""
+    tunnel_idle: float | None = 600.0
+    """A CONNECT tunnel or upgraded connection with no traffic is closed."""
+
+
+class HTTPProxyFactory(Factory):
+    """
+    Shared state of an HTTP proxy: settings, reporters and the upstream side.
+
+    Subclasses set ``protocol`` to their `HTTPServerProtocol` subclass.
+    """
+
+    protocol: type[HTTPServerProtocol]
+
+    def __init__(
+        self,
+        reactor,
+        *,
+        name: str,
+        fetcher: IFetcher,
+        limits: Limits = Limits(),
+        timeouts: Timeouts = Timeouts(),
+        reporters: tuple = (),
+        via: bytes | None = b"multiproxy",
+    ) -> None:
+        self.reactor = reactor
+        self.name = name
+        self.fetcher = fetcher
+        self.limits = limits
+        self.timeouts = timeouts
+        self.reporters = tuple(reporters)
+        self.via = via
+        self.connections: set[HTTPServerProtocol] = set()
+
+    def report(self, record: AccessRecord) -> None:
+        for reporter in self.reporters:
+            try:
+                reporter.report(record)
+            except Exception:
+                log.failure("reporter {reporter!r} failed", reporter=reporter)
+
+
+@implementer(IResponseSink)
+class Exchange:
+    """
+    One request and its response on a client connection.
+
+    It is the `IResponseSink` the upstream side writes into: it rewrites the
+    response head for this client (end-to-end fields, ``Via``, framing) and
+    streams the body with the upstream transport registered as the client
+    transport's producer, so a slow client slows the upstream.
+    """
+
+    def __init__(self, protocol: HTTPServerProtocol, request: RequestHead, record: AccessRecord):
+        self.protocol = protocol
+        self.request = request
+        self.record = record
+        self.body: RequestBody | None = None
+        self.request_complete = False
+        self.response_started = False
+        self.finished = False
+        self.close_after = not request.keep_alive
+        self.abort_fetch: Callable[[], None] | None = None
+        self._chunked = False
+        self._producer = None
+        self._transport = protocol.transport
+
+    # -- the request side ------------------------------------------------
+
+    def request_data(self, data: bytes) -> None:
+        self.record.bytes_from_client += len(data)
+        if self.body is not None:
+            self.body.write(data)
+
+    def request_end(self) -> None:
+        self.request_complete = True
+        if self.body is not None:
+            self.body.finish()
+        if self.finished:
+            self.protocol.exchange_done(self)
+
+    def forward(self, request: ForwardedRequest) -> None:
+        """Send ``request`` upstream through the proxy's fetcher; the answer comes here."""
+        self.record.upstream = getattr(request.upstream, "name", None)
+        self.abort_fetch = self.protocol.factory.fetcher.fetch(request, self)
+
+    # -- IResponseSink ---------------------------------------------------
+
+    def head(self, response: ResponseHead, producer) -> None:
+        if self.finished:
+            return
+        status = response.status
+        if status < 200:
+            if status == 100 or self.request.version == b"HTTP/1.1":
+                if status != 101:
+                    self._transport.write(
+                        response_head_bytes(status, response.reason, end_to_end(response.headers))
+                    )
+            return
+        self.response_started = True
+        self.record.status = status
+        headers = self.protocol.response_headers(self, response)
+        framing = self.protocol.response_framing(self, response)
+        if framing == "chunked":
+            self._chunked = True
+            headers.add(b"Transfer-Encoding", b"chunked")
+        elif framing == "close":
+            self.close_after = True
+        self._write_head(status, response.reason, headers)
+        if producer is not None and framing != "none":
+            self._producer = producer
+            self._transport.registerProducer(producer, True)
+
+    def data(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.record.bytes_to_client += len(data)
+        self._transport.write(chunk_bytes(data) if self._chunked else data)
+
+    def end(self) -> None:
+        if self.finished:
+            return
+        if self._chunked:
+            self._transport.write(LAST_CHUNK)
+        self._finish()
+
+    def fail(self, error: UpstreamError) -> None:
+        if self.finished:
+            return
+        if not self.response_started:
+            self.record.ended = "upstream-error"
+            self.respond_error(error.status, str(error))
+            return
+        # Mid-body: the client must see a truncated response as truncated.
+        self.record.ended = "upstream-truncated"
+        self._release_producer()
+        self.finished = True
+        self.protocol.report(self)
+        # Closing without the framing's end (length not reached, no last
+        # chunk) is how HTTP/1.1 says "truncated"; flush what arrived first.
+        self.protocol.exchange = None
+        self.protocol.close_flushing()
+
+    # -- answering from the proxy itself --------------------------------
+
+    def respond(
+        self, status: int, headers: Headers, body: bytes = b"", *, close: bool = False
+    ) -> None:
+        """Answer from the proxy itself with a complete, small response."""
+        if self.finished or self.response_started:
+            return
+        self.response_started = True
+        self.record.status = status
+        if close or not self.request_complete:
+            # An unread request body cannot be skipped safely: close after.
+            self.close_after = True
+        headers.add(b"Content-Length", b"%d" % len(body))
+        self._write_head(status, STATUS_REASONS.get(status, b"Unknown"), headers)
+        if body and self.request.method != b"HEAD":
+            self._transport.write(body)
+            self.record.bytes_to_client += len(body)
+        self._finish()
+
+    def respond_error(self, status: int, message: str, *, close: bool = False) -> None:
+        """Answer with ``status`` and a short plain-text body that names the cause."""
+        if self.abort_fetch is not None and not self.response_started:
+            self.abort_fetch = None
+        body = f"{status} {STATUS_REASONS.get(status, b'Error').decode()}: {message}\n".encode()
+        headers = Headers([
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Cache-Control", b"no-store"),
+        ])
+        self.record.extra.setdefault("error", message)
+        self.respond(status, headers, body, close=close)
+
+    # -- internals -------------------------------------------------------
+
+    def _write_head(self, status: int, reason: bytes, headers: Headers) -> None:
+        protocol = self.protocol
+        if self.close_after:
+            headers.add(b"Connection", b"close")
+        elif self.request.version == b"HTTP/1.0":
+            headers.add(b"Connection", b"keep-alive")
+        self._transport.write(response_head_bytes(status, reason, headers))
+        protocol.response_begun(self)
+
+    def _release_producer(self) -> None:
+        if self._producer is not None:
+            self._producer = None
+            self._transport.unregisterProducer()
+
+    def _finish(self) -> None:
+        self._release_producer()
+        self.finished = True
+        self.protocol.exchange_done(self)
+
+    def client_lost(self) -> None:
+        """The client went away: abandon the upstream side quietly."""
+        if self.body is not None:
+            self.body.detach()
+        if not self.finished:
+            self.finished = True
+            self.record.ended = "client-closed"
+            self._producer = None
+            abort, self.abort_fetch = self.abort_fetch, None
+            if abort is not None:
+                abort()
+            self.protocol.report(self)
+
+
+@implementer(IHalfCloseableProtocol)
+class HTTPServerProtocol(Protocol):
+    """
+    A client connection to an HTTP proxy.
+
+    Subclasses implement `handle`, and may override `response_headers` to
+    rewrite what goes back to the client.
+    """
+
+    factory: HTTPProxyFactory
+
+    def __init__(self) -> None:
+        self.exchange: Exchange | None = None
+        self.tunnel = None
+        self._reader: RequestReader | None = None
+        self._timer: IDelayedCall | None = None
+        self._timer_kind = ""
+        self._closing = False
+        self._peer_host = ""
+        self._peer_port = 0
+
+    # -- connection life -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._reader = RequestReader(self.factory.limits)
+        peer = self.transport.getPeer()
+        self._peer_host = getattr(peer, "host", "") or ""
+        self._peer_port = getattr(peer, "port", 0) or 0
+        self.factory.connections.add(self)
+        self._await_request()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self.factory.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.downstream_lost(reason)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_lost()
+
+    def readConnectionLost(self) -> None:
+        """The client shut its write side: answer what was asked, then close."""
+        if self.tunnel is not None:
+            self.tunnel.downstream_eof()
+            return
+        self._reader.feed_eof()
+        self._pump()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    @property
+    def client_host(self) -> str:
+        return self._peer_host
+
+    @property
+    def client_port(self) -> int:
+        return self._peer_port
+
+    # -- reading requests -------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.downstream_data(data)
+            return
+        if self._timer_kind == "keepalive":
+            self._arm("header", self.factory.timeouts.header)
+        self._reader.feed(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        reader = self._reader
+        while not self._closing and self.tunnel is None:
+            try:
+                event = reader.next_event()
+            except ProtocolError as e:
+                self._protocol_error(e)
+                return
+            kind = type(event)
+            if kind is Data:
+                self._arm("client_idle", self.factory.timeouts.client_idle)
+                self.exchange.request_data(event.data)
+            elif kind is RequestHead:
+                self._begin(event)
+            elif kind is EndOfMessage:
+                if self._timer_kind == "client_idle":
+                    self._cancel_timer()
+                self.exchange.request_end()
+            elif event is NEED_DATA or event is PAUSED:
+                return
+            elif event is CLOSED:
+                if self.exchange is None:
+                    self._close()
+                return
+
+    def _begin(self, head: RequestHead) -> None:
+        self._cancel_timer()
+        record = AccessRecord(
+            kind="http",
+            proxy=self.factory.name,
+            started=self.factory.reactor.seconds(),
+            client_host=self._peer_host,
+            client_port=self._peer_port,
+            method=_text(head.method),
+            target=_text(head.target),
+            version=_text(head.version),
+            referer=_optional_text(head.headers.get(b"referer")),
+            user_agent=_optional_text(head.headers.get(b"user-agent")),
+        )
+        exchange = Exchange(self, head, record)
+        self.exchange = exchange
+        framing = self._reader.body_framing
+        if framing == "none":
+            exchange.request_complete = True
+        else:
+            self._arm("client_idle", self.factory.timeouts.client_idle)
+            exchange.body = RequestBody(
+                self.transport, framing == "chunked", self._reader.body_length
+            )
+        try:
+            self.handle(exchange)
+        except ProtocolError as e:
+            exchange.respond_error(e.status, str(e))
+        except UpstreamError as e:
+            exchange.respond_error(e.status, str(e))
+
+    def handle(self, exchange: Exchange) -> None:
+        """Decide what to do with a request; subclasses must implement this."""
+        raise NotImplementedError
+
+    # -- writing responses -------------------------------------------------
+
+    def response_headers(self, exchange: Exchange, response: ResponseHead) -> Headers:
+        """The header fields to send to the client for ``response`` (framing excluded)."""
+        headers = end_to_end(response.headers)
+        via = self.factory.via
+        if via is not None:
+            headers.add(b"Via", _via_value(response.version, via))
+        return headers
+
+    def response_framing(self, exchange: Exchange, response: ResponseHead) -> str:
+        """
+        How the response body is delimited for this client: "none", "length"
+        (the upstream's Content-Length is kept), "chunked" or "close".
+        """
+        if exchange.request.method == b"HEAD" or response.status in (204, 304):
+            return "none"
+        if b"content-length" in response.headers:
+            return "length"
+        if exchange.request.version == b"HTTP/1.1":
+            return "chunked"
+        return "close"
+
+    def response_begun(self, exchange: Exchange) -> None:
+        """Hook: the response head has been written."""
+
+    def report(self, exchange: Exchange) -> None:
+        record = exchange.record
+        record.duration = self.factory.reactor.seconds() - record.started
+        self.factory.report(record)
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """The response is complete; move on to the next request when the request is too."""
+        if exchange is not self.exchange:
+            return
+        if not exchange.request_complete and not exchange.close_after:
+            return  # keep reading the body; request_end brings us back here
+        self.exchange = None
+        self.report(exchange)
+        if exchange.close_after or self._closing:
+            self._close()
+            return
+        self._reader.start_next()
+        self._await_request()
+        self._pump()
+
+    # -- switching to a byte relay (CONNECT, Upgrade) --------------------
+
+    def become_tunnel(self, tunnel) -> bytes:
+        """
+        Hand the connection to ``tunnel`` (a `multiproxy._relay.Relay`):
+        from now on bytes go to it.  Returns bytes the client already sent
+        past the request, which belong to the tunnel.
+        """
+        self._cancel_timer()
+        self.tunnel = tunnel
+        return self._reader.take_buffered()
+
+    # -- errors and timeouts -----------------------------------------------
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.response_started:
+            if exchange is None:
+                record = AccessRecord(
+                    kind="http", proxy=self.factory.name,
+                    started=self.factory.reactor.seconds(),
+                    client_host=self._peer_host, client_port=self._peer_port,
+                )
+                exchange = Exchange(self, _BAD_REQUEST_HEAD, record)
+                self.exchange = exchange
+            else:
+                # Framing broke while a response was being written: nothing
+                # more can be said on this connection.
+                exchange.client_lost()
+                self.transport.abortConnection()
+                return
+        exchange.record.ended = "bad-request"
+        if exchange.abort_fetch is not None:
+            abort, exchange.abort_fetch = exchange.abort_fetch, None
+            abort()
+        exchange.respond_error(error.status, str(error), close=True)
+
+    def _await_request(self) -> None:
+        self._arm("keepalive", self.factory.timeouts.keepalive)
+
+    def _arm(self, kind: str, seconds: float | None) -> None:
+        if self._timer_kind == kind and kind == "header":
+            return  # the head deadline is not reset by trickling bytes
+        self._cancel_timer()
+        if seconds:
+            self._timer_kind = kind
+            self._timer = self.factory.reactor.callLater(seconds, self._timed_out, kind)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_kind = ""
+
+    def _timed_out(self, kind: str) -> None:
+        self._timer = None
+        self._timer_kind = ""
+        if kind == "keepalive":
+            self._close()
+            return
+        exchange = self.exchange
+        if exchange is not None and exchange.response_started:
+            exchange.record.ended = "client-timeout"
+            self.transport.abortConnection()
+            return
+        if exchange is None:
+            record = AccessRecord(
+                kind="http", proxy=self.factory.name, started=self.factory.reactor.seconds(),
+                client_host=self._peer_host, client_port=self._peer_port,
+            )
+            exchange = Exchange(self, _BAD_REQUEST_HEAD, record)
+            self.exchange = exchange
+        exchange.record.ended = "client-timeout"
+        if exchange.abort_fetch is not None:
+            abort, exchange.abort_fetch = exchange.abort_fetch, None
+            abort()
+        what = "request head" if kind == "header" else "request body"
+        exchange.respond_error(408, f"the client took too long to send the {what}", close=True)
+
+    def _close(self) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def close_flushing(self) -> None:
+        """Close after flushing, but never wait on a client that stopped reading."""
+        self._close()
+        grace = self.factory.timeouts.client_idle or 60.0
+        self._timer = self.factory.reactor.callLater(grace, self.transport.abortConnection)
+
+
+_BAD_REQUEST_HEAD = RequestHead(b"-", b"-", b"HTTP/1.1", Headers())
+
+
+def _via_value(version: bytes, pseudonym: bytes) -> bytes:
+    # RFC 9110 7.6.3: received-protocol is the version of the message received.
+    if version.startswith(b"HTTP/"):
+        version = version[5:]
+    return version + b" " + pseudonym
+
+
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+def _optional_text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
