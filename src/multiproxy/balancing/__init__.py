@@ -1,0 +1,56 @@
+"""
+Balancers, backends, pools and health checks, shared by the reverse HTTP
+proxy and the TCP relay.
+
+- Balancers (`IBalancer`, pure): `RoundRobin`, `WeightedRoundRobin`,
+  `LeastConnections`, `PowerOfTwoChoices`, `ConsistentHash`;
+  `balancer_from_name` builds one from ``roundrobin``, ``weighted``,
+  ``leastconn``, ``p2c``, ``hash:client``, ``hash:header=NAME`` or
+  ``hash:cookie=NAME``.
+- `Backend` (`IUpstream`): an endpoint string or host and port, optional
+  verified TLS origination (`TLSOrigination`), weight, statistics.
+- `BackendPool` (`IUpstreamChooser`): choice among healthy backends, passive
+  health with growing backoff, `BackendPool.snapshot` for a status page.
+- `HealthChecker`: a service running `TCPCheck` or `HTTPCheck` probes.
+"""
+
+from multiproxy.balancing._backend import Backend, BackendStatus, DeadlineEndpoint, TLSOrigination
+from multiproxy.balancing._balancers import (
+    BALANCER_NAMES,
+    ConsistentHash,
+    LeastConnections,
+    PowerOfTwoChoices,
+    RoundRobin,
+    WeightedRoundRobin,
+    balancer_from_name,
+)
+from multiproxy.balancing._health import (
+    HealthChecker,
+    HealthState,
+    HTTPCheck,
+    TCPCheck,
+    parse_status_line,
+)
+from multiproxy.balancing._pool import BackendPool
+from multiproxy.balancing._ring import HashRing
+
+__all__ = [
+    "BALANCER_NAMES",
+    "Backend",
+    "BackendPool",
+    "BackendStatus",
+    "ConsistentHash",
+    "DeadlineEndpoint",
+    "HTTPCheck",
+    "HashRing",
+    "HealthChecker",
+    "HealthState",
+    "LeastConnections",
+    "PowerOfTwoChoices",
+    "RoundRobin",
+    "TCPCheck",
+    "TLSOrigination",
+    "WeightedRoundRobin",
+    "balancer_from_name",
+    "parse_status_line",
+]

@@ -1,0 +1,262 @@
+"""
+`Backend`: one upstream of a pool, with its connection statistics and health.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from multiproxy._interfaces import IUpstream
+
+__all__ = ["Backend", "BackendStatus", "TLSOrigination", "DeadlineEndpoint"]
+
+LATENCY_SMOOTHING = 0.3
+"""Weight of the newest sample in the latency moving average."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSOrigination:
+    """
+    TLS from the proxy to a backend.
+
+    @ivar server_name: the name sent by SNI and checked in the backend's
+        certificate (service-identity); default: the backend's host.
+    @ivar ca_file: a PEM file of CA certificates to trust instead of the
+        system trust store.
+    @ivar verify: False only by explicit configuration: the connection is
+        then encrypted but the backend is not authenticated.
+    @ivar alpn: ALPN protocols to offer (``(b"http/1.1",)`` for HTTP
+        backends; none for a raw TCP relay).
+    """
+
+    server_name: str | None = None
+    ca_file: str | None = None
+    verify: bool = True
+    alpn: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """A backend's state at one moment, for a status page."""
+
+    name: str
+    state: str  # "up", "down" (active checks) or "ejected" (passive checks)
+    weight: int
+    active: int
+    requests: int
+    failures: int
+    consecutive_failures: int
+    latency: float | None  # seconds, moving average of successful exchanges
+    last_latency: float | None
+    last_check: str | None  # outcome of the last active check, if any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@implementer(IStreamClientEndpoint)
+class DeadlineEndpoint:
+    """Wraps a client endpoint so that a connect not done in ``timeout`` seconds fails."""
+
+    def __init__(self, reactor: Any, endpoint: IStreamClientEndpoint, timeout: float) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.timeout = timeout
+
+    def connect(self, factory: Any) -> defer.Deferred:
+        d = self.endpoint.connect(factory)
+        timed_out = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self.reactor.callLater(self.timeout, expire)
+
+        def settle(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if timed_out and isinstance(result, Failure) and result.check(
+                defer.CancelledError
+            ):
+                raise error.TimeoutError(string=f"no connection after {self.timeout:g} s")
+            return result
+
+        return d.addBoth(settle)
+
+
+@implementer(IUpstream)
+class Backend:
+    """
+    One backend: where to connect, with what weight, and how it is doing.
+
+    Give either ``address``, a Twisted client endpoint string
+    (``tcp:host=10.0.0.5:port=5432``, ``unix:path=/run/app.sock``,
+    ``tls:db.internal:5432``), or ``host`` and ``port``.  ``tls`` adds TLS
+    origination (verified unless it says otherwise) on top of either.
+
+    The proxy calls `started` and `finished` around each connection or
+    request; a `BackendPool` watches `finished` for passive health checks and
+    active checks set `checked_up`.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        address: str | None = None,
+        host: str = "",
+        port: int = 0,
+        tls: TLSOrigination | None = None,
+        weight: int = 1,
+        connect_timeout: float | None = None,
+        proxy_protocol: str | None = None,
+    ) -> None:
+        if (address is None) == (not host):
+            raise ValueError("a backend needs either an endpoint address or a host and port")
+        if host and not 0 < port < 65536:
+            raise ValueError(f"backend port must be 1-65535, got {port}")
+        if weight < 0:
+            raise ValueError(f"backend weight must be 0 or more, got {weight}")
+        if proxy_protocol not in (None, "v1", "v2"):
+            raise ValueError(f"proxy_protocol must be v1 or v2, got {proxy_protocol!r}")
+        if tls is not None and address is not None and tls.server_name is None:
+            raise ValueError(
+                f"backend {address!r}: TLS over an endpoint address needs a server_name "
+                "to verify"
+            )
+        self.address = address
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.weight = weight
+        self.connect_timeout = connect_timeout
+        self.proxy_protocol = proxy_protocol
+        self.name = name or address or _host_port(host, port)
+        self.key = (address or _host_port(host, port), tls.server_name if tls else None,
+                    tls is not None)
+        self.active = 0
+        self.requests = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.latency: float | None = None
+        self.last_latency: float | None = None
+        self.checked_up = True
+        self.last_check: str | None = None
+        self.ejected_until: float | None = None
+        self.ejections = 0
+        self._observers: list[Callable[[Backend, bool], None]] = []
+        self._endpoints: dict[int, IStreamClientEndpoint] = {}
+        self._tls_creator: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} weight={self.weight}>"
+
+    # IUpstream
+
+    def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
+        """The client endpoint for this backend, with TLS and connect timeout applied."""
+        cached = self._endpoints.get(id(reactor))
+        if cached is not None:
+            return cached
+        if self.address is not None:
+            endpoint = clientFromString(reactor, self.address)
+        else:
+            endpoint = _host_endpoint(reactor, self.host, self.port, self.connect_timeout or 30)
+        if self.tls is not None:
+            endpoint = wrapClientTLS(self._tls(), endpoint)
+        if self.connect_timeout and self.address is not None:
+            endpoint = DeadlineEndpoint(reactor, endpoint, self.connect_timeout)
+        self._endpoints = {id(reactor): endpoint}
+        return endpoint
+
+    def _tls(self) -> Any:
+        if self._tls_creator is None:
+            from multiproxy._tls import client_tls
+
+            assert self.tls is not None
+            self._tls_creator = client_tls(
+                self.tls.server_name or self.host, verify=self.tls.verify,
+                ca_file=self.tls.ca_file, alpn=self.tls.alpn,
+            )
+        return self._tls_creator
+
+    def started(self) -> None:
+        self.active += 1
+        self.requests += 1
+
+    def finished(self, ok: bool, elapsed: float) -> None:
+        self.active = max(0, self.active - 1)
+        if ok:
+            self.consecutive_failures = 0
+            self.last_latency = elapsed
+            if self.latency is None:
+                self.latency = elapsed
+            else:
+                self.latency += LATENCY_SMOOTHING * (elapsed - self.latency)
+        else:
+            self.failures += 1
+            self.consecutive_failures += 1
+        for observer in self._observers:
+            observer(self, ok)
+
+    # health
+
+    def add_observer(self, observer: Callable[[Backend, bool], None]) -> None:
+        """Call ``observer(backend, ok)`` after each `finished`."""
+        self._observers.append(observer)
+
+    def available(self, now: float) -> bool:
+        """Whether new connections may go here at time ``now``."""
+        if not self.checked_up:
+            return False
+        if self.ejected_until is None:
+            return True
+        # Past its backoff an ejected backend gets one trial connection at a time.
+        return now >= self.ejected_until and self.active == 0
+
+    def state(self, now: float) -> str:
+        if not self.checked_up:
+            return "down"
+        if self.ejected_until is not None and now < self.ejected_until:
+            return "ejected"
+        return "up"
+
+    def status(self, now: float) -> BackendStatus:
+        """A `BackendStatus` snapshot."""
+        return BackendStatus(
+            name=self.name, state=self.state(now), weight=self.weight, active=self.active,
+            requests=self.requests, failures=self.failures,
+            consecutive_failures=self.consecutive_failures, latency=self.latency,
+            last_latency=self.last_latency, last_check=self.last_check,
+        )
+
+
+def _host_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    # An IP literal needs no resolver thread nor Happy Eyeballs delays.
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if version == 4:
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
