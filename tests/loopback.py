@@ -191,3 +191,15 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10) -> defer.Deferred:
 
     protocol.ClientCreator(reactor, Client).connectTCP("127.0.0.1", port)
     return done
+
+
+async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> None:
+    """Wait until ``predicate()`` is true (for effects that land after a peer closes)."""
+    from twisted.internet import task
+
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await task.deferLater(reactor, interval, lambda: None)
+        waited += interval
