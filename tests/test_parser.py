@@ -218,6 +218,8 @@ def test_bare_lf_head_is_refused_before_the_head_completes():
         (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x01\r\n\r\n", "control character"),
         (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x7fb\r\n\r\n", "control character"),
         (b"GET / HTTP/1.1\r\nHost: h\r\nX: \x1b[31m\r\n\r\n", "control character"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent_Length: 0\r\n\r\n", "imitates a framing field"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\ntransfer_encoding: x\r\n\r\n", "imitates a framing field"),
     ],
 )
 def test_malformed_field_lines_are_refused(mode, raw, message):
@@ -246,7 +248,8 @@ def test_tab_inside_field_value_is_allowed():
         (b"GET / HTTP/1", 400),
         (b"GET / http/1.1", 400),
         (b"GET / HTTP/1.1.1", 400),
-        (b"GET / HTTP/11.1", 505),
+        (b"GET / HTTP/11.1", 400),
+        (b"GET / HTTP/01.1", 400),
         (b"GET / HTTP/2.0", 505),
         (b"GET / HTTP/0.9", 505),
         (b"GET /", 400),

@@ -14,18 +14,27 @@ from pathlib import Path
 
 import pytest
 
+from multiproxy.balancing import Backend, BackendPool, BackendStatus, RoundRobin
 from multiproxy.reverse._status import (
     HTML_TYPE,
     JSON_TYPE,
     PROMETHEUS_TYPE,
-    BackendStatus,
     PoolStatus,
     StatusSnapshot,
     render_html,
     render_json,
+    pool_status,
     render_prometheus,
     status_page,
 )
+
+
+def backend(name: str, state: str, *, active: int = 0, requests: int = 0, failures: int = 0,
+            latency: float | None = None, weight: int = 1,
+            check: str | None = None) -> BackendStatus:
+    return BackendStatus(name=name, state=state, weight=weight, active=active,
+                         requests=requests, failures=failures, consecutive_failures=0,
+                         latency=latency, last_latency=latency, last_check=check)
 
 
 def snapshot() -> StatusSnapshot:
@@ -33,12 +42,12 @@ def snapshot() -> StatusSnapshot:
         proxy="web",
         pools=(
             PoolStatus("api", (
-                BackendStatus("b1", "up", active=2, requests=100, failures=1, latency_ms=3.25,
-                              address="http://127.0.0.1:9001", check="HTTP 200 in 2 ms"),
-                BackendStatus("b2", "down", active=0, requests=50, failures=10, weight=2,
-                              check="connection refused"),
+                backend("b1", "up", active=2, requests=100, failures=1, latency=0.00325,
+                        check="HTTP 200 in 2 ms"),
+                backend("b2", "down", active=0, requests=50, failures=10, weight=2,
+                        check="connection refused"),
             ), balance="roundrobin"),
-            PoolStatus('odd "name"\n<x>', (BackendStatus("s1", "draining", requests=7),)),
+            PoolStatus('odd "name"\n<x>', (backend("s1", "ejected", requests=7),)),
         ),
         taken_at=1_700_000_000.0,
         started_at=1_699_999_000.0,
@@ -53,9 +62,9 @@ def test_json_has_every_backend_field_in_order() -> None:
     api = doc["pools"][0]
     assert api["up"] == 1 and api["balance"] == "roundrobin"
     assert api["backends"][0] == {
-        "name": "b1", "state": "up", "active": 2, "requests": 100, "failures": 1,
-        "latency_ms": 3.25, "address": "http://127.0.0.1:9001", "weight": 1,
-        "check": "HTTP 200 in 2 ms",
+        "name": "b1", "state": "up", "weight": 1, "active": 2, "requests": 100, "failures": 1,
+        "consecutive_failures": 0, "latency_ms": 3.25, "last_latency_ms": 3.25,
+        "last_check": "HTTP 200 in 2 ms",
     }
     assert api["backends"][1]["latency_ms"] is None
 
@@ -99,7 +108,7 @@ def test_html_escapes_names_and_marks_states() -> None:
     assert "<x>" not in page and "&lt;x&gt;" in page
     assert '<tr class="up" data-backend="b1">' in page
     assert '<tr class="down" data-backend="b2">' in page
-    assert '<tr class="draining" data-backend="s1">' in page
+    assert '<tr class="ejected" data-backend="s1">' in page
     assert "1/2 up, roundrobin" in page
     assert 'http-equiv="refresh"' in page
     assert "up 16m 40s" in page
@@ -109,6 +118,26 @@ def test_html_without_pools_says_so() -> None:
     page = render_html(StatusSnapshot("p", (), taken_at=0), refresh=None).decode()
     assert "No backend pools are configured." in page
     assert "refresh" not in page
+
+
+def test_pool_status_reads_a_backend_pool() -> None:
+    from twisted.internet.task import Clock
+
+    a = Backend(host="127.0.0.1", port=9001)
+    b = Backend(host="127.0.0.1", port=9002, weight=3)
+    pool = BackendPool("api", [a, b], RoundRobin(), Clock(), max_failures=1)
+    a.started()
+    a.finished(True, 0.004)
+    b.started()
+    b.finished(False, 0.1)
+    status = pool_status(pool)
+    assert status.name == "api" and status.balance == "roundrobin"
+    assert [(x.name, x.state, x.requests, x.failures) for x in status.backends] == [
+        ("127.0.0.1:9001", "up", 1, 0), ("127.0.0.1:9002", "ejected", 1, 1)]
+    assert status.up == 1
+    text = render_prometheus(StatusSnapshot("web", (status,))).decode()
+    assert 'multiproxy_backend_latency_milliseconds{proxy="web",pool="api",' \
+        'backend="127.0.0.1:9001"} 4.0' in text
 
 
 def test_status_page_routes_paths_to_formats() -> None:
@@ -161,7 +190,7 @@ def test_html_status_page_in_headless_chromium_shows_coloured_states(tmp_path: P
     seen = dict(re.findall(r'data-backend="([^"]+)"[^>]*data-seen="([^"]+)"', dom))
     assert seen["b1"] == "rgb(46, 158, 68)|UP|visible"
     assert seen["b2"] == "rgb(221, 51, 51)|DOWN|visible"
-    assert seen["s1"] == "rgb(224, 160, 0)|DRAINING|visible"
+    assert seen["s1"] == "rgb(224, 160, 0)|EJECTED|visible"
 
     shot = tmp_path / "status.png"
     (tmp_path / "page.html").write_text(page)

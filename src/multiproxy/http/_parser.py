@@ -188,6 +188,7 @@ _NAME_CACHE: dict[bytes, bytes] = {}
 _NAME_CACHE_MAX = 1024
 
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_FRAMING_LOOKALIKES = frozenset({b"content-length", b"transfer-encoding"})
 
 _MAX_EMPTY_LINES = 8
 """Empty lines tolerated before a start line (RFC 9112 2.2 asks for at least one)."""
@@ -228,6 +229,10 @@ def _field_name(name: bytes) -> bytes:
             )
         raise ProtocolError(f"invalid character in field name {_show(name)}")
     lname = name.lower()
+    if b"_" in lname and lname.replace(b"_", b"-") in _FRAMING_LOOKALIKES:
+        # CGI-style backends map "_" and "-" to the same variable, so this
+        # field would frame the message there but not here.
+        raise ProtocolError(f"field name {_show(name)} imitates a framing field")
     if len(_NAME_CACHE) < _NAME_CACHE_MAX:
         _NAME_CACHE[name] = lname
     return lname
@@ -743,7 +748,7 @@ def _bad_request_line(line: bytes) -> ProtocolError:
         return ProtocolError(f"invalid method {_show(method)}")
     if not target or re.fullmatch(rb"[\x21-\x7e]+", target) is None:
         return ProtocolError(f"invalid request target {_show(target)}")
-    match = re.fullmatch(rb"HTTP/([0-9]+)\.([0-9]+)", version)
+    match = re.fullmatch(rb"HTTP/([0-9])\.([0-9])", version)
     if match is not None and match.group(1) != b"1":
         return UnsupportedVersion(f"{_show(version)} is not supported")
     return ProtocolError(f"invalid HTTP version {_show(version)}")
@@ -775,7 +780,7 @@ class ResponseReader(_Reader):
     def _head_event(self, start: bytes, field_lines: list[bytes]) -> Event:
         match = _STATUS_LINE_RE.fullmatch(start)
         if match is None:
-            version = re.match(rb"HTTP/([0-9]+)\.([0-9]+) ", start)
+            version = re.match(rb"HTTP/([0-9])\.([0-9]) ", start)
             if version is not None and version.group(1) != b"1":
                 raise UnsupportedVersion(f"response version {_show(start[:12])} is not supported")
             raise ProtocolError(f"invalid status line {_show(start, 80)}")
