@@ -119,6 +119,11 @@ def test_shorthand_backends_make_one_pool_and_a_default_route() -> None:
     assert c.route_table().match("any.host", b"/x").pool == "default"
 
 
+def test_shorthand_pool_takes_health_from_the_proxy_table() -> None:
+    c = read('[[reverse]]\nbackends = "http://h:1"\n[reverse.health]\npath = "/ok"\n')
+    assert c.pools[0].health.check == "http" and c.pools[0].health.path == "/ok"
+
+
 def test_tls_listen_alone_needs_no_plain_listener() -> None:
     c = read('[[reverse]]\ntls_listen = "tcp:8443"\nbackends = "http://h:1"\n'
              '[reverse.tls]\ndir = "/certs"\n')
@@ -147,8 +152,8 @@ def test_tls_listen_alone_needs_no_plain_listener() -> None:
      r"reverse\[0\]\.tls\.certs: give certs"),
     ('backends = ["http://h:1"]\n[reverse.forwarded]\ntrusted = ["10.0.0/8"]',
      r"reverse\[0\]\.forwarded\.trusted: '10.0.0/8' is not an IP network"),
-    ('backends = ["http://h:1"]\n[reverse.health]\npath = "/"', r"reverse\[0\]\.health: unknown "
-                                                                  r"key"),
+    ('[reverse.pools.a]\nbackends = ["http://h:1"]\n[reverse.health]\npath = "/"',
+     r"reverse\[0\]\.health: unknown key"),
     ('[reverse.pools.a]\nbackends = ["http://h:1"]\n[reverse.pools.b]\nbackends = ["http://h:2"]',
      r"reverse\[0\]\.routes: several pools need"),
     ('[reverse.pools.a]\nbackends = ["http://h:1"]\n[[reverse.routes]]\npool = "b"',

@@ -2,8 +2,8 @@
 The reverse proxy's status page: per-backend state as JSON, Prometheus text
 and HTML.
 
-Rendering is pure: it takes a `StatusSnapshot` (taken from the backend pools
-at one moment) and returns bytes.  `status_page` maps a request path to one
+Rendering is pure: it takes a `StatusSnapshot` (the `BackendStatus` values
+of every `BackendPool` at one moment, see `pool_status`) and returns bytes.  `status_page` maps a request path to one
 of the three renderings, so the listener that serves them stays trivial.
 """
 
@@ -13,9 +13,13 @@ import html
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
-STATES = ("up", "down", "draining")
+from multiproxy.balancing._backend import BackendStatus
+
+STATES = ("up", "down", "ejected", "draining")
+"""Backend states: up; down (active checks); ejected (passive checks); draining."""
 
 JSON_TYPE = b"application/json"
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -23,32 +27,8 @@ HTML_TYPE = b"text/html; charset=utf-8"
 
 
 @dataclass(frozen=True, slots=True)
-class BackendStatus:
-    """
-    One backend at the moment of the snapshot.
-
-    @ivar state: ``up``, ``down`` or ``draining``.
-    @ivar active: requests or connections in progress.
-    @ivar requests: requests (or connections) begun since start.
-    @ivar failures: of those, the ones that failed.
-    @ivar latency_ms: a recent average response time, None before any.
-    @ivar check: the last health check's outcome in a few words.
-    """
-
-    name: str
-    state: str
-    active: int = 0
-    requests: int = 0
-    failures: int = 0
-    latency_ms: float | None = None
-    address: str = ""
-    weight: int = 1
-    check: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class PoolStatus:
-    """A named pool of backends and the balancer that spreads work over them."""
+    """A named pool's backends at one moment, and the balancer it uses."""
 
     name: str
     backends: tuple[BackendStatus, ...]
@@ -57,6 +37,17 @@ class PoolStatus:
     @property
     def up(self) -> int:
         return sum(1 for b in self.backends if b.state == "up")
+
+
+def pool_status(pool: Any) -> PoolStatus:
+    """The `PoolStatus` of a `multiproxy.balancing.BackendPool` now."""
+    balancer = pool.balancer
+    balance = getattr(balancer, "name", None) or type(balancer).__name__
+    return PoolStatus(pool.name, tuple(pool.snapshot()), str(balance))
+
+
+def _latency_ms(b: BackendStatus) -> float | None:
+    return None if b.latency is None else round(b.latency * 1000, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +71,22 @@ def render_json(snapshot: StatusSnapshot) -> bytes:
                 "name": pool.name,
                 "balance": pool.balance,
                 "up": pool.up,
-                "backends": [asdict(b) for b in pool.backends],
+                "backends": [_backend_json(b) for b in pool.backends],
             }
             for pool in snapshot.pools
         ],
     }
     return json.dumps(doc, indent=2).encode("utf-8") + b"\n"
+
+
+def _backend_json(b: BackendStatus) -> dict[str, object]:
+    return {
+        "name": b.name, "state": b.state, "weight": b.weight, "active": b.active,
+        "requests": b.requests, "failures": b.failures,
+        "consecutive_failures": b.consecutive_failures, "latency_ms": _latency_ms(b),
+        "last_latency_ms": None if b.last_latency is None else round(b.last_latency * 1000, 3),
+        "last_check": b.last_check,
+    }
 
 
 _METRICS = (
@@ -98,7 +99,7 @@ _METRICS = (
     ("multiproxy_backend_failures_total", "counter", "Requests or connections that failed.",
      lambda b: b.failures),
     ("multiproxy_backend_latency_milliseconds", "gauge", "Recent average response time.",
-     lambda b: b.latency_ms if b.latency_ms is not None else math.nan),
+     lambda b: math.nan if b.latency is None else b.latency * 1000),
     ("multiproxy_backend_weight", "gauge", "Configured balancing weight.",
      lambda b: b.weight),
 )
@@ -153,7 +154,7 @@ tfoot td{background:#f0f0f4;font-weight:600}
 td.name,th.name,td.check{text-align:left}
 tr.up td.state{background:#2e9e44;color:#fff;font-weight:600}
 tr.down td.state{background:#d33;color:#fff;font-weight:600}
-tr.draining td.state{background:#e0a000;color:#fff;font-weight:600}
+tr.ejected td.state,tr.draining td.state{background:#e0a000;color:#fff;font-weight:600}
 tr.down td{background:#fde8e8}
 td.state{text-align:center}
 """
@@ -162,7 +163,8 @@ td.state{text-align:center}
 def render_html(snapshot: StatusSnapshot, refresh: int | None = 5) -> bytes:
     """
     A page a person reads at a glance: one table per pool, one row per
-    backend, the state cell green (up), red (down) or amber (draining).
+    backend, the state cell green (up), red (down) or amber (ejected after
+    failures, or draining).
     """
     esc = html.escape
     taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.taken_at))
@@ -205,15 +207,15 @@ def _pool_table(pool: PoolStatus) -> str:
     ]
     for b in pool.backends:
         state = b.state if b.state in STATES else "down"
-        latency = "&ndash;" if b.latency_ms is None else f"{b.latency_ms:.1f} ms"
-        title = f' title="{esc(b.address)}"' if b.address else ""
+        ms = _latency_ms(b)
+        latency = "&ndash;" if ms is None else f"{ms:.1f} ms"
         rows.append(
             f'<tr class="{state}" data-backend="{esc(b.name)}">'
-            f'<td class="name"{title}>{esc(b.name)}</td>'
+            f'<td class="name">{esc(b.name)}</td>'
             f'<td class="state">{esc(b.state.upper())}</td>'
             f"<td>{b.active}</td><td>{b.requests}</td><td>{b.failures}</td>"
             f"<td>{latency}</td><td>{b.weight}</td>"
-            f'<td class="check">{esc(b.check)}</td></tr>'
+            f'<td class="check">{esc(b.last_check or "")}</td></tr>'
         )
     rows.append("</tbody>")
     rows.append(

@@ -1,0 +1,650 @@
+"""
+Configuring a reverse proxy: from a ``[[reverse]]`` TOML table or from
+``twistd multiproxy reverse`` options.  Both produce one `ReverseConfig`
+value, checked before anything listens (see docs/reverse.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import Literal
+from urllib.parse import urlsplit
+
+from twisted.python import usage
+
+from multiproxy._errors import ConfigError
+from multiproxy._tablereader import TableReader
+from multiproxy._tls import CertificateFile
+from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
+from multiproxy.http._parser import Limits
+from multiproxy.http._server import Timeouts
+from multiproxy.reverse._forwarded import ForwardedSettings, parse_network
+from multiproxy.reverse._routing import Route, RouteTable
+
+DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
+DEFAULT_POOL = "default"
+_TIMEOUTS = Timeouts()
+_LIMITS = Limits()
+
+CheckKind = Literal["http", "tcp", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """
+    One backend, from a URL ``http://host[:port]`` or ``https://host[:port]``.
+
+    @ivar server_name: for https: the name sent by SNI and verified in the
+        certificate (default: ``host``).
+    @ivar verify: for https: False only when configured explicitly.
+    @ivar ca_file: for https: CA certificates to trust instead of the system's.
+    """
+
+    url: str
+    scheme: Literal["http", "https"]
+    host: str
+    port: int
+    weight: int = 1
+    server_name: str | None = None
+    verify: bool = True
+    ca_file: str | None = None
+    name: str | None = None
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` as written in a Host field (port left out when default)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_backend_url(url: str, **options: object) -> BackendConfig:
+    """
+    A `BackendConfig` from ``http://host:port`` or ``https://host:port``.
+
+    @raise ValueError: with a sentence saying what is wrong and what is right.
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"backend {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(
+            f"backend {url!r}: expected http://host:port or https://host:port"
+        )
+    if not parts.hostname:
+        raise ValueError(f"backend {url!r} has no host; write it as {parts.scheme}://host:port")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"backend {url!r}: credentials in the URL are not supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"backend {url!r}: a backend URL has no path; use a route's replace_prefix "
+            f"to change paths"
+        )
+    host = parts.hostname.rstrip(".")
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    if not 0 < port < 65536:
+        raise ValueError(f"backend {url!r}: port must be 1-65535")
+    return BackendConfig(url=text, scheme=parts.scheme, host=host, port=port,  # type: ignore[arg-type]
+                         **options)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """
+    Health checks of a pool's backends.
+
+    Active: ``check`` (``tcp``, the default: the connection opens; ``http``:
+    ``GET path`` must answer a status in ``expect``, default 2xx/3xx; ``none``)
+    every ``interval`` seconds with ``timeout``; down after ``fall`` failures
+    in a row, up after ``rise`` successes.  Passive: ``max_failures``
+    consecutive failed requests eject a backend for ``backoff`` seconds,
+    doubling up to ``max_backoff``.
+    """
+
+    check: CheckKind = "tcp"
+    path: str = "/"
+    host: str | None = None
+    expect: tuple[int, ...] = ()
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    max_failures: int = 3
+    backoff: float = 5.0
+    max_backoff: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """A named pool: its backends, its balancer's name and its health checks."""
+
+    name: str
+    backends: tuple[BackendConfig, ...]
+    balance: str = "roundrobin"
+    health: HealthConfig = HealthConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Certificates for the TLS listeners (a list, a directory, or both)."""
+
+    certificates: tuple[CertificateFile, ...] = ()
+    directory: str | None = None
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class ReverseConfig:
+    """
+    Everything needed to run one reverse proxy.
+
+    @ivar listen: plain HTTP listeners (Twisted server endpoint strings).
+    @ivar tls_listen: listeners that terminate TLS with ``tls``.
+    @ivar redirect_https: plain listeners answer every request with a 308
+        to the same URL on https (``https_port``).
+    @ivar hsts: the ``Strict-Transport-Security`` value added to responses
+        sent over TLS, or None.
+    @ivar status_listen: listeners for the status page (never the proxy's).
+    @ivar shutdown_timeout: seconds in-flight requests get on shutdown.
+    """
+
+    name: str = "reverse"
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    tls_listen: tuple[str, ...] = ()
+    tls: TLSConfig | None = None
+    routes: tuple[Route, ...] = ()
+    pools: tuple[PoolConfig, ...] = ()
+    forwarded: ForwardedSettings = ForwardedSettings()
+    redirect_https: bool = False
+    https_port: int = 443
+    hsts: bytes | None = None
+    status_listen: tuple[str, ...] = ()
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    shutdown_timeout: float = 30.0
+
+    def route_table(self) -> RouteTable:
+        return RouteTable(self.routes)
+
+    def pool(self, name: str) -> PoolConfig:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+
+def check_config(config: ReverseConfig) -> ReverseConfig:
+    """
+    Checks that span several keys; raises `ConfigError` with the fix.
+    Returns ``config`` so it can wrap a constructor call.
+    """
+    if not config.listen and not config.tls_listen:
+        raise ConfigError(f"reverse proxy {config.name!r}: no listener; give listen or tls_listen")
+    if config.tls_listen and config.tls is None:
+        raise ConfigError(
+            f"reverse proxy {config.name!r}: tls_listen needs certificates "
+            f"(tls.certs or tls.dir; --tls-cert or --tls-dir)"
+        )
+    if config.tls is not None and not config.tls_listen:
+        raise ConfigError(
+            f"reverse proxy {config.name!r}: certificates are configured but no TLS "
+            f"listener; add tls_listen (--tls-listen), e.g. tcp:8443:interface=127.0.0.1"
+        )
+    if not config.pools:
+        raise ConfigError(f"reverse proxy {config.name!r}: no backend; add a pool with backends")
+    names = [p.name for p in config.pools]
+    routed = {r.pool for r in config.routes}
+    for route in config.routes:
+        if route.pool not in names:
+            raise ConfigError(
+                f"reverse proxy {config.name!r}: route {route.name!r} sends to pool "
+                f"{route.pool!r}, which is not defined (pools: {', '.join(names)})"
+            )
+    unused = [n for n in names if n not in routed]
+    if unused:
+        raise ConfigError(
+            f"reverse proxy {config.name!r}: pool {unused[0]!r} is not used by any route"
+        )
+    if not config.routes:
+        raise ConfigError(f"reverse proxy {config.name!r}: no route")
+    try:
+        RouteTable(config.routes)
+    except ValueError as e:
+        raise ConfigError(f"reverse proxy {config.name!r}: {e}") from None
+    return config
+
+
+# -- TOML ----------------------------------------------------------------------------------------
+
+
+def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
+    """Read one ``[[reverse]]`` table; unknown keys and bad values are refused."""
+    name = reader.string("name", "reverse")
+    listen = tuple(reader.strings("listen", [] if reader.has("tls_listen") else [DEFAULT_LISTEN]))
+    tls_listen = tuple(reader.strings("tls_listen", []))
+    status_listen = tuple(reader.strings("status_listen", []))
+    tls_table = reader.table_of("tls")
+    tls = _tls_from_table(tls_table) if tls_table.table else None
+
+    pools = _pools_from_table(reader)
+    routes = _routes_from_table(reader, pools)
+
+    forwarded_table = reader.table_of("forwarded")
+    trusted = forwarded_table.strings("trusted", [])
+    nets = tuple(forwarded_table.convert("trusted", n, parse_network) for n in trusted)
+    forwarded = ForwardedSettings(
+        trusted=nets,
+        x_forwarded=forwarded_table.boolean("x_forwarded", True),
+        forwarded=forwarded_table.boolean("forwarded", True),
+        include_port=forwarded_table.boolean("include_port", False),
+        by=forwarded_table.string("by", ""),
+    )
+    forwarded_table.finish()
+
+    hsts = _hsts_from_value(reader, reader.raw("hsts", False))
+    limits = Limits(
+        max_head=reader.integer("max_head_size", _LIMITS.max_head, minimum=1024),
+        max_request_line=reader.integer("max_request_line", _LIMITS.max_request_line, minimum=256),
+        max_fields=reader.integer("max_header_fields", _LIMITS.max_fields, minimum=8),
+        max_body=reader.integer("max_body_size", 0, minimum=0) or None,
+    )
+    timeouts = _timeouts_from_table(reader)
+    config = ReverseConfig(
+        name=name,
+        listen=listen,
+        tls_listen=tls_listen,
+        tls=tls,
+        routes=routes,
+        pools=pools,
+        forwarded=forwarded,
+        redirect_https=reader.boolean("redirect_https", False),
+        https_port=reader.integer("https_port", 443, minimum=1, maximum=65535),
+        hsts=hsts,
+        status_listen=status_listen,
+        limits=limits,
+        timeouts=timeouts,
+        shutdown_timeout=reader.number("shutdown_timeout", 30.0, minimum=0),
+    )
+    try:
+        return check_config(config)
+    except ConfigError as e:
+        raise ConfigError(f"{reader.where}: {e}") from None
+
+
+def _tls_from_table(reader: TableReader) -> TLSConfig:
+    certs = []
+    for entry in reader.tables("certs"):
+        certs.append(CertificateFile(
+            cert=entry.string("cert"),
+            key=entry.string("key", None),
+            names=tuple(entry.strings("names", [])),
+        ))
+        entry.finish()
+    directory = reader.string("dir", None)
+    if not certs and directory is None:
+        raise reader.error("certs", "give certs = [{cert = ..., key = ...}] or dir = \"...\"")
+    config = TLSConfig(tuple(certs), directory, reader.string("default", None))
+    reader.finish()
+    return config
+
+
+def _pools_from_table(reader: TableReader) -> tuple[PoolConfig, ...]:
+    pools = []
+    if reader.has("backends"):
+        if reader.has("pools"):
+            raise reader.error(
+                "backends", "give either backends (one pool) or [reverse.pools.NAME], not both")
+        pools.append(_pool_from_table(reader, DEFAULT_POOL))
+        return tuple(pools)
+    table = reader.raw("pools", {})
+    if not isinstance(table, dict):
+        raise reader.error("pools", "expected tables [reverse.pools.NAME] with backends")
+    for pool_name in table:
+        sub = TableReader(table[pool_name], reader.key(f"pools.{pool_name}"))
+        pools.append(_pool_from_table(sub, pool_name))
+        sub.finish()
+    if not pools:
+        raise reader.error("pools", "no backend: give backends = [\"http://host:port\"] "
+                                    "or [reverse.pools.NAME] tables")
+    return tuple(pools)
+
+
+def _pool_from_table(reader: TableReader, name: str) -> PoolConfig:
+    balance = reader.string("balance", "roundrobin")
+    reader.convert("balance", balance, balancer_from_name)
+    raw = reader.raw("backends")
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise reader.error("backends", 'expected a list of URLs, e.g. ["http://127.0.0.1:9001"]')
+    backends = []
+    for i, item in enumerate(raw):
+        key = f"backends[{i}]"
+        if isinstance(item, str):
+            backends.append(reader.convert(key, item, parse_backend_url))
+        elif isinstance(item, dict):
+            sub = TableReader(item, reader.key(key))
+            url = sub.string("url")
+            options = dict(
+                weight=sub.integer("weight", 1, minimum=0, maximum=1000),
+                server_name=sub.string("server_name", None),
+                verify=sub.boolean("verify", True),
+                ca_file=sub.string("ca_file", None),
+                name=sub.string("name", None),
+            )
+            backend = sub.convert("url", url, lambda u: parse_backend_url(u, **options))
+            sub.finish()
+            if backend.scheme == "http" and (
+                options["server_name"] or options["ca_file"] or not options["verify"]
+            ):
+                raise sub.error("url", "server_name, ca_file and verify apply to https backends")
+            backends.append(backend)
+        else:
+            raise reader.error(key, f"expected a URL or a table with url, got {item!r}")
+    seen = set()
+    for b in backends:
+        if (b.scheme, b.host, b.port) in seen:
+            raise reader.error("backends", f"{b.url} is listed twice")
+        seen.add((b.scheme, b.host, b.port))
+    health = _health_from_table(reader.table_of("health"))
+    return PoolConfig(name, tuple(backends), balance, health)
+
+
+def _health_from_table(reader: TableReader) -> HealthConfig:
+    d = HealthConfig()
+    # Naming a path asks for HTTP checks; without one a TCP connect is the
+    # safe default (a backend may well answer 404 on "/").
+    default_check = "http" if reader.has("path") else d.check
+    check = reader.string("check", default_check, choices=("http", "tcp", "none"))
+    path = reader.string("path", d.path)
+    if not path.startswith("/") or any(c in path for c in " \t\r\n"):
+        raise reader.error("path", f"must start with / and hold no spaces, got {path!r}")
+    expect = reader.raw("expect", [])
+    if isinstance(expect, int) and not isinstance(expect, bool):
+        expect = [expect]
+    if not isinstance(expect, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in expect
+    ):
+        raise reader.error("expect", f"expected status codes such as [200, 204], got {expect!r}")
+    config = HealthConfig(
+        check=check,  # type: ignore[arg-type]
+        path=path,
+        host=reader.string("host", None),
+        expect=tuple(expect),
+        interval=reader.number("interval", d.interval, minimum=0.01),
+        timeout=reader.number("timeout", d.timeout, minimum=0.01),
+        rise=reader.integer("rise", d.rise, minimum=1),
+        fall=reader.integer("fall", d.fall, minimum=1),
+        max_failures=reader.integer("max_failures", d.max_failures, minimum=1),
+        backoff=reader.number("backoff", d.backoff, minimum=0.01),
+        max_backoff=reader.number("max_backoff", d.max_backoff, minimum=0.01),
+    )
+    reader.finish()
+    return config
+
+
+def _routes_from_table(reader: TableReader, pools: tuple[PoolConfig, ...]) -> tuple[Route, ...]:
+    tables = reader.tables("routes")
+    if not tables:
+        if len(pools) == 1:
+            return (Route(pools[0].name),)
+        raise reader.error(
+            "routes", "several pools need [[reverse.routes]] saying which hosts and paths "
+                      "go to which pool")
+    routes = []
+    names = [p.name for p in pools]
+    for sub in tables:
+        pool = sub.string("pool", names[0] if len(names) == 1 else None)
+        if pool is None:
+            raise sub.error("pool", f"is required (one of {', '.join(names)})")
+        if pool not in names:
+            raise sub.error("pool", f"no pool named {pool!r} (pools: {', '.join(names)})")
+        kwargs = dict(
+            pool=pool,
+            hosts=tuple(sub.strings("hosts", [])),
+            path=sub.string("path", "/"),
+            strip_prefix=sub.boolean("strip_prefix", False),
+            replace_prefix=sub.string("replace_prefix", None),
+            host_header=sub.string("host_header", "keep", choices=("keep", "backend")),
+            cache=sub.boolean("cache", False),
+            name=sub.string("name", ""),
+        )
+        routes.append(sub.convert("hosts" if kwargs["hosts"] else "path", kwargs,
+                                  lambda kw: Route(**kw)))
+        sub.finish()
+    return tuple(routes)
+
+
+def _hsts_from_value(reader: TableReader, value: object) -> bytes | None:
+    if value is False:
+        return None
+    if value is True:
+        return b"max-age=31536000"
+    if isinstance(value, int) and value > 0:
+        return f"max-age={value}".encode()
+    if isinstance(value, str) and value.startswith("max-age=") and value.isascii() and \
+            "\r" not in value and "\n" not in value:
+        return value.encode("ascii")
+    raise reader.error(
+        "hsts", 'expected true, false, a max-age in seconds, or a header value such as '
+                '"max-age=31536000; includeSubDomains"')
+
+
+def _timeouts_from_table(reader: TableReader) -> Timeouts:
+    d = _TIMEOUTS
+
+    def optional(key: str, default: float | None) -> float | None:
+        return reader.optional_number(key) if reader.has(key) else default
+
+    return Timeouts(
+        header=optional("header_timeout", d.header),
+        keepalive=optional("keepalive_timeout", d.keepalive),
+        client_idle=optional("idle_timeout", d.client_idle),
+        connect=reader.number("connect_timeout", d.connect, minimum=0.001),
+        response=optional("response_timeout", d.response),
+        upstream_idle=optional("upstream_idle_timeout", d.upstream_idle),
+        tunnel_idle=optional("tunnel_idle_timeout", d.tunnel_idle),
+    )
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+class ReverseOptions(usage.Options):
+    """``twistd multiproxy reverse``: a reverse HTTP proxy in front of backends."""
+
+    synopsis = "--backend URL [--backend URL ...] [options]"
+    longdesc = (
+        "Run a reverse HTTP proxy: clients connect to it as if it were the web "
+        "server, and it spreads their requests over the backends. With no "
+        "--listen it listens on " + DEFAULT_LISTEN + ". For several pools and "
+        "routes by host and path, use the TOML configuration ([[reverse]])."
+    )
+    optFlags = [
+        ["redirect-https", None, "Answer every plain-HTTP request with a 308 redirect to https."],
+        ["no-verify-backends", None,
+         "Do not verify https backends' certificates (encrypted but NOT authenticated)."],
+        ["no-health", None, "No active health checks (failing backends are still ejected)."],
+        ["no-x-forwarded", None, "Do not set X-Forwarded-For/-Proto/-Host."],
+        ["no-forwarded", None, "Do not set the RFC 7239 Forwarded header."],
+    ]
+    optParameters = [
+        ["name", None, "reverse", "Name of this proxy in logs and on the status page."],
+        ["balance", None, "roundrobin",
+         "Balancer: " + ", ".join(BALANCER_NAMES) + " (NAME: a header or cookie name)."],
+        ["tls-dir", None, None,
+         "Directory of PEM files (certificate chain + key) chosen by SNI on --tls-listen."],
+        ["tls-default", None, None,
+         "Server name whose certificate clients without SNI get (default: the first)."],
+        ["https-port", None, 443, "Port written in --redirect-https redirects.", int],
+        ["hsts", None, 0,
+         "Add Strict-Transport-Security: max-age=SECONDS to HTTPS responses (0 = off).", int],
+        ["host-header", None, "keep",
+         "Host sent to backends: keep (the client's) or backend (the backend's host:port)."],
+        ["ca-file", None, None, "CA certificates (PEM) to verify https backends against, "
+         "instead of the system trust store."],
+        ["health-check", None, None,
+         "Active health check: tcp (connect; the default), http (GET --health-path) or none."],
+        ["health-path", None, None,
+         "Path of the HTTP health check, 2xx or 3xx is healthy (implies --health-check http)."],
+        ["health-interval", None, 5.0, "Seconds between health checks.", float],
+        ["health-timeout", None, 2.0, "Seconds a health check may take.", float],
+        ["health-rise", None, 2, "Good checks in a row that bring a backend up.", int],
+        ["health-fall", None, 3, "Failed checks in a row that take a backend down.", int],
+        ["max-failures", None, 3,
+         "Failed requests in a row that eject a backend (passive health).", int],
+        ["connect-timeout", None, _TIMEOUTS.connect,
+         "Seconds to connect to a backend (then the next backend is tried).", float],
+        ["response-timeout", None, _TIMEOUTS.response,
+         "Seconds to wait for a backend's response head (504 after).", float],
+        ["header-timeout", None, _TIMEOUTS.header,
+         "Seconds a client may take to send a request head (408 after).", float],
+        ["keepalive-timeout", None, _TIMEOUTS.keepalive,
+         "Seconds an idle client connection is kept open.", float],
+        ["shutdown-timeout", None, 30.0,
+         "Seconds in-flight requests may take to finish on shutdown.", float],
+        ["max-body-size", None, 0, "Largest request body in bytes (413 past it); 0 = no limit.",
+         int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["tls-listen"] = []
+        self["status-listen"] = []
+        self["backend"] = []
+        self["tls-cert"] = []
+        self["trust-forwarded"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Plain HTTP listener (repeatable), a Twisted endpoint: tcp:8000:interface=127.0.0.1."""
+        self["listen"].append(description)
+
+    def opt_tls_listen(self, description: str) -> None:
+        """HTTPS listener (repeatable) using --tls-cert/--tls-dir: tcp:8443:interface=127.0.0.1."""
+        self["tls-listen"].append(description)
+
+    def opt_status_listen(self, description: str) -> None:
+        """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
+        self["status-listen"].append(description)
+
+    def opt_backend(self, url: str) -> None:
+        """Backend URL (repeatable): http://host:port or https://host:port."""
+        self["backend"].append(url)
+
+    def opt_tls_cert(self, spec: str) -> None:
+        """Certificate for --tls-listen (repeatable): FILE.pem with the key in it, or CERT:KEY."""
+        self["tls-cert"].append(spec)
+
+    def opt_trust_forwarded(self, network: str) -> None:
+        """Network whose X-Forwarded-*/Forwarded headers are kept (repeatable): 10.0.0.0/8."""
+        self["trust-forwarded"].append(network)
+
+    def postOptions(self) -> None:
+        try:
+            self.config = self._config()
+        except (ConfigError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _config(self) -> ReverseConfig:
+        if not self["backend"]:
+            raise usage.UsageError(
+                "give at least one --backend URL, e.g. --backend http://127.0.0.1:9001")
+        try:
+            balancer_from_name(self["balance"])
+        except ValueError as e:
+            raise usage.UsageError(f"--balance: {e}") from None
+        if self["host-header"] not in ("keep", "backend"):
+            raise usage.UsageError(
+                f"--host-header must be keep or backend, not {self['host-header']!r}")
+        check = self["health-check"] or ("http" if self["health-path"] else "tcp")
+        if check not in ("http", "tcp", "none"):
+            raise usage.UsageError(
+                f"--health-check must be tcp, http or none, not {check!r}")
+        if self["no-health"]:
+            check = "none"
+        health_path = self["health-path"] or "/"
+        if not health_path.startswith("/") or " " in health_path:
+            raise usage.UsageError(
+                f"--health-path must start with / and hold no spaces, got {health_path!r}")
+        for key in ("health-interval", "health-timeout", "connect-timeout"):
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be more than 0")
+        for key in ("response-timeout", "header-timeout", "keepalive-timeout",
+                    "shutdown-timeout", "max-body-size", "hsts"):
+            if self[key] < 0:
+                raise usage.UsageError(f"--{key} must not be negative (0 means none)")
+        for key in ("health-rise", "health-fall", "max-failures"):
+            if self[key] < 1:
+                raise usage.UsageError(f"--{key} must be at least 1")
+        if not 0 < self["https-port"] < 65536:
+            raise usage.UsageError("--https-port must be 1-65535")
+        verify = not self["no-verify-backends"]
+        backends = []
+        for url in self["backend"]:
+            try:
+                b = parse_backend_url(url)
+            except ValueError as e:
+                raise usage.UsageError(f"--backend: {e}") from None
+            if b.scheme == "https":
+                b = replace(b, verify=verify, ca_file=self["ca-file"])
+            backends.append(b)
+        if len({(b.scheme, b.host, b.port) for b in backends}) != len(backends):
+            raise usage.UsageError("--backend: the same backend is given twice")
+        try:
+            nets = tuple(parse_network(n) for n in self["trust-forwarded"])
+        except ValueError as e:
+            raise usage.UsageError(f"--trust-forwarded: {e}") from None
+        tls = None
+        if self["tls-cert"] or self["tls-dir"]:
+            certs = []
+            for spec in self["tls-cert"]:
+                cert, sep, key = spec.partition(":")
+                certs.append(CertificateFile(cert, key or None))
+            tls = TLSConfig(tuple(certs), self["tls-dir"], self["tls-default"])
+        health = HealthConfig(
+            check=check,  # type: ignore[arg-type]
+            path=health_path,
+            interval=self["health-interval"],
+            timeout=self["health-timeout"],
+            rise=self["health-rise"],
+            fall=self["health-fall"],
+            max_failures=self["max-failures"],
+        )
+        listen = tuple(self["listen"])
+        if not listen and not self["tls-listen"]:
+            listen = (DEFAULT_LISTEN,)
+        return check_config(ReverseConfig(
+            name=self["name"],
+            listen=listen,
+            tls_listen=tuple(self["tls-listen"]),
+            tls=tls,
+            routes=(Route(DEFAULT_POOL, host_header=self["host-header"]),),
+            pools=(PoolConfig(DEFAULT_POOL, tuple(backends), self["balance"], health),),
+            forwarded=ForwardedSettings(
+                trusted=nets,
+                x_forwarded=not self["no-x-forwarded"],
+                forwarded=not self["no-forwarded"],
+            ),
+            redirect_https=self["redirect-https"],
+            https_port=self["https-port"],
+            hsts=f"max-age={self['hsts']}".encode() if self["hsts"] else None,
+            status_listen=tuple(self["status-listen"]),
+            limits=Limits(max_body=self["max-body-size"] or None),
+            timeouts=Timeouts(
+                header=self["header-timeout"] or None,
+                keepalive=self["keepalive-timeout"] or None,
+                connect=self["connect-timeout"],
+                response=self["response-timeout"] or None,
+            ),
+            shutdown_timeout=self["shutdown-timeout"],
+        ))
