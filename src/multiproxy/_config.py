@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 
 from multiproxy._accesslog import AccessLog
 from multiproxy._errors import ConfigError
@@ -105,10 +105,26 @@ def make_reporters(reactor, access_log: str | None) -> tuple:
         raise ConfigError(f"cannot open access log {access_log}: {e.strerror}") from None
 
 
+class ReportersService(Service):
+    """Closes (and so flushes) the shared reporters when the process stops."""
+
+    def __init__(self, reporters: tuple) -> None:
+        self.reporters = reporters
+
+    def stopService(self):
+        super().stopService()
+        for reporter in self.reporters:
+            close = getattr(reporter, "close", None)
+            if close is not None:
+                close()
+
+
 def make_services(configuration: Configuration, reactor) -> MultiService:
     """One service running every proxy of ``configuration``."""
     top = MultiService()
     reporters = make_reporters(reactor, configuration.access_log)
+    # Added first, so it stops last: after every listener has closed.
+    ReportersService(reporters).setServiceParent(top)
     for kind, config in configuration.proxies:
         kind.make_service(config, reactor, reporters).setServiceParent(top)
     return top
