@@ -59,12 +59,10 @@ class AnonymityOptions:
             raise ValueError(f"referer must be keep, remove or origin, not {self.referer!r}")
         if self.cookies not in ("keep", "remove"):
             raise ValueError(f"cookies must be keep or remove, not {self.cookies!r}")
-        if not self.user_agent or any(c in self.user_agent for c in "\r\n\x00"):
-            raise ValueError("user_agent must be keep, remove, or a one-line value")
-        try:
-            self.user_agent.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError("a replacement user_agent must be plain ASCII/Latin-1") from None
+        if not self.user_agent or not all(" " <= c <= "~" or c == "\t"
+                                          for c in self.user_agent):
+            raise ValueError("user_agent must be keep, remove, or a replacement value in "
+                             "printable ASCII on one line")
         for name in self.remove:
             if name != name.lower() or not name or b":" in name:
                 raise ValueError(f"field names to remove must be lower-case tokens: {name!r}")
@@ -104,7 +102,7 @@ def anonymise_headers(headers: Headers, options: AnonymityOptions) -> Headers:
         if lower == b"user-agent" and replaced_agent:
             if agent_done:
                 continue
-            value = options.user_agent.encode("latin-1")
+            value = options.user_agent.encode("ascii")
             agent_done = True
         elif lower == b"referer" and options.referer == "origin":
             value = _origin(value)

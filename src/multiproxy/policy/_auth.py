@@ -41,7 +41,8 @@ from multiproxy.policy._shacrypt import sha_crypt_verify
 
 __all__ = [
     "HashedPasswords", "IProxyUser", "ProxyAuthenticator", "ProxyRealm", "ProxyUser",
-    "basic_challenge", "load_htpasswd", "parse_basic_credentials", "parse_group_file", "parse_htpasswd",
+    "basic_challenge", "load_htpasswd", "parse_basic_credentials", "parse_group_file",
+    "parse_htpasswd",
     "verify_password",
 ]
 

@@ -127,7 +127,7 @@ class RuleSet:
             if rule.name == DEFAULT_RULE:
                 raise ValueError(f"{DEFAULT_RULE!r} is reserved for the default action")
             seen.add(rule.name)
-        self.default: Decision = Decision(default, DEFAULT_RULE, default_message)  # type: ignore[arg-type]
+        self.default = Decision(default, DEFAULT_RULE, default_message)  # type: ignore[arg-type]
         self.clock = clock
         self._index = RuleIndex(self.rules)
 
