@@ -1,0 +1,456 @@
+"""
+The shared cache's decisions, tied to a store: `SharedCache`.
+
+`SharedCache` holds no connections and needs no reactor.  The HTTP layer
+asks it three questions and does the I/O itself:
+
+1. `SharedCache.plan` -- a request arrived: answer it from storage
+   (`Action.ANSWER`), revalidate a stored response (`Action.VALIDATE`, with
+   the conditional request fields to send), fetch it (`Action.FORWARD`, a
+   miss whose response may be stored) or just pass it through
+   (`Action.PASS`, e.g. unsafe methods).
+2. `SharedCache.on_response` -- the upstream response head arrived: relay it
+   (teeing the body into `Reply.writer` when it is being stored) or answer
+   from storage instead (after a 304, or stale-if-error after a 5xx).
+3. `SharedCache.on_error` -- the upstream could not be reached: a stale
+   answer if one is allowed, else None.
+
+Concurrent misses are collapsed with `CollapsedForwarding`; a request that
+waits on another's fetch gets its response head from `answer_waiter`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from zope.interface import implementer
+
+from multiproxy._errors import STATUS_REASONS
+from multiproxy.cache._config import CacheConfig
+from multiproxy.cache._dates import format_http_date
+from multiproxy.cache._directives import (
+    RequestDirectives, parse_request_directives, parse_response_directives,
+)
+from multiproxy.cache._freshness import Reuse, current_age, judge, usable_on_error
+from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, IEntryWriter
+from multiproxy.cache._invalidation import invalidated_keys
+from multiproxy.cache._keys import cache_key, vary_matches
+from multiproxy.cache._status import CacheOutcome
+from multiproxy.cache._storable import refusal
+from multiproxy.cache._store import StoredResponse, describe_response
+from multiproxy.cache._validation import (
+    CONDITIONAL_FIELDS, UNSATISFIABLE, byte_range, freshen, has_validator, if_range_holds,
+    not_modified, not_modified_fields, refresh_from_head, validation_headers,
+)
+from multiproxy.http._headers import Headers
+
+_AGE_MAX = 2**31
+_RETRYABLE_ERRORS = frozenset({500, 502, 503, 504})
+
+
+class Action(enum.Enum):
+    """What the HTTP layer does with a request, per `SharedCache.plan`."""
+
+    ANSWER = "answer"
+    """Send `Plan.answer`; nothing goes upstream (unless `Plan.revalidate`)."""
+    VALIDATE = "validate"
+    """Send the request upstream with `Plan.upstream_headers` (conditional)."""
+    FORWARD = "forward"
+    """A miss: send the request upstream as it is; its response may be stored."""
+    PASS = "pass"
+    """Not for the cache: send it upstream as it is, never store the response."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Answer:
+    """
+    A response the cache makes: status, fields (Age, Cache-Status and framing
+    already set) and which bytes of which stored entry form the body.
+
+    ``body_length`` is 0 for no body.  ``from_flight`` marks a collapsed
+    waiter's answer, whose body comes from the leader's stream rather than
+    from an entry (``body_length`` is then -1 when the length is unknown).
+    """
+
+    status: int
+    reason: bytes
+    headers: Headers
+    outcome: CacheOutcome
+    entry: ICacheEntry | None = None
+    body_start: int = 0
+    body_length: int = 0
+    from_flight: bool = False
+
+    def open_body(self) -> IBodyReader | None:
+        """A reader for the body, or None when there is none to read from storage."""
+        if self.entry is None or self.body_length <= 0:
+            return None
+        return self.entry.open_body(self.body_start, self.body_length)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Plan:
+    """
+    What to do with one request (from `SharedCache.plan`).
+
+    ``url`` is the request's absolute target URI and ``key`` its cache key.
+    ``upstream_headers`` are the request fields to send upstream (VALIDATE,
+    FORWARD, PASS).  ``entry`` is the stored response chosen (answered,
+    validated, or kept as a stale fallback).  ``revalidate``: the answer is
+    stale-while-revalidate, so also start `SharedCache.background_plan`.
+    ``collapsible``: the request may lead or join a collapsed fetch.
+    """
+
+    action: Action
+    method: bytes
+    url: bytes
+    key: bytes
+    request_headers: Headers
+    request_cc: RequestDirectives
+    outcome: CacheOutcome
+    upstream_headers: Headers | None = None
+    entry: ICacheEntry | None = None
+    answer: Answer | None = None
+    revalidate: bool = False
+    collapsible: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Reply:
+    """
+    What to do with an upstream response (from `SharedCache.on_response`).
+
+    When ``answer`` is set it goes to the client instead of the upstream
+    response, whose body then only feeds ``writer`` (if any) or is
+    discarded.  Otherwise the upstream response is relayed with ``headers``
+    (its own fields plus Cache-Status / X-Cache).  ``writer``, when set,
+    receives every body chunk and is committed at the end (abandoned if the
+    body is cut short).  ``shared`` is the response being stored, for
+    collapsed waiters (`Flight.head`); ``refetch`` says the 304 could not be
+    used and the request must be sent again, unconditionally (`refetch_plan`).
+    """
+
+    outcome: CacheOutcome
+    headers: Headers | None = None
+    answer: Answer | None = None
+    writer: IEntryWriter | None = None
+    shared: StoredResponse | None = None
+    refetch: bool = False
+
+
+@implementer(ICacheEntry)
+class _Rebased:
+    """An entry seen with newer metadata (when the store lost it mid-update)."""
+
+    def __init__(self, entry: ICacheEntry, meta: StoredResponse) -> None:
+        self._entry = entry
+        self.meta = meta
+
+    def open_body(self, start: int = 0, length: int | None = None) -> IBodyReader:
+        return self._entry.open_body(start, length)
+
+
+def _content_length(headers: Headers) -> int | None:
+    values = headers.get_all(b"content-length")
+    if not values:
+        return None
+    first = values[0].strip(b" \t")
+    if not first.isdigit() or any(v.strip(b" \t") != first for v in values):
+        return None
+    return int(first)
+
+
+@dataclass(slots=True)
+class SharedCache:
+    """
+    A shared HTTP cache (RFC 9111) over an `ICacheStore`.
+
+    ``clock`` returns the current time in seconds since the epoch (the
+    reactor's ``seconds`` in production, a fake in tests).
+    """
+
+    store: ICacheStore
+    config: CacheConfig = field(default_factory=CacheConfig)
+    clock: Callable[[], float] = time.time
+
+    # -- 1. a request arrives -------------------------------------------------
+
+    def plan(self, method: bytes, url: bytes, request_headers: Headers) -> Plan:
+        """Decide how to handle a request for absolute URI ``url``."""
+        key = cache_key(url)
+        rcc = parse_request_directives(request_headers)
+        if method not in (b"GET", b"HEAD"):
+            return Plan(Action.PASS, method, url, key, request_headers, rcc,
+                        CacheOutcome(fwd="method"), upstream_headers=request_headers)
+        if b"if-match" in request_headers or b"if-unmodified-since" in request_headers:
+            # RFC 9111 4.3.2: these preconditions are for the origin alone.
+            return Plan(Action.PASS, method, url, key, request_headers, rcc,
+                        CacheOutcome(fwd="request"), upstream_headers=request_headers)
+        now = self.clock()
+        entries = self.store.lookup(key)
+        matching = [e for e in entries if vary_matches(e.meta.vary, request_headers)]
+        if not matching:
+            fwd = "vary-miss" if entries else "uri-miss"
+            if rcc.only_if_cached:
+                return self._only_if_cached(method, url, key, request_headers, rcc, now, fwd)
+            collapsible = (
+                method == b"GET" and not rcc.no_store
+                and not any(name in request_headers for name in CONDITIONAL_FIELDS)
+            )
+            return Plan(Action.FORWARD, method, url, key, request_headers, rcc,
+                        CacheOutcome(fwd=fwd), upstream_headers=request_headers,
+                        collapsible=collapsible)
+        # RFC 9111 4: the most recent matching response (by Date).
+        entry = max(matching, key=lambda e: (e.meta.date_value, e.meta.response_time))
+        j = judge(entry.meta, rcc, now)
+        if j.reuse is not Reuse.VALIDATE:
+            swr = j.reuse is Reuse.STALE_WHILE_REVALIDATE
+            outcome = CacheOutcome(
+                hit=True, ttl=int(j.ttl), stale=j.reuse is not Reuse.FRESH,
+                detail="stale-while-revalidate" if swr else None,
+            )
+            answer = self._answer(entry, method, request_headers, j.age, outcome, now)
+            return Plan(Action.ANSWER, method, url, key, request_headers, rcc, outcome,
+                        entry=entry, answer=answer, revalidate=swr)
+        fwd = "request" if j.reason == "request" else "stale"
+        if rcc.only_if_cached:
+            return self._only_if_cached(method, url, key, request_headers, rcc, now, fwd)
+        if not has_validator(entry.meta):
+            return Plan(Action.FORWARD, method, url, key, request_headers, rcc,
+                        CacheOutcome(fwd=fwd), upstream_headers=request_headers, entry=entry)
+        return Plan(Action.VALIDATE, method, url, key, request_headers, rcc, CacheOutcome(fwd=fwd),
+                    upstream_headers=validation_headers(request_headers, entry.meta),
+                    entry=entry, collapsible=method == b"GET")
+
+    def _only_if_cached(self, method, url, key, request_headers, rcc, now, fwd) -> Plan:
+        outcome = CacheOutcome(detail="only-if-cached")
+        headers = Headers([(b"Date", format_http_date(now)), (b"Content-Length", b"0")])
+        self._mark(headers, outcome)
+        answer = Answer(504, STATUS_REASONS[504], headers, outcome)
+        return Plan(Action.ANSWER, method, url, key, request_headers, rcc, outcome, answer=answer)
+
+    def background_plan(self, plan: Plan) -> Plan:
+        """The GET that revalidates ``plan.entry`` in the background (stale-while-revalidate)."""
+        entry = plan.entry
+        assert entry is not None
+        if has_validator(entry.meta):
+            return Plan(Action.VALIDATE, b"GET", plan.url, plan.key, plan.request_headers,
+                        RequestDirectives(), CacheOutcome(fwd="stale"),
+                        upstream_headers=validation_headers(plan.request_headers, entry.meta),
+                        entry=entry)
+        headers = plan.request_headers.copy()
+        headers.remove_all(CONDITIONAL_FIELDS)
+        return Plan(Action.FORWARD, b"GET", plan.url, plan.key, headers, RequestDirectives(),
+                    CacheOutcome(fwd="stale"), upstream_headers=headers, entry=entry)
+
+    def refetch_plan(self, plan: Plan) -> Plan:
+        """The unconditional request to send when a 304 could not be used (`Reply.refetch`)."""
+        headers = plan.request_headers.copy()
+        headers.remove_all(CONDITIONAL_FIELDS)
+        return Plan(Action.FORWARD, plan.method, plan.url, plan.key, plan.request_headers,
+                    plan.request_cc, CacheOutcome(fwd=plan.outcome.fwd), upstream_headers=headers)
+
+    # -- 2. the upstream response head arrives --------------------------------
+
+    def on_response(
+        self, plan: Plan, status: int, reason: bytes, headers: Headers,
+        request_time: float, response_time: float,
+    ) -> Reply:
+        """
+        Decide what to do with a final (non-1xx) upstream response to
+        ``plan``'s request, sent at ``request_time`` and received at
+        ``response_time``.
+        """
+        cfg = self.config
+        if plan.action is Action.PASS:
+            for key in invalidated_keys(plan.method, plan.url, status, headers):
+                self.store.remove(key)
+            outcome = replace(plan.outcome, fwd_status=status)
+            return Reply(outcome, headers=self._marked(headers, outcome))
+        entry = plan.entry
+        if plan.action is Action.VALIDATE and status == 304 and entry is not None:
+            meta = freshen(entry.meta, headers, request_time, response_time,
+                           cfg.heuristic_fraction, cfg.heuristic_max)
+            if meta is None:
+                return Reply(replace(plan.outcome, fwd_status=304), refetch=True)
+            updated = self.store.update(entry, meta) or _Rebased(entry, meta)
+            age = current_age(meta.age_value, meta.date_value, meta.request_time,
+                              meta.response_time, response_time)
+            outcome = replace(plan.outcome, fwd_status=304, ttl=int(meta.lifetime - age))
+            answer = self._answer(updated, plan.method, plan.request_headers, age, outcome, response_time)
+            return Reply(outcome, answer=answer)
+        if (
+            entry is not None and status in _RETRYABLE_ERRORS
+            and usable_on_error(entry.meta, plan.request_cc, response_time, disconnected=False)
+        ):
+            return Reply(plan.outcome, answer=self._stale_answer(plan, entry, response_time, status))
+        if plan.method == b"HEAD":
+            if status == 200:
+                self._refresh_from_head(plan, headers, request_time, response_time)
+            outcome = replace(plan.outcome, fwd_status=status)
+            return Reply(outcome, headers=self._marked(headers, outcome))
+        response_cc = parse_response_directives(headers)
+        meta = describe_response(
+            plan.key, status, reason, headers, response_cc, plan.request_headers,
+            request_time, response_time, cfg.heuristic_fraction, cfg.heuristic_max,
+        )
+        writer = None
+        why = refusal(plan.method, status, plan.request_headers, plan.request_cc, headers, response_cc)
+        if why is None and (
+            meta.lifetime > 0 or has_validator(meta) or meta.stale_if_error or meta.stale_while_revalidate
+        ):
+            # A response that is stale at once and cannot be revalidated is
+            # not worth the space (RFC 9111 3 allows not storing it).
+            writer = self.store.begin(meta, _content_length(headers))
+        outcome = replace(plan.outcome, fwd_status=status, stored=writer is not None)
+        shared = meta if writer is not None else None
+        if (
+            plan.action is Action.VALIDATE and status == 200
+            and not_modified(plan.method, plan.request_headers, meta)
+        ):
+            # The client's own validators match the new response.
+            answer = self._not_modified(meta, current_age(
+                meta.age_value, meta.date_value, request_time, response_time, response_time), outcome)
+            return Reply(outcome, answer=answer, writer=writer, shared=shared)
+        return Reply(outcome, headers=self._marked(headers, outcome), writer=writer, shared=shared)
+
+    def _refresh_from_head(self, plan: Plan, headers: Headers, request_time: float, response_time: float) -> None:
+        cfg = self.config
+        for entry in self.store.lookup(plan.key):
+            if not vary_matches(entry.meta.vary, plan.request_headers):
+                continue
+            meta = refresh_from_head(entry.meta, headers, request_time, response_time,
+                                     cfg.heuristic_fraction, cfg.heuristic_max)
+            if meta is None:
+                self.store.remove_entry(entry)
+            else:
+                self.store.update(entry, meta)
+
+    # -- 3. the upstream could not be reached ----------------------------------
+
+    def on_error(self, plan: Plan) -> Answer | None:
+        """
+        A stale answer for a request whose upstream could not be reached, when
+        stale-if-error or ``stale_if_unreachable`` allows it; else None.
+        """
+        entry = plan.entry
+        if entry is None or plan.action is Action.PASS:
+            return None
+        now = self.clock()
+        if not usable_on_error(entry.meta, plan.request_cc, now, disconnected=True,
+                               grace=self.config.stale_if_unreachable):
+            return None
+        return self._stale_answer(plan, entry, now, None)
+
+    def unreachable_status(self, plan: Plan, default: int) -> int:
+        """
+        The error status for an unreachable upstream: 504 when the stored
+        response demands revalidation (RFC 9111 5.2.2.2), else ``default``.
+        """
+        if plan.entry is not None and plan.entry.meta.forbids_stale:
+            return 504
+        return default
+
+    def _stale_answer(self, plan: Plan, entry: ICacheEntry, now: float, status: int | None) -> Answer:
+        meta = entry.meta
+        age = current_age(meta.age_value, meta.date_value, meta.request_time, meta.response_time, now)
+        outcome = CacheOutcome(
+            fwd=plan.outcome.fwd, fwd_status=status, ttl=int(meta.lifetime - age),
+            stale=True, detail="stale-if-error",
+        )
+        return self._answer(entry, plan.method, plan.request_headers, age, outcome, now)
+
+    # -- collapsed waiters ---------------------------------------------------
+
+    def answer_waiter(
+        self, plan: Plan, shared: StoredResponse, expected_length: int | None,
+    ) -> Answer | None:
+        """
+        The response head for a request that waited on another request's
+        fetch of ``shared``, or None if that response cannot be reused for it
+        (Vary, Authorization, its own Cache-Control): then it looks up again.
+        """
+        if plan.method not in (b"GET", b"HEAD") or not vary_matches(shared.vary, plan.request_headers):
+            return None
+        if b"authorization" in plan.request_headers:
+            cc = parse_response_directives(Headers(shared.headers))
+            if not (cc.public or cc.must_revalidate or cc.s_maxage is not None):
+                return None
+        now = self.clock()
+        j = judge(shared, plan.request_cc, now)
+        if j.reuse not in (Reuse.FRESH, Reuse.STALE_ALLOWED):
+            return None
+        outcome = replace(plan.outcome, collapsed=True, ttl=int(j.ttl), stale=j.reuse is not Reuse.FRESH)
+        if shared.status == 200 and not_modified(plan.method, plan.request_headers, shared):
+            return replace(self._not_modified(shared, j.age, outcome), from_flight=True)
+        headers = shared.header_list()
+        has_body = plan.method == b"GET" and shared.status not in (204, 304)
+        if expected_length is not None and shared.status != 204:
+            headers.add(b"Content-Length", b"%d" % expected_length)
+        headers.add(b"Age", b"%d" % min(int(j.age), _AGE_MAX))
+        self._mark(headers, outcome)
+        length = (-1 if expected_length is None else expected_length) if has_body else 0
+        return Answer(shared.status, shared.reason, headers, outcome,
+                      body_length=length, from_flight=True)
+
+    # -- building answers ----------------------------------------------------
+
+    def _answer(
+        self, entry: ICacheEntry, method: bytes, request_headers: Headers, age: float,
+        outcome: CacheOutcome, now: float,
+    ) -> Answer:
+        meta = entry.meta
+        if meta.status == 200 and not_modified(method, request_headers, meta):
+            return self._not_modified(meta, age, outcome, entry)
+        status, reason = meta.status, meta.reason
+        headers = meta.header_list()
+        start, length = 0, meta.body_length
+        range_value = request_headers.get(b"range")
+        if (
+            range_value is not None and method == b"GET" and status == 200
+            and (b"if-range" not in request_headers
+                 or if_range_holds(request_headers.get(b"if-range") or b"", meta))
+        ):
+            wanted = byte_range(range_value, meta.body_length)
+            if wanted is UNSATISFIABLE:
+                headers = Headers([
+                    (b"Date", format_http_date(now)),
+                    (b"Content-Range", b"bytes */%d" % meta.body_length),
+                    (b"Content-Length", b"0"),
+                ])
+                self._mark(headers, outcome)
+                return Answer(416, STATUS_REASONS[416], headers, outcome)
+            if wanted is not None:
+                first, last = wanted  # type: ignore[misc]
+                start, length = first, last - first + 1
+                status, reason = 206, STATUS_REASONS[206]
+                headers.add(b"Content-Range", b"bytes %d-%d/%d" % (first, last, meta.body_length))
+        if status != 204:
+            headers.add(b"Content-Length", b"%d" % length)
+        headers.add(b"Age", b"%d" % min(int(age), _AGE_MAX))
+        self._mark(headers, outcome)
+        if method != b"GET" or status == 204:
+            length = 0
+        return Answer(status, reason, headers, outcome, entry, start, length)
+
+    def _not_modified(
+        self, meta: StoredResponse, age: float, outcome: CacheOutcome,
+        entry: ICacheEntry | None = None,
+    ) -> Answer:
+        headers = not_modified_fields(meta)
+        headers.add(b"Age", b"%d" % min(int(age), _AGE_MAX))
+        self._mark(headers, outcome)
+        return Answer(304, STATUS_REASONS[304], headers, outcome, entry)
+
+    def _mark(self, headers: Headers, outcome: CacheOutcome) -> None:
+        headers.add(b"Cache-Status", outcome.cache_status(self.config.name))
+        if self.config.x_cache:
+            headers.set(b"X-Cache", outcome.x_cache.encode("ascii"))
+
+    def _marked(self, headers: Headers, outcome: CacheOutcome) -> Headers:
+        out = headers.copy()
+        self._mark(out, outcome)
+        return out

@@ -1,0 +1,138 @@
+"""
+Cache configuration: the `CacheConfig` value and how it is read from a TOML
+table (``[cache]``) with `TableReader`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from multiproxy._errors import ConfigError
+from multiproxy._tablereader import TableReader
+
+MiB = 1024 * 1024
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+}
+
+
+def parse_size(value: object) -> int:
+    """
+    A size in bytes from an integer or a string such as ``"64MiB"``,
+    ``"512k"``, ``"1.5 GB"`` (KiB/MiB/GiB and K/M/G are powers of 1024,
+    KB/MB/GB powers of 1000).
+
+    @raise ValueError: with a message saying what is accepted.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 64MiB or a number of bytes, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m is not None and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ValueError(
+        f"expected a size such as 64MiB, 512KiB, 2GB or a number of bytes, got {value!r}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """
+    How the shared cache behaves.
+
+    ``size``: byte budget of the store.  ``directory``: when set, the store
+    is on disk there and survives restarts; else it is in memory.
+    ``max_object_size``: larger responses are relayed but not stored.
+    ``heuristic_fraction`` / ``heuristic_max``: heuristic freshness is this
+    fraction of the time since Last-Modified, at most this many seconds.
+    ``stale_if_unreachable``: how stale (seconds) a stored response may be
+    and still be served when the origin cannot be reached and the response
+    does not forbid it (0 disables).  ``collapse``: concurrent misses for a
+    URL share one upstream fetch; at most ``collapse_waiters`` requests wait
+    at most ``collapse_timeout`` seconds for the response head.  ``name``
+    identifies this cache in Cache-Status; ``x_cache`` adds the X-Cache field.
+    """
+
+    enabled: bool = True
+    size: int = 64 * MiB
+    directory: str | None = None
+    max_object_size: int = 8 * MiB
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 86400.0
+    stale_if_unreachable: float = 0.0
+    collapse: bool = True
+    collapse_waiters: int = 100
+    collapse_timeout: float = 10.0
+    name: str = "multiproxy"
+    x_cache: bool = True
+
+
+def _size(reader: TableReader, name: str, default: int) -> int:
+    if not reader.has(name):
+        reader.raw(name, None)
+        return default
+    return reader.convert(name, reader.raw(name), parse_size)
+
+
+def cache_from_table(reader: TableReader) -> CacheConfig:
+    """
+    Read a ``[cache]`` table: ``enabled``, ``size``, ``dir``,
+    ``max_object_size``, ``heuristic_fraction``, ``heuristic_max``,
+    ``stale_if_unreachable``, ``collapse``, ``collapse_waiters``,
+    ``collapse_timeout``, ``name``, ``x_cache``.  Unknown keys are refused
+    (`TableReader.finish` is called).
+
+    @raise ConfigError: naming the key that is wrong.
+    """
+    d = CacheConfig()
+    enabled = reader.boolean("enabled", d.enabled)
+    size = _size(reader, "size", d.size)
+    directory = reader.string("dir", "") or None
+    max_object_size = _size(reader, "max_object_size", d.max_object_size)
+    heuristic_fraction = reader.number("heuristic_fraction", d.heuristic_fraction, minimum=0, maximum=1)
+    heuristic_max = reader.number("heuristic_max", d.heuristic_max, minimum=0)
+    stale_if_unreachable = reader.number("stale_if_unreachable", d.stale_if_unreachable, minimum=0)
+    collapse = reader.boolean("collapse", d.collapse)
+    collapse_waiters = reader.integer("collapse_waiters", d.collapse_waiters, minimum=0)
+    collapse_timeout = reader.number("collapse_timeout", d.collapse_timeout, minimum=0)
+    name = reader.string("name", d.name)
+    x_cache = reader.boolean("x_cache", d.x_cache)
+    reader.finish()
+    if enabled and size <= 0:
+        raise reader.error("size", "must be more than 0 bytes (use enabled = false to switch the cache off)")
+    if max_object_size <= 0:
+        raise reader.error("max_object_size", "must be more than 0 bytes")
+    if not name.strip():
+        raise reader.error("name", "must not be empty")
+    return CacheConfig(
+        enabled=enabled, size=size, directory=directory, max_object_size=max_object_size,
+        heuristic_fraction=float(heuristic_fraction), heuristic_max=float(heuristic_max),
+        stale_if_unreachable=float(stale_if_unreachable), collapse=collapse,
+        collapse_waiters=collapse_waiters, collapse_timeout=float(collapse_timeout),
+        name=name, x_cache=x_cache,
+    )
+
+
+def make_store(config: CacheConfig):
+    """The `ICacheStore` a config asks for: on disk when ``directory`` is set, else in memory."""
+    if config.directory:
+        from multiproxy.cache._disk import DiskStore
+
+        try:
+            return DiskStore(config.directory, config.size, config.max_object_size)
+        except OSError as e:
+            raise ConfigError(f"cache.dir: cannot use {config.directory!r}: {e.strerror or e}") from None
+    from multiproxy.cache._memory import MemoryStore
+
+    return MemoryStore(config.size, config.max_object_size)

@@ -1,0 +1,55 @@
+"""
+Command-line options for the cache, for a twistd plugin's ``Options``:
+``--cache-size``, ``--cache-dir``, ``--max-object-size`` and ``--no-cache``.
+
+Add `CACHE_OPT_PARAMETERS` to the Options' ``optParameters`` and
+`CACHE_OPT_FLAGS` to its ``optFlags``, then call `cache_from_options` in
+``postOptions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from twisted.python import usage
+
+from multiproxy.cache._config import CacheConfig, parse_size
+
+CACHE_OPT_PARAMETERS = [
+    ["cache-size", None, None, "Byte budget of the shared HTTP cache, e.g. 64MiB or 2GB."],
+    ["cache-dir", None, None, "Keep the HTTP cache on disk in this directory (survives restarts)."],
+    ["max-object-size", None, None, "Largest response the HTTP cache stores, e.g. 8MiB."],
+]
+
+CACHE_OPT_FLAGS = [
+    ["no-cache", None, "Switch the shared HTTP cache off."],
+]
+
+
+def cache_from_options(options: Mapping, base: CacheConfig | None = None) -> CacheConfig:
+    """
+    ``base`` (a `CacheConfig` from the config file, or the defaults) with the
+    command-line options applied on top.
+
+    @raise usage.UsageError: a size option is not a size.
+    """
+    config = base if base is not None else CacheConfig()
+    changes: dict = {}
+    for option, attr in (("cache-size", "size"), ("max-object-size", "max_object_size")):
+        value = options.get(option)
+        if value is None:
+            continue
+        try:
+            size = parse_size(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{option}: {e}") from None
+        if size <= 0:
+            raise usage.UsageError(f"--{option}: must be more than 0 bytes, got {value!r}")
+        changes[attr] = size
+    directory = options.get("cache-dir")
+    if directory:
+        changes["directory"] = directory
+    if options.get("no-cache"):
+        changes["enabled"] = False
+    return replace(config, **changes) if changes else config
