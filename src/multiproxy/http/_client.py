@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
+from multiproxy._deadline import Deadline
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
 from multiproxy.http._parser import (
@@ -54,8 +54,7 @@ class UpstreamConnection(Protocol):
         self._got_response = False
         self._body_sent = True
         self._keep_alive = False
-        self._timer: IDelayedCall | None = None
-        self._idle_timer: IDelayedCall | None = None
+        self._deadline = Deadline(pool.reactor, self._timed_out)
         self._sent_at = 0.0
         self.lost = False
 
@@ -72,7 +71,6 @@ class UpstreamConnection(Protocol):
         connection turns out to have been closed by the upstream before any
         byte of the response came back, and the request is safe to replay.
         """
-        self._cancel_idle_timer()
         self.requests += 1
         self._request = request
         self._sink = sink
@@ -92,7 +90,7 @@ class UpstreamConnection(Protocol):
                 headers.add(b"Content-Length", b"%d" % (body.length or 0,))
         self.transport.write(request_head_bytes(head.method, head.target, headers))
         self._body_sent = body is None
-        self._arm(self.pool.response_timeout, self._response_timed_out)
+        self._deadline.set("response", self.pool.response_timeout)
         if body is not None:
             body.attach(self)
 
@@ -137,14 +135,14 @@ class UpstreamConnection(Protocol):
             if event is NEED_DATA:
                 return
             if type(event) is Data:
-                self._arm(self.pool.idle_timeout, self._body_timed_out)
+                self._deadline.set("body", self.pool.idle_timeout)
                 self._sink.data(event.data)
             elif type(event) is ResponseHead:
                 if event.status < 200 and event.status != 101:
                     self._sink.head(event, None)
                     continue
                 self._keep_alive = event.keep_alive and reader.body_framing != "eof"
-                self._arm(self.pool.idle_timeout, self._body_timed_out)
+                self._deadline.set("body", self.pool.idle_timeout)
                 self._sink.head(event, self.transport)
             elif type(event) is EndOfMessage:
                 self._finish_response()
@@ -157,7 +155,7 @@ class UpstreamConnection(Protocol):
     def _finish_response(self) -> None:
         sink, request = self._sink, self._request
         self._sink = None
-        self._cancel_timer()
+        self._deadline.clear()
         self._request = None
         if self._keep_alive:
             self._reader.start_next()
@@ -179,7 +177,7 @@ class UpstreamConnection(Protocol):
         self._sink = None
         self._request = None
         self._keep_alive = False
-        self._cancel_timer()
+        self._deadline.clear()
         if request is not None:
             if request.body is not None:
                 request.body.detach()
@@ -189,43 +187,27 @@ class UpstreamConnection(Protocol):
 
     # -- timers ----------------------------------------------------------
 
-    def _arm(self, seconds: float | None, fn: Callable[[], None]) -> None:
-        self._cancel_timer()
-        if seconds:
-            self._timer = self.pool.reactor.callLater(seconds, fn)
+    def _timed_out(self, kind: str) -> None:
+        if kind == "pooled":
+            self.transport.loseConnection()
+        elif kind == "response":
+            seconds = self.pool.response_timeout
+            self._fail(UpstreamError(f"upstream sent no response within {seconds:g} s", 504))
+            self.transport.abortConnection()
+        else:
+            seconds = self.pool.idle_timeout
+            self._fail(UpstreamError(f"upstream stalled for {seconds:g} s mid-response", 504))
+            self.transport.abortConnection()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _response_timed_out(self) -> None:
-        self._timer = None
-        seconds = self.pool.response_timeout
-        self._fail(UpstreamError(f"upstream sent no response within {seconds:g} s", 504))
-        self.transport.abortConnection()
-
-    def _body_timed_out(self) -> None:
-        self._timer = None
-        seconds = self.pool.idle_timeout
-        self._fail(UpstreamError(f"upstream stalled for {seconds:g} s mid-response", 504))
-        self.transport.abortConnection()
-
-    def start_idle_timer(self, seconds: float, fn: Callable[[], None]) -> None:
-        self._cancel_idle_timer()
-        self._idle_timer = self.pool.reactor.callLater(seconds, fn)
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
+    def pooled(self, seconds: float) -> None:
+        """The connection waits idle in the pool; close it after ``seconds``."""
+        self._deadline.set("pooled", seconds)
 
     # -- end of the connection --------------------------------------------
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
-        self._cancel_timer()
-        self._cancel_idle_timer()
+        self._deadline.cancel()
         self.pool.forget(self)
         if self._sink is None:
             return
@@ -271,7 +253,7 @@ class ConnectionPool:
         response_timeout: float | None = 60.0,
         idle_timeout: float | None = 60.0,
         keepalive_timeout: float = 30.0,
-        max_idle_per_key: int = 16,
+        max_idle_per_key: int = 256,
     ) -> None:
         self.reactor = reactor
         self.limits = limits
@@ -294,7 +276,7 @@ class ConnectionPool:
         while idle:
             conn = idle.pop()
             if not conn.lost:
-                conn._cancel_idle_timer()
+                conn._deadline.clear()
                 return defer.succeed(conn)
         return self.connect(upstream)
 
@@ -310,7 +292,7 @@ class ConnectionPool:
             conn.transport.loseConnection()
             return
         idle.append(conn)
-        conn.start_idle_timer(self.keepalive_timeout, conn.transport.loseConnection)
+        conn.pooled(self.keepalive_timeout)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """``conn`` is closed: it must never be handed out again."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._deadline import Deadline
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy._values import AccessRecord
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
@@ -282,8 +283,7 @@ class HTTPServerProtocol(Protocol):
         self.exchange: Exchange | None = None
         self.tunnel = None
         self._reader: RequestReader | None = None
-        self._timer: IDelayedCall | None = None
-        self._timer_kind = ""
+        self._deadline: Deadline | None = None
         self._closing = False
         self._peer_host = ""
         self._peer_port = 0
@@ -291,6 +291,7 @@ class HTTPServerProtocol(Protocol):
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._deadline = Deadline(self.factory.reactor, self._timed_out)
         self._reader = RequestReader(self.factory.limits)
         peer = self.transport.getPeer()
         self._peer_host = getattr(peer, "host", "") or ""
@@ -300,7 +301,7 @@ class HTTPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._closing = True
-        self._cancel_timer()
+        self._deadline.cancel()
         self.factory.connections.discard(self)
         if self.tunnel is not None:
             self.tunnel.downstream_lost(reason)
@@ -333,8 +334,8 @@ class HTTPServerProtocol(Protocol):
         if self.tunnel is not None:
             self.tunnel.downstream_data(data)
             return
-        if self._timer_kind == "keepalive":
-            self._arm("header", self.factory.timeouts.header)
+        if self._deadline.kind == "keepalive":
+            self._deadline.set("header", self.factory.timeouts.header)
         self._reader.feed(data)
         self._pump()
 
@@ -353,8 +354,8 @@ class HTTPServerProtocol(Protocol):
             elif kind is RequestHead:
                 self._begin(event)
             elif kind is EndOfMessage:
-                if self._timer_kind == "client_idle":
-                    self._cancel_timer()
+                if self._deadline.kind == "client_idle":
+                    self._deadline.clear()
                 self.exchange.request_end()
             elif event is NEED_DATA or event is PAUSED:
                 return
@@ -485,22 +486,15 @@ class HTTPServerProtocol(Protocol):
         self._arm("keepalive", self.factory.timeouts.keepalive)
 
     def _arm(self, kind: str, seconds: float | None) -> None:
-        if self._timer_kind == kind and kind == "header":
-            return  # the head deadline is not reset by trickling bytes
-        self._cancel_timer()
-        if seconds:
-            self._timer_kind = kind
-            self._timer = self.factory.reactor.callLater(seconds, self._timed_out, kind)
+        self._deadline.set(kind, seconds)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._timer_kind = ""
+        self._deadline.clear()
 
     def _timed_out(self, kind: str) -> None:
-        self._timer = None
-        self._timer_kind = ""
+        if kind == "abort":
+            self.transport.abortConnection()
+            return
         if kind == "keepalive":
             self._close()
             return
@@ -531,8 +525,7 @@ class HTTPServerProtocol(Protocol):
     def close_flushing(self) -> None:
         """Close after flushing, but never wait on a client that stopped reading."""
         self._close()
-        grace = self.factory.timeouts.client_idle or 60.0
-        self._timer = self.factory.reactor.callLater(grace, self.transport.abortConnection)
+        self._deadline.set("abort", self.factory.timeouts.client_idle or 60.0)
 
 
 _BAD_REQUEST_HEAD = RequestHead(b"-", b"-", b"HTTP/1.1", Headers())

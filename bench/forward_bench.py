@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""
+Forward proxy throughput and streaming memory, against peers in the same run.
+
+    python3 bench/forward_bench.py [--seconds 8] [--connections 20] [--stream-mib 1024]
+
+1. Requests/s for 100-byte responses from one nginx origin, 20 keep-alive
+   client connections (wrk, absolute-form requests), through:
+   multiproxy, twisted.web.proxy.Proxy, and proxy.py (one worker).
+   Prints each figure and the ratios to multiproxy.
+2. Streams ``--stream-mib`` MiB through multiproxy to a client that reads
+   slowly (rate-limited), sampling the proxy's RSS: memory must stay flat.
+
+Installs nginx (apt) and proxy.py (PyPI) if missing; set BENCH_NO_INSTALL=1
+to skip peers that are not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import (  # noqa: E402
+    PYTHON,
+    absolute_url_lua,
+    ensure_pip,
+    free_port,
+    nginx_origin,
+    rss_kib,
+    running,
+    twistd_argv,
+    wrk,
+)
+
+TWISTED_PROXY = """
+import sys
+from twisted.internet import reactor
+from twisted.web import http, proxy
+factory = http.HTTPFactory()
+factory.protocol = proxy.Proxy
+reactor.listenTCP(int(sys.argv[1]), factory, interface="127.0.0.1")
+reactor.run()
+"""
+
+
+def peers(port: int) -> dict[str, list[str]]:
+    commands = {
+        "multiproxy": twistd_argv(
+            "multiproxy", "--access-log", "none", "forward",
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+        ),
+        "twisted.web.proxy": [PYTHON, "-c", TWISTED_PROXY, str(port)],
+    }
+    if ensure_pip("proxy", "proxy.py"):
+        commands["proxy.py"] = [
+            PYTHON, "-m", "proxy", "--hostname", "127.0.0.1", "--port", str(port),
+            "--num-workers", "1", "--num-acceptors", "1", "--log-level", "WARNING",
+        ]
+    return commands
+
+
+def throughput(args) -> dict[str, float]:
+    results = {}
+    with nginx_origin({"100b": b"x" * 100}) as origin:
+        target = f"http://127.0.0.1:{origin}/100b"
+        direct = wrk(target, None, min(args.seconds, 3), args.connections)
+        print(f"origin direct (nginx): {direct['rps']:.0f} req/s (for scale)")
+        for name, argv in peers(0).items():
+            port = free_port()
+            argv = [a.replace(":0:", f":{port}:") if "tcp:0:" in a else a for a in argv]
+            argv = [str(port) if a == "0" else a for a in argv]
+            with running(argv, port):
+                wrk(f"http://127.0.0.1:{port}", absolute_url_lua(target), 1, args.connections)
+                result = wrk(f"http://127.0.0.1:{port}", absolute_url_lua(target), args.seconds,
+                             args.connections)
+            results[name] = result["rps"]
+            print(f"{name:20s} {result['rps']:10.0f} req/s  p50 {result['p50']:>8s}  "
+                  f"non-2xx {result['non2xx']}  {result['errors']}")
+    base = results.get("multiproxy") or 1.0
+    print("\nratios (multiproxy / peer):")
+    for name, rps in results.items():
+        if name != "multiproxy" and rps:
+            print(f"  multiproxy / {name}: {base / rps:.2f}x")
+    return results
+
+
+def stream_memory(args) -> None:
+    size = args.stream_mib * 1024 * 1024
+    with nginx_origin({"big": size}) as origin:
+        port = free_port()
+        argv = twistd_argv("multiproxy", "--access-log", "none", "forward",
+                           "--listen", f"tcp:{port}:interface=127.0.0.1")
+        with running(argv, port) as process:
+            time.sleep(0.5)
+            baseline = rss_kib(process.pid)
+            peak = baseline
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(f"GET http://127.0.0.1:{origin}/big HTTP/1.1\r\nHost: x\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            received = 0
+            started = time.monotonic()
+            last_sample = 0.0
+            # Read at most --read-mibps MiB/s: slower than the origin can send.
+            budget = args.read_mibps * 1024 * 1024
+            while True:
+                chunk = sock.recv(262144)
+                if not chunk:
+                    break
+                received += len(chunk)
+                elapsed = time.monotonic() - started
+                ahead = received / budget - elapsed
+                if ahead > 0:
+                    time.sleep(ahead)
+                if elapsed - last_sample > 0.2:
+                    last_sample = elapsed
+                    peak = max(peak, rss_kib(process.pid))
+                if elapsed > args.stream_timeout:
+                    print(f"stopped after {args.stream_timeout} s")
+                    break
+            sock.close()
+            elapsed = time.monotonic() - started
+    print(f"\nstreamed {received / 1048576:.0f} MiB in {elapsed:.1f} s "
+          f"({received / 1048576 / elapsed:.0f} MiB/s, client reading at most "
+          f"{args.read_mibps} MiB/s)")
+    print(f"proxy RSS: baseline {baseline / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
+          f"growth {(peak - baseline) / 1024:.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--stream-mib", type=int, default=1024)
+    parser.add_argument("--read-mibps", type=int, default=150)
+    parser.add_argument("--stream-timeout", type=float, default=120)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-stream", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_throughput:
+        throughput(args)
+    if not args.skip_stream:
+        stream_memory(args)
+
+
+if __name__ == "__main__":
+    main()
