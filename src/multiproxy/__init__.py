@@ -1,1 +1,39 @@
-"""multiproxy: a Twisted-based multi-protocol proxy framework."""
+"""
+multiproxy: a Twisted-based multi-protocol proxy framework.
+
+The shared contract (`IProxy`, `IPolicy`, `IUpstreamChooser`, `IUpstream`,
+`IBalancer`, `IReporter`) and the values that travel through every proxy
+(`Intent`, `Decision`, `AccessRecord`).  The proxies themselves live in
+`multiproxy.forward`, `multiproxy.reverse` and `multiproxy.tcp`.
+"""
+
+from multiproxy._contract import AllowAll, check
+from multiproxy._errors import ConfigError, MultiproxyError, ProtocolError, UpstreamError
+from multiproxy._interfaces import (
+    IBalancer,
+    IPolicy,
+    IProxy,
+    IReporter,
+    IUpstream,
+    IUpstreamChooser,
+)
+from multiproxy._values import ALLOW, AccessRecord, Decision, Intent
+
+__all__ = [
+    "ALLOW",
+    "AccessRecord",
+    "AllowAll",
+    "ConfigError",
+    "Decision",
+    "IBalancer",
+    "IPolicy",
+    "IProxy",
+    "IReporter",
+    "IUpstream",
+    "IUpstreamChooser",
+    "Intent",
+    "MultiproxyError",
+    "ProtocolError",
+    "UpstreamError",
+    "check",
+]
