@@ -365,12 +365,13 @@ class Relay:
 
     # -- ending ----------------------------------------------------------------
 
-    def end(self, how: str, reason: Failure | None = None) -> None:
+    def end(self, how: str, reason: Failure | None = None, abort: bool | None = None) -> None:
         """
         End the relay (once): stop timers, close both sides and call ``on_end``.
 
-        "idle-timeout" and "error" abort the connections (their peers may
-        not be reading); other endings close them after flushing.
+        @param abort: drop the connections without flushing; by default
+            "idle-timeout" and "error" abort (their peers may not be
+            reading) and other endings close after flushing.
         """
         if self.ended is not None:
             return
@@ -388,7 +389,8 @@ class Relay:
         if self._connecting is not None:
             d, self._connecting = self._connecting, None
             d.cancel()
-        abort = how in ("idle-timeout", "error")
+        if abort is None:
+            abort = how in ("idle-timeout", "error")
         for transport in (self.downstream, self.upstream_transport):
             if transport is None:
                 continue

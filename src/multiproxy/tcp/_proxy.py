@@ -1,0 +1,244 @@
+"""
+The TCP relay proxy: a protocol factory that, per client connection, asks
+the policy, chooses a backend (moving on to the next one when a connect
+fails, before the client notices), optionally sends a PROXY protocol
+header, relays bytes both ways with the shared `Relay`, and reports one
+`AccessRecord`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from multiproxy._contract import AllowAll
+from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy._relay import Relay, RelayServerProtocol
+from multiproxy._values import AccessRecord, Decision, Intent
+from multiproxy.balancing._backend import DeadlineEndpoint
+from multiproxy.tcp._haproxy import find_proxy_header_wrapper
+from multiproxy.tcp._proxyheader import proxy_header
+
+__all__ = ["TCPRelayFactory", "TCPRelayProtocol", "TCPSettings", "OUTCOMES"]
+
+_log = Logger()
+
+OUTCOMES = ("denied", "no-backend", "connect-failed", "no-proxy-header")
+"""Endings of a connection that never reached the relay stage (besides the relay's own)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TCPSettings:
+    """
+    Per-connection behaviour of a TCP relay.
+
+    @ivar connect_timeout: seconds to connect to one backend.
+    @ivar idle_timeout: seconds without traffic either way before the
+        connection is closed; None for no limit.
+    @ivar header_timeout: seconds a client on a PROXY-protocol listener has
+        to send its header.
+    @ivar retries: how many other backends to try after a failed connect.
+    @ivar proxy_protocol: "v1" or "v2" to send a PROXY header to every
+        backend (a backend's own ``proxy_protocol`` takes precedence).
+    """
+
+    connect_timeout: float = 5.0
+    idle_timeout: float | None = None
+    header_timeout: float = 10.0
+    retries: int = 2
+    proxy_protocol: str | None = None
+
+
+def _host_port(address: Any) -> tuple[str, int]:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return str(host), int(getattr(address, "port", 0))
+    name = getattr(address, "name", None)  # UNIX sockets
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return (f"unix:{name}" if name else "unix"), 0
+
+
+class TCPRelayProtocol(RelayServerProtocol):
+    """One client connection of a `TCPRelayFactory`."""
+
+    def __init__(self, factory: TCPRelayFactory) -> None:
+        super().__init__(factory.reactor, None, factory.settings.idle_timeout)
+        self.factory = factory
+        self.intent: Intent | None = None
+        self.decision: Decision | None = None
+        self.backend: Any = None
+        self.outcome: str | None = None
+        self.tried: set[Any] = set()
+        self.connect_time = 0.0
+        self.started_at = 0.0
+        self._header_timer: Any = None
+        self._ip_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None
+
+    def connectionMade(self) -> None:
+        self.started_at = self.reactor.seconds()
+        self.factory.connections.add(self)
+        super().connectionMade()
+
+    def start_relay(self, relay: Relay) -> None:
+        wrapper = find_proxy_header_wrapper(self.transport)
+        if wrapper is not None and wrapper.header_pending:
+            self._header_timer = self.reactor.callLater(
+                self.factory.settings.header_timeout, self._no_header
+            )
+            wrapper.when_header(self._begin)
+        else:
+            self._begin()
+
+    def _no_header(self) -> None:
+        self._header_timer = None
+        self._give_up("no-proxy-header")
+
+    def _give_up(self, outcome: str, failure: Failure | None = None) -> None:
+        assert self.relay is not None
+        self.outcome = outcome
+        self.relay.end("error", failure, abort=False)
+
+    def _begin(self) -> None:
+        if self._header_timer is not None:
+            if self._header_timer.active():
+                self._header_timer.cancel()
+            self._header_timer = None
+        if self.relay is None or self.relay.ended is not None:
+            return
+        client = _host_port(self.transport.getPeer())
+        local = _host_port(self.transport.getHost())
+        self._ip_addresses = (client, local)
+        self.intent = Intent(
+            kind="tcp", proxy=self.factory.name, client_host=client[0],
+            client_port=client[1], port=local[1],
+        )
+        self.decision = self.factory.policy.decide(self.intent)
+        if not self.decision.allowed:
+            self._give_up("denied")
+            return
+        self._try_next()
+
+    def _try_next(self) -> None:
+        assert self.relay is not None and self._ip_addresses is not None
+        backend = self.factory.chooser.choose(self.intent, frozenset(self.tried))
+        if backend is None:
+            self._give_up("connect-failed" if self.tried else "no-backend")
+            return
+        self.tried.add(backend.key)
+        settings = self.factory.settings
+        endpoint = DeadlineEndpoint(
+            self.reactor, backend.endpoint(self.reactor), settings.connect_timeout
+        )
+        version = getattr(backend, "proxy_protocol", None) or settings.proxy_protocol
+        preamble = proxy_header(version, *self._ip_addresses) if version else b""
+        started = self.reactor.seconds()
+        self.relay.connect(endpoint, preamble).addCallbacks(
+            self._connected, self._connect_failed,
+            callbackArgs=(backend, started), errbackArgs=(backend, started),
+        )
+
+    def _connected(self, relay: Relay, backend: Any, started: float) -> None:
+        backend.started()
+        self.backend = backend
+        self.connect_time = self.reactor.seconds() - started
+
+    def _connect_failed(self, failure: Failure, backend: Any, started: float) -> None:
+        assert self.relay is not None
+        if failure.check(defer.CancelledError) and self.relay.ended is not None:
+            return  # the client left while we were connecting: not the backend's fault
+        backend.started()
+        backend.finished(False, self.reactor.seconds() - started)
+        _log.warn(
+            "{proxy}: cannot connect to backend {backend}: {why}",
+            proxy=self.factory.name, backend=backend.name, why=failure.getErrorMessage(),
+        )
+        if self.relay.ended is not None:
+            return
+        if len(self.tried) <= self.factory.settings.retries:
+            self._try_next()
+        else:
+            self._give_up("connect-failed", failure)
+
+    def relay_ended(self, relay: Relay, how: str) -> None:
+        if self._header_timer is not None and self._header_timer.active():
+            self._header_timer.cancel()
+        self.factory.connections.discard(self)
+        if self.backend is not None:
+            # A backend that drops the connection on error (TLS refused, reset)
+            # counts against it; its latency here is the connect time.
+            ok = not (how == "upstream-closed" and relay.reason is not None)
+            self.backend.finished(ok, self.connect_time)
+        self._report(relay, self.outcome or how)
+
+    def _report(self, relay: Relay, ended: str) -> None:
+        if self._ip_addresses is not None:
+            client, local = self._ip_addresses
+        else:
+            client = _host_port(self.transport.getPeer())
+            local = _host_port(self.transport.getHost())
+        record = AccessRecord(
+            kind="tcp", proxy=self.factory.name, started=self.started_at,
+            client_host=client[0], client_port=client[1],
+            target=f"{local[0]}:{local[1]}" if local[1] else local[0],
+            upstream=self.backend.name if self.backend is not None else None,
+            bytes_to_client=relay.bytes_from_upstream,
+            bytes_from_client=relay.bytes_from_downstream,
+            bytes_to_upstream=relay.bytes_from_downstream,
+            bytes_from_upstream=relay.bytes_from_upstream,
+            duration=max(0.0, self.reactor.seconds() - self.started_at),
+            rule=self.decision.rule if self.decision is not None else None,
+            ended=ended,
+        )
+        for reporter in self.factory.reporters:
+            try:
+                reporter.report(record)
+            except Exception:
+                _log.failure("reporter {reporter!r} failed", reporter=reporter)
+
+
+@implementer(IProxy)
+class TCPRelayFactory(Factory):
+    """
+    A layer-4 proxy: listen with it on any Twisted server endpoint.
+
+    @param chooser: the `IUpstreamChooser` (a `BackendPool`) giving backends.
+    @param policy: the `IPolicy` asked per connection (default: allow all).
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        chooser: IUpstreamChooser,
+        *,
+        name: str = "tcp",
+        policy: IPolicy | None = None,
+        reporters: Sequence[Any] = (),
+        settings: TCPSettings = TCPSettings(),
+    ) -> None:
+        self.reactor = reactor
+        self.chooser = chooser
+        self.name = name
+        self.policy = policy if policy is not None else AllowAll()
+        self.reporters = tuple(reporters)
+        self.settings = settings
+        self.connections: set[TCPRelayProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> TCPRelayProtocol:
+        protocol = TCPRelayProtocol(self)
+        return protocol
+
+    def close_all(self) -> None:
+        """End every relay in progress (after a shutdown deadline)."""
+        for protocol in list(self.connections):
+            if protocol.relay is not None:
+                protocol.relay.end("error")

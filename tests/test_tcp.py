@@ -1,0 +1,585 @@
+"""
+The TCP relay end to end on loopback: real backends, real clients, and
+openssl s_client for TLS termination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+
+import pytest
+import pytest_twisted
+import trustme
+from OpenSSL import SSL
+from twisted.internet import defer, task, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from multiproxy._interfaces import IPolicy, IProxy, IReporter
+from multiproxy._tls import CertificateFile, ServerTLS
+from multiproxy._values import Decision
+from multiproxy.balancing import Backend, BackendPool, RoundRobin, TLSOrigination
+from multiproxy.tcp import (
+    TCPBackendConfig,
+    TCPConfig,
+    TCPRelayFactory,
+    TCPSettings,
+    make_tcp_service,
+    proxy_header_v1,
+    server_endpoint,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@implementer(IReporter)
+class Records:
+    def __init__(self):
+        self.records = []
+        self.waiting = []
+
+    def report(self, record):
+        self.records.append(record)
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(record)
+
+    def next(self):
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+
+@implementer(IHalfCloseableProtocol)
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+    def readConnectionLost(self):
+        self.transport.loseWriteConnection()
+
+    def writeConnectionLost(self):
+        self.transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class DigestAfterEOF(Protocol):
+    """Reads until end of input, then answers with the sha256 of what it read."""
+
+    def connectionMade(self):
+        self.hash = hashlib.sha256()
+
+    def dataReceived(self, data):
+        self.hash.update(data)
+
+    def readConnectionLost(self):
+        self.transport.write(self.hash.hexdigest().encode() + b"\n")
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+class Banner(Protocol):
+    """A server that speaks first (as SMTP or MySQL do)."""
+
+    def connectionMade(self):
+        self.transport.write(b"220 ready\r\n")
+
+
+class HeaderReader(Protocol):
+    """Reads a PROXY header, records it, then echoes."""
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.info = None
+
+    def dataReceived(self, data):
+        if self.info is not None:
+            self.transport.write(data)
+            return
+        self.buffer += data
+        if self.buffer.startswith(V2Parser.PREFIX):
+            parser = V2Parser()
+        else:
+            parser = V1Parser()
+        info, rest = parser.feed(self.buffer)
+        if info is not None:
+            self.info = info
+            self.factory.headers.append((self.buffer[: len(self.buffer) - len(rest)], info))
+            if rest:
+                self.transport.write(rest)
+
+
+@implementer(IHalfCloseableProtocol)
+class Client(Protocol):
+    def __init__(self):
+        self.chunks = []
+        self.received = 0
+        self.hash = hashlib.sha256()
+        self.done = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.chunks.append(data)
+        self.received += len(data)
+        self.hash.update(data)
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.done.callback(b"".join(self.chunks))
+
+
+@pytest.fixture
+def servers(reactor):
+    ports = []
+
+    def listen(factory):
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        ports.append(port)
+        return port.getHost().port
+
+    yield listen
+    for port in ports:
+        port.stopListening()
+
+
+def free_port(reactor):
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backend_at(port, **kwargs):
+    return Backend(host="127.0.0.1", port=port, **kwargs)
+
+
+def relay(reactor, servers, backends, records=None, policy=None, **settings):
+    pool = BackendPool("test", backends, RoundRobin(), reactor)
+    factory = TCPRelayFactory(
+        reactor, pool, name="test", policy=policy,
+        reporters=[records] if records is not None else [],
+        settings=TCPSettings(**settings),
+    )
+    return factory, servers(factory)
+
+
+@defer.inlineCallbacks
+def connect(reactor, port):
+    client = Client()
+    yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+        Factory.forProtocol(lambda: client)
+    )
+    return client
+
+
+def test_tcp_relay_factory_provides_iproxy(reactor):
+    pool = BackendPool("p", [backend_at(1)], RoundRobin(), reactor)
+    verifyObject(IProxy, TCPRelayFactory(reactor, pool))
+
+
+@pytest_twisted.inlineCallbacks
+def test_bulk_transfer_is_relayed_byte_for_byte_and_reported(reactor, servers):
+    records = Records()
+    echo = servers(Factory.forProtocol(Echo))
+    factory, port = relay(reactor, servers, [backend_at(echo)], records)
+    payload = os.urandom(3 * 1024 * 1024)
+    client = yield connect(reactor, port)
+    client.transport.write(payload)
+    client.transport.loseWriteConnection()
+    data = yield client.done
+    assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.kind == "tcp" and record.proxy == "test"
+    assert record.client_host == "127.0.0.1"
+    assert record.upstream == f"127.0.0.1:{echo}"
+    assert record.bytes_from_client == record.bytes_to_client == len(payload)
+    assert record.ended == "done"
+    assert record.target == f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+@pytest_twisted.inlineCallbacks
+def test_small_writes_are_echoed_in_order(reactor, servers, chunk):
+    echo = servers(Factory.forProtocol(Echo))
+    factory, port = relay(reactor, servers, [backend_at(echo)])
+    client = yield connect(reactor, port)
+    payload = bytes(range(256)) * 8
+    for i in range(0, len(payload), chunk):
+        client.transport.write(payload[i:i + chunk])
+    client.transport.loseWriteConnection()
+    assert (yield client.done) == payload
+
+
+@pytest_twisted.inlineCallbacks
+def test_half_closed_client_still_receives_the_answer(reactor, servers):
+    origin = servers(Factory.forProtocol(DigestAfterEOF))
+    factory, port = relay(reactor, servers, [backend_at(origin)])
+    client = yield connect(reactor, port)
+    payload = os.urandom(200_000)
+    client.transport.write(payload)
+    client.transport.loseWriteConnection()
+    answer = yield client.done
+    assert answer == hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_reader_keeps_relay_memory_flat(reactor, servers):
+    payload = os.urandom(8 * 1024 * 1024)
+
+    class Source(Protocol):
+        def connectionMade(self):
+            self.transport.write(payload)
+            self.transport.loseConnection()
+
+    origin = servers(Factory.forProtocol(Source))
+    factory, port = relay(reactor, servers, [backend_at(origin)])
+    client = yield connect(reactor, port)
+    client.transport.pauseProducing()
+    peak = 0
+    for _ in range(30):
+        yield task.deferLater(reactor, 0.005, lambda: None)
+        for protocol in factory.connections:
+            down = protocol.relay.downstream
+            peak = max(peak, len(down.dataBuffer) - down.offset + down._tempDataLen)
+    assert 0 < peak <= 3 * 64 * 1024
+    client.transport.resumeProducing()
+    data = yield client.done
+    assert len(data) == len(payload)
+    assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest_twisted.inlineCallbacks
+def test_refused_backend_is_skipped_before_the_client_notices(reactor, servers):
+    records = Records()
+    dead = backend_at(free_port(reactor))
+    alive = backend_at(servers(Factory.forProtocol(Echo)))
+    factory, port = relay(reactor, servers, [dead, alive], records)
+    for i in range(4):
+        client = yield connect(reactor, port)
+        client.transport.write(b"ping %d" % i)
+        client.transport.loseWriteConnection()
+        assert (yield client.done) == b"ping %d" % i
+    assert all(r.upstream == alive.name and r.ended == "done" for r in records.records)
+    assert dead.failures >= 2
+    assert alive.requests == 4 and alive.active == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_reachable_backend_closes_the_client_and_says_why(reactor, servers):
+    records = Records()
+    factory, port = relay(reactor, servers, [backend_at(free_port(reactor))], records,
+                          retries=0)
+    client = yield connect(reactor, port)
+    assert (yield client.done) == b""
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.ended == "connect-failed"
+    assert record.upstream is None
+    client = yield connect(reactor, port)  # the backend is now ejected: none to choose
+    yield client.done
+    assert records.records[-1].ended in ("no-backend", "connect-failed")
+
+
+@pytest_twisted.inlineCallbacks
+def test_backend_dying_mid_stream_closes_the_client(reactor, servers):
+    records = Records()
+
+    class Dies(Protocol):
+        def dataReceived(self, data):
+            self.transport.write(b"partial")
+            self.transport.abortConnection()
+
+    origin = backend_at(servers(Factory.forProtocol(Dies)))
+    factory, port = relay(reactor, servers, [origin], records)
+    client = yield connect(reactor, port)
+    client.transport.write(b"hello")
+    yield client.done
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.ended == "upstream-closed"
+    assert record.bytes_from_client == 5
+
+
+@pytest_twisted.inlineCallbacks
+def test_policy_denial_closes_the_connection_at_once(reactor, servers):
+    records = Records()
+    seen = []
+
+    @implementer(IPolicy)
+    class DenyAll:
+        def decide(self, intent):
+            seen.append(intent)
+            return Decision("deny", rule="no-tcp")
+
+    echo = backend_at(servers(Factory.forProtocol(Echo)))
+    factory, port = relay(reactor, servers, [echo], records, policy=DenyAll())
+    client = yield connect(reactor, port)
+    client.transport.write(b"let me in")
+    assert (yield client.done) == b""
+    assert seen[0].kind == "tcp" and seen[0].port == port and seen[0].client_host == "127.0.0.1"
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.ended == "denied" and record.rule == "no-tcp"
+    assert echo.requests == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_idle_connection_is_closed_after_the_idle_timeout(reactor, servers):
+    records = Records()
+    echo = backend_at(servers(Factory.forProtocol(Echo)))
+    factory, port = relay(reactor, servers, [echo], records, idle_timeout=0.2)
+    client = yield connect(reactor, port)
+    client.transport.write(b"x")
+    assert (yield client.done) == b"x"
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.ended == "idle-timeout"
+    assert 0.2 <= record.duration < 2
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest_twisted.inlineCallbacks
+def test_backend_asking_for_proxy_protocol_sees_the_client_address(reactor, servers, version):
+    reader = Factory.forProtocol(HeaderReader)
+    reader.headers = []
+    backend = backend_at(servers(reader), proxy_protocol=version)
+    factory, port = relay(reactor, servers, [backend])
+    client = yield connect(reactor, port)
+    local = client.transport.getHost()
+    client.transport.write(b"after the header")
+    client.transport.loseWriteConnection()
+    assert (yield client.done) == b"after the header"
+    raw, info = reader.headers[0]
+    assert info.source.host == "127.0.0.1" and info.source.port == local.port
+    assert info.destination.port == port
+    if version == "v1":
+        assert raw == f"PROXY TCP4 127.0.0.1 127.0.0.1 {local.port} {port}\r\n".encode()
+
+
+@pytest_twisted.inlineCallbacks
+def test_haproxy_listener_takes_the_client_address_from_the_header(reactor, servers):
+    records = Records()
+    seen = []
+
+    @implementer(IPolicy)
+    class Watch:
+        def decide(self, intent):
+            seen.append(intent)
+            return Decision("allow")
+
+    reader = Factory.forProtocol(HeaderReader)
+    reader.headers = []
+    backend = backend_at(servers(reader), proxy_protocol="v2")
+    pool = BackendPool("test", [backend], RoundRobin(), reactor)
+    factory = TCPRelayFactory(reactor, pool, name="test", policy=Watch(), reporters=[records])
+    listening = yield server_endpoint(reactor, "haproxy:tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        client = yield connect(reactor, listening.getHost().port)
+        client.transport.write(proxy_header_v1(("203.0.113.7", 4242), ("198.51.100.1", 9000)))
+        client.transport.write(b"echo me")
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        client.transport.loseConnection()
+        data = yield client.done
+    finally:
+        yield listening.stopListening()
+    assert data == b"echo me"
+    assert (seen[0].client_host, seen[0].client_port, seen[0].port) == ("203.0.113.7", 4242, 9000)
+    raw, info = reader.headers[0]
+    assert (info.source.host, info.source.port) == ("203.0.113.7", 4242)
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.client_host == "203.0.113.7"
+
+
+@pytest_twisted.inlineCallbacks
+def test_haproxy_header_alone_connects_a_backend_that_speaks_first(reactor, servers):
+    backend = backend_at(servers(Factory.forProtocol(Banner)))
+    pool = BackendPool("test", [backend], RoundRobin(), reactor)
+    factory = TCPRelayFactory(reactor, pool, name="test")
+    listening = yield server_endpoint(reactor, "haproxy:tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        client = yield connect(reactor, listening.getHost().port)
+        client.transport.write(proxy_header_v1(("203.0.113.7", 4242), ("198.51.100.1", 9000)))
+        for _ in range(50):
+            if client.chunks:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        client.transport.loseConnection()
+        yield client.done
+    finally:
+        yield listening.stopListening()
+    assert b"".join(client.chunks) == b"220 ready\r\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_haproxy_listener_without_a_header_in_time_closes(reactor, servers):
+    records = Records()
+    backend = backend_at(servers(Factory.forProtocol(Banner)))
+    pool = BackendPool("test", [backend], RoundRobin(), reactor)
+    factory = TCPRelayFactory(reactor, pool, name="test", reporters=[records],
+                              settings=TCPSettings(header_timeout=0.1))
+    listening = yield server_endpoint(reactor, "haproxy:tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        client = yield connect(reactor, listening.getHost().port)
+        assert (yield client.done) == b""
+    finally:
+        yield listening.stopListening()
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.ended == "no-proxy-header"
+    assert backend.requests == 0
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def pki(ca, tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    files = {}
+    for name in ("relay.test", "other.test"):
+        cert = ca.issue_cert(name)
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(
+            cert.private_key_pem.bytes() + b"".join(c.bytes() for c in cert.cert_chain_pems)
+        )
+        files[name] = str(path)
+    return str(ca_file), files
+
+
+def s_client(port, server_name, ca_file, data):
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", server_name,
+         "-CAfile", ca_file, "-verify_return_error", "-verify_hostname", server_name,
+         "-quiet"],
+        input=data, capture_output=True, timeout=20,
+    )
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_termination_verified_by_openssl_s_client_with_sni(reactor, servers, pki):
+    ca_file, files = pki
+
+    class EchoLineThenClose(Protocol):
+        def dataReceived(self, data):
+            self.transport.write(data)
+            if data.endswith(b"\n"):
+                self.transport.loseConnection()
+
+    echo = backend_at(servers(Factory.forProtocol(EchoLineThenClose)))
+    pool = BackendPool("test", [echo], RoundRobin(), reactor)
+    factory = TCPRelayFactory(reactor, pool, name="test")
+    tls = ServerTLS([CertificateFile(files["relay.test"]), CertificateFile(files["other.test"])],
+                    alpn=())
+    listening = yield server_endpoint(reactor, "tcp:0:interface=127.0.0.1", tls).listen(factory)
+    port = listening.getHost().port
+    try:
+        for name in ("relay.test", "other.test"):
+            result = yield threads.deferToThread(
+                s_client, port, name, ca_file, b"hello over tls\n"
+            )
+            assert result.returncode == 0, result.stderr.decode()
+            assert result.stdout == b"hello over tls\n"
+            assert b"verify return:1" in result.stderr or b"depth=0" in result.stderr
+        wrong = yield threads.deferToThread(s_client, port, "relay.test", files["other.test"],
+                                            b"x\n")
+        assert wrong.returncode != 0  # not our CA: verification fails
+    finally:
+        yield listening.stopListening()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerContext:
+    def __init__(self, ca, name):
+        self.context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ca.issue_cert(name).configure_cert(self.context)
+
+    def serverConnectionForTLS(self, protocol):
+        return SSL.Connection(self.context, None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_origination_verifies_the_backend_and_fails_over_on_a_wrong_name(
+    reactor, servers, ca, pki
+):
+    ca_file, _ = pki
+    records = Records()
+    tls_echo = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(ca, "db.test"),
+                                 interface="127.0.0.1")
+    try:
+        port_number = tls_echo.getHost().port
+        good = backend_at(port_number, tls=TLSOrigination("db.test", ca_file))
+        factory, port = relay(reactor, servers, [good], records)
+        client = yield connect(reactor, port)
+        client.transport.write(b"secret")
+        for _ in range(100):
+            if client.received >= 6:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        client.transport.loseConnection()
+        assert (yield client.done) == b"secret"
+
+        wrong = backend_at(port_number, tls=TLSOrigination("wrong.test", ca_file))
+        factory, port = relay(reactor, servers, [wrong], records)
+        client = yield connect(reactor, port)
+        client.transport.write(b"secret")
+        assert (yield client.done) == b""
+        record = records.records[-1] if len(records.records) >= 2 else (yield records.next())
+        assert record.ended in ("upstream-closed", "error")
+        assert wrong.failures == 1
+    finally:
+        yield tls_echo.stopListening()
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_make_tcp_service_balances_over_backends_and_drains_on_stop(reactor, servers):
+    records = Records()
+
+    def named(label):
+        class Named(Protocol):
+            def connectionMade(self):
+                self.transport.write(label)
+                self.transport.loseConnection()
+
+        return Factory.forProtocol(Named)
+
+    backends = tuple(TCPBackendConfig(f"tcp:host=127.0.0.1:port={servers(named(n))}")
+                     for n in (b"a", b"b", b"c"))
+    port = free_port(reactor)
+    config = TCPConfig(name="svc", listen=(f"tcp:{port}:interface=127.0.0.1",),
+                       backends=backends, balance="roundrobin")
+    service = make_tcp_service(config, reactor, [records])
+    service.startService()
+    try:
+        answers = []
+        for _ in range(6):
+            client = yield connect(reactor, port)
+            answers.append((yield client.done))
+        assert sorted(answers) == [b"a", b"a", b"b", b"b", b"c", b"c"]
+        assert [s.requests for s in service.pool.snapshot()] == [2, 2, 2]
+    finally:
+        yield service.stopService()
