@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from multiproxy._interfaces import IPolicy
 from multiproxy._values import Decision, Intent
-from multiproxy.policy._hosts import glob_tail, host_suffixes, is_ip_literal
+from multiproxy.policy._hosts import glob_tail, is_ip_literal
 from multiproxy.policy._rules import MatchContext, Rule
 
 __all__ = ["RuleIndex", "RuleSet"]
@@ -30,11 +30,18 @@ DEFAULT_RULE = "default"
 
 
 class RuleIndex:
-    """Maps a host to the ascending positions of the rules that could match it."""
+    """
+    Maps a host to the ascending positions of the rules that could match it.
 
-    __slots__ = ("_exact", "_suffix", "_unindexed", "size")
+    The answer for a host is remembered (up to ``cache_size`` hosts; the
+    memory is dropped wholesale when full), since the same hosts come back
+    again and again; a `RuleSet` never changes, so neither do the answers.
+    """
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    __slots__ = ("_exact", "_suffix", "_unindexed", "_merge_unindexed", "_cache", "_cache_size",
+                 "size")
+
+    def __init__(self, rules: Sequence[Rule], cache_size: int = 4096) -> None:
         exact: dict[str, list[int]] = {}
         suffix: dict[str, list[int]] = {}
         unindexed: list[int] = []
@@ -51,28 +58,49 @@ class RuleIndex:
         self._exact = {k: tuple(v) for k, v in exact.items()}
         self._suffix = {k: tuple(v) for k, v in suffix.items()}
         self._unindexed = tuple(unindexed)
+        # Few always-tried rules are folded into each host's remembered answer;
+        # many are merged in lazily instead, to keep the memory small.
+        self._merge_unindexed = len(unindexed) <= 64
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache_size = cache_size
         self.size = len(rules)
 
-    def candidates(self, host: str) -> Iterator[int]:
+    def candidates(self, host: str) -> Iterable[int]:
         """Positions of rules that may match ``host``, ascending, each once."""
-        lists = []
-        if host:
-            found = self._exact.get(host)
-            if found:
-                lists.append(found)
-            if self._suffix and not is_ip_literal(host):
-                get = self._suffix.get
-                for parent in host_suffixes(host):
-                    found = get(parent)
-                    if found:
-                        lists.append(found)
-        if not lists:
-            return iter(self._unindexed)
-        if self._unindexed:
-            lists.append(self._unindexed)
-        if len(lists) == 1:
-            return iter(lists[0])
-        return _unique(heapq.merge(*lists))
+        found = self._cache.get(host)
+        if found is None:
+            found = self._lookup(host)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[host] = found
+        if self._merge_unindexed or not found:
+            return found or self._unindexed
+        return _unique(heapq.merge(found, self._unindexed))
+
+    def _lookup(self, host: str) -> tuple[int, ...]:
+        if not host:
+            return ()
+        found = []
+        exact = self._exact.get(host)
+        if exact:
+            found.append(exact)
+        if self._suffix and not is_ip_literal(host):
+            get = self._suffix.get
+            at = -1
+            while True:  # the host, then each parent domain
+                hit = get(host[at + 1:])
+                if hit:
+                    found.append(hit)
+                at = host.find(".", at + 1)
+                if at == -1:
+                    break
+        if not found:
+            return ()
+        if self._merge_unindexed and self._unindexed:
+            found.append(self._unindexed)
+        elif len(found) == 1:
+            return found[0]
+        return tuple(sorted(set().union(*found)))
 
 
 def _unique(positions: Iterable[int]) -> Iterator[int]:
@@ -111,11 +139,13 @@ class RuleSet:
     ``clock`` returns the time in seconds since the epoch (``reactor.seconds``;
     ``task.Clock().seconds`` in tests) and is only called when a rule with a
     time window is checked.  ``intent.host`` must come from `normalise_host`.
+    ``host_cache_size`` bounds how many hosts' index answers are remembered.
     """
 
     def __init__(
         self, rules: Iterable[Rule] = (), *, default: str = "allow",
         clock: Callable[[], float], default_message: str | None = None,
+        host_cache_size: int = 4096,
     ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         if default not in ("allow", "deny"):
@@ -129,7 +159,7 @@ class RuleSet:
             seen.add(rule.name)
         self.default = Decision(default, DEFAULT_RULE, default_message)  # type: ignore[arg-type]
         self.clock = clock
-        self._index = RuleIndex(self.rules)
+        self._index = RuleIndex(self.rules, host_cache_size)
 
     def decide(self, intent: Intent) -> Decision:
         """The decision of the first rule that matches ``intent``, else the default."""

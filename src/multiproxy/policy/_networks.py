@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 
 __all__ = ["NetworkSet", "client_address", "parse_network"]
 
@@ -38,6 +39,7 @@ def parse_network(text: str) -> IPNetwork:
     return network
 
 
+@lru_cache(maxsize=4096)
 def client_address(host: str) -> IPAddress | None:
     """
     The address of a client as given by the transport (``intent.client_host``),
