@@ -80,6 +80,14 @@ class Flight:
         self._streaming.append(waiter)
         return True
 
+    def leave(self, waiter: Waiter) -> None:
+        """``waiter`` no longer wants the response (its client went away)."""
+        call = self._waiting.pop(waiter, None)
+        if call is not None and call.active():
+            call.cancel()
+        if waiter in self._streaming:
+            self._streaming.remove(waiter)
+
     def _expire(self, waiter: Waiter) -> None:
         if self._waiting.pop(waiter, None) is not None:
             waiter.collapsed_head(None, None)

@@ -1,0 +1,460 @@
+"""
+The cache as an `IFetcher`: the only Twisted-facing part of the cache.
+
+`CachingFetcher` wraps another fetcher (the forward proxy's pool, or a
+reverse proxy route's balancing fetcher).  For each request it asks
+`SharedCache.plan` what to do, and then:
+
+- answers from storage, streaming the stored body with a push producer so a
+  slow client pauses the reading (and, for stale-while-revalidate, starts a
+  background revalidation, one at a time per URL);
+- or fetches through the wrapped fetcher, with conditional fields when it
+  revalidates, and hands the response to `SharedCache.on_response`: the body
+  is relayed to the client as it arrives and teed into the store's writer,
+  so the first client never waits for the whole body;
+- collapses concurrent misses for one URL: the first request fetches, the
+  others wait on its `Flight` and are served from the same stream;
+- serves stale when the origin fails and the response allows it.
+
+The access log's ``cache`` column gets HIT, MISS, REVALIDATED or STALE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from multiproxy._errors import UpstreamError
+from multiproxy.cache._cache import Action, Answer, Plan, SharedCache
+from multiproxy.cache._collapse import CollapsedForwarding, Flight
+from multiproxy.cache._config import CacheConfig, make_store
+from multiproxy.cache._store import CorruptEntry
+from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
+from multiproxy.http._parser import RequestHead, ResponseHead
+
+log = Logger()
+
+_CHUNK = 65536
+_VERSION = b"HTTP/1.1"
+
+
+def _nothing() -> None:
+    pass
+
+
+def _note(sink, outcome_x_cache: str) -> None:
+    record = getattr(sink, "record", None)
+    if record is not None:
+        record.cache = outcome_x_cache
+
+
+@implementer(IPushProducer)
+class _AnswerPump:
+    """Streams an `Answer` from storage into a sink, pausing when the client is slow."""
+
+    def __init__(self, answer: Answer, sink: IResponseSink) -> None:
+        self._answer = answer
+        self._sink = sink
+        self._reader = None
+        self._paused = False
+        self._done = False
+        self._pumping = False
+
+    def start(self) -> None:
+        answer, sink = self._answer, self._sink
+        self._reader = answer.open_body()
+        head = ResponseHead(_VERSION, answer.status, answer.reason, answer.headers)
+        if self._reader is None:
+            self._done = True
+            sink.head(head, None)
+            sink.end()
+            return
+        sink.head(head, self)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._paused and not self._done:
+                try:
+                    chunk = self._reader.read(_CHUNK)
+                except (CorruptEntry, OSError) as e:
+                    self._stop()
+                    log.warn("cache: {error}", error=e)
+                    self._sink.fail(UpstreamError("the cached copy is damaged", 502))
+                    return
+                if not chunk:
+                    self._stop()
+                    self._sink.end()
+                    return
+                self._sink.data(chunk)
+        finally:
+            self._pumping = False
+
+    def _stop(self) -> None:
+        self._done = True
+        if self._reader is not None:
+            self._reader.close()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if not self._done:
+            self._pump()
+
+    def stopProducing(self) -> None:
+        self._stop()
+
+
+def _serve(answer: Answer, sink: IResponseSink) -> Callable[[], None]:
+    _note(sink, answer.outcome.x_cache)
+    pump = _AnswerPump(answer, sink)
+    pump.start()
+    return pump.stopProducing
+
+
+@implementer(IPushProducer)
+class _UpstreamProducer:
+    """
+    The upstream transport as the leader's client sees it: pausing passes
+    through, but the client going away does not stop a fetch that collapsed
+    waiters or the store still need (`_UpstreamSink.client_gone` decides).
+    """
+
+    def __init__(self, producer, owner: _UpstreamSink) -> None:
+        self._producer = producer
+        self._owner = owner
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._owner.client_gone()
+
+
+@implementer(IResponseSink)
+class _UpstreamSink:
+    """
+    Receives the wrapped fetcher's response for one planned request and
+    turns it into what the client sees, what is stored and what collapsed
+    waiters get.  ``client`` is None for a background revalidation.
+    """
+
+    def __init__(
+        self, fetcher: CachingFetcher, request: ForwardedRequest, plan: Plan,
+        client: IResponseSink | None, flight: Flight | None,
+    ) -> None:
+        self.fetcher = fetcher
+        self.request = request
+        self.plan = plan
+        self.client = client
+        self.flight = flight
+        self.writer = None
+        self.relaying = False
+        self.replaced = False
+        self.request_time = fetcher.reactor.seconds()
+        self.abort_upstream: Callable[[], None] = _nothing
+        self.abort_answer: Callable[[], None] | None = None
+        self.on_done: Callable[[], None] | None = None
+        self.producer: _UpstreamProducer | None = None
+        self.replacement: _UpstreamSink | None = None
+
+    # -- IResponseSink ----------------------------------------------------
+
+    def head(self, response: ResponseHead, producer) -> None:
+        if self.replaced:
+            return
+        if response.status < 200:
+            if self.client is not None:
+                self.client.head(response, producer)
+            return
+        cache = self.fetcher.cache
+        reply = cache.on_response(
+            self.plan, response.status, response.reason, response.headers,
+            self.request_time, self.fetcher.reactor.seconds(),
+        )
+        if reply.refetch:
+            # The 304 was for another representation: ask again, unconditionally.
+            self.replaced = True
+            on_done, self.on_done = self.on_done, None
+            self.replacement = self.fetcher._forward(
+                self.request, cache.refetch_plan(self.plan), self.client, self.flight, on_done)
+            return
+        self.writer = reply.writer
+        if self.flight is not None:
+            length = _length(response) if reply.shared is not None else None
+            self.flight.head(reply.shared, length)
+            if reply.shared is None:
+                self.flight = None
+        if self.client is None:
+            return
+        if reply.answer is not None:
+            self.abort_answer = _serve(reply.answer, self.client)
+            return
+        self.relaying = True
+        _note(self.client, reply.outcome.x_cache)
+        if producer is not None:
+            self.producer = _UpstreamProducer(producer, self)
+        self.client.head(
+            ResponseHead(response.version, response.status, response.reason, reply.headers),
+            self.producer,
+        )
+
+    def data(self, data: bytes) -> None:
+        if self.replaced:
+            return
+        if self.writer is not None and not self.writer.write(data):
+            self.writer = None
+            if self.flight is not None:
+                self.flight.stop_sharing()
+        if self.flight is not None:
+            self.flight.data(data)
+        if self.relaying and self.client is not None:
+            self.client.data(data)
+
+    def end(self) -> None:
+        if self.replaced:
+            return
+        if self.writer is not None:
+            self.writer.commit()
+            self.writer = None
+        if self.flight is not None:
+            self.flight.end()
+            self.flight = None
+        if self.relaying and self.client is not None:
+            self.client.end()
+        self._done()
+
+    def fail(self, error: UpstreamError) -> None:
+        if self.replaced:
+            return
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+        if self.flight is not None:
+            self.flight.fail(error)
+            self.flight = None
+        client, self.client = self.client, None
+        if client is not None:
+            if self.relaying:
+                client.fail(error)
+            elif self.abort_answer is None:
+                self.fetcher._unreachable(self.plan, error, client)
+        self._done()
+
+    # -- control ----------------------------------------------------------
+
+    def _done(self) -> None:
+        done, self.on_done = self.on_done, None
+        if done is not None:
+            done()
+
+    def client_gone(self) -> None:
+        """The client went away: keep filling the cache only if others wait on it."""
+        if self.replacement is not None:
+            self.replacement.client_gone()
+            return
+        if self.client is None and self.abort_answer is None:
+            return
+        self.client = None
+        if self.abort_answer is not None:
+            abort, self.abort_answer = self.abort_answer, None
+            abort()
+        if self.producer is not None:
+            self.producer.resumeProducing()  # a pause by the departed client must not stick
+        if self.flight is not None and self.flight.waiters:
+            return
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+        if self.flight is not None:
+            self.flight.fail(UpstreamError("the request was abandoned", 502))
+            self.flight = None
+        self.abort_upstream()
+
+
+def _length(response: ResponseHead) -> int | None:
+    value = response.headers.get(b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+class _Waiter:
+    """A request served from another request's fetch (see `CollapsedForwarding`)."""
+
+    def __init__(self, fetcher: CachingFetcher, request: ForwardedRequest, plan: Plan,
+                 sink: IResponseSink) -> None:
+        self.fetcher = fetcher
+        self.request = request
+        self.plan = plan
+        self.sink: IResponseSink | None = sink
+        self.flight: Flight | None = None
+        self.started = False
+        self.cancel_own: Callable[[], None] | None = None
+
+    def collapsed_head(self, shared, expected_length) -> bool:
+        sink = self.sink
+        if sink is None:
+            return False
+        answer = None
+        if shared is not None:
+            answer = self.fetcher.cache.answer_waiter(self.plan, shared, expected_length)
+        if answer is None:
+            # Not for us: look up again, and fetch alone if need be.
+            self.cancel_own = self.fetcher._fetch(self.request, sink, collapse=False)
+            return False
+        self.started = True
+        _note(sink, answer.outcome.x_cache)
+        sink.head(ResponseHead(_VERSION, answer.status, answer.reason, answer.headers), None)
+        if answer.body_length == 0:
+            self.sink = None
+            sink.end()
+            return False
+        return True
+
+    def collapsed_data(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.data(data)
+
+    def collapsed_end(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.end()
+
+    def collapsed_fail(self, error: Exception) -> None:
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        if self.started:
+            sink.fail(error)
+        else:
+            self.fetcher._unreachable(self.plan, error, sink)
+
+    def cancel(self) -> None:
+        self.sink = None
+        if self.flight is not None:
+            self.flight.leave(self)
+        if self.cancel_own is not None:
+            self.cancel_own()
+
+
+@implementer(IFetcher)
+class CachingFetcher:
+    """
+    An `IFetcher` that answers from a `SharedCache` where it may and fetches
+    through ``inner`` where it must.
+    """
+
+    def __init__(
+        self, inner: IFetcher, cache: SharedCache, reactor,
+        collapsing: CollapsedForwarding | None = None,
+    ) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.reactor = reactor
+        self.collapsing = collapsing
+        self._revalidating: set[bytes] = set()
+
+    def fetch(self, request: ForwardedRequest, sink: IResponseSink) -> Callable[[], None]:
+        return self._fetch(request, sink, collapse=True)
+
+    def _fetch(self, request: ForwardedRequest, sink: IResponseSink, collapse: bool) -> Callable[[], None]:
+        head = request.head
+        if request.body is not None and head.method in (b"GET", b"HEAD"):
+            # A GET with content has no defined meaning; never mix it with stored answers.
+            return self.inner.fetch(request, sink)
+        url = request.intent.target.encode("latin-1")
+        plan = self.cache.plan(head.method, url, head.headers)
+        if plan.action is Action.ANSWER:
+            cancel = _serve(plan.answer, sink)
+            if plan.revalidate:
+                self._revalidate(request, plan)
+            return cancel
+        flight = None
+        if collapse and plan.collapsible and self.collapsing is not None:
+            existing = self.collapsing.flight(plan.key)
+            if existing is not None:
+                waiter = _Waiter(self, request, plan, sink)
+                waiter.flight = existing
+                if existing.join(waiter):
+                    return waiter.cancel
+            else:
+                flight = self.collapsing.lead(plan.key)
+        return self._forward(request, plan, sink, flight).client_gone
+
+    def _forward(self, request: ForwardedRequest, plan: Plan, client: IResponseSink | None,
+                 flight: Flight | None, on_done: Callable[[], None] | None = None) -> _UpstreamSink:
+        head = request.head
+        upstream_head = head
+        if plan.upstream_headers is not head.headers:
+            upstream_head = RequestHead(plan.method, head.target, head.version, plan.upstream_headers)
+        outgoing = replace(request, head=upstream_head) if upstream_head is not head else request
+        upstream = _UpstreamSink(self, request, plan, client, flight)
+        upstream.on_done = on_done
+        upstream.abort_upstream = self.inner.fetch(outgoing, upstream) or _nothing
+        return upstream
+
+    def _revalidate(self, request: ForwardedRequest, plan: Plan) -> None:
+        """Start a background revalidation for stale-while-revalidate (one per URL)."""
+        if plan.key in self._revalidating:
+            return
+        self._revalidating.add(plan.key)
+        background = self.cache.background_plan(plan)
+        head = RequestHead(b"GET", request.head.target, request.head.version, request.head.headers)
+        self._forward(replace(request, head=head, body=None), background, None, None,
+                      on_done=lambda: self._revalidating.discard(plan.key))
+
+    def _unreachable(self, plan: Plan, error: Exception, sink: IResponseSink) -> None:
+        """The upstream failed before a response head: stale if allowed, else the error."""
+        answer = self.cache.on_error(plan)
+        if answer is not None:
+            _serve(answer, sink)
+            return
+        if isinstance(error, UpstreamError):
+            status = self.cache.unreachable_status(plan, error.status)
+            if status != error.status:
+                error = UpstreamError(str(error), status)
+        else:
+            error = UpstreamError(str(error), 502)
+        sink.fail(error)
+
+
+def caching_fetcher_factory(
+    config: CacheConfig, reactor,
+) -> Callable[[IFetcher], CachingFetcher] | None:
+    """
+    A function that puts one shared cache (built from ``config``) in front
+    of any fetcher, or None when the cache is switched off.  Every fetcher it
+    wraps shares the same store, so a forward proxy and reverse-proxy routes
+    can share one cache.
+    """
+    if not config.enabled:
+        return None
+    store = make_store(config)
+    cache = SharedCache(store, config, clock=reactor.seconds)
+    collapsing = None
+    if config.collapse and config.collapse_waiters > 0:
+        collapsing = CollapsedForwarding(
+            reactor, max_waiters=config.collapse_waiters, timeout=config.collapse_timeout,
+            buffer_limit=config.max_object_size,
+        )
+
+    def wrap(inner: IFetcher) -> CachingFetcher:
+        return CachingFetcher(inner, cache, reactor, collapsing)
+
+    return wrap
