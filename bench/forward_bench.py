@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (  # noqa: E402
     PYTHON,
     absolute_url_lua,
+    cpu_seconds,
     ensure_pip,
     free_port,
     nginx_origin,
@@ -66,6 +67,7 @@ def peers(port: int) -> dict[str, list[str]]:
 
 def throughput(args) -> dict[str, float]:
     results = {}
+    cpu_cost = {}
     with nginx_origin({"100b": b"x" * 100}) as origin:
         target = f"http://127.0.0.1:{origin}/100b"
         direct = wrk(target, None, min(args.seconds, 3), args.connections)
@@ -74,18 +76,23 @@ def throughput(args) -> dict[str, float]:
             port = free_port()
             argv = [a.replace(":0:", f":{port}:") if "tcp:0:" in a else a for a in argv]
             argv = [str(port) if a == "0" else a for a in argv]
-            with running(argv, port):
+            with running(argv, port) as process:
                 wrk(f"http://127.0.0.1:{port}", absolute_url_lua(target), 1, args.connections)
+                cpu_before = cpu_seconds(process.pid)
                 result = wrk(f"http://127.0.0.1:{port}", absolute_url_lua(target), args.seconds,
                              args.connections)
+                cpu = cpu_seconds(process.pid) - cpu_before
             results[name] = result["rps"]
-            print(f"{name:20s} {result['rps']:10.0f} req/s  p50 {result['p50']:>8s}  "
-                  f"non-2xx {result['non2xx']}  {result['errors']}")
+            cpu_us = cpu / max(result["requests"], 1) * 1e6
+            cpu_cost[name] = cpu_us
+            print(f"{name:20s} {result['rps']:10.0f} req/s  {cpu_us:7.0f} CPU-us/req  "
+                  f"p50 {result['p50']:>8s}  non-2xx {result['non2xx']}  {result['errors']}")
     base = results.get("multiproxy") or 1.0
-    print("\nratios (multiproxy / peer):")
+    print("\nratios (multiproxy / peer), throughput and CPU cost per request:")
     for name, rps in results.items():
         if name != "multiproxy" and rps:
-            print(f"  multiproxy / {name}: {base / rps:.2f}x")
+            print(f"  multiproxy / {name}: {base / rps:.2f}x req/s, "
+                  f"{cpu_cost[name] / cpu_cost['multiproxy']:.2f}x less CPU per request")
     return results
 
 

@@ -50,9 +50,17 @@ class Origin:
 class DirectChooser:
     """The forward proxy's chooser: the upstream is the origin the client named."""
 
+    max_cached = 4096
+
     def __init__(self, connect_timeout: float = 10.0) -> None:
         self.connect_timeout = connect_timeout
+        self._origins: dict[tuple[str, str, int], Origin] = {}
 
     def choose(self, intent: Intent, excluded=frozenset()) -> Origin | None:
-        origin = Origin(intent.scheme or "http", intent.host, intent.port, self.connect_timeout)
-        return None if origin.key in excluded else origin
+        key = (intent.scheme or "http", intent.host, intent.port)
+        origin = self._origins.get(key)
+        if origin is None:
+            if len(self._origins) >= self.max_cached:
+                self._origins.clear()
+            origin = self._origins[key] = Origin(*key, self.connect_timeout)
+        return None if key in excluded else origin

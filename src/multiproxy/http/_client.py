@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
 from multiproxy._deadline import Deadline
+from multiproxy._directwrite import no_delay, write_direct
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
 from multiproxy.http._parser import (
@@ -58,6 +59,9 @@ class UpstreamConnection(Protocol):
         self._sent_at = 0.0
         self.lost = False
 
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+
     # -- driving a request ----------------------------------------------
 
     def send(
@@ -88,7 +92,7 @@ class UpstreamConnection(Protocol):
                 headers.add(b"Transfer-Encoding", b"chunked")
             else:
                 headers.add(b"Content-Length", b"%d" % (body.length or 0,))
-        self.transport.write(request_head_bytes(head.method, head.target, headers))
+        write_direct(self.transport, request_head_bytes(head.method, head.target, headers))
         self._body_sent = body is None
         self._deadline.set("response", self.pool.response_timeout)
         if body is not None:
@@ -270,14 +274,21 @@ class ConnectionPool:
             return len(self._idle.get(key, ()))
         return sum(len(v) for v in self._idle.values())
 
-    def acquire(self, upstream) -> defer.Deferred[UpstreamConnection]:
-        """An idle connection to ``upstream`` if one is kept, else a new one."""
+    def take_idle(self, upstream) -> UpstreamConnection | None:
+        """An idle connection to ``upstream``, if one is kept (most recently used first)."""
         idle = self._idle.get(upstream.key)
         while idle:
             conn = idle.pop()
             if not conn.lost:
                 conn._deadline.clear()
-                return defer.succeed(conn)
+                return conn
+        return None
+
+    def acquire(self, upstream) -> defer.Deferred[UpstreamConnection]:
+        """An idle connection to ``upstream`` if one is kept, else a new one."""
+        conn = self.take_idle(upstream)
+        if conn is not None:
+            return defer.succeed(conn)
         return self.connect(upstream)
 
     def connect(self, upstream) -> defer.Deferred[UpstreamConnection]:
@@ -337,10 +348,14 @@ class _Fetch:
 
     def start(self, fresh: bool) -> None:
         pool = self.fetcher.pool
-        self.request.upstream.started()
-        self.pending = pool.connect(self.request.upstream) if fresh else pool.acquire(
-            self.request.upstream
-        )
+        upstream = self.request.upstream
+        upstream.started()
+        if not fresh:
+            conn = pool.take_idle(upstream)
+            if conn is not None:
+                self._connected(conn)
+                return
+        self.pending = pool.connect(upstream)
         self.pending.addCallbacks(self._connected, self._failed)
 
     def _connected(self, conn: UpstreamConnection) -> None:

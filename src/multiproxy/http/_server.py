@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._deadline import Deadline
+from multiproxy._directwrite import no_delay, write_direct
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy._values import AccessRecord
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
@@ -153,7 +154,7 @@ class Exchange:
         if status < 200:
             if status == 100 or self.request.version == b"HTTP/1.1":
                 if status != 101:
-                    self._transport.write(
+                    write_direct(self._transport, 
                         response_head_bytes(status, response.reason, end_to_end(response.headers))
                     )
             return
@@ -175,13 +176,13 @@ class Exchange:
         if self.finished:
             return
         self.record.bytes_to_client += len(data)
-        self._transport.write(chunk_bytes(data) if self._chunked else data)
+        write_direct(self._transport, chunk_bytes(data) if self._chunked else data)
 
     def end(self) -> None:
         if self.finished:
             return
         if self._chunked:
-            self._transport.write(LAST_CHUNK)
+            write_direct(self._transport, LAST_CHUNK)
         self._finish()
 
     def fail(self, error: UpstreamError) -> None:
@@ -217,7 +218,7 @@ class Exchange:
         headers.add(b"Content-Length", b"%d" % len(body))
         self._write_head(status, STATUS_REASONS.get(status, b"Unknown"), headers)
         if body and self.request.method != b"HEAD":
-            self._transport.write(body)
+            write_direct(self._transport, body)
             self.record.bytes_to_client += len(body)
         self._finish()
 
@@ -241,7 +242,7 @@ class Exchange:
             headers.add(b"Connection", b"close")
         elif self.request.version == b"HTTP/1.0":
             headers.add(b"Connection", b"keep-alive")
-        self._transport.write(response_head_bytes(status, reason, headers))
+        write_direct(self._transport, response_head_bytes(status, reason, headers))
         protocol.response_begun(self)
 
     def _release_producer(self) -> None:
@@ -292,6 +293,7 @@ class HTTPServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._deadline = Deadline(self.factory.reactor, self._timed_out)
+        no_delay(self.transport)
         self._reader = RequestReader(self.factory.limits)
         peer = self.transport.getPeer()
         self._peer_host = getattr(peer, "host", "") or ""
