@@ -275,3 +275,37 @@ async def test_client_vanishing_mid_response_is_logged_without_traceback(
     await protocol.ClientCreator(reactor, Impatient).connectTCP("127.0.0.1", forward)
     await wait_for(lambda: reporter.records)
     assert reporter.records[-1].ended == "client-closed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_connections_are_pooled_and_idle_ones_expire(start_forward):
+    """Sequential requests from separate clients share one upstream connection."""
+    from twisted.internet.protocol import Factory
+
+    from loopback import origin_site
+    from multiproxy.http._client import ConnectionPool
+    from multiproxy.http._parser import Limits
+
+    site = origin_site()
+    accepted = []
+
+    class Counting(Factory):
+        def buildProtocol(self, addr):
+            accepted.append(addr)
+            return site.buildProtocol(addr)
+
+    listener = reactor.listenTCP(0, Counting(), interface="127.0.0.1")
+    origin = listener.getHost().port
+    pool = ConnectionPool(reactor, Limits(), keepalive_timeout=0.5)
+    port, factory = start_forward(pool=pool)
+    try:
+        for _ in range(3):
+            out, err, code = await curl("-x", _url(port, ""), _url(origin, "/bytes/10"))
+            assert out == b"x" * 10
+        assert len(accepted) == 1
+        assert pool.idle_count() == 1
+        await wait_for(lambda: pool.idle_count() == 0, timeout=5)
+        out, err, code = await curl("-x", _url(port, ""), _url(origin, "/bytes/10"))
+        assert len(accepted) == 2
+    finally:
+        await listener.stopListening()

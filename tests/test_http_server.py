@@ -1,0 +1,241 @@
+"""
+The client-facing HTTP protocol on an in-memory transport, with a fake
+upstream (an IFetcher we drive by hand) and a fake clock: no sockets.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from multiproxy._errors import UpstreamError
+from multiproxy.forward import ForwardProxy
+from multiproxy.http import Headers, IFetcher, ResponseHead, Timeouts
+
+
+@implementer(IFetcher)
+class FakeFetcher:
+    """Records fetches; the test answers them through their sinks."""
+
+    def __init__(self) -> None:
+        self.fetches = []
+        self.abandoned = []
+
+    def fetch(self, request, sink):
+        self.fetches.append((request, sink))
+        return lambda: self.abandoned.append(request)
+
+
+def _connect(**kwargs):
+    clock = Clock()
+    fetcher = FakeFetcher()
+    factory = ForwardProxy(clock, fetcher=fetcher, **kwargs)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=None)
+    protocol.makeConnection(transport)
+    return clock, fetcher, protocol, transport
+
+
+def _ok(body: bytes = b"hello", **fields) -> ResponseHead:
+    headers = Headers([(b"Content-Length", b"%d" % len(body))])
+    for name, value in fields.items():
+        headers.add(name.encode(), value.encode())
+    return ResponseHead(b"HTTP/1.1", 200, b"OK", headers)
+
+
+GET = b"GET http://origin.test/%s HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+
+
+def test_request_is_forwarded_in_origin_form_with_host_from_target():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(b"GET http://Origin.Test:8080/a?b=c HTTP/1.1\r\nHost: evil\r\n\r\n")
+    [(request, sink)] = fetcher.fetches
+    assert request.head.target == b"/a?b=c"
+    assert request.head.headers.get(b"host") == b"origin.test:8080"
+    assert request.upstream.name == "origin.test:8080"
+
+
+def test_pipelined_requests_wait_their_turn_and_answer_in_order():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"1" + GET % b"2")
+    assert len(fetcher.fetches) == 1, "the second request waits for the first response"
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"one"), None)
+    sink.data(b"one")
+    sink.end()
+    assert len(fetcher.fetches) == 2
+    _, sink = fetcher.fetches[1]
+    sink.head(_ok(b"two"), None)
+    sink.data(b"two")
+    sink.end()
+    out = transport.value()
+    assert out.index(b"one") < out.index(b"two")
+    assert out.count(b"HTTP/1.1 200 OK") == 2
+    assert not transport.disconnecting
+
+
+def test_response_without_length_is_chunked_for_http11():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"x")
+    _, sink = fetcher.fetches[0]
+    sink.head(ResponseHead(b"HTTP/1.0", 200, b"OK", Headers()), None)
+    sink.data(b"abc")
+    sink.end()
+    out = transport.value()
+    assert b"Transfer-Encoding: chunked\r\n" in out
+    assert out.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+
+
+def test_response_without_length_to_http10_client_is_close_delimited():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(b"GET http://origin.test/ HTTP/1.0\r\n\r\n")
+    _, sink = fetcher.fetches[0]
+    sink.head(ResponseHead(b"HTTP/1.1", 200, b"OK", Headers()), None)
+    sink.data(b"abc")
+    sink.end()
+    out = transport.value()
+    assert b"chunked" not in out
+    assert b"Connection: close\r\n" in out
+    assert out.endswith(b"\r\n\r\nabc")
+    assert transport.disconnecting
+
+
+def test_http10_keepalive_is_honoured_and_announced():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(b"GET http://origin.test/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"abc"), None)
+    sink.data(b"abc")
+    sink.end()
+    assert b"Connection: keep-alive\r\n" in transport.value()
+    assert not transport.disconnecting
+
+
+def test_hop_by_hop_response_fields_are_dropped_and_via_added():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"x")
+    _, sink = fetcher.fetches[0]
+    headers = Headers([
+        (b"Content-Length", b"2"), (b"Connection", b"X-Internal"), (b"X-Internal", b"1"),
+        (b"Keep-Alive", b"timeout=5"), (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"),
+    ])
+    sink.head(ResponseHead(b"HTTP/1.1", 200, b"OK", headers), None)
+    sink.data(b"ok")
+    sink.end()
+    head = transport.value().split(b"\r\n\r\n")[0]
+    assert b"X-Internal" not in head and b"Keep-Alive" not in head
+    assert head.count(b"Set-Cookie") == 2
+    assert b"Via: 1.1 multiproxy" in head
+
+
+def test_upstream_failure_before_head_answers_with_its_status():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"x")
+    _, sink = fetcher.fetches[0]
+    sink.fail(UpstreamError("connection refused by origin.test:80", 502))
+    out = transport.value()
+    assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert b"connection refused by origin.test:80" in out
+    assert not transport.disconnecting, "the client connection stays usable"
+
+
+def test_upstream_failure_mid_body_closes_without_ending_the_body():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"x")
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"0123456789"), None)
+    sink.data(b"01234")
+    sink.fail(UpstreamError("upstream closed the connection mid-response", 502))
+    assert transport.value().endswith(b"01234")
+    assert transport.disconnecting
+
+
+def test_slowloris_head_gets_408_after_header_timeout_even_if_bytes_trickle():
+    clock, fetcher, protocol, transport = _connect(timeouts=Timeouts(header=10))
+    protocol.dataReceived(b"GET http://origin.test/ HTTP/1.1\r\n")
+    for _ in range(9):
+        clock.advance(1)
+        protocol.dataReceived(b"X")
+    assert transport.value() == b""
+    clock.advance(1.5)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    assert transport.disconnecting
+
+
+def test_idle_keepalive_connection_is_closed_quietly():
+    clock, fetcher, protocol, transport = _connect(timeouts=Timeouts(keepalive=5))
+    clock.advance(5)
+    assert transport.value() == b""
+    assert transport.disconnecting
+
+
+def test_stalled_request_body_gets_408():
+    clock, fetcher, protocol, transport = _connect(timeouts=Timeouts(client_idle=3))
+    protocol.dataReceived(
+        b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 10\r\n\r\n12"
+    )
+    clock.advance(3)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    assert fetcher.abandoned, "the upstream side is abandoned too"
+
+
+def test_client_disconnect_abandons_the_fetch_and_reports_once(reporter):
+    clock, fetcher, protocol, transport = _connect(reporters=(reporter,))
+    protocol.dataReceived(GET % b"x")
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"0123456789"), None)
+    protocol.connectionLost(None)
+    sink.data(b"late bytes are ignored")
+    sink.end()
+    assert len(fetcher.abandoned) == 1
+    assert [r.ended for r in reporter.records] == ["client-closed"]
+
+
+def test_bad_request_answers_400_and_closes():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(b"GET http://origin.test/ HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert b"Connection: close" in transport.value()
+    assert transport.disconnecting
+    assert fetcher.fetches == []
+
+
+def test_interim_100_continue_is_relayed():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(
+        b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 3\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    _, sink = fetcher.fetches[0]
+    sink.head(ResponseHead(b"HTTP/1.1", 100, b"Continue", Headers()), None)
+    assert transport.value().startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def test_head_response_keeps_content_length_and_sends_no_body():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(b"HEAD http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"x" * 1234), None)
+    sink.end()
+    out = transport.value()
+    assert b"Content-Length: 1234\r\n" in out
+    assert out.endswith(b"\r\n\r\n")
+
+
+def test_max_forwards_zero_on_options_is_answered_by_the_proxy():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(
+        b"OPTIONS http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert fetcher.fetches == []
+
+
+def test_max_forwards_is_decremented_when_forwarded():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(
+        b"OPTIONS http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 3\r\n\r\n"
+    )
+    [(request, _)] = fetcher.fetches
+    assert request.head.headers.get(b"max-forwards") == b"2"
