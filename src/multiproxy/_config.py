@@ -43,6 +43,8 @@ class Configuration:
 
     proxies: tuple[tuple[ProxyKind, object], ...]
     access_log: str | None = "-"
+    policy: object = None
+    """A `multiproxy.policy.PolicySource` shared by every proxy, or None (allow all)."""
 
 
 def read_configuration(data: dict, source: str = "") -> Configuration:
@@ -64,6 +66,7 @@ def read_configuration(data: dict, source: str = "") -> Configuration:
     else:
         raise log.error("access", 'expected a file path, "-" for stdout, or false')
     log.finish()
+    policy = _read_policy(reader, source)
     try:
         reader.finish()
     except ConfigError as e:
@@ -77,7 +80,17 @@ def read_configuration(data: dict, source: str = "") -> Configuration:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"two proxies are named {name!r}; give each a distinct name")
-    return Configuration(tuple(proxies), access_log)
+    return Configuration(tuple(proxies), access_log, policy)
+
+
+def _read_policy(reader: TableReader, source: str):
+    """The ``[policy]`` table (multiproxy.policy), re-read from ``source`` on SIGHUP."""
+    if not reader.has("policy"):
+        return None
+    from multiproxy.policy import PolicySource, settings_from_table
+
+    settings = settings_from_table(reader.table_of("policy"))
+    return PolicySource(settings, source or None)
 
 
 def load_configuration(path: str) -> Configuration:
@@ -125,6 +138,13 @@ def make_services(configuration: Configuration, reactor) -> MultiService:
     reporters = make_reporters(reactor, configuration.access_log)
     # Added first, so it stops last: after every listener has closed.
     ReportersService(reporters).setServiceParent(top)
+    extra = {}
+    if configuration.policy is not None:
+        from multiproxy.policy import PolicyService, make_policy_holder
+
+        holder = make_policy_holder(configuration.policy, reactor)
+        PolicyService(holder, reactor).setServiceParent(top)
+        extra["policy"] = holder
     for kind, config in configuration.proxies:
-        kind.make_service(config, reactor, reporters).setServiceParent(top)
+        kind.make_service(config, reactor, reporters, **extra).setServiceParent(top)
     return top

@@ -61,7 +61,8 @@ class Options(usage.Options):
             return
         kind = proxy_kinds()[self.subCommand]
         access = None if self["access-log"] == "none" else self["access-log"]
-        self.configuration = Configuration(((kind, self.subOptions.config),), access)
+        policy = getattr(self.subOptions, "policy_source", None)  # multiproxy.policy options
+        self.configuration = Configuration(((kind, self.subOptions.config),), access, policy)
 
 
 def makeService(options: Options):

@@ -15,6 +15,7 @@ from multiproxy._tablereader import TableReader
 from multiproxy.forward._proxy import XFF_MODES, ForwardProxy, ForwardSettings
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.policy._options import PolicyOptions
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 _TIMEOUTS = Timeouts()
@@ -94,7 +95,7 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     return ForwardConfig(name, listen, settings, limits, timeouts)
 
 
-class ForwardOptions(usage.Options):
+class ForwardOptions(PolicyOptions, usage.Options):
     """``twistd multiproxy forward``: a forward HTTP proxy (the default)."""
 
     synopsis = "[options]"
@@ -163,6 +164,8 @@ class ForwardOptions(usage.Options):
         if via is not None and (not via or b" " in via):
             raise usage.UsageError("--via-name must be a single word, e.g. multiproxy")
         listen = tuple(self["listen"]) or (DEFAULT_LISTEN,)
+        # --policy FILE, --deny-host, --allow-network, ... (multiproxy.policy)
+        self.policy_source = self.read_policy()
         self.config = ForwardConfig(
             name=self["name"],
             listen=listen,
@@ -185,11 +188,12 @@ class ForwardOptions(usage.Options):
         )
 
 
-def make_forward_proxy(config: ForwardConfig, reactor, reporters=()) -> ForwardProxy:
-    """The `ForwardProxy` factory described by ``config``."""
+def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None) -> ForwardProxy:
+    """The `ForwardProxy` factory described by ``config``; ``policy`` is an `IPolicy`."""
     return ForwardProxy(
         reactor,
         name=config.name,
+        policy=policy,
         settings=config.settings,
         limits=config.limits,
         timeouts=config.timeouts,
@@ -212,9 +216,11 @@ class ProxyService(MultiService):
         return d
 
 
-def make_forward_service(config: ForwardConfig, reactor, reporters=()) -> ProxyService:
+def make_forward_service(
+    config: ForwardConfig, reactor, reporters=(), policy=None
+) -> ProxyService:
     """A service listening on every endpoint of ``config``."""
-    factory = make_forward_proxy(config, reactor, reporters)
+    factory = make_forward_proxy(config, reactor, reporters, policy)
     service = ProxyService(factory)
     service.setName(config.name)
     for description in config.listen:

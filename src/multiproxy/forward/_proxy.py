@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
 from multiproxy._contract import AllowAll
-from multiproxy._errors import ProtocolError
+from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay
 from multiproxy._values import Decision, Intent
@@ -30,6 +30,9 @@ from multiproxy.http._parser import Limits, RequestHead
 from multiproxy.http._rules import end_to_end
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
+from multiproxy.policy._admission import (
+    Refusal, connection_slot, judge, rate_limited, refusal, upstream_fields,
+)
 from multiproxy.policy._hosts import normalise_host
 
 log = Logger()
@@ -58,9 +61,28 @@ class ForwardProxyProtocol(HTTPServerProtocol):
     """
 
     factory: ForwardProxy
+    _release_slot = None
+    _over_connection_limit = False
+
+    # -- per-client connection limit (policy) ------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._release_slot, self._over_connection_limit = connection_slot(
+            self.factory.policy, self.client_host
+        )
+
+    def connectionLost(self, reason=None) -> None:
+        release, self._release_slot = self._release_slot, None
+        if release is not None:
+            release()
+        super().connectionLost(reason)
 
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
+        if self._over_connection_limit:
+            self.refuse(exchange, refusal(self.factory.policy, 429, None), close=True)
+            return
         if head.method == b"CONNECT":
             self._handle_connect(exchange)
             return
@@ -104,45 +126,68 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         )
 
     def admit(self, exchange: Exchange, intent: Intent, proceed) -> None:
-        """Ask the policy about ``intent``; call ``proceed(intent)`` if it is allowed."""
-        decision = self.factory.policy.decide(intent)
+        """
+        Ask the policy about ``intent`` (after the per-client request rate and
+        the proxy credentials, if the policy has them); call
+        ``proceed(intent)`` if it is allowed, with the user filled in.
+        """
+        policy = self.factory.policy
+        wait = rate_limited(policy, intent.client_host)
+        if wait is not None:
+            self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
+            return
+        judged = judge(policy, intent, exchange.request.headers.get(b"proxy-authorization"))
+        judged.addCallback(self._judged, exchange, proceed)
+        judged.addErrback(self._judge_failed, exchange)
+
+    def _judged(self, result: tuple[Intent, Decision], exchange: Exchange, proceed) -> None:
+        intent, decision = result
+        if exchange.finished:
+            return  # the client left while its credentials were checked
         exchange.record.rule = decision.rule
+        exchange.record.user = intent.user
         if decision.action == "allow":
-            proceed(intent)
+            try:
+                proceed(intent)
+            except (ProtocolError, UpstreamError) as e:
+                exchange.respond_error(e.status, str(e))
         elif decision.action == "authenticate":
-            self.challenge(exchange, decision)
+            self.challenge(exchange, intent, decision)
         else:
             self.deny(exchange, intent, decision)
 
-    def deny(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
-        """Answer a request the policy refused."""
-        exchange.record.ended = "denied"
-        message = decision.message or "access to this destination is not allowed by policy"
-        exchange.respond_error(403, message)
+    def _judge_failed(self, failure, exchange: Exchange) -> None:
+        log.failure("access check failed", failure)
+        if not exchange.finished:
+            exchange.respond_error(500, "the access check failed; see the proxy's log")
 
-    def challenge(self, exchange: Exchange, decision: Decision) -> None:
-        """Answer 407: the policy wants to know who the client is."""
-        exchange.record.ended = "auth-required"
-        exchange.respond(
-            407,
-            Headers([
-                (b"Proxy-Authenticate", b'Basic realm="multiproxy", charset="UTF-8"'),
-                (b"Content-Type", b"text/plain; charset=utf-8"),
-            ]),
-            b"407 Proxy Authentication Required\n",
-        )
+    def deny(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
+        """Answer a request the policy refused: 403 with a page saying what and why."""
+        self.refuse(exchange, refusal(self.factory.policy, 403, intent, decision))
+
+    def challenge(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
+        """Answer 407 with ``Proxy-Authenticate``: the policy wants to know who the client is."""
+        self.refuse(exchange, refusal(self.factory.policy, 407, intent, decision))
+
+    def refuse(self, exchange: Exchange, answer: Refusal, *, close: bool = False) -> None:
+        """Send a refusal (403, 407, 429) from the policy layer."""
+        exchange.record.ended = answer.ended
+        exchange.respond(answer.status, answer.headers, answer.body, close=close)
 
     def request_headers(self, exchange: Exchange, intent: Intent, authority: bytes) -> Headers:
         """The header fields sent upstream (framing fields are added later)."""
         head = exchange.request
-        headers = end_to_end(head.headers)
+        # Proxy-Authorization is hop-by-hop: end_to_end never forwards it.
+        headers, may_add_via, may_add_xff = upstream_fields(
+            self.factory.policy, end_to_end(head.headers)
+        )
         # RFC 9112 3.2.2: the target's authority replaces any Host field.
         headers.set(b"host", authority)
         settings = self.factory.settings
-        if settings.via is not None:
+        if settings.via is not None and may_add_via:
             headers.add(b"Via", head.version[5:] + b" " + settings.via)
         mode = settings.x_forwarded_for
-        if mode == "add":
+        if mode == "add" and may_add_xff:
             headers.add(b"X-Forwarded-For", self.client_host.encode("ascii", "replace"))
         elif mode == "delete":
             headers.remove(b"x-forwarded-for")

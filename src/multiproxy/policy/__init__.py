@@ -25,6 +25,7 @@ from multiproxy.policy._config import (
     AuthSettings,
     LimitSettings,
     PolicySettings,
+    PolicySource,
     load_policy_file,
     policy_from_options,
     policy_from_table,
@@ -38,7 +39,10 @@ from multiproxy.policy._denypage import (
     load_deny_template,
     render_deny_page,
 )
+from multiproxy.policy._admission import IAccessControl, Refusal, refusal
 from multiproxy.policy._holder import PolicyHolder
+from multiproxy.policy._options import PolicyOptions
+from multiproxy.policy._service import PolicyService, make_policy_holder
 from multiproxy.policy._hosts import HostMatcher, HostPattern, normalise_host, parse_host_pattern
 from multiproxy.policy._index import RuleSet
 from multiproxy.policy._networks import NetworkSet, client_address, parse_network
@@ -57,15 +61,20 @@ __all__ = [
     "HashedPasswords",
     "HostMatcher",
     "HostPattern",
+    "IAccessControl",
     "IProxyUser",
     "LimitSettings",
     "NetworkSet",
     "PolicyHolder",
+    "PolicyOptions",
+    "PolicyService",
     "PolicySettings",
+    "PolicySource",
     "PortSet",
     "ProxyAuthenticator",
     "ProxyRealm",
     "ProxyUser",
+    "Refusal",
     "RequestRateLimit",
     "Rule",
     "RuleSet",
@@ -78,6 +87,7 @@ __all__ = [
     "load_deny_template",
     "load_htpasswd",
     "load_policy_file",
+    "make_policy_holder",
     "normalise_host",
     "parse_basic_credentials",
     "parse_group_file",
@@ -86,6 +96,7 @@ __all__ = [
     "parse_network",
     "policy_from_options",
     "policy_from_table",
+    "refusal",
     "render_deny_page",
     "rules_from_options",
     "settings_from_table",

@@ -7,9 +7,10 @@ command-line options into rules.  Every bad value is refused with a
 from __future__ import annotations
 
 import re
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.cred.portal import Portal
 
@@ -31,7 +32,8 @@ from multiproxy.policy._rules import (
 from multiproxy.policy._timewindow import TimeWindow, parse_days, parse_hours, parse_zone
 
 __all__ = [
-    "AuthSettings", "LimitSettings", "PolicySettings", "load_policy_file", "policy_from_options",
+    "AuthSettings", "LimitSettings", "PolicySettings", "PolicySource", "load_policy_file",
+    "policy_from_options",
     "policy_from_table", "rules_from_options", "settings_from_table",
 ]
 
@@ -98,11 +100,14 @@ class PolicySettings:
     limits: LimitSettings | None = None
 
 
-def policy_from_table(reader: TableReader, *, clock: Clock) -> RuleSet:
+def policy_from_table(reader: TableReader, *, clock: Clock = time.time) -> RuleSet:
     """
     The `RuleSet` from the ``default``, ``timezone`` and ``rules`` keys of a
     ``[policy]`` table.  Reads only those keys; the caller calls
     ``reader.finish()`` (or use `settings_from_table`, which reads the rest).
+    ``clock`` is what time windows read; a `PolicyHolder` puts its own
+    (``reactor.seconds``) in place, so configuration can be read before the
+    reactor is at hand.
 
     @raise ConfigError: naming the rule and key.
     """
@@ -270,7 +275,7 @@ def limits_from_table(reader: TableReader) -> LimitSettings:
     return settings
 
 
-def settings_from_table(reader: TableReader, *, clock: Clock) -> PolicySettings:
+def settings_from_table(reader: TableReader, *, clock: Clock = time.time) -> PolicySettings:
     """
     Everything in a ``[policy]`` table: rules, ``deny_page``, and the
     ``auth``, ``anonymity`` and ``limits`` sub-tables.  Calls ``finish``.
@@ -296,7 +301,7 @@ def settings_from_table(reader: TableReader, *, clock: Clock) -> PolicySettings:
     return PolicySettings(rules, template, auth, anonymity, limits)
 
 
-def load_policy_file(path: str, *, clock: Clock) -> PolicySettings:
+def load_policy_file(path: str, *, clock: Clock = time.time) -> PolicySettings:
     """
     Read the ``[policy]`` table of a TOML file (a policy file of its own, or
     the main configuration file).
@@ -322,14 +327,17 @@ def load_policy_file(path: str, *, clock: Clock) -> PolicySettings:
 def rules_from_options(
     *, deny_hosts: Iterable[str] = (), allow_hosts: Iterable[str] = (),
     deny_networks: Iterable[str] = (), allow_networks: Iterable[str] = (),
+    authenticate: bool = False,
 ) -> list[Rule]:
     """
     Rules for the simple command-line options, in this order: denied hosts
     (``--deny-host``, same pattern syntax as ``hosts``: ``.twitter.com`` for
     the domain and its subdomains), denied client networks
-    (``--deny-network``), then one allow rule: with ``--allow-network`` only
-    those clients may use the proxy, with ``--allow-host`` only those hosts
-    may be reached, and with both, both must hold.
+    (``--deny-network``), proxy authentication for everything else when
+    ``authenticate`` (``--htpasswd``), then one allow rule: with
+    ``--allow-network`` only those clients may use the proxy, with
+    ``--allow-host`` only those hosts may be reached, and with both, both
+    must hold.
 
     @raise ConfigError: naming the option and the value.
     """
@@ -344,6 +352,8 @@ def rules_from_options(
         rules.append(Rule.build("cli-deny-host", "deny", hosts=deny_hosts))
     if deny_networks:
         rules.append(Rule.build("cli-deny-network", "deny", clients=deny_networks))
+    if authenticate:
+        rules.append(Rule.build("cli-authenticate", "authenticate"))
     if allow_hosts or allow_networks:
         rules.append(Rule.build(
             "cli-allow", "allow", hosts=allow_hosts or None, clients=allow_networks or None,
@@ -376,3 +386,44 @@ def _check_each(option: str, values: list[str], parse: Callable) -> None:
             parse([value])
         except ValueError as e:
             raise ConfigError(f"{option} {value!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """
+    Where a process's policy comes from: the settings read at start-up, the
+    file to read again on reload (None: nothing to reload), and rules from
+    the command line that go before the file's rules.
+    """
+
+    settings: PolicySettings
+    path: str | None = None
+    before: tuple[Rule, ...] = ()
+
+    @classmethod
+    def read(cls, path: str | None = None, before: Iterable[Rule] = (), *,
+             default: str = "allow", settings: PolicySettings | None = None) -> PolicySource:
+        """
+        Read ``path`` (if given) now, so a bad file stops the start-up; with
+        no file, ``before`` and ``default`` (or ``settings``) are the policy.
+
+        @raise ConfigError: naming the file, rule and key.
+        """
+        source = cls(settings or PolicySettings(RuleSet((), default=default, clock=time.time)),
+                     path, tuple(before))
+        return replace(source, settings=source.load()) if path or before else source
+
+    def load(self) -> PolicySettings:
+        """Read the file again (if any) and put the command-line rules first."""
+        settings = self.settings
+        if self.path is not None:
+            settings = load_policy_file(self.path)
+        if not self.before:
+            return settings
+        rules = settings.rules
+        try:
+            merged = RuleSet(self.before + rules.rules, default=rules.default.action,
+                             clock=rules.clock, default_message=rules.default.message)
+        except ValueError as e:
+            raise ConfigError(f"{self.path or 'policy'}: {e}") from None
+        return replace(settings, rules=merged)

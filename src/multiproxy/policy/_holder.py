@@ -5,13 +5,15 @@ The policy a running proxy consults, swappable at run time (SIGHUP reload).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from multiproxy._errors import ConfigError
-from multiproxy._interfaces import IPolicy
 from multiproxy._values import Decision, Intent
+from multiproxy.policy._admission import IAccessControl
+from multiproxy.policy._anonymity import AnonymityOptions
 from multiproxy.policy._auth import ProxyAuthenticator, RunBlocking
 from multiproxy.policy._config import PolicySettings, load_policy_file
 from multiproxy.policy._ratelimit import ConnectionLimit, RequestRateLimit
@@ -19,11 +21,12 @@ from multiproxy.policy._ratelimit import ConnectionLimit, RequestRateLimit
 __all__ = ["PolicyHolder"]
 
 
-@implementer(IPolicy)
+@implementer(IAccessControl)
 class PolicyHolder:
     """
-    An `IPolicy` that delegates to the current `PolicySettings`, and the
-    objects built from them (authenticator, limits), all swapped together.
+    An `IAccessControl` (so an `IPolicy`) that delegates to the current
+    `PolicySettings` and the objects built from them (authenticator, limits),
+    all swapped together.
 
     Proxies keep a reference to the holder, never to what it holds, so a
     reload takes effect on the next decision; connections already open are
@@ -63,9 +66,24 @@ class PolicyHolder:
         return cls(load(), clock=clock, load=load, run_blocking=run_blocking, source=path)
 
     @property
+    def reloadable(self) -> bool:
+        """Whether `reload` has somewhere to read the policy from."""
+        return self._load is not None
+
+    @property
     def settings(self) -> PolicySettings:
         """The settings in force."""
         return self._settings
+
+    @property
+    def anonymity(self) -> AnonymityOptions | None:
+        """The anonymity options in force (None: normal forwarding)."""
+        return self._settings.anonymity
+
+    @property
+    def deny_template(self) -> str:
+        """The refusal page template in force."""
+        return self._settings.deny_template
 
     def decide(self, intent: Intent) -> Decision:
         return self._settings.rules.decide(intent)
@@ -76,6 +94,8 @@ class PolicyHolder:
         of checked passwords is dropped); connection counts carry over when the
         way clients are counted did not change.
         """
+        if settings.rules.clock is not self._clock:
+            settings = replace(settings, rules=settings.rules.with_clock(self._clock))
         auth = settings.auth
         authenticator = (
             auth.authenticator(clock=self._clock, run_blocking=self._run_blocking)

@@ -161,6 +161,13 @@ class RuleSet:
         self.clock = clock
         self._index = RuleIndex(self.rules, host_cache_size)
 
+    def with_clock(self, clock: Callable[[], float]) -> RuleSet:
+        """The same rules (and index) reading time from ``clock``."""
+        twin = object.__new__(RuleSet)
+        twin.__dict__.update(self.__dict__)
+        twin.clock = clock
+        return twin
+
     def decide(self, intent: Intent) -> Decision:
         """The decision of the first rule that matches ``intent``, else the default."""
         rules = self.rules

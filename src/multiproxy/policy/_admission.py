@@ -1,0 +1,156 @@
+"""
+What an HTTP proxy asks the policy layer for each connection and request:
+per-client limits, proxy credentials, the decision, the refusal answers
+(429, 407 and 403 pages) and the anonymised request fields.
+
+The proxies call these functions with whatever `IPolicy` they were given.
+When it also provides `IAccessControl` (a `PolicyHolder` does), limits,
+authentication, anonymity and the configured refusal page apply; with a
+plain `IPolicy` only its decision does.  Nothing here owns a transport: a
+refusal is a `Refusal` value the proxy writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute
+
+from multiproxy._interfaces import IPolicy
+from multiproxy._values import Decision, Intent
+from multiproxy.http._headers import Headers
+from multiproxy.policy._anonymity import AnonymityOptions, anonymise_headers
+from multiproxy.policy._auth import basic_challenge
+from multiproxy.policy._denypage import (
+    DEFAULT_DENY_TEMPLATE, DENY_PAGE_CONTENT_TYPE, render_deny_page,
+)
+
+__all__ = [
+    "IAccessControl", "Refusal", "anonymity_of", "connection_slot", "judge", "rate_limited",
+    "refusal", "upstream_fields",
+]
+
+
+class IAccessControl(IPolicy):
+    """
+    A policy that also carries the rest of the access configuration; its
+    attributes are read per connection or request, so swapping them (a
+    reload) takes effect at once.
+    """
+
+    authenticator = Attribute(
+        "A `ProxyAuthenticator` (proxy credentials are checked), or None.")
+    connection_limit = Attribute("A `ConnectionLimit`, or None.")
+    request_rate_limit = Attribute("A `RequestRateLimit`, or None.")
+    anonymity = Attribute("`AnonymityOptions` for forwarded requests, or None.")
+    deny_template = Attribute("The refusal page template (str).")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A complete answer refusing a request; ``ended`` is for the access log."""
+
+    status: int
+    headers: Headers
+    body: bytes
+    ended: str
+
+
+def _access(policy: object) -> IAccessControl | None:
+    return IAccessControl(policy, None)
+
+
+def connection_slot(policy: object, client_host: str) -> tuple[Callable[[], None] | None, bool]:
+    """
+    Count a new client connection against the per-client limit.
+
+    @return: ``(release, refused)``: call ``release`` (if not None) when the
+        connection closes; when ``refused``, answer its first request with a
+        `refusal` of 429 and close.
+    """
+    access = _access(policy)
+    limit = access.connection_limit if access is not None else None
+    if limit is None:
+        return None, False
+    release = limit.acquire(client_host)
+    return release, release is None
+
+
+def rate_limited(policy: object, client_host: str) -> int | None:
+    """None if ``client_host`` may send this request, else the seconds to wait."""
+    access = _access(policy)
+    limit = access.request_rate_limit if access is not None else None
+    if limit is None or limit.allow(client_host):
+        return None
+    return limit.retry_after(client_host)
+
+
+def judge(
+    policy: IPolicy, intent: Intent, credentials: bytes | None,
+) -> Deferred[tuple[Intent, Decision]]:
+    """
+    Check proxy ``credentials`` (a ``Proxy-Authorization`` value) if the
+    policy has an authenticator, then decide.
+
+    @return: a Deferred firing with the intent (with ``user`` and ``groups``
+        filled in when the credentials were good) and the decision.
+    """
+    access = _access(policy)
+    authenticator = access.authenticator if access is not None else None
+    if authenticator is None or credentials is None:
+        return defer.succeed((intent, policy.decide(intent)))
+
+    def checked(user) -> tuple[Intent, Decision]:
+        known = intent if user is None else replace(intent, user=user.name, groups=user.groups)
+        return known, policy.decide(known)
+
+    return authenticator.authenticate(credentials).addCallback(checked)
+
+
+def refusal(
+    policy: object, status: int, intent: Intent | None, decision: Decision | None = None,
+    *, retry_after: int | None = None,
+) -> Refusal:
+    """
+    The answer for a refused request: 403 (the policy denied it), 407 (it
+    wants proxy credentials; with ``Proxy-Authenticate``) or 429 (a limit;
+    with ``Retry-After``), each with the small HTML page.
+    """
+    access = _access(policy)
+    template = access.deny_template if access is not None else DEFAULT_DENY_TEMPLATE
+    headers = Headers([
+        (b"Content-Type", DENY_PAGE_CONTENT_TYPE),
+        (b"Cache-Control", b"no-store"),
+    ])
+    ended = {403: "denied", 407: "auth-required", 429: "rate-limited"}.get(status, "refused")
+    if status == 407:
+        authenticator = access.authenticator if access is not None else None
+        challenge = (authenticator.challenge if authenticator is not None
+                     else basic_challenge("multiproxy"))
+        headers.add(b"Proxy-Authenticate", challenge)
+    if status == 429 and retry_after is not None:
+        headers.add(b"Retry-After", b"%d" % retry_after)
+    body = render_deny_page(intent, decision, status=status, template=template)
+    return Refusal(status, headers, body, ended)
+
+
+def anonymity_of(policy: object) -> AnonymityOptions | None:
+    """The anonymity options in force, or None (normal forwarding)."""
+    access = _access(policy)
+    return access.anonymity if access is not None else None
+
+
+def upstream_fields(policy: object, headers: Headers) -> tuple[Headers, bool, bool]:
+    """
+    The request fields to send upstream after anonymisation, and whether the
+    proxy may add its own ``Via`` and ``X-Forwarded-For``.
+    """
+    options = anonymity_of(policy)
+    if options is None:
+        return headers, True, True
+    return anonymise_headers(headers, options), not options.strip_via, \
+        not options.strip_forwarded
+

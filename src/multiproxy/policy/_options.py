@@ -1,0 +1,128 @@
+"""
+Command-line options for the access policy, mixed into a proxy's twistd
+``Options`` (``--deny-host``, ``--allow-network``, ``--policy FILE``, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.python import usage
+
+from multiproxy._errors import ConfigError
+from multiproxy.policy._anonymity import AnonymityOptions
+from multiproxy.policy._auth import load_htpasswd
+from multiproxy.policy._config import (
+    AuthSettings, LimitSettings, PolicySettings, PolicySource, rules_from_options,
+)
+from multiproxy.policy._index import RuleSet
+
+__all__ = ["PolicyOptions"]
+
+_REPEATED = ("deny-host", "allow-host", "deny-network", "allow-network")
+
+
+class PolicyOptions:
+    """
+    A mix-in for a `twisted.python.usage.Options`: the policy options, and
+    `read_policy` to call from ``postOptions``.
+    """
+
+    optFlags = [
+        ["anonymous", None,
+         "Anonymous forwarding: no Via or X-Forwarded-For, and no From header."],
+    ]
+    optParameters = [
+        ["policy", None, None,
+         "TOML file whose [policy] table holds the access rules (re-read on SIGHUP)."],
+        ["htpasswd", None, None,
+         "Require proxy authentication, checked against this htpasswd file "
+         "(bcrypt or SHA-2 crypt hashes)."],
+        ["max-client-connections", None, 0,
+         "Most concurrent connections per client address (0 = no limit).", int],
+        ["max-client-rate", None, 0,
+         "Most requests per second per client address, answered 429 past it (0 = no limit).",
+         float],
+    ]
+
+    def _add(self: Any, key: str, value: str) -> None:
+        self.setdefault(key, []).append(value)
+
+    def opt_deny_host(self, pattern: str) -> None:
+        """Refuse this destination (repeatable): example.com, .example.com (and subdomains)."""
+        self._add("deny-host", pattern)
+
+    def opt_allow_host(self, pattern: str) -> None:
+        """Allow only these destinations (repeatable; same patterns as --deny-host)."""
+        self._add("allow-host", pattern)
+
+    def opt_deny_network(self, network: str) -> None:
+        """Refuse clients from this network (repeatable), e.g. 192.0.2.0/24."""
+        self._add("deny-network", network)
+
+    def opt_allow_network(self, network: str) -> None:
+        """Allow only clients from these networks (repeatable), e.g. 10.0.0.0/8."""
+        self._add("allow-network", network)
+
+    def read_policy(self: Any) -> PolicySource | None:
+        """
+        The policy the options describe, read and checked now; None when no
+        policy option was given.
+
+        @raise usage.UsageError: with the option and what is wrong.
+        """
+        lists = {key: list(self.get(key, [])) for key in _REPEATED}
+        path = self["policy"]
+        standalone = {
+            "--allow-host": lists["allow-host"], "--allow-network": lists["allow-network"],
+            "--htpasswd": self["htpasswd"], "--anonymous": self["anonymous"],
+            "--max-client-connections": self["max-client-connections"],
+            "--max-client-rate": self["max-client-rate"],
+        }
+        if path is not None:
+            for option, value in standalone.items():
+                if value:
+                    raise usage.UsageError(
+                        f"{option} cannot be combined with --policy: put it in the [policy] "
+                        f"table of {path} (see docs/policy.md)"
+                    )
+        if self["max-client-connections"] < 0 or self["max-client-rate"] < 0:
+            raise usage.UsageError("--max-client-connections and --max-client-rate must not be "
+                                   "negative (0 means no limit)")
+        if path is None and not any(lists.values()) and not any(standalone.values()):
+            return None
+        try:
+            rules = rules_from_options(
+                deny_hosts=lists["deny-host"], allow_hosts=lists["allow-host"],
+                deny_networks=lists["deny-network"], allow_networks=lists["allow-network"],
+                authenticate=self["htpasswd"] is not None,
+            )
+            if path is not None:
+                return PolicySource.read(path, rules)
+            return PolicySource.read(None, rules, settings=self._settings(lists))
+        except (ConfigError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _settings(self: Any, lists: dict[str, list[str]]) -> PolicySettings:
+        default = "deny" if lists["allow-host"] or lists["allow-network"] else "allow"
+        auth = None
+        if self["htpasswd"] is not None:
+            try:
+                auth = AuthSettings(load_htpasswd(self["htpasswd"]))
+            except ValueError as e:
+                raise ConfigError(f"--htpasswd: {e}") from None
+            if not auth.passwords:
+                raise ConfigError(f"--htpasswd: {self['htpasswd']} lists no users")
+        limits = None
+        if self["max-client-connections"] or self["max-client-rate"]:
+            limits = LimitSettings(
+                connections_per_client=self["max-client-connections"] or None,
+                requests_per_second=self["max-client-rate"] or None,
+            )
+        return PolicySettings(
+            RuleSet((), default=default, clock=time.time),
+            auth=auth,
+            anonymity=AnonymityOptions() if self["anonymous"] else None,
+            limits=limits,
+        )
