@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multiproxy.cache._dates import format_http_date, parse_http_date
@@ -95,6 +95,7 @@ def test_split_list_respects_quotes_and_escapes():
     assert split_list(b'a, b="x, y", c="q\\"z,", , d') == [b"a", b'b="x, y"', b'c="q\\"z,"', b"d"]
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=80))
 def test_parsers_never_raise_on_arbitrary_bytes(value):
     resp(value)
@@ -102,6 +103,7 @@ def test_parsers_never_raise_on_arbitrary_bytes(value):
     parse_http_date(value)
 
 
+@settings(deadline=None)
 @given(st.lists(st.sampled_from([b"a", b"b c", b'"q,r"', b"x=1", b'y="2,3"']), min_size=1, max_size=6))
 def test_split_list_round_trips_joined_members(members):
     assert split_list(b", ".join(members)) == members

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multiproxy.cache._keys import (
@@ -83,6 +83,7 @@ def test_variant_id_is_stable_and_distinguishes_values():
 _values = st.lists(st.sampled_from([b"a", b"b", b"c;q=0.5", b"d"]), min_size=1, max_size=4, unique=True)
 
 
+@settings(deadline=None)
 @given(_values, st.randoms())
 def test_accept_encoding_normalisation_is_order_independent(members, rnd):
     shuffled = list(members)
