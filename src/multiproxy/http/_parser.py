@@ -172,6 +172,8 @@ _REQUEST_LINE_RE = re.compile(
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # Controls other than HTAB, CR and LF; CR and LF are checked by counting.
 _HEAD_CTL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Bytes that may appear anywhere in a head: HTAB, SP, VCHAR, obs-text.
+_ORDINARY = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 # RFC 9110 7.2 / RFC 3986: Host = uri-host [ ":" port ]
 _HOST_RE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?"
@@ -233,8 +235,9 @@ def _field_name(name: bytes) -> bytes:
         # CGI-style backends map "_" and "-" to the same variable, so this
         # field would frame the message there but not here.
         raise ProtocolError(f"field name {_show(name)} imitates a framing field")
-    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
-        _NAME_CACHE[name] = lname
+    if len(_NAME_CACHE) >= _NAME_CACHE_MAX:
+        _NAME_CACHE.clear()  # hostile names cannot pin it full
+    _NAME_CACHE[name] = lname
     return lname
 
 
@@ -244,13 +247,39 @@ def _show(value: bytes, limit: int = 40) -> str:
     return text + ("..." if len(value) > limit else "")
 
 
-def _check_line_endings(section: bytes) -> None:
-    """Refuse a bare CR or bare LF anywhere in a head or trailer section."""
+def _diagnose_section(section: bytes, what: str = "header") -> None:
+    """Raise the error for a section holding a bare CR, bare LF or control character."""
+    bad = _HEAD_CTL_RE.search(section)
+    if bad is not None:
+        raise ProtocolError(f"control character {bad.group()!r} in the {what} section")
     crlf = section.count(b"\r\n")
     if section.count(b"\r") != crlf:
-        raise ProtocolError("bare CR in the header section")
-    if section.count(b"\n") != crlf:
-        raise ProtocolError("bare LF in the header section (lines must end with CRLF)")
+        raise ProtocolError(f"bare CR in the {what} section")
+    raise ProtocolError(f"bare LF in the {what} section (lines must end with CRLF)")
+
+
+def _fields(
+    lines: list[bytes], limits: Limits
+) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
+    """
+    Parse the field lines ``lines[1:]`` (``lines[0]`` is the start line) into
+    pairs, with the values of Content-Length, Transfer-Encoding and Host
+    gathered by lower-case name.
+    """
+    if len(lines) - 1 > limits.max_fields:
+        raise HeadTooLarge(f"too many header fields (more than {limits.max_fields})")
+    # Fast path: names already seen; list comprehensions instead of a loop.
+    get = _NAME_CACHE.get
+    parts = [line.partition(b":") for line in lines[1:]]
+    lnames = [get(name) if colon else None for name, colon, _ in parts]
+    framing: dict[bytes, list[bytes]] = {}
+    if None in lnames:
+        pairs = _parse_fields(lines[1:], limits, framing)
+        return pairs, framing
+    pairs = [(name, value.strip(b" \t")) for name, _, value in parts]
+    for i in [i for i, lname in enumerate(lnames) if lname in _FRAMING_FIELDS]:
+        framing.setdefault(lnames[i], []).append(pairs[i][1])
+    return pairs, framing
 
 
 def _parse_fields(
@@ -447,7 +476,7 @@ class _Reader:
 
     def _read_head(self) -> Event:
         buf = self._buf
-        while buf.startswith(b"\r\n"):
+        while buf[:2] == b"\r\n":
             self._empty_lines += 1
             if self._empty_lines > _MAX_EMPTY_LINES:
                 raise ProtocolError("too many empty lines before the start line")
@@ -459,41 +488,44 @@ class _Reader:
                 self._state = _CLOSED
                 return CLOSED
             return NEED_DATA
+        limits = self.limits
         scanned = self._scanned
         end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
-        limit = end + 4 if end >= 0 else size
-        # Reject a bare LF as soon as it arrives rather than waiting for a
-        # CRLF CRLF that a bare-LF peer will never send.
-        if buf.count(b"\n", scanned, limit) != buf.count(
-            b"\r\n", scanned - 1 if scanned else 0, limit
-        ):
-            raise ProtocolError("bare LF in the header section (lines must end with CRLF)")
-        line_end = buf.find(b"\r\n", 0, self.limits.max_request_line + 2)
-        if line_end < 0 and size > self.limits.max_request_line + 1:
-            raise self._start_line_too_long(
-                f"start line longer than {self.limits.max_request_line} bytes"
-            )
         if end < 0:
-            if size > self.limits.max_head:
-                raise HeadTooLarge(f"header section larger than {self.limits.max_head} bytes")
+            # Refuse a bare LF as soon as it arrives rather than waiting for
+            # a CRLF CRLF that a bare-LF peer will never send.
+            if buf.count(b"\n", scanned) != buf.count(b"\r\n", scanned - 1 if scanned else 0):
+                raise ProtocolError("bare LF in the header section (lines must end with CRLF)")
+            max_line = limits.max_request_line
+            if size > max_line + 1 and buf.find(b"\r\n", 0, max_line + 2) < 0:
+                raise self._start_line_too_long(f"start line longer than {max_line} bytes")
+            if size > limits.max_head:
+                raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
             if self._eof:
-                raise IncompleteMessage("connection closed in the middle of a message head (truncated)")
+                raise IncompleteMessage(
+                    "connection closed in the middle of a message head (truncated)"
+                )
             self._scanned = size
             return NEED_DATA
-        if end + 4 > self.limits.max_head:
-            raise HeadTooLarge(f"header section larger than {self.limits.max_head} bytes")
-        head = bytes(buf[:end])
+        head = bytes(buf[: end + 2])  # every line with its CRLF
         del buf[: end + 4]
         self._scanned = 0
         self._empty_lines = 0
-        _check_line_endings(head)
-        bad = _HEAD_CTL_RE.search(head)
-        if bad is not None:
-            raise ProtocolError(f"control character {bad.group()!r} in the header section")
         lines = head.split(b"\r\n")
-        return self._head_event(lines[0], lines[1:] if len(lines) > 1 else [])
+        lines.pop()
+        if len(lines[0]) > limits.max_request_line:
+            raise self._start_line_too_long(
+                f"start line longer than {limits.max_request_line} bytes"
+            )
+        if end + 4 > limits.max_head:
+            raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
+        # One pass: what is left after deleting ordinary bytes must be
+        # exactly one CRLF per line (no bare CR/LF, no control characters).
+        if head.translate(None, _ORDINARY) != b"\r\n" * len(lines):
+            _diagnose_section(head)
+        return self._head_event(lines)
 
-    def _head_event(self, start: bytes, field_lines: list[bytes]) -> Event:
+    def _head_event(self, lines: list[bytes]) -> Event:
         raise NotImplementedError
 
     # -- bodies ------------------------------------------------------------
@@ -662,12 +694,12 @@ class _Reader:
             return NEED_DATA
         if end + 4 > self.limits.max_head:
             raise HeadTooLarge(f"trailer section larger than {self.limits.max_head} bytes")
-        section = bytes(buf[:end])
-        _check_line_endings(section)
-        bad = _HEAD_CTL_RE.search(section)
-        if bad is not None:
-            raise ProtocolError(f"control character {bad.group()!r} in the trailer section")
-        pairs = _parse_fields(section.split(b"\r\n"), self.limits, None)
+        section = bytes(buf[: end + 2])
+        lines = section.split(b"\r\n")
+        lines[-1] = b""  # stands in for the start line _fields skips
+        if section.translate(None, _ORDINARY) != b"\r\n" * (len(lines) - 1):
+            _diagnose_section(section, "trailer")
+        pairs, _ = _fields(lines[-1:] + lines[:-1], self.limits)
         del buf[: end + 4]
         self._scanned = 0
         self._state = _DONE
@@ -685,14 +717,14 @@ class RequestReader(_Reader):
 
     _start_line_too_long = TargetTooLong
 
-    def _head_event(self, start: bytes, field_lines: list[bytes]) -> Event:
-        match = _REQUEST_LINE_RE.fullmatch(start)
+    def _head_event(self, lines: list[bytes]) -> Event:
+        match = _REQUEST_LINE_RE.fullmatch(lines[0])
         if match is None:
-            raise _bad_request_line(start)
+            raise _bad_request_line(lines[0])
         method, target, major, minor = match.groups()
         version = _version(major, minor)
-        framing: dict[bytes, list[bytes]] = {}
-        headers = Headers(_parse_fields(field_lines, self.limits, framing))
+        pairs, framing = _fields(lines, self.limits)
+        headers = Headers(pairs)
         hosts = framing.get(b"host")
         if hosts is None:
             if version == b"HTTP/1.1":
@@ -777,7 +809,8 @@ class ResponseReader(_Reader):
         if self._expected:
             self._expected.popleft()
 
-    def _head_event(self, start: bytes, field_lines: list[bytes]) -> Event:
+    def _head_event(self, lines: list[bytes]) -> Event:
+        start = lines[0]
         match = _STATUS_LINE_RE.fullmatch(start)
         if match is None:
             version = re.match(rb"HTTP/([0-9])\.([0-9]) ", start)
@@ -791,8 +824,8 @@ class ResponseReader(_Reader):
         status = int(status_text)
         if not 100 <= status <= 599:
             raise ProtocolError(f"invalid status code {status}")
-        framing: dict[bytes, list[bytes]] = {}
-        headers = Headers(_parse_fields(field_lines, self.limits, framing))
+        pairs, framing = _fields(lines, self.limits)
+        headers = Headers(pairs)
         method = self._expected[0]
         te = framing.get(b"transfer-encoding")
         cl = framing.get(b"content-length")

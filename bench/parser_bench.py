@@ -1,0 +1,288 @@
+"""
+Time HTTP/1.x message parsing: multiproxy's reader against h11 and httptools.
+
+    python3 bench/parser_bench.py [--quick]
+
+Prints microseconds per message (best of 3 rounds) and each parser's ratio
+to ours for: a browser-like request head, a response head with a small body,
+a chunked request body (64 KiB in 4 KiB chunks) and a 16 MiB Content-Length
+body fed in 64 KiB pieces (MB/s).  Every parser builds the same things: the
+head fields as a list of byte pairs and the body pieces.  Runs in about 15 s.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import h11
+import httptools
+
+from multiproxy.http._parser import (
+    NEED_DATA,
+    Data,
+    EndOfMessage,
+    RequestReader,
+    ResponseReader,
+)
+
+REQUEST = (
+    b"GET /static/app/main.js?v=1234567 HTTP/1.1\r\n"
+    b"Host: www.example.com\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    b"Accept-Language: en-GB,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br\r\n"
+    b"Referer: https://www.example.com/index.html\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Cookie: session=0123456789abcdef0123456789abcdef; theme=dark\r\n"
+    b"Sec-Fetch-Dest: script\r\n"
+    b"Sec-Fetch-Mode: no-cors\r\n"
+    b"\r\n"
+)
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+    b"Server: nginx/1.25.3\r\n"
+    b"Content-Type: application/javascript; charset=utf-8\r\n"
+    b"Content-Length: 100\r\n"
+    b"Last-Modified: Sun, 31 Dec 2023 12:00:00 GMT\r\n"
+    b"ETag: \"6590d2c0-64\"\r\n"
+    b"Cache-Control: public, max-age=3600\r\n"
+    b"Vary: Accept-Encoding\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Accept-Ranges: bytes\r\n"
+    b"\r\n" + b"x" * 100
+)
+
+CHUNKED = (
+    b"POST /upload HTTP/1.1\r\nHost: www.example.com\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: application/octet-stream\r\n\r\n"
+    + (b"1000\r\n" + b"y" * 4096 + b"\r\n") * 16
+    + b"0\r\n\r\n"
+)
+
+BIG_BODY = 16 * 1024 * 1024
+PIECE = 64 * 1024
+
+
+# -- ours -----------------------------------------------------------------------
+
+
+def ours_requests(data: bytes, n: int) -> None:
+    reader = RequestReader()
+    for _ in range(n):
+        reader.feed(data)
+        while True:
+            event = reader.next_event()
+            if type(event) is EndOfMessage:
+                break
+            assert event is not NEED_DATA
+        reader.start_next()
+
+
+def ours_responses(data: bytes, n: int) -> None:
+    reader = ResponseReader()
+    for _ in range(n):
+        reader.expect(b"GET")
+        reader.feed(data)
+        while True:
+            event = reader.next_event()
+            if type(event) is EndOfMessage:
+                break
+            assert event is not NEED_DATA
+        reader.start_next()
+
+
+def ours_big_body(n: int) -> None:
+    piece = b"z" * PIECE
+    for _ in range(n):
+        reader = RequestReader()
+        reader.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % BIG_BODY)
+        reader.next_event()
+        got = 0
+        while True:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                reader.feed(piece)
+            elif type(event) is Data:
+                got += len(event.data)
+            else:
+                break
+        assert got == BIG_BODY
+
+
+# -- h11 ------------------------------------------------------------------------
+
+
+def h11_requests(data: bytes, n: int) -> None:
+    # h11 needs our side to send a response before the next request cycle,
+    # so each message gets a fresh connection (made outside the timed loop).
+    conns = [h11.Connection(h11.SERVER) for _ in range(n)]
+    start = time.perf_counter()
+    for conn in conns:
+        conn.receive_data(data)
+        while True:
+            event = conn.next_event()
+            if type(event) is h11.EndOfMessage:
+                break
+            assert event is not h11.NEED_DATA
+    return time.perf_counter() - start
+
+
+def h11_responses(data: bytes, n: int) -> float:
+    conns = []
+    for _ in range(n):
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "h")]))
+        conn.send(h11.EndOfMessage())
+        conns.append(conn)
+    start = time.perf_counter()
+    for conn in conns:
+        conn.receive_data(data)
+        while True:
+            event = conn.next_event()
+            if type(event) is h11.EndOfMessage:
+                break
+            assert event is not h11.NEED_DATA
+    return time.perf_counter() - start
+
+
+def h11_big_body(n: int) -> None:
+    piece = b"z" * PIECE
+    for _ in range(n):
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % BIG_BODY)
+        conn.next_event()
+        got = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(piece)
+            elif type(event) is h11.Data:
+                got += len(event.data)
+            else:
+                break
+        assert got == BIG_BODY
+
+
+# -- httptools (llhttp) -----------------------------------------------------------
+
+
+class _Collector:
+    """The callbacks httptools needs to build what the other parsers build."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.url = b""
+        self.done = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done += 1
+        self.headers = []
+        self.body = []
+        self.url = b""
+
+
+def httptools_requests(data: bytes, n: int) -> None:
+    collector = _Collector()
+    parser = httptools.HttpRequestParser(collector)
+    for _ in range(n):
+        parser.feed_data(data)
+        parser.get_method()
+    assert collector.done == n
+
+
+def httptools_responses(data: bytes, n: int) -> None:
+    collector = _Collector()
+    parser = httptools.HttpResponseParser(collector)
+    for _ in range(n):
+        parser.feed_data(data)
+        parser.get_status_code()
+    assert collector.done == n
+
+
+def httptools_big_body(n: int) -> None:
+    piece = b"z" * PIECE
+
+    class Count(_Collector):
+        got = 0
+
+        def on_body(self, body: bytes) -> None:
+            self.got += len(body)
+
+    for _ in range(n):
+        collector = Count()
+        parser = httptools.HttpRequestParser(collector)
+        parser.feed_data(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % BIG_BODY)
+        for _ in range(BIG_BODY // PIECE):
+            parser.feed_data(piece)
+        assert collector.got == BIG_BODY and collector.done == 1
+
+
+# -- harness --------------------------------------------------------------------------
+
+
+def best_of(fn, *args, rounds: int = 3) -> float:
+    """Best wall time of ``rounds`` runs (functions may return their own timed part)."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        inner = fn(*args)
+        elapsed = inner if isinstance(inner, float) else time.perf_counter() - start
+        best = min(best, elapsed)
+    return best
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    n = 2000 if quick else 10000
+    n_chunked = 300 if quick else 1500
+    cases = [
+        ("request head (11 fields)", n, [
+            ("multiproxy", ours_requests, (REQUEST, n)),
+            ("h11", h11_requests, (REQUEST, n)),
+            ("httptools", httptools_requests, (REQUEST, n)),
+        ]),
+        ("response head + 100 B body", n, [
+            ("multiproxy", ours_responses, (RESPONSE, n)),
+            ("h11", h11_responses, (RESPONSE, n)),
+            ("httptools", httptools_responses, (RESPONSE, n)),
+        ]),
+        ("chunked request, 16 x 4 KiB", n_chunked, [
+            ("multiproxy", ours_requests, (CHUNKED, n_chunked)),
+            ("h11", h11_requests, (CHUNKED, n_chunked)),
+            ("httptools", httptools_requests, (CHUNKED, n_chunked)),
+        ]),
+    ]
+    print(f"python {sys.version.split()[0]}, h11 {h11.__version__}, httptools {httptools.__version__}")
+    for title, count, runs in cases:
+        print(f"\n{title}: microseconds per message (best of 3, {count} messages)")
+        base = None
+        for name, fn, args in runs:
+            micro = best_of(fn, *args) / count * 1e6
+            base = base or micro
+            print(f"  {name:<11} {micro:9.2f} us   x{micro / base:6.2f} of multiproxy")
+    print(f"\nstreamed Content-Length body, {BIG_BODY >> 20} MiB in {PIECE >> 10} KiB pieces: MB/s")
+    rounds = 1 if quick else 3
+    base = None
+    for name, fn in [("multiproxy", ours_big_body), ("h11", h11_big_body), ("httptools", httptools_big_body)]:
+        seconds = best_of(fn, 1, rounds=rounds)
+        rate = BIG_BODY / seconds / 1e6
+        base = base or rate
+        print(f"  {name:<11} {rate:9.0f} MB/s  x{rate / base:6.2f} of multiproxy")
+
+
+if __name__ == "__main__":
+    main()
