@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 from zope.interface.verify import verifyObject
 
 from multiproxy.cache import CorruptEntry, DiskStore, ICacheEntry, ICacheStore, IEntryWriter, MemoryStore
 from multiproxy.cache._directives import parse_response_directives
-from multiproxy.cache._store import decode_meta, describe_response, encode_meta
+from multiproxy.cache._store import decode_meta, describe_response, encode_meta, pack_fields
 from multiproxy.http._headers import Headers
 
 T0 = 1_700_000_000.0
@@ -144,8 +145,7 @@ def test_lru_eviction_keeps_the_store_within_its_budget(make):
 def test_update_replaces_metadata_and_keeps_body(make):
     store = make()
     entry = put(store, meta(X=b"old"), b"body!")
-    new = entry.meta.__class__(**{**{f: getattr(entry.meta, f) for f in entry.meta.__slots__},
-                                  "headers": ((b"X", b"new"),)})
+    new = replace(entry.meta, head=pack_fields([(b"X", b"new")]))
     updated = store.update(entry, new)
     [again] = store.lookup(b"http://h/a")
     assert again.meta.field(b"x") == b"new" and read_all(again) == b"body!"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 
 from zope.interface import implementer
@@ -48,6 +49,12 @@ from multiproxy.cache._validation import (
 from multiproxy.http._headers import Headers
 
 _AGE_MAX = 2**31
+_NO_DIRECTIVES = RequestDirectives()
+
+
+@lru_cache(maxsize=1024)
+def _cache_status(outcome: CacheOutcome, name: str) -> bytes:
+    return outcome.cache_status(name)
 _RETRYABLE_ERRORS = frozenset({500, 502, 503, 504})
 
 
@@ -181,11 +188,13 @@ class SharedCache:
     def plan(self, method: bytes, url: bytes, request_headers: Headers) -> Plan:
         """Decide how to handle a request for absolute URI ``url``."""
         key = cache_key(url)
-        rcc = parse_request_directives(request_headers)
+        names = {n.lower() for n, _ in request_headers}
+        rcc = (parse_request_directives(request_headers)
+               if b"cache-control" in names or b"pragma" in names else _NO_DIRECTIVES)
         if method not in (b"GET", b"HEAD"):
             return Plan(Action.PASS, method, url, key, request_headers, rcc,
                         CacheOutcome(fwd="method"), upstream_headers=request_headers)
-        if b"if-match" in request_headers or b"if-unmodified-since" in request_headers:
+        if b"if-match" in names or b"if-unmodified-since" in names:
             # RFC 9111 4.3.2: these preconditions are for the origin alone.
             return Plan(Action.PASS, method, url, key, request_headers, rcc,
                         CacheOutcome(fwd="request"), upstream_headers=request_headers)
@@ -196,10 +205,7 @@ class SharedCache:
             fwd = "vary-miss" if entries else "uri-miss"
             if rcc.only_if_cached:
                 return self._only_if_cached(method, url, key, request_headers, rcc, now, fwd)
-            collapsible = (
-                method == b"GET" and not rcc.no_store
-                and not any(name in request_headers for name in CONDITIONAL_FIELDS)
-            )
+            collapsible = method == b"GET" and not rcc.no_store and names.isdisjoint(CONDITIONAL_FIELDS)
             return Plan(Action.FORWARD, method, url, key, request_headers, rcc,
                         CacheOutcome(fwd=fwd), upstream_headers=request_headers,
                         collapsible=collapsible)
@@ -212,7 +218,7 @@ class SharedCache:
                 hit=True, ttl=int(j.ttl), stale=j.reuse is not Reuse.FRESH,
                 detail="stale-while-revalidate" if swr else None,
             )
-            answer = self._answer(entry, method, request_headers, j.age, outcome, now)
+            answer = self._answer(entry, method, request_headers, j.age, outcome, now, names)
             return Plan(Action.ANSWER, method, url, key, request_headers, rcc, outcome,
                         entry=entry, answer=answer, revalidate=swr)
         fwd = "request" if j.reason == "request" else "stale"
@@ -400,15 +406,20 @@ class SharedCache:
 
     def _answer(
         self, entry: ICacheEntry, method: bytes, request_headers: Headers, age: float,
-        outcome: CacheOutcome, now: float,
+        outcome: CacheOutcome, now: float, names: set[bytes] | None = None,
     ) -> Answer:
         meta = entry.meta
-        if meta.status == 200 and not_modified(method, request_headers, meta):
+        if names is None:
+            names = {n.lower() for n, _ in request_headers}
+        if (
+            meta.status == 200 and (b"if-none-match" in names or b"if-modified-since" in names)
+            and not_modified(method, request_headers, meta)
+        ):
             return self._not_modified(meta, age, outcome, entry)
         status, reason = meta.status, meta.reason
         headers = meta.header_list()
         start, length = 0, meta.body_length
-        range_value = request_headers.get(b"range")
+        range_value = request_headers.get(b"range") if b"range" in names else None
         if (
             range_value is not None and method == b"GET" and status == 200
             and (b"if-range" not in request_headers
@@ -431,7 +442,7 @@ class SharedCache:
         if status != 204:
             headers.add(b"Content-Length", b"%d" % length)
         headers.add(b"Age", b"%d" % min(int(age), _AGE_MAX))
-        self._mark(headers, outcome)
+        self._mark(headers, outcome, replace_x_cache=b"x-cache" in meta.head.lower())
         if method != b"GET" or status == 204:
             length = 0
         return Answer(status, reason, headers, outcome, entry, start, length)
@@ -445,10 +456,12 @@ class SharedCache:
         self._mark(headers, outcome)
         return Answer(304, STATUS_REASONS[304], headers, outcome, entry)
 
-    def _mark(self, headers: Headers, outcome: CacheOutcome) -> None:
-        headers.add(b"Cache-Status", outcome.cache_status(self.config.name))
+    def _mark(self, headers: Headers, outcome: CacheOutcome, replace_x_cache: bool = True) -> None:
+        headers.add(b"Cache-Status", _cache_status(outcome, self.config.name))
         if self.config.x_cache:
-            headers.set(b"X-Cache", outcome.x_cache.encode("ascii"))
+            if replace_x_cache:
+                headers.remove(b"x-cache")
+            headers.add(b"X-Cache", outcome.x_cache.encode("ascii"))
 
     def _marked(self, headers: Headers, outcome: CacheOutcome) -> Headers:
         out = headers.copy()

@@ -14,6 +14,7 @@ case-insensitive, member order and case.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from multiproxy.cache._directives import split_list
@@ -67,6 +68,7 @@ def _normalise_percent(part: bytes) -> bytes:
     return bytes(out)
 
 
+@lru_cache(maxsize=4096)
 def cache_key(url: bytes) -> bytes:
     """
     The primary cache key for an absolute ``url``: scheme and host lower-cased,

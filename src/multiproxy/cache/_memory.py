@@ -19,12 +19,13 @@ from multiproxy.cache._store import BytesReader, StoredResponse, meta_size
 class MemoryEntry:
     """A stored response held in memory."""
 
-    __slots__ = ("meta", "body", "cost")
+    __slots__ = ("meta", "body", "cost", "variant")
 
     def __init__(self, meta: StoredResponse, body: bytes) -> None:
         self.meta = meta
         self.body = body
         self.cost = len(body) + meta_size(meta)
+        self.variant = meta.variant
 
     def open_body(self, start: int = 0, length: int | None = None) -> BytesReader:
         return BytesReader(self.body, start, length)
@@ -81,15 +82,34 @@ class MemoryStore:
         self.max_object_size = max_object_size
         self.size = 0
         self.count = 0
-        # primary key -> {variant id -> entry}, in least-recently-used order
-        self._entries: OrderedDict[bytes, dict[bytes, MemoryEntry]] = OrderedDict()
+        # primary key -> its entry, or {variant id -> entry} when the URL has
+        # several (most have one: no dict for them), least recently used first
+        self._entries: OrderedDict[bytes, MemoryEntry | dict[bytes, MemoryEntry]] = OrderedDict()
+
+    def _variants(self, key: bytes) -> dict[bytes, MemoryEntry]:
+        slot = self._entries.get(key)
+        if slot is None:
+            return {}
+        if type(slot) is MemoryEntry:
+            return {slot.variant: slot}
+        return slot  # type: ignore[return-value]
+
+    def _set_variants(self, key: bytes, variants: dict[bytes, MemoryEntry]) -> None:
+        if not variants:
+            self._entries.pop(key, None)
+        elif len(variants) == 1:
+            self._entries[key] = next(iter(variants.values()))
+        else:
+            self._entries[key] = variants
 
     def lookup(self, key: bytes) -> list[MemoryEntry]:
-        variants = self._entries.get(key)
-        if variants is None:
+        slot = self._entries.get(key)
+        if slot is None:
             return []
         self._entries.move_to_end(key)
-        return list(variants.values())
+        if type(slot) is MemoryEntry:
+            return [slot]
+        return list(slot.values())  # type: ignore[union-attr]
 
     def begin(self, meta: StoredResponse, expected_length: int | None = None) -> _MemoryWriter | None:
         if expected_length is not None and expected_length > min(self.max_object_size, self.max_size):
@@ -97,28 +117,25 @@ class MemoryStore:
         return _MemoryWriter(self, meta, expected_length)
 
     def update(self, entry: MemoryEntry, meta: StoredResponse) -> MemoryEntry | None:
-        variants = self._entries.get(entry.meta.url)
-        if variants is None or variants.get(entry.meta.variant) is not entry:
+        if self._variants(entry.meta.url).get(entry.variant) is not entry:
             return None
         return self._insert(MemoryEntry(meta.with_length(len(entry.body)), entry.body))
 
     def _insert(self, entry: MemoryEntry) -> MemoryEntry:
-        meta = entry.meta
-        key = meta.url
-        variants = self._entries.get(key)
-        if variants is None:
-            variants = self._entries[key] = {}
-        else:
-            self._entries.move_to_end(key)
-            names = meta.vary_names
+        key = entry.meta.url
+        variants = self._variants(key)
+        if variants:
+            names = entry.meta.vary_names
             for vid, old in list(variants.items()):
                 # Same secondary key: replaced.  Different Vary: the resource
                 # changed what it varies on, so older variants are obsolete.
-                if vid == meta.variant or old.meta.vary_names != names:
+                if vid == entry.variant or old.meta.vary_names != names:
                     del variants[vid]
                     self.size -= old.cost
                     self.count -= 1
-        variants[meta.variant] = entry
+        variants[entry.variant] = entry
+        self._set_variants(key, variants)
+        self._entries.move_to_end(key)
         self.size += entry.cost
         self.count += 1
         self._evict()
@@ -126,29 +143,28 @@ class MemoryStore:
 
     def _evict(self) -> None:
         while self.size > self.max_size and self._entries:
-            _, variants = self._entries.popitem(last=False)
-            for old in variants.values():
-                self.size -= old.cost
-                self.count -= 1
+            key = next(iter(self._entries))
+            self.remove(key)
 
     def remove(self, key: bytes) -> int:
-        variants = self._entries.pop(key, None)
+        variants = self._variants(key)
         if not variants:
             return 0
+        del self._entries[key]
         for old in variants.values():
             self.size -= old.cost
             self.count -= 1
         return len(variants)
 
     def remove_entry(self, entry: MemoryEntry) -> None:
-        variants = self._entries.get(entry.meta.url)
-        if variants is None or variants.get(entry.meta.variant) is not entry:
+        key = entry.meta.url
+        variants = self._variants(key)
+        if variants.get(entry.variant) is not entry:
             return
-        del variants[entry.meta.variant]
+        del variants[entry.variant]
         self.size -= entry.cost
         self.count -= 1
-        if not variants:
-            del self._entries[entry.meta.url]
+        self._set_variants(key, variants)
 
     def clear(self) -> None:
         self._entries.clear()

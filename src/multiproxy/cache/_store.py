@@ -30,15 +30,28 @@ class CorruptEntry(MultiproxyError):
     """A stored entry turned out to be damaged while it was being read."""
 
 
+def pack_fields(fields) -> bytes:
+    """(name, value) pairs as ``name: value`` lines ending in CRLF (values never hold CR or LF)."""
+    return b"".join([n + b": " + v + b"\r\n" for n, v in fields])
+
+
+def unpack_fields(head: bytes) -> Fields:
+    """The inverse of `pack_fields`."""
+    if not head:
+        return ()
+    return tuple(tuple(line.split(b": ", 1)) for line in head[:-2].split(b"\r\n"))  # type: ignore[misc]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """
     The metadata of one stored response.
 
-    ``headers`` are the fields as stored (RFC 9111 3.1: no connection-specific
-    fields, no framing, no Age).  ``vary`` holds the normalised values of the
-    request fields the response's Vary nominates, from the request that
-    caused it to be stored.  Times are seconds since the epoch from the
+    ``head`` holds the fields as stored (RFC 9111 3.1: no connection-specific
+    fields, no framing, no Age), packed as CRLF-ended ``name: value`` lines
+    to keep many small objects cheap; `headers` gives them as pairs.
+    ``vary`` holds the normalised values of the request fields the
+    response's Vary nominates, from the request that caused it to be stored.  Times are seconds since the epoch from the
     cache's clock: ``request_time`` when the request went upstream,
     ``response_time`` when the response head arrived.  ``date_value`` and
     ``age_value`` are the parsed Date and Age; ``lifetime`` is the freshness
@@ -48,7 +61,7 @@ class StoredResponse:
     url: bytes
     status: int
     reason: bytes
-    headers: Fields
+    head: bytes
     vary: tuple[VaryValue, ...]
     request_time: float
     response_time: float
@@ -62,6 +75,11 @@ class StoredResponse:
     body_length: int = -1
 
     @property
+    def headers(self) -> Fields:
+        """The stored fields as (name, value) pairs, in order."""
+        return unpack_fields(self.head)
+
+    @property
     def variant(self) -> bytes:
         """The identifier of this response's secondary key (empty without Vary)."""
         return variant_id(self.vary)
@@ -72,14 +90,14 @@ class StoredResponse:
 
     def field(self, name: bytes) -> bytes | None:
         """The first stored value of field ``name`` (lower case)."""
-        for n, v in self.headers:
+        for n, v in unpack_fields(self.head):
             if n.lower() == name:
                 return v
         return None
 
     def header_list(self) -> Headers:
         """A fresh, mutable `Headers` with the stored fields."""
-        return Headers(self.headers)
+        return Headers(unpack_fields(self.head))
 
     def with_length(self, length: int) -> StoredResponse:
         return replace(self, body_length=length)
@@ -111,7 +129,7 @@ def describe_response(
         url=url,
         status=status,
         reason=reason,
-        headers=fields,
+        head=pack_fields(fields),
         vary=vary_values(names, request_headers),
         request_time=request_time,
         response_time=response_time,
@@ -127,9 +145,7 @@ def describe_response(
 
 def meta_size(meta: StoredResponse) -> int:
     """An estimate of the memory a stored response's metadata takes, in bytes."""
-    size = 400 + len(meta.url) + len(meta.reason)
-    for n, v in meta.headers:
-        size += 110 + len(n) + len(v)
+    size = 400 + len(meta.url) + len(meta.reason) + len(meta.head)
     for n, v in meta.vary:
         size += 110 + len(n) + (len(v) if v is not None else 0)
     return size
@@ -171,7 +187,7 @@ def decode_meta(data: bytes) -> StoredResponse:
         url=_b(d["url"]),
         status=int(d["status"]),
         reason=_b(d["reason"]),
-        headers=tuple((_b(n), _b(v)) for n, v in d["headers"]),
+        head=pack_fields((_b(n), _b(v)) for n, v in d["headers"]),
         vary=tuple((_b(n), None if v is None else _b(v)) for n, v in d["vary"]),
         request_time=float(d["request_time"]),
         response_time=float(d["response_time"]),

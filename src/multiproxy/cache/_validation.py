@@ -24,6 +24,7 @@ from multiproxy.cache._directives import parse_response_directives, split_list
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._keys import vary_names
 from multiproxy.cache._storable import is_dropped_on_update
+from multiproxy.cache._store import pack_fields
 from multiproxy.http._headers import Headers
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def freshen(
     date = date_value(new, response_time) if b"date" in new else date_value(merged, response_time)
     return replace(
         meta,
-        headers=fields,
+        head=pack_fields(fields),
         request_time=request_time,
         response_time=response_time,
         date_value=date,
