@@ -176,3 +176,36 @@ def test_twistd_runs_the_forward_proxy_end_to_end(tmp_path):
         output = process.communicate(timeout=20)[0]
     assert "Traceback" not in output
     assert '"GET / HTTP/1.1" 400' in log.read_text()
+
+
+def test_one_file_runs_a_forward_proxy_and_a_tcp_relay(tmp_path):
+    from twisted.internet.task import Clock
+
+    from multiproxy._config import make_services
+
+    path = tmp_path / "both.toml"
+    path.write_text(
+        """
+        [log]
+        access = false
+
+        [[forward]]
+        listen = ["tcp:0:interface=127.0.0.1"]
+
+        [[tcp]]
+        name = "db"
+        listen = ["tcp:0:interface=127.0.0.1"]
+        backends = ["tcp:host=127.0.0.1:port=5432"]
+        """
+    )
+    configuration = load_configuration(str(path))
+    assert [kind.name for kind, _ in configuration.proxies] == ["forward", "tcp"]
+    services = make_services(configuration, Clock())
+    assert {service.name for service in services if service.name} == {"forward", "db"}
+
+
+def test_tcp_subcommand_is_registered():
+    options = _options("tcp", "--listen", "tcp:9000:interface=127.0.0.1",
+                       "--backend", "tcp:host=127.0.0.1:port=9001")
+    [(kind, config)] = options.configuration.proxies
+    assert kind.name == "tcp"

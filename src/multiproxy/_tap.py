@@ -21,6 +21,7 @@ from multiproxy._config import (
 )
 from multiproxy._errors import ConfigError
 from multiproxy.forward._config import ForwardOptions
+from multiproxy.tcp._config import TCPOptions
 
 
 class Options(usage.Options):
@@ -39,6 +40,7 @@ class Options(usage.Options):
     ]
     subCommands = [
         ["forward", None, ForwardOptions, "Forward HTTP proxy (the default)."],
+        ["tcp", None, TCPOptions, "TCP relay: a layer-4 port forwarder and balancer."],
     ]
     defaultSubCommand = "forward"
 
