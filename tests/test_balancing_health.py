@@ -5,12 +5,14 @@ HTTP status, TCP connect, timeouts, and verified TLS origination.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import pytest_twisted
 import trustme
 from OpenSSL import SSL
 from twisted.internet import defer, task
-from twisted.internet.error import TimeoutError
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -18,6 +20,7 @@ from zope.interface import implementer
 from multiproxy.balancing import (
     Backend,
     DeadlineEndpoint,
+    DirectTCPEndpoint,
     HealthChecker,
     HTTPCheck,
     TCPCheck,
@@ -196,9 +199,30 @@ def test_deadline_endpoint_fails_a_connect_that_takes_too_long():
     assert "no connection after 0.5 s" in failures[0].getErrorMessage()
 
 
-def test_backend_wraps_endpoint_strings_in_its_connect_deadline():
+def test_backend_applies_its_connect_timeout_to_endpoint_strings():
     clock = task.Clock()
     b = Backend(address="tcp:host=127.0.0.1:port=9", connect_timeout=3)
     endpoint = b.endpoint(clock)
-    assert isinstance(endpoint, DeadlineEndpoint) and endpoint.timeout == 3
+    assert isinstance(endpoint, DirectTCPEndpoint) and endpoint.timeout == 3
     assert b.endpoint(clock) is endpoint  # parsed once per reactor
+    other = Backend(address="unix:path=/nonexistent.sock", connect_timeout=2).endpoint(clock)
+    assert isinstance(other, DeadlineEndpoint) and other.timeout == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_direct_tcp_endpoint_connects_refuses_and_cancels(reactor, listen):
+    port = listen(Factory.forProtocol(Silent))
+    protocol = yield DirectTCPEndpoint(reactor, "127.0.0.1", port).connect(
+        Factory.forProtocol(Protocol))
+    assert protocol.transport.getPeer().port == port
+    protocol.transport.loseConnection()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        yield DirectTCPEndpoint(reactor, "127.0.0.1", closed).connect(
+            Factory.forProtocol(Protocol))
+    d = DirectTCPEndpoint(reactor, "192.0.2.1", 9).connect(Factory.forProtocol(Protocol))
+    d.cancel()
+    with pytest.raises(defer.CancelledError):
+        yield d

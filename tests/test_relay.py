@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from multiproxy._splice import SPLICE_AVAILABLE
 from multiproxy._relay import (
     EARLY_LIMIT,
     Relay,
@@ -332,10 +333,11 @@ class Client(Protocol):
 class RelayFactory(Factory):
     """Port forwarder built on RelayServerProtocol, recording each relay as it ends."""
 
-    def __init__(self, reactor, endpoint, idle_timeout=None):
+    def __init__(self, reactor, endpoint, idle_timeout=None, splice=False):
         self.reactor = reactor
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
+        self.splice = splice
         self.ended = []
         self.ended_d = defer.Deferred()
         self.protocols = []
@@ -349,9 +351,16 @@ class RelayFactory(Factory):
                 if not factory.ended_d.called:
                     factory.ended_d.callback((relay, how))
 
-        protocol = Recording(self.reactor, self.endpoint, self.idle_timeout)
+        protocol = Recording(self.reactor, self.endpoint, self.idle_timeout, self.splice)
         self.protocols.append(protocol)
         return protocol
+
+
+splice_modes = pytest.mark.parametrize(
+    "splice", [False, pytest.param(True, marks=pytest.mark.skipif(
+        not SPLICE_AVAILABLE, reason="splice(2) is Linux only"))],
+    ids=["python", "splice"],
+)
 
 
 @pytest.fixture
@@ -381,10 +390,11 @@ def connect_client(reactor, port, client):
     )
 
 
+@splice_modes
 @pytest_twisted.inlineCallbacks
-def test_loopback_echo_of_4_mib_is_byte_for_byte(reactor, listen):
+def test_loopback_echo_of_4_mib_is_byte_for_byte(reactor, listen, splice):
     origin = listen(Factory.forProtocol(Echo))
-    relays = RelayFactory(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin))
+    relays = RelayFactory(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin), splice=splice)
     front = listen(relays)
     payload = os.urandom(4 * 1024 * 1024)
     client = Client()
@@ -396,13 +406,15 @@ def test_loopback_echo_of_4_mib_is_byte_for_byte(reactor, listen):
     assert digest == hashlib.sha256(payload).hexdigest()
     relay, how = yield relays.ended_d
     assert how == "done"
+    assert relay.spliced == splice
     assert relay.bytes_from_downstream == relay.bytes_from_upstream == len(payload)
 
 
+@splice_modes
 @pytest_twisted.inlineCallbacks
-def test_loopback_half_closed_client_still_receives_the_answer(reactor, listen):
+def test_loopback_half_closed_client_still_receives_the_answer(reactor, listen, splice):
     origin = listen(Factory.forProtocol(DigestAfterEOF))
-    relays = RelayFactory(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin))
+    relays = RelayFactory(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin), splice=splice)
     front = listen(relays)
     payload = os.urandom(300_000)
     client = Client(keep=True)
@@ -461,15 +473,16 @@ def test_loopback_refused_upstream_closes_the_client_with_error(reactor, listen)
     assert relay.reason is not None
 
 
+@splice_modes
 @pytest_twisted.inlineCallbacks
-def test_loopback_upstream_dying_mid_stream_closes_the_client(reactor, listen):
+def test_loopback_upstream_dying_mid_stream_closes_the_client(reactor, listen, splice):
     class DiesAfterFirstChunk(Protocol):
         def dataReceived(self, data):
             self.transport.write(b"partial")
             self.transport.abortConnection()
 
     origin = listen(Factory.forProtocol(DiesAfterFirstChunk))
-    relays = RelayFactory(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin))
+    relays = RelayFactory(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin), splice=splice)
     front = listen(relays)
     client = Client(keep=True)
     yield connect_client(reactor, front, client)
@@ -480,11 +493,13 @@ def test_loopback_upstream_dying_mid_stream_closes_the_client(reactor, listen):
     assert data in (b"", b"partial")
 
 
+@splice_modes
 @pytest_twisted.inlineCallbacks
-def test_loopback_idle_relay_is_closed_after_its_timeout(reactor, listen):
+def test_loopback_idle_relay_is_closed_after_its_timeout(reactor, listen, splice):
     origin = listen(Factory.forProtocol(Echo))
     relays = RelayFactory(
-        reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin), idle_timeout=0.2
+        reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", origin), idle_timeout=0.2,
+        splice=splice,
     )
     front = listen(relays)
     client = Client(keep=True)
@@ -494,3 +509,54 @@ def test_loopback_idle_relay_is_closed_after_its_timeout(reactor, listen):
     relay, how = yield relays.ended_d
     assert data == b"ping"
     assert how == "idle-timeout"
+
+
+@pytest.mark.skipif(not SPLICE_AVAILABLE, reason="splice(2) is Linux only")
+@pytest_twisted.inlineCallbacks
+def test_tunnel_switching_to_splice_loses_no_buffered_byte(reactor, listen):
+    """As a CONNECT tunnel does: answer on the client transport, relay, then go bulk."""
+    origin = listen(Factory.forProtocol(Echo))
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", origin)
+    relays = []
+
+    @implementer(IHalfCloseableProtocol)
+    class Tunnel(Protocol):
+        def connectionMade(self):
+            self.relay = Relay(reactor, self.transport, splice=True)
+            relays.append(self.relay)
+            tunnel = self
+
+            class Upstream(RelayUpstreamProtocol):
+                def connectionMade(self):
+                    # Written in the same reactor turn as the relay starts: still
+                    # in Twisted's buffer when the pump takes the socket over.
+                    tunnel.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    assert tunnel.transport._tempDataLen
+                    super().connectionMade()
+
+            endpoint.connect(Factory.forProtocol(lambda: Upstream(self.relay)))
+
+        def dataReceived(self, data):
+            self.relay.downstream_data(data)
+
+        def readConnectionLost(self):
+            self.relay.downstream_eof()
+
+        def writeConnectionLost(self):
+            pass
+
+        def connectionLost(self, reason):
+            self.relay.downstream_lost(reason)
+
+    front = listen(Factory.forProtocol(Tunnel))
+    client = Client(keep=True)
+    yield connect_client(reactor, front, client)
+    client.transport.write(b"through the tunnel")
+    yield task.deferLater(reactor, 0.05, lambda: None)
+    assert not relays[0].spliced  # small exchanges stay in Python
+    bulk = os.urandom(3 * 1024 * 1024)
+    client.transport.write(bulk)
+    client.transport.loseWriteConnection()
+    _, _, data = yield client.done
+    assert data == b"HTTP/1.1 200 Connection established\r\n\r\nthrough the tunnel" + bulk
+    assert relays[0].spliced and relays[0].ended == "done"

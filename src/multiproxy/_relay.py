@@ -27,6 +27,13 @@ What it does
 - **Counters and an idle timeout.**  `bytes_from_downstream`,
   `bytes_from_upstream`; an optional idle timeout (any traffic either way
   restarts it) measured on the injected reactor.
+- **Zero copy on Linux** (``splice=True``).  When both sides are plain TCP
+  transports and a read of `SPLICE_THRESHOLD` bytes or more shows bulk
+  traffic, `multiproxy._splice.SplicePump` takes the sockets over and the
+  kernel moves the bytes through a pipe per direction, never through Python
+  (see that module).  Short exchanges stay in Python, where they are
+  cheaper than setting up two pipes; TLS or wrapped transports always do.
+  Only for callers that will not touch the transports until the relay ends.
 - **One ending.**  ``on_end(relay, how)`` is called exactly once, with
   ``how`` one of `ENDINGS`: "done", "client-closed", "upstream-closed",
   "idle-timeout" or "error" (also `Relay.reason`, the `Failure` if any).
@@ -75,6 +82,8 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._splice import SplicePump, splice_capable
+
 __all__ = [
     "EARLY_LIMIT",
     "ENDINGS",
@@ -85,6 +94,9 @@ __all__ = [
 
 EARLY_LIMIT = 64 * 1024
 """Bytes buffered from the downstream before the upstream is attached, before reading pauses."""
+
+SPLICE_THRESHOLD = 32 * 1024
+"""A read this large means bulk traffic: time to move the bytes with splice(2)."""
 
 ENDINGS = ("done", "client-closed", "upstream-closed", "idle-timeout", "error")
 """The ways a relay can end, as passed to ``on_end``."""
@@ -191,6 +203,7 @@ class Relay:
         idle_timeout: float | None = None,
         on_end: Callable[[Relay, str], None] | None = None,
         early_limit: int = EARLY_LIMIT,
+        splice: bool = False,
     ) -> None:
         self.reactor = reactor
         self.downstream = downstream
@@ -212,6 +225,9 @@ class Relay:
         self._connecting: Deferred | None = None
         self._idle_call: Any = None
         self._last_activity = 0.0
+        self.splice = splice
+        self._splice_armed = False
+        self._pump: SplicePump | None = None
 
     # -- observability -------------------------------------------------------
 
@@ -224,6 +240,11 @@ class Relay:
     def upstream_pauses(self) -> int:
         """How often reading from the upstream was paused for a slow downstream."""
         return self._up_valve.pauses if self._up_valve is not None else 0
+
+    @property
+    def spliced(self) -> bool:
+        """Whether the bytes move by ``splice(2)`` (zero copy) rather than through Python."""
+        return self._pump is not None
 
     @property
     def early_buffered(self) -> int:
@@ -285,6 +306,50 @@ class Relay:
             _shut_write(transport)
         else:
             self._down_valve.release()
+            self._splice_armed = self.splice and splice_capable(self.downstream, transport)
+
+    def _switch_to_pump(self) -> None:
+        # Called from the reactor (never from inside a transport's doRead), so
+        # Twisted is done with both sockets for this turn.
+        if self.ended is not None or self._down_eof or self._up_eof:
+            return
+        down, up = self.downstream, self.upstream_transport
+        _unregister(down)
+        _unregister(up)
+        if not splice_capable(down, up):
+            up.registerProducer(self._down_valve, True)
+            down.registerProducer(self._up_valve, True)
+            return
+        try:
+            self._pump = SplicePump(
+                self.reactor, down, up, self._pump_moved, self._pump_eof, self._pump_lost
+            )
+        except OSError as e:  # out of file descriptors for pipes: stay in Python
+            _log.warn("splice unavailable ({error}); relaying through Python", error=e)
+            up.registerProducer(self._down_valve, True)
+            down.registerProducer(self._up_valve, True)
+            return
+        self._pump.start()
+
+    def _pump_moved(self, side: str, count: int) -> None:
+        if side == "downstream":
+            self.bytes_from_downstream += count
+        else:
+            self.bytes_from_upstream += count
+        if self._idle_call is not None:
+            self._last_activity = self.reactor.seconds()
+
+    def _pump_eof(self, side: str) -> None:
+        if side == "downstream":
+            self._down_eof = True
+        else:
+            self._up_eof = True
+        if self._down_eof and self._up_eof:
+            self.end("done")
+
+    def _pump_lost(self, side: str, error: BaseException) -> None:
+        self.reason = Failure(error)
+        self.end("client-closed" if side == "downstream" else "upstream-closed")
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from the upstream: pass them to the downstream."""
@@ -292,6 +357,9 @@ class Relay:
         if self._idle_call is not None:
             self._last_activity = self.reactor.seconds()
         self.downstream.write(data)
+        if self._splice_armed and len(data) >= SPLICE_THRESHOLD:
+            self._splice_armed = False
+            self.reactor.callLater(0, self._switch_to_pump)
 
     def upstream_eof(self) -> None:
         """The upstream ended its output: end the downstream's input."""
@@ -323,6 +391,9 @@ class Relay:
         if self._idle_call is not None:
             self._last_activity = self.reactor.seconds()
         transport.write(data)
+        if self._splice_armed and len(data) >= SPLICE_THRESHOLD:
+            self._splice_armed = False
+            self.reactor.callLater(0, self._switch_to_pump)
 
     def buffer_early(self, data: bytes, counted: bool = False) -> None:
         """
@@ -386,6 +457,8 @@ class Relay:
             self._idle_call = None
         self._early = []
         self._early_size = 0
+        if self._pump is not None:
+            self._pump.stop()
         if self._connecting is not None:
             d, self._connecting = self._connecting, None
             d.cancel()
@@ -482,15 +555,17 @@ class RelayServerProtocol(Protocol):
         reactor: Any,
         endpoint: IStreamClientEndpoint | None = None,
         idle_timeout: float | None = None,
+        splice: bool = False,
     ) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
+        self.splice = splice
 
     def connectionMade(self) -> None:
         self.relay = Relay(
             self.reactor, self.transport, idle_timeout=self.idle_timeout,
-            on_end=self.relay_ended,
+            on_end=self.relay_ended, splice=self.splice,
         )
         self.dataReceived = self.relay.downstream_data  # type: ignore[method-assign]
         self.start_relay(self.relay)

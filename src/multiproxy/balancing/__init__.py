@@ -14,7 +14,13 @@ proxy and the TCP relay.
 - `HealthChecker`: a service running `TCPCheck` or `HTTPCheck` probes.
 """
 
-from multiproxy.balancing._backend import Backend, BackendStatus, DeadlineEndpoint, TLSOrigination
+from multiproxy.balancing._backend import (
+    Backend,
+    BackendStatus,
+    DeadlineEndpoint,
+    DirectTCPEndpoint,
+    TLSOrigination,
+)
 from multiproxy.balancing._balancers import (
     BALANCER_NAMES,
     ConsistentHash,
@@ -41,6 +47,7 @@ __all__ = [
     "BackendStatus",
     "ConsistentHash",
     "DeadlineEndpoint",
+    "DirectTCPEndpoint",
     "HTTPCheck",
     "HashRing",
     "HealthChecker",

@@ -13,17 +13,17 @@ from twisted.internet import defer, error
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
     clientFromString,
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._interfaces import IUpstream
 
-__all__ = ["Backend", "BackendStatus", "TLSOrigination", "DeadlineEndpoint"]
+__all__ = ["Backend", "BackendStatus", "DeadlineEndpoint", "DirectTCPEndpoint", "TLSOrigination"]
 
 LATENCY_SMOOTHING = 0.3
 """Weight of the newest sample in the latency moving average."""
@@ -98,6 +98,87 @@ class DeadlineEndpoint:
             return result
 
         return d.addBoth(settle)
+
+
+@implementer(IStreamClientEndpoint)
+class DirectTCPEndpoint:
+    """
+    A TCP client endpoint without Twisted's per-connection protocol wrapper.
+
+    `TCP4ClientEndpoint` interposes a protocol that forwards every event
+    (one more Python call per chunk received) to fire its Deferred after
+    ``connectionMade``.  Here the protocol is connected directly and the
+    Deferred still fires right after its ``connectionMade``; a cancelled
+    connect fails with `CancelledError`, a slow one with `TimeoutError`
+    after ``timeout``.
+    """
+
+    def __init__(self, reactor: Any, host: str, port: int, timeout: float = 30,
+                 bind_address: Any = None) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.bind_address = bind_address
+
+    def connect(self, factory: Any) -> defer.Deferred:
+        connecting = _Connecting(factory)
+        connector = self.reactor.connectTCP(
+            self.host, self.port, connecting, timeout=self.timeout,
+            bindAddress=self.bind_address,
+        )
+
+        def cancel(d: defer.Deferred) -> None:
+            connecting.cancelled = True
+            connector.stopConnecting()
+
+        connecting.deferred = defer.Deferred(cancel)
+        return connecting.deferred
+
+
+class _Connecting(ClientFactory):
+    noisy = False
+    cancelled = False
+    deferred: defer.Deferred
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self.factory.buildProtocol(addr)
+        if protocol is None:
+            self.deferred.errback(error.ConnectError(string="the protocol factory refused"))
+            return None
+        make_connection = protocol.makeConnection
+        deferred = self.deferred
+
+        def made(transport: Any) -> None:
+            # Only the first call is intercepted; then the class's method is back.
+            del protocol.makeConnection
+            make_connection(transport)
+            deferred.callback(protocol)
+
+        try:
+            protocol.makeConnection = made
+        except AttributeError:  # a protocol with __slots__: fire now
+            deferred.callback(protocol)
+        return protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(Failure(defer.CancelledError()) if self.cancelled else reason)
+
+
+def _direct(reactor: Any, endpoint: Any, timeout: float | None) -> Any:
+    """A `DirectTCPEndpoint` doing what ``endpoint`` (parsed from a ``tcp:`` string) does."""
+    if type(endpoint) is not TCP4ClientEndpoint:
+        return endpoint
+    try:
+        host, port = endpoint._host, endpoint._port
+        parsed_timeout, bind = endpoint._timeout, endpoint._bindAddress
+    except AttributeError:  # a Twisted without these attributes: keep its endpoint
+        return endpoint
+    return DirectTCPEndpoint(reactor, host, port, timeout or parsed_timeout, bind)
 
 
 @implementer(IUpstream)
@@ -175,12 +256,14 @@ class Backend:
         if cached is not None:
             return cached
         if self.address is not None:
-            endpoint = clientFromString(reactor, self.address)
+            endpoint = _direct(
+                reactor, clientFromString(reactor, self.address), self.connect_timeout
+            )
         else:
             endpoint = _host_endpoint(reactor, self.host, self.port, self.connect_timeout or 30)
         if self.tls is not None:
             endpoint = wrapClientTLS(self._tls(), endpoint)
-        if self.connect_timeout and self.address is not None:
+        if self.connect_timeout and not isinstance(endpoint, DirectTCPEndpoint):
             endpoint = DeadlineEndpoint(reactor, endpoint, self.connect_timeout)
         self._endpoints = {id(reactor): endpoint}
         return endpoint
@@ -250,12 +333,10 @@ class Backend:
 def _host_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
     # An IP literal needs no resolver thread nor Happy Eyeballs delays.
     try:
-        version = ipaddress.ip_address(host).version
+        ipaddress.ip_address(host)
     except ValueError:
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if version == 4:
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return DirectTCPEndpoint(reactor, host, port, timeout)
 
 
 def _host_port(host: str, port: int) -> str:

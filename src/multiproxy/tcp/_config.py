@@ -219,6 +219,7 @@ def tcp_config_from_table(reader: TableReader) -> TCPConfig:
         header_timeout=reader.number("header_timeout", _SETTINGS.header_timeout, minimum=0.001),
         retries=reader.integer("retries", _SETTINGS.retries, minimum=0, maximum=100),
         proxy_protocol=proxy_protocol,
+        splice=reader.boolean("splice", True),
     )
     health_table = reader.table_of("health")
     health = _health_from_table(health_table)
@@ -281,6 +282,7 @@ class TCPOptions(usage.Options):
     )
     optFlags = [
         ["no-health", None, "No active health checks (failing backends are still ejected)."],
+        ["no-splice", None, "Relay through Python even where Linux splice(2) could be used."],
     ]
     optParameters = [
         ["name", None, "tcp", "Name of this relay in logs."],
@@ -383,6 +385,7 @@ class TCPOptions(usage.Options):
                 header_timeout=self["header-timeout"],
                 retries=self["retries"],
                 proxy_protocol=self["proxy-protocol"],
+                splice=not self["no-splice"],
             ),
             health=HealthConfig(
                 check=check,  # type: ignore[arg-type]

@@ -47,6 +47,8 @@ class TCPSettings:
     @ivar retries: how many other backends to try after a failed connect.
     @ivar proxy_protocol: "v1" or "v2" to send a PROXY header to every
         backend (a backend's own ``proxy_protocol`` takes precedence).
+    @ivar splice: on Linux, move the bytes of plain TCP connections with
+        ``splice(2)`` (zero copy) instead of through Python.
     """
 
     connect_timeout: float = 5.0
@@ -54,6 +56,7 @@ class TCPSettings:
     header_timeout: float = 10.0
     retries: int = 2
     proxy_protocol: str | None = None
+    splice: bool = True
 
 
 def _host_port(address: Any) -> tuple[str, int]:
@@ -70,7 +73,9 @@ class TCPRelayProtocol(RelayServerProtocol):
     """One client connection of a `TCPRelayFactory`."""
 
     def __init__(self, factory: TCPRelayFactory) -> None:
-        super().__init__(factory.reactor, None, factory.settings.idle_timeout)
+        super().__init__(
+            factory.reactor, None, factory.settings.idle_timeout, factory.settings.splice
+        )
         self.factory = factory
         self.intent: Intent | None = None
         self.decision: Decision | None = None
@@ -134,9 +139,9 @@ class TCPRelayProtocol(RelayServerProtocol):
             return
         self.tried.add(backend.key)
         settings = self.factory.settings
-        endpoint = DeadlineEndpoint(
-            self.reactor, backend.endpoint(self.reactor), settings.connect_timeout
-        )
+        endpoint = backend.endpoint(self.reactor)
+        if getattr(backend, "connect_timeout", None) is None:
+            endpoint = DeadlineEndpoint(self.reactor, endpoint, settings.connect_timeout)
         version = getattr(backend, "proxy_protocol", None) or settings.proxy_protocol
         preamble = proxy_header(version, *self._ip_addresses) if version else b""
         started = self.reactor.seconds()
@@ -146,6 +151,8 @@ class TCPRelayProtocol(RelayServerProtocol):
         )
 
     def _connected(self, relay: Relay, backend: Any, started: float) -> None:
+        if relay.ended is not None:
+            return  # over before it began (its report is already out)
         backend.started()
         self.backend = backend
         self.connect_time = self.reactor.seconds() - started
