@@ -76,19 +76,26 @@ def memory_per_object(count: int) -> None:
     cache = SharedCache(store, CacheConfig(), clock=lambda: now[0])
     body = b"x" * 100
     date = format_http_date(now[0])
-    request = Headers([(b"Host", b"origin.example"), (b"User-Agent", b"bench/1.0"),
-                       (b"Accept", b"*/*")])
+    request = Headers(
+        [(b"Host", b"origin.example"), (b"User-Agent", b"bench/1.0"), (b"Accept", b"*/*")]
+    )
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(count):
         url = b"http://origin.example/objects/%08d" % i
         plan = cache.plan(b"GET", url, request)
-        headers = Headers([
-            (b"Server", b"nginx"), (b"Date", date), (b"Content-Type", b"text/plain"),
-            (b"Content-Length", b"100"), (b"Last-Modified", date),
-            (b"ETag", b'"%08x-64"' % i), (b"Cache-Control", b"max-age=3600"),
-        ])
+        headers = Headers(
+            [
+                (b"Server", b"nginx"),
+                (b"Date", date),
+                (b"Content-Type", b"text/plain"),
+                (b"Content-Length", b"100"),
+                (b"Last-Modified", date),
+                (b"ETag", b'"%08x-64"' % i),
+                (b"Cache-Control", b"max-age=3600"),
+            ]
+        )
         reply = cache.on_response(plan, 200, b"OK", headers, now[0], now[0])
         reply.writer.write(body)
         reply.writer.commit()
@@ -96,9 +103,11 @@ def memory_per_object(count: int) -> None:
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    print(f"memory: {count} stored responses (100-byte bodies, 7 header fields) use "
-          f"{used / 1048576:.1f} MiB: {used / count:.0f} bytes per object "
-          f"({(used - 100 * count) / count:.0f} bytes of overhead beyond the body)")
+    print(
+        f"memory: {count} stored responses (100-byte bodies, 7 header fields) use "
+        f"{used / 1048576:.1f} MiB: {used / count:.0f} bytes per object "
+        f"({(used - 100 * count) / count:.0f} bytes of overhead beyond the body)"
+    )
     url = b"http://origin.example/objects/%08d" % (count // 2)
     n = 20000
     started = time.perf_counter()
@@ -106,8 +115,10 @@ def memory_per_object(count: int) -> None:
         plan = cache.plan(b"GET", url, request)
         plan.answer.open_body().read(65536)
     elapsed = time.perf_counter() - started
-    print(f"core: planning and reading a hit takes {elapsed / n * 1e6:.1f} us "
-          f"({n / elapsed:.0f} per second, no I/O)")
+    print(
+        f"core: planning and reading a hit takes {elapsed / n * 1e6:.1f} us "
+        f"({n / elapsed:.0f} per second, no I/O)"
+    )
 
 
 # -- 2. through the proxy ---------------------------------------------------------
@@ -159,8 +170,10 @@ def measure(name: str, proxy_port: int, pid: int | None, lua: str, args) -> floa
     result = wrk(proxy, lua, args.seconds, args.connections)
     cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
     per = f"{cpu / max(result['requests'], 1) * 1e6:6.0f} CPU-us/req" if pid else ""
-    print(f"  {name:28s} {result['rps']:9.0f} req/s  p50 {result['p50']:>8s}  {per}  "
-          f"non-2xx {result['non2xx']}  {result['errors']}")
+    print(
+        f"  {name:28s} {result['rps']:9.0f} req/s  p50 {result['p50']:>8s}  {per}  "
+        f"non-2xx {result['non2xx']}  {result['errors']}"
+    )
     return result["rps"]
 
 
@@ -169,15 +182,25 @@ def through_proxy(args) -> dict[str, float]:
     with origin() as origin_port:
         base = f"http://127.0.0.1:{origin_port}"
         port = free_port()
-        with running([PYTHON, "-c", PROXY, str(port)], port,
-                     env=dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(HERE), "src"))) as p:
-            print(f"multiproxy forward proxy with the in-memory cache ({args.connections} connections, "
-                  f"{args.seconds:g} s each):")
-            results["hit"] = measure("hit (one URL, fresh)", port, p.pid,
-                                     absolute_url_lua(f"{base}/hit"), args)
-            unique = UNIQUE_LUA.replace("{base}", f"{base}/miss").replace("{host}", f"127.0.0.1:{origin_port}")
+        with running(
+            [PYTHON, "-c", PROXY, str(port)],
+            port,
+            env=dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(HERE), "src")),
+        ) as p:
+            print(
+                f"multiproxy forward proxy with the in-memory cache "
+                f"({args.connections} connections, {args.seconds:g} s each):"
+            )
+            results["hit"] = measure(
+                "hit (one URL, fresh)", port, p.pid, absolute_url_lua(f"{base}/hit"), args
+            )
+            unique = UNIQUE_LUA.replace("{base}", f"{base}/miss").replace(
+                "{host}", f"127.0.0.1:{origin_port}"
+            )
             results["miss"] = measure("miss (new URL, stored)", port, p.pid, unique, args)
-            results["pass"] = measure("pass (no-store)", port, p.pid, absolute_url_lua(f"{base}/pass"), args)
+            results["pass"] = measure(
+                "pass (no-store)", port, p.pid, absolute_url_lua(f"{base}/pass"), args
+            )
         squid = squid_hits(base, args)
         if squid is not None:
             results["squid-hit"] = squid
@@ -222,7 +245,9 @@ shutdown_lifetime 1 seconds
     try:
         with running([squid, "-N", "-f", conf], port) as p:
             print(f"\nSquid ({version.strip()}), memory cache, same origin and client:")
-            rps = measure("Squid hit (one URL, fresh)", port, p.pid, absolute_url_lua(f"{base}/hit"), args)
+            rps = measure(
+                "Squid hit (one URL, fresh)", port, p.pid, absolute_url_lua(f"{base}/hit"), args
+            )
     except RuntimeError as e:
         print(f"Squid did not start ({e}); skipped")
         return None

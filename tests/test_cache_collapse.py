@@ -31,7 +31,9 @@ class Recorder:
 
 def shared():
     h = Headers([(b"Cache-Control", b"max-age=60")])
-    return describe_response(b"http://h/", 200, b"OK", h, parse_response_directives(h), Headers(), 0.0, 0.0)
+    return describe_response(
+        b"http://h/", 200, b"OK", h, parse_response_directives(h), Headers(), 0.0, 0.0
+    )
 
 
 def test_waiters_receive_the_leaders_stream():

@@ -5,7 +5,7 @@ driven the way the HTTP layer drives it (plan, fetch, on_response, writer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -75,7 +75,9 @@ class Harness:
             if answer is not None:
                 return self._serve(answer, forwarded=True)
             return Result(self.cache.unreachable_status(plan, 502), Headers(), b"", True)
-        reply = self.cache.on_response(plan, status, b"R", Headers(list(fields)), self.now, self.now)
+        reply = self.cache.on_response(
+            plan, status, b"R", Headers(list(fields)), self.now, self.now
+        )
         if reply.refetch:
             return self._fetch(self.cache.refetch_plan(plan), respond, chunks)
         if method == b"HEAD" or status in (204, 304):
@@ -108,10 +110,12 @@ class Harness:
 
     def origin(self, *fields, status=200, body=None):
         """A responder that answers with ``fields`` (Date added) and a numbered body."""
+
         def respond(method, upstream):
             self.served += 1
             pairs = [(b"Date", self.date())] + list(fields)
             return status, pairs, body if body is not None else b"body-%d" % self.served
+
         return respond
 
 
@@ -155,8 +159,10 @@ def test_expires_gives_freshness_and_max_age_overrides_past_expires(h):
     assert not h2.request().forwarded
 
 
-@pytest.mark.parametrize("value", [b"max-age=0", b"max-age=a100", b"max-age=-100", b"max-age =100",
-                                   b"s-maxage=1, max-age=3600"])
+@pytest.mark.parametrize(
+    "value",
+    [b"max-age=0", b"max-age=a100", b"max-age=-100", b"max-age =100", b"s-maxage=1, max-age=3600"],
+)
 def test_stale_or_malformed_lifetime_is_not_reused(h, value):
     h.request(respond=h.origin(cc(value)))
     h.advance(2)
@@ -219,9 +225,16 @@ def test_private_and_authorization(h):
 
 
 def test_hop_by_hop_and_qualified_no_cache_fields_are_not_served_from_cache(h):
-    h.request(respond=h.origin(cc(b'max-age=3600, no-cache="a"'), (b"Connection", b"b"),
-                               (b"A", b"1"), (b"B", b"2"), (b"C", b"3"),
-                               (b"Proxy-Authenticate", b"Basic")))
+    h.request(
+        respond=h.origin(
+            cc(b'max-age=3600, no-cache="a"'),
+            (b"Connection", b"b"),
+            (b"A", b"1"),
+            (b"B", b"2"),
+            (b"C", b"3"),
+            (b"Proxy-Authenticate", b"Basic"),
+        )
+    )
     r = h.request()
     assert not r.forwarded
     assert r["C"] == b"3" and r["A"] is None and r["B"] is None
@@ -264,8 +277,10 @@ def test_vary_variants_coexist(h):
 def test_vary_three_fields_in_any_header_order_and_omitted_field(h):
     h.request(headers=[(b"Foo", b"1"), (b"Baz", b"789")], respond=vary_origin(h, b"Foo, Bar, Baz"))
     assert not h.request(headers=[(b"Baz", b"789"), (b"Foo", b"1")]).forwarded
-    assert h.request(headers=[(b"Foo", b"1"), (b"Bar", b"abc"), (b"Baz", b"789")],
-                     respond=vary_origin(h, b"Foo, Bar, Baz")).forwarded
+    assert h.request(
+        headers=[(b"Foo", b"1"), (b"Bar", b"abc"), (b"Baz", b"789")],
+        respond=vary_origin(h, b"Foo, Bar, Baz"),
+    ).forwarded
 
 
 def test_vary_star_never_matches(h):
@@ -274,8 +289,10 @@ def test_vary_star_never_matches(h):
 
 
 def test_vary_normalises_whitespace_lines_and_language_order(h):
-    h.request(headers=[(b"Foo", b"1,2"), (b"Accept-Language", b"en, de")],
-              respond=vary_origin(h, b"Foo, Accept-Language"))
+    h.request(
+        headers=[(b"Foo", b"1,2"), (b"Accept-Language", b"en, de")],
+        respond=vary_origin(h, b"Foo, Accept-Language"),
+    )
     r = h.request(headers=[(b"Foo", b"1"), (b"Foo", b" 2 "), (b"Accept-Language", b"de,en")])
     assert not r.forwarded
 
@@ -290,15 +307,21 @@ def etag_origin(h, etag=b'"abc"', *extra, status=200):
 def not_modified(h, *fields):
     def respond(method, upstream):
         return 304, [(b"Date", h.date())] + list(fields), b""
+
     return respond
 
 
 def test_stale_entry_is_revalidated_with_its_validators(h):
     lm = h.date(-3000)
-    first = h.request(respond=h.origin(cc(b"max-age=1"), (b"ETag", b"abcdef"), (b"Last-Modified", lm),
-                                       (b"Test-Header", b"A")))
+    first = h.request(
+        respond=h.origin(
+            cc(b"max-age=1"), (b"ETag", b"abcdef"), (b"Last-Modified", lm), (b"Test-Header", b"A")
+        )
+    )
     h.advance(2)
-    r = h.request(respond=not_modified(h, cc(b"max-age=3600"), (b"ETag", b'"abcdef"'), (b"Test-Header", b"B")))
+    r = h.request(
+        respond=not_modified(h, cc(b"max-age=3600"), (b"ETag", b'"abcdef"'), (b"Test-Header", b"B"))
+    )
     assert r.upstream.get(b"if-none-match") == b'"abcdef"'
     assert r.upstream.get(b"if-modified-since") == lm
     assert r.status == 200 and r.body == first.body
@@ -310,7 +333,11 @@ def test_stale_entry_is_revalidated_with_its_validators(h):
 
 
 def test_304_keeps_fields_it_omits(h):
-    h.request(respond=h.origin(cc(b"max-age=1"), (b"Last-Modified", h.date(-86400)), (b"Test-Header", b"A")))
+    h.request(
+        respond=h.origin(
+            cc(b"max-age=1"), (b"Last-Modified", h.date(-86400)), (b"Test-Header", b"A")
+        )
+    )
     h.advance(2)
     r = h.request(respond=not_modified(h, cc(b"max-age=3600"), (b"Last-Modified", h.date(-86402))))
     assert r["Test-Header"] == b"A"
@@ -326,6 +353,7 @@ def test_304_for_another_entity_tag_leads_to_a_full_refetch(h):
         if upstream.get(b"if-none-match"):
             return 304, [(b"ETag", b'"two"')], b""
         return 200, [(b"ETag", b'"two"'), cc(b"max-age=60")], b"fresh"
+
     r = h.request(respond=respond)
     assert r.status == 200 and r.body == b"fresh" and len(calls) == 2
 
@@ -375,7 +403,9 @@ def test_stale_entry_is_validated_then_the_client_gets_304(h):
     lm = h.date(-3000)
     h.request(respond=h.origin((b"Expires", h.date(2)), (b"Last-Modified", lm)))
     h.advance(3)
-    r = h.request(headers=[(b"If-Modified-Since", lm)], respond=not_modified(h, (b"Last-Modified", lm)))
+    r = h.request(
+        headers=[(b"If-Modified-Since", lm)], respond=not_modified(h, (b"Last-Modified", lm))
+    )
     assert r.forwarded and r.status == 304
 
 
@@ -394,10 +424,16 @@ def test_head_is_answered_from_a_stored_get(h):
 
 
 def test_head_on_stale_entry_is_forwarded_and_its_200_refreshes_the_get(h):
-    h.request(respond=h.origin((b"ETag", b'"e"'), cc(b"max-age=1"), (b"Template-A", b"1"), body=b"12345"))
+    h.request(
+        respond=h.origin((b"ETag", b'"e"'), cc(b"max-age=1"), (b"Template-A", b"1"), body=b"12345")
+    )
     h.advance(2)
-    r = h.request(method=b"HEAD", respond=h.origin((b"ETag", b'"e"'), cc(b"max-age=1000"),
-                                                   (b"Template-A", b"2"), (b"Content-Length", b"5")))
+    r = h.request(
+        method=b"HEAD",
+        respond=h.origin(
+            (b"ETag", b'"e"'), cc(b"max-age=1000"), (b"Template-A", b"2"), (b"Content-Length", b"5")
+        ),
+    )
     assert r.forwarded and r.upstream_method == b"HEAD"
     later = h.request()
     assert not later.forwarded and later["Template-A"] == b"2" and later.body == b"12345"
@@ -425,6 +461,7 @@ def test_range_miss_is_forwarded_and_206_not_stored(h):
     def respond(method, upstream):
         assert upstream.get(b"range") == b"bytes=-5"
         return 206, [(b"Content-Range", b"bytes 4-9/10"), cc(b"max-age=3600")], b"01234"
+
     r = h.request(headers=[(b"Range", b"bytes=-5")], respond=respond)
     assert r.status == 206 and h.store.count == 0
 
@@ -451,7 +488,9 @@ def test_location_and_content_location_on_the_same_origin_are_invalidated(h):
     foreign = b"http://elsewhere.example/x"
     for url in (other, foreign):
         h.request(url=url, respond=h.origin(cc(b"max-age=3600")))
-    h.request(method=b"POST", respond=h.origin((b"Location", b"/other"), (b"Content-Location", foreign)))
+    h.request(
+        method=b"POST", respond=h.origin((b"Location", b"/other"), (b"Content-Location", foreign))
+    )
     assert h.request(url=other).forwarded
     assert not h.request(url=foreign).forwarded
 
@@ -468,7 +507,9 @@ def test_only_if_cached(h):
 
 def test_request_no_cache_and_pragma_force_validation(h):
     h.request(respond=etag_origin(h, b'"x"', cc(b"max-age=3600")))
-    assert h.request(headers=[cc(b"no-cache")], respond=not_modified(h, (b"ETag", b'"x"'))).forwarded
+    assert h.request(
+        headers=[cc(b"no-cache")], respond=not_modified(h, (b"ETag", b'"x"'))
+    ).forwarded
     r = h.request(headers=[(b"Pragma", b"no-cache")], respond=not_modified(h, (b"ETag", b'"x"')))
     assert r.forwarded and r.x_cache == "REVALIDATED"
     assert r["Cache-Status"].startswith(b"multiproxy; fwd=request; fwd-status=304")
@@ -478,7 +519,9 @@ def test_request_max_stale_serves_stale(h):
     h.request(respond=h.origin(cc(b"max-age=1")))
     h.advance(5)
     r = h.request(headers=[cc(b"max-stale=1000")])
-    assert not r.forwarded and r.x_cache == "STALE" and r["Cache-Status"] == b"multiproxy; hit; ttl=-4"
+    assert (
+        not r.forwarded and r.x_cache == "STALE" and r["Cache-Status"] == b"multiproxy; hit; ttl=-4"
+    )
 
 
 def test_request_no_store_is_answered_but_not_stored(h):
@@ -534,7 +577,9 @@ def test_unreachable_origin_serves_stale_only_within_configured_grace():
     assert plain.request(respond=raise_unreachable).status == 502
 
 
-@pytest.mark.parametrize("value", [b"must-revalidate", b"proxy-revalidate", b"no-cache", b"s-maxage=2"])
+@pytest.mark.parametrize(
+    "value", [b"must-revalidate", b"proxy-revalidate", b"no-cache", b"s-maxage=2"]
+)
 def test_unreachable_origin_never_gets_stale_when_forbidden(value):
     h = Harness(config=CacheConfig(stale_if_unreachable=3600))
     h.request(respond=h.origin(cc(b"max-age=2, " + value)))
@@ -551,8 +596,14 @@ def test_unreachable_origin_never_gets_stale_when_forbidden(value):
 def test_waiter_gets_a_head_for_a_shareable_fresh_response(h):
     leader = h.cache.plan(b"GET", URL, Headers([(b"Accept-Language", b"en")]))
     assert leader.action is Action.FORWARD and leader.collapsible
-    reply = h.cache.on_response(leader, 200, b"OK", Headers([(b"Date", h.date()), cc(b"max-age=60"),
-                                                            (b"Vary", b"Accept-Language")]), h.now, h.now)
+    reply = h.cache.on_response(
+        leader,
+        200,
+        b"OK",
+        Headers([(b"Date", h.date()), cc(b"max-age=60"), (b"Vary", b"Accept-Language")]),
+        h.now,
+        h.now,
+    )
     assert reply.shared is not None
     same = h.cache.plan(b"GET", URL, Headers([(b"Accept-Language", b"en")]))
     answer = h.cache.answer_waiter(same, reply.shared, 5)
@@ -561,9 +612,13 @@ def test_waiter_gets_a_head_for_a_shareable_fresh_response(h):
     assert answer.headers.get(b"x-cache") == b"HIT"
     other = h.cache.plan(b"GET", URL, Headers([(b"Accept-Language", b"de")]))
     assert h.cache.answer_waiter(other, reply.shared, 5) is None
-    auth = h.cache.plan(b"GET", URL, Headers([(b"Accept-Language", b"en"), (b"Authorization", b"x")]))
+    auth = h.cache.plan(
+        b"GET", URL, Headers([(b"Accept-Language", b"en"), (b"Authorization", b"x")])
+    )
     assert h.cache.answer_waiter(auth, reply.shared, 5) is None
-    cond = h.cache.plan(b"GET", URL, Headers([(b"Accept-Language", b"en"), (b"If-None-Match", b"*")]))
+    cond = h.cache.plan(
+        b"GET", URL, Headers([(b"Accept-Language", b"en"), (b"If-None-Match", b"*")])
+    )
     assert h.cache.answer_waiter(cond, reply.shared, 5).status == 304
 
 

@@ -7,7 +7,11 @@ from hypothesis import strategies as st
 
 from multiproxy.cache._dates import format_http_date, parse_http_date
 from multiproxy.cache._directives import (
-    ANY_STALENESS, DELTA_MAX, parse_request_directives, parse_response_directives, split_list,
+    ANY_STALENESS,
+    DELTA_MAX,
+    parse_request_directives,
+    parse_response_directives,
+    split_list,
 )
 from multiproxy.http._headers import Headers
 
@@ -39,8 +43,15 @@ def test_first_occurrence_of_a_repeated_directive_wins_across_lines():
 
 
 def test_malformed_max_age_makes_the_response_stale_not_fresh():
-    for bad in (b"max-age=a100", b"max-age=100a", b"max-age=-100", b"max-age= 100",
-                b"max-age='3600'", b"max-age=3600.5", b"max-age"):
+    for bad in (
+        b"max-age=a100",
+        b"max-age=100a",
+        b"max-age=-100",
+        b"max-age= 100",
+        b"max-age='3600'",
+        b"max-age=3600.5",
+        b"max-age",
+    ):
         assert resp(bad).max_age == 0, bad
 
 
@@ -104,22 +115,34 @@ def test_parsers_never_raise_on_arbitrary_bytes(value):
 
 
 @settings(deadline=None)
-@given(st.lists(st.sampled_from([b"a", b"b c", b'"q,r"', b"x=1", b'y="2,3"']), min_size=1, max_size=6))
+@given(
+    st.lists(st.sampled_from([b"a", b"b c", b'"q,r"', b"x=1", b'y="2,3"']), min_size=1, max_size=6)
+)
 def test_split_list_round_trips_joined_members(members):
     assert split_list(b", ".join(members)) == members
 
 
 def test_http_date_formats_all_parse_to_the_same_time():
     expected = 784111777.0
-    for value in (b"Sun, 06 Nov 1994 08:49:37 GMT", b"Sunday, 06-Nov-94 08:49:37 GMT",
-                  b"Sun Nov  6 08:49:37 1994", b"SUN, 06 NOV 1994 08:49:37 gmt",
-                  b"Sun, 06-Nov-1994 08:49:37 GMT"):
+    for value in (
+        b"Sun, 06 Nov 1994 08:49:37 GMT",
+        b"Sunday, 06-Nov-94 08:49:37 GMT",
+        b"Sun Nov  6 08:49:37 1994",
+        b"SUN, 06 NOV 1994 08:49:37 gmt",
+        b"Sun, 06-Nov-1994 08:49:37 GMT",
+    ):
         assert parse_http_date(value, now=1.7e9) == expected, value
 
 
 def test_invalid_dates_are_none():
-    for value in (b"0", b"-1", b"", b"tomorrow", b"Sun, 31 Feb 1994 08:49:37 GMT",
-                  b"Sun, 06 Nov 1994 25:49:37 GMT"):
+    for value in (
+        b"0",
+        b"-1",
+        b"",
+        b"tomorrow",
+        b"Sun, 31 Feb 1994 08:49:37 GMT",
+        b"Sun, 06 Nov 1994 25:49:37 GMT",
+    ):
         assert parse_http_date(value) is None, value
 
 

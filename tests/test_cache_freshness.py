@@ -7,7 +7,12 @@ import pytest
 from multiproxy.cache._dates import format_http_date
 from multiproxy.cache._directives import parse_request_directives, parse_response_directives
 from multiproxy.cache._freshness import (
-    Reuse, age_value, current_age, freshness_lifetime, judge, usable_on_error,
+    Reuse,
+    age_value,
+    current_age,
+    freshness_lifetime,
+    judge,
+    usable_on_error,
 )
 from multiproxy.cache._store import describe_response
 from multiproxy.http._headers import Headers
@@ -22,8 +27,16 @@ def lifetime(status=200, **fields) -> float:
 
 def stored(*pairs, status=200, request_time=T0, response_time=T0, req=()):
     h = Headers(list(pairs))
-    return describe_response(b"http://x/", status, b"OK", h, parse_response_directives(h),
-                             Headers(list(req)), request_time, response_time)
+    return describe_response(
+        b"http://x/",
+        status,
+        b"OK",
+        h,
+        parse_response_directives(h),
+        Headers(list(req)),
+        request_time,
+        response_time,
+    )
 
 
 def rcc(value: bytes | None = None):
@@ -139,16 +152,28 @@ def test_unreachable_origin_grace_only_when_not_forbidden():
     assert not usable_on_error(s, rcc(), T0 + 20, disconnected=True, grace=0)
     assert usable_on_error(s, rcc(), T0 + 20, disconnected=True, grace=3600)
     assert not usable_on_error(s, rcc(), T0 + 20, disconnected=False, grace=3600)
-    for cc in (b"max-age=10, must-revalidate", b"max-age=10, proxy-revalidate",
-               b"s-maxage=10", b"max-age=10, no-cache", b"max-age=10, stale-if-error=99, must-revalidate"):
+    for cc in (
+        b"max-age=10, must-revalidate",
+        b"max-age=10, proxy-revalidate",
+        b"s-maxage=10",
+        b"max-age=10, no-cache",
+        b"max-age=10, stale-if-error=99, must-revalidate",
+    ):
         strict = stored((b"Cache-Control", cc))
         assert not usable_on_error(strict, rcc(), T0 + 20, disconnected=True, grace=3600), cc
 
 
 def test_describe_adds_date_when_missing_and_drops_hop_by_hop_fields():
-    s = stored((b"Cache-Control", b"max-age=1"), (b"Connection", b"x-a"), (b"X-A", b"1"),
-               (b"Keep-Alive", b"t=5"), (b"Transfer-Encoding", b"chunked"), (b"Age", b"3"),
-               (b"Proxy-Authenticate", b"Basic"), (b"X-B", b"2"))
+    s = stored(
+        (b"Cache-Control", b"max-age=1"),
+        (b"Connection", b"x-a"),
+        (b"X-A", b"1"),
+        (b"Keep-Alive", b"t=5"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Age", b"3"),
+        (b"Proxy-Authenticate", b"Basic"),
+        (b"X-B", b"2"),
+    )
     names = [n.lower() for n, _ in s.headers]
     assert names == [b"cache-control", b"x-b", b"date"]
     assert s.field(b"date") == format_http_date(T0)

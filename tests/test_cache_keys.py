@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multiproxy.cache._keys import (
-    cache_key, effective_url, normalise_field, variant_id, vary_matches, vary_names, vary_values,
+    cache_key,
+    effective_url,
+    normalise_field,
+    variant_id,
+    vary_matches,
+    vary_names,
+    vary_values,
 )
 from multiproxy.http._headers import Headers
 
@@ -48,13 +54,18 @@ def test_negotiation_fields_ignore_order_case_and_default_q():
     a = Headers([(b"Accept-Language", b"en, de")])
     b = Headers([(b"Accept-Language", b"DE,en;q=1.0")])
     assert normalise_field(b"accept-language", a) == normalise_field(b"accept-language", b)
-    assert normalise_field(b"accept-encoding", Headers([(b"Accept-Encoding", b"gzip;q=0.50, br")])) == \
-        normalise_field(b"accept-encoding", Headers([(b"Accept-Encoding", b"br, GZIP; q=0.5")]))
+    assert normalise_field(
+        b"accept-encoding", Headers([(b"Accept-Encoding", b"gzip;q=0.50, br")])
+    ) == normalise_field(b"accept-encoding", Headers([(b"Accept-Encoding", b"br, GZIP; q=0.5")]))
 
 
 def test_generic_field_values_stay_case_and_order_sensitive():
-    assert normalise_field(b"foo", Headers([(b"Foo", b"a, b")])) != normalise_field(b"foo", Headers([(b"Foo", b"b, a")]))
-    assert normalise_field(b"foo", Headers([(b"Foo", b"A")])) != normalise_field(b"foo", Headers([(b"Foo", b"a")]))
+    assert normalise_field(b"foo", Headers([(b"Foo", b"a, b")])) != normalise_field(
+        b"foo", Headers([(b"Foo", b"b, a")])
+    )
+    assert normalise_field(b"foo", Headers([(b"Foo", b"A")])) != normalise_field(
+        b"foo", Headers([(b"Foo", b"a")])
+    )
 
 
 def test_absent_matches_only_absent():
@@ -80,7 +91,9 @@ def test_variant_id_is_stable_and_distinguishes_values():
     assert variant_id(a) == variant_id(vary_values((b"foo",), Headers([(b"Foo", b" 1 ")])))
 
 
-_values = st.lists(st.sampled_from([b"a", b"b", b"c;q=0.5", b"d"]), min_size=1, max_size=4, unique=True)
+_values = st.lists(
+    st.sampled_from([b"a", b"b", b"c;q=0.5", b"d"]), min_size=1, max_size=4, unique=True
+)
 
 
 @settings(deadline=None)

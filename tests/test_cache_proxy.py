@@ -10,10 +10,10 @@ import os
 
 import pytest
 import pytest_twisted
+from loopback import curl, http_client_request
 from twisted.internet import defer, reactor, task, threads
 from twisted.web import resource, server
 
-from loopback import curl, http_client_request
 from multiproxy.cache import CacheConfig, DiskStore, SharedCache
 from multiproxy.cache._fetcher import CachingFetcher, caching_fetcher_factory
 
@@ -34,8 +34,10 @@ class Scripted(resource.Resource):
 
     def render(self, request):
         name = request.path.decode().lstrip("/")
-        headers = {k.decode().lower(): b", ".join(v).decode()
-                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        headers = {
+            k.decode().lower(): b", ".join(v).decode()
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
         self.seen.append((request.method, name, headers))
         status, fields, body, delay = self.routes.get(name, (404, [], b"no such route\n", 0))
         etag = dict((k.lower(), v) for k, v in fields).get("etag")
@@ -73,6 +75,7 @@ def scripted():
 @pytest.fixture
 def cached_proxy(start_forward):
     """Start a forward proxy with the cache in front of its pool; returns (port, CachingFetcher)."""
+
     def start(config: CacheConfig = CacheConfig(), store=None):
         port, factory = start_forward()
         if store is None:
@@ -82,6 +85,7 @@ def cached_proxy(start_forward):
             factory.fetcher = CachingFetcher(factory.fetcher, cache, reactor)
         factory.fetcher.proxy_factory = factory  # for tests that inspect connections
         return port, factory.fetcher
+
     return start
 
 
@@ -99,8 +103,12 @@ def h(headers):
 
 @pytest_twisted.ensureDeferred
 async def test_second_request_is_a_hit_with_age_and_logged(cached_proxy, scripted, reporter):
-    scripted.routes["a"] = (200, [("Cache-Control", "max-age=3600"), ("Content-Type", "text/plain")],
-                            b"hello cache", 0)
+    scripted.routes["a"] = (
+        200,
+        [("Cache-Control", "max-age=3600"), ("Content-Type", "text/plain")],
+        b"hello cache",
+        0,
+    )
     port, _ = cached_proxy()
     out1, err, code = await curl("-x", f"http://127.0.0.1:{port}", "-D", "-", url(scripted, "a"))
     assert code == 0, err
@@ -116,7 +124,12 @@ async def test_second_request_is_a_hit_with_age_and_logged(cached_proxy, scripte
 
 @pytest_twisted.ensureDeferred
 async def test_stale_entry_is_revalidated_with_a_conditional_request(cached_proxy, scripted):
-    scripted.routes["v"] = (200, [("Cache-Control", "max-age=0"), ("ETag", '"v1"')], b"version one", 0)
+    scripted.routes["v"] = (
+        200,
+        [("Cache-Control", "max-age=0"), ("ETag", '"v1"')],
+        b"version one",
+        0,
+    )
     port, _ = cached_proxy()
     await get(port, url(scripted, "v"))
     status, headers, body = await get(port, url(scripted, "v"))
@@ -150,8 +163,13 @@ async def test_client_conditional_request_gets_304_from_a_fresh_entry(cached_pro
 async def test_vary_keeps_one_variant_per_language(cached_proxy, scripted):
     def negotiated():
         return scripted.seen[-1][2].get("accept-language", "none").encode()
-    scripted.routes["l"] = (200, [("Cache-Control", "max-age=3600"), ("Vary", "Accept-Language")],
-                            negotiated, 0)
+
+    scripted.routes["l"] = (
+        200,
+        [("Cache-Control", "max-age=3600"), ("Vary", "Accept-Language")],
+        negotiated,
+        0,
+    )
     port, _ = cached_proxy()
     assert (await get(port, url(scripted, "l"), {"Accept-Language": "en"}))[2] == b"en"
     assert (await get(port, url(scripted, "l"), {"Accept-Language": "de"}))[2] == b"de"
@@ -175,7 +193,9 @@ async def test_range_and_head_are_answered_from_a_stored_get(cached_proxy, scrip
     scripted.routes["r"] = (200, [("Cache-Control", "max-age=3600")], b"0123456789", 0)
     port, _ = cached_proxy()
     await get(port, url(scripted, "r"))
-    out, err, code = await curl("-x", f"http://127.0.0.1:{port}", "-r", "2-5", "-D", "-", url(scripted, "r"))
+    out, err, code = await curl(
+        "-x", f"http://127.0.0.1:{port}", "-r", "2-5", "-D", "-", url(scripted, "r")
+    )
     assert code == 0, err
     assert out.startswith(b"HTTP/1.1 206") and out.endswith(b"2345")
     assert b"content-range: bytes 2-5/10" in out.lower()
@@ -227,8 +247,12 @@ async def test_not_shareable_response_makes_waiters_fetch_on_their_own(cached_pr
 
 @pytest_twisted.ensureDeferred
 async def test_dead_origin_gets_stale_if_error_answer(cached_proxy, scripted):
-    scripted.routes["s"] = (200, [("Cache-Control", "max-age=0, stale-if-error=600"),
-                                  ("ETag", '"s"')], b"still here", 0)
+    scripted.routes["s"] = (
+        200,
+        [("Cache-Control", "max-age=0, stale-if-error=600"), ("ETag", '"s"')],
+        b"still here",
+        0,
+    )
     port, fetcher = cached_proxy()
     await get(port, url(scripted, "s"))
     await scripted.listening.stopListening()
@@ -240,8 +264,12 @@ async def test_dead_origin_gets_stale_if_error_answer(cached_proxy, scripted):
 
 @pytest_twisted.ensureDeferred
 async def test_dead_origin_without_permission_is_an_error(cached_proxy, scripted):
-    scripted.routes["m"] = (200, [("Cache-Control", "max-age=0, must-revalidate"), ("ETag", '"m"')],
-                            b"strict", 0)
+    scripted.routes["m"] = (
+        200,
+        [("Cache-Control", "max-age=0, must-revalidate"), ("ETag", '"m"')],
+        b"strict",
+        0,
+    )
     port, fetcher = cached_proxy(CacheConfig(stale_if_unreachable=3600))
     await get(port, url(scripted, "m"))
     await scripted.listening.stopListening()
@@ -280,8 +308,12 @@ async def test_post_invalidates_the_stored_get(cached_proxy, scripted):
 
 @pytest_twisted.ensureDeferred
 async def test_stale_while_revalidate_answers_at_once_and_refreshes(cached_proxy, scripted):
-    scripted.routes["w"] = (200, [("Cache-Control", "max-age=0, stale-while-revalidate=60"),
-                                  ("ETag", '"w1"')], b"old", 0)
+    scripted.routes["w"] = (
+        200,
+        [("Cache-Control", "max-age=0, stale-while-revalidate=60"), ("ETag", '"w1"')],
+        b"old",
+        0,
+    )
     port, _ = cached_proxy()
     await get(port, url(scripted, "w"))
     scripted.routes["w"] = (200, [("Cache-Control", "max-age=3600"), ("ETag", '"w2"')], b"new", 0)
@@ -316,6 +348,7 @@ async def test_slow_reader_of_a_cached_object_is_streamed_with_backpressure(cach
     await get(port, url(scripted, "z"))
     stalled = threads.deferToThread  # the client reads a little, then stops for a while
     import threading
+
     resume = threading.Event()
 
     def slow_read():

@@ -12,7 +12,9 @@ from multiproxy.http._headers import Headers
 def why(status=200, method=b"GET", request=(), **fields):
     rh = Headers(list(request))
     h = Headers([(k.replace("_", "-").encode(), v) for k, v in fields.items()])
-    return refusal(method, status, rh, parse_request_directives(rh), h, parse_response_directives(h))
+    return refusal(
+        method, status, rh, parse_request_directives(rh), h, parse_response_directives(h)
+    )
 
 
 def test_fresh_get_response_is_storable():
@@ -44,12 +46,15 @@ def test_private_is_not_stored_by_a_shared_cache_but_qualified_private_is():
     assert why(cache_control=b'private="Set-Cookie", max-age=60') is None
 
 
-@pytest.mark.parametrize("cc,ok", [
-    (b"max-age=60", False),
-    (b"max-age=60, public", True),
-    (b"max-age=60, must-revalidate", True),
-    (b"s-maxage=60", True),
-])
+@pytest.mark.parametrize(
+    "cc,ok",
+    [
+        (b"max-age=60", False),
+        (b"max-age=60, public", True),
+        (b"max-age=60, must-revalidate", True),
+        (b"s-maxage=60", True),
+    ],
+)
 def test_authorization_needs_an_explicit_shared_directive(cc, ok):
     result = why(request=[(b"Authorization", b"FOO")], cache_control=cc)
     assert (result is None) is ok

@@ -8,7 +8,14 @@ from dataclasses import replace
 import pytest
 from zope.interface.verify import verifyObject
 
-from multiproxy.cache import CorruptEntry, DiskStore, ICacheEntry, ICacheStore, IEntryWriter, MemoryStore
+from multiproxy.cache import (
+    CorruptEntry,
+    DiskStore,
+    ICacheEntry,
+    ICacheStore,
+    IEntryWriter,
+    MemoryStore,
+)
 from multiproxy.cache._directives import parse_response_directives
 from multiproxy.cache._store import decode_meta, describe_response, encode_meta, pack_fields
 from multiproxy.http._headers import Headers
@@ -21,7 +28,9 @@ def meta(url=b"http://h/a", vary=None, req=(), **fields):
     if vary:
         pairs.append((b"Vary", vary))
     h = Headers(pairs)
-    return describe_response(url, 200, b"OK", h, parse_response_directives(h), Headers(list(req)), T0, T0)
+    return describe_response(
+        url, 200, b"OK", h, parse_response_directives(h), Headers(list(req)), T0, T0
+    )
 
 
 def put(store, m, body=b"hello", chunks=None):
@@ -49,6 +58,7 @@ def make(request, tmp_path):
         if request.param == "memory":
             return MemoryStore(max_size, max_object_size)
         return DiskStore(str(tmp_path / "cache"), max_size, max_object_size)
+
     return factory
 
 

@@ -9,8 +9,16 @@ from multiproxy.cache._directives import parse_response_directives
 from multiproxy.cache._invalidation import invalidated_keys
 from multiproxy.cache._store import describe_response
 from multiproxy.cache._validation import (
-    UNSATISFIABLE, byte_range, freshen, if_range_holds, merge_fields, not_modified,
-    not_modified_fields, parse_etag, refresh_from_head, validation_headers,
+    UNSATISFIABLE,
+    byte_range,
+    freshen,
+    if_range_holds,
+    merge_fields,
+    not_modified,
+    not_modified_fields,
+    parse_etag,
+    refresh_from_head,
+    validation_headers,
 )
 from multiproxy.http._headers import Headers
 
@@ -20,7 +28,9 @@ LM = format_http_date(T0 - 3000)
 
 def stored(*pairs, length=10):
     h = Headers([(b"Date", format_http_date(T0))] + list(pairs))
-    m = describe_response(b"http://x/", 200, b"OK", h, parse_response_directives(h), Headers(), T0, T0)
+    m = describe_response(
+        b"http://x/", 200, b"OK", h, parse_response_directives(h), Headers(), T0, T0
+    )
     return m.with_length(length)
 
 
@@ -33,8 +43,14 @@ def test_etag_parsing_weak_strong_and_unquoted():
 
 def test_validation_headers_replace_client_preconditions_with_stored_validators():
     m = stored((b"ETag", b"abcdef"), (b"Last-Modified", LM))
-    client = Headers([(b"Host", b"x"), (b"If-None-Match", b'"old"'), (b"Range", b"bytes=0-1"),
-                      (b"If-Modified-Since", LM)])
+    client = Headers(
+        [
+            (b"Host", b"x"),
+            (b"If-None-Match", b'"old"'),
+            (b"Range", b"bytes=0-1"),
+            (b"If-Modified-Since", LM),
+        ]
+    )
     out = validation_headers(client, m)
     assert out.get_all(b"if-none-match") == [b'"abcdef"']
     assert out.get_all(b"if-modified-since") == [LM]
@@ -43,16 +59,31 @@ def test_validation_headers_replace_client_preconditions_with_stored_validators(
 
 
 def test_merge_304_replaces_fields_but_not_length_or_hop_by_hop():
-    old = ((b"Content-Type", b"text/plain"), (b"X-A", b"1"), (b"Set-Cookie", b"a=b"), (b"X-Keep", b"k"))
-    new = Headers([(b"Content-Type", b"text/plain;charset=utf-8"), (b"X-A", b"2"),
-                   (b"Content-Length", b"99"), (b"Connection", b"x-hop"), (b"X-Hop", b"h"),
-                   (b"Set-Cookie", b"a=c"), (b"Set-Cookie", b"d=e")])
+    old = (
+        (b"Content-Type", b"text/plain"),
+        (b"X-A", b"1"),
+        (b"Set-Cookie", b"a=b"),
+        (b"X-Keep", b"k"),
+    )
+    new = Headers(
+        [
+            (b"Content-Type", b"text/plain;charset=utf-8"),
+            (b"X-A", b"2"),
+            (b"Content-Length", b"99"),
+            (b"Connection", b"x-hop"),
+            (b"X-Hop", b"h"),
+            (b"Set-Cookie", b"a=c"),
+            (b"Set-Cookie", b"d=e"),
+        ]
+    )
     merged = dict_multi(merge_fields(old, new))
     assert merged[b"content-type"] == [b"text/plain;charset=utf-8"]
     assert merged[b"x-a"] == [b"2"]
     assert merged[b"set-cookie"] == [b"a=c", b"d=e"]
     assert merged[b"x-keep"] == [b"k"]
-    assert b"content-length" not in merged and b"x-hop" not in merged and b"connection" not in merged
+    assert (
+        b"content-length" not in merged and b"x-hop" not in merged and b"connection" not in merged
+    )
 
 
 def dict_multi(fields):
@@ -64,9 +95,20 @@ def dict_multi(fields):
 
 def test_freshen_updates_lifetime_and_times():
     m = stored((b"Cache-Control", b"max-age=1"), (b"ETag", b'"e"'), (b"X", b"a"))
-    new = freshen(m, Headers([(b"Cache-Control", b"max-age=3600"), (b"ETag", b'"e"'), (b"X", b"b"),
-                              (b"Date", format_http_date(T0 + 50)), (b"Age", b"4")]),
-                  T0 + 49, T0 + 50)
+    new = freshen(
+        m,
+        Headers(
+            [
+                (b"Cache-Control", b"max-age=3600"),
+                (b"ETag", b'"e"'),
+                (b"X", b"b"),
+                (b"Date", format_http_date(T0 + 50)),
+                (b"Age", b"4"),
+            ]
+        ),
+        T0 + 49,
+        T0 + 50,
+    )
     assert new.lifetime == 3600 and new.response_time == T0 + 50 and new.age_value == 4
     assert new.field(b"x") == b"b" and new.body_length == 10
 
@@ -84,17 +126,37 @@ def test_freshen_refuses_a_304_for_another_representation():
 
 def test_head_refresh_keeps_matching_entry_and_drops_changed_one():
     m = stored((b"Cache-Control", b"max-age=1"), (b"ETag", b'"e"'), (b"Template-A", b"1"), length=5)
-    same = refresh_from_head(m, Headers([(b"ETag", b'"e"'), (b"Content-Length", b"5"),
-                                         (b"Cache-Control", b"max-age=1000"), (b"Template-A", b"2")]), T0, T0)
+    same = refresh_from_head(
+        m,
+        Headers(
+            [
+                (b"ETag", b'"e"'),
+                (b"Content-Length", b"5"),
+                (b"Cache-Control", b"max-age=1000"),
+                (b"Template-A", b"2"),
+            ]
+        ),
+        T0,
+        T0,
+    )
     assert same.lifetime == 1000 and same.field(b"template-a") == b"2"
     assert refresh_from_head(m, Headers([(b"ETag", b'"f"')]), T0, T0) is None
-    assert refresh_from_head(m, Headers([(b"ETag", b'"e"'), (b"Content-Length", b"6")]), T0, T0) is None
+    assert (
+        refresh_from_head(m, Headers([(b"ETag", b'"e"'), (b"Content-Length", b"6")]), T0, T0)
+        is None
+    )
 
 
-@pytest.mark.parametrize("inm,expected", [
-    (b'"abcdef"', True), (b'"1234", "abcdef", "5678"', True), (b'W/"abcdef"', True),
-    (b"*", True), (b'"nope"', False),
-])
+@pytest.mark.parametrize(
+    "inm,expected",
+    [
+        (b'"abcdef"', True),
+        (b'"1234", "abcdef", "5678"', True),
+        (b'W/"abcdef"', True),
+        (b"*", True),
+        (b'"nope"', False),
+    ],
+)
 def test_if_none_match_uses_weak_comparison(inm, expected):
     m = stored((b"ETag", b'"abcdef"'))
     assert not_modified(b"GET", Headers([(b"If-None-Match", inm)]), m) is expected
@@ -104,7 +166,9 @@ def test_if_modified_since_against_last_modified_or_date():
     m = stored((b"Last-Modified", LM))
     assert not_modified(b"GET", Headers([(b"If-Modified-Since", LM)]), m)
     assert not_modified(b"GET", Headers([(b"If-Modified-Since", format_http_date(T0 - 2000))]), m)
-    assert not not_modified(b"GET", Headers([(b"If-Modified-Since", format_http_date(T0 - 4000))]), m)
+    assert not not_modified(
+        b"GET", Headers([(b"If-Modified-Since", format_http_date(T0 - 4000))]), m
+    )
     assert not not_modified(b"GET", Headers([(b"If-Modified-Since", b"garbage")]), m)
     no_lm = stored()
     assert not_modified(b"GET", Headers([(b"If-Modified-Since", format_http_date(T0))]), no_lm)
@@ -117,18 +181,36 @@ def test_if_none_match_takes_precedence_over_if_modified_since():
 
 
 def test_not_modified_fields_are_the_rfc_list():
-    m = stored((b"ETag", b'"a"'), (b"Content-Type", b"text/html"), (b"Cache-Control", b"max-age=5"),
-               (b"Last-Modified", LM), (b"Vary", b"Accept"))
+    m = stored(
+        (b"ETag", b'"a"'),
+        (b"Content-Type", b"text/html"),
+        (b"Cache-Control", b"max-age=5"),
+        (b"Last-Modified", LM),
+        (b"Vary", b"Accept"),
+    )
     names = {n.lower() for n, _ in not_modified_fields(m)}
     assert names == {b"date", b"etag", b"cache-control", b"vary"}
-    assert b"last-modified" in {n.lower() for n, _ in not_modified_fields(stored((b"Last-Modified", LM)))}
+    assert b"last-modified" in {
+        n.lower() for n, _ in not_modified_fields(stored((b"Last-Modified", LM)))
+    }
 
 
-@pytest.mark.parametrize("value,expected", [
-    (b"bytes=0-1", (0, 1)), (b"bytes=1-", (1, 10)), (b"bytes=-1", (10, 10)), (b"bytes=5-100", (5, 10)),
-    (b"bytes=-100", (0, 10)), (b"bytes=11-", UNSATISFIABLE), (b"bytes=-0", UNSATISFIABLE),
-    (b"bytes=0-1,3-4", None), (b"items=0-1", None), (b"bytes=3-1", None), (b"bytes=a-b", None),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (b"bytes=0-1", (0, 1)),
+        (b"bytes=1-", (1, 10)),
+        (b"bytes=-1", (10, 10)),
+        (b"bytes=5-100", (5, 10)),
+        (b"bytes=-100", (0, 10)),
+        (b"bytes=11-", UNSATISFIABLE),
+        (b"bytes=-0", UNSATISFIABLE),
+        (b"bytes=0-1,3-4", None),
+        (b"items=0-1", None),
+        (b"bytes=3-1", None),
+        (b"bytes=a-b", None),
+    ],
+)
 def test_byte_range(value, expected):
     assert byte_range(value, 11) == expected
 
@@ -152,5 +234,6 @@ def test_unsafe_success_invalidates_target_and_same_origin_locations(method):
 def test_errors_and_safe_methods_do_not_invalidate():
     assert invalidated_keys(b"POST", b"http://h/a", 500, Headers()) == []
     assert invalidated_keys(b"GET", b"http://h/a", 200, Headers()) == []
-    assert invalidated_keys(b"POST", b"http://h/a", 302, Headers([(b"Location", b"http://h:80/b")])) == [
-        b"http://h/a", b"http://h/b"]
+    assert invalidated_keys(
+        b"POST", b"http://h/a", 302, Headers([(b"Location", b"http://h:80/b")])
+    ) == [b"http://h/a", b"http://h/b"]

@@ -11,7 +11,10 @@ from multiproxy.cache._cache import Action, Answer, Plan, Reply, SharedCache
 from multiproxy.cache._collapse import CollapsedForwarding, Flight, Waiter
 from multiproxy.cache._config import CacheConfig, cache_from_table, make_store, parse_size
 from multiproxy.cache._directives import (
-    RequestDirectives, ResponseDirectives, parse_request_directives, parse_response_directives,
+    RequestDirectives,
+    ResponseDirectives,
+    parse_request_directives,
+    parse_response_directives,
 )
 from multiproxy.cache._disk import DiskStore
 from multiproxy.cache._freshness import Judgement, Reuse, current_age, freshness_lifetime, judge
@@ -23,10 +26,39 @@ from multiproxy.cache._status import CacheOutcome
 from multiproxy.cache._store import CorruptEntry, StoredResponse
 
 __all__ = [
-    "Action", "Answer", "CACHE_OPT_FLAGS", "CACHE_OPT_PARAMETERS", "CacheConfig", "CacheOutcome",
-    "CollapsedForwarding", "CorruptEntry", "DiskStore", "Flight", "IBodyReader", "ICacheEntry",
-    "ICacheStore", "IEntryWriter", "Judgement", "MemoryStore", "Plan", "Reply", "RequestDirectives",
-    "ResponseDirectives", "Reuse", "SharedCache", "StoredResponse", "Waiter", "cache_from_options",
-    "cache_from_table", "cache_key", "current_age", "effective_url", "freshness_lifetime", "judge",
-    "make_store", "parse_request_directives", "parse_response_directives", "parse_size",
+    "Action",
+    "Answer",
+    "CACHE_OPT_FLAGS",
+    "CACHE_OPT_PARAMETERS",
+    "CacheConfig",
+    "CacheOutcome",
+    "CollapsedForwarding",
+    "CorruptEntry",
+    "DiskStore",
+    "Flight",
+    "IBodyReader",
+    "ICacheEntry",
+    "ICacheStore",
+    "IEntryWriter",
+    "Judgement",
+    "MemoryStore",
+    "Plan",
+    "Reply",
+    "RequestDirectives",
+    "ResponseDirectives",
+    "Reuse",
+    "SharedCache",
+    "StoredResponse",
+    "Waiter",
+    "cache_from_options",
+    "cache_from_table",
+    "cache_key",
+    "current_age",
+    "effective_url",
+    "freshness_lifetime",
+    "judge",
+    "make_store",
+    "parse_request_directives",
+    "parse_response_directives",
+    "parse_size",
 ]

@@ -24,8 +24,8 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from zope.interface import implementer
 
@@ -33,7 +33,9 @@ from multiproxy._errors import STATUS_REASONS
 from multiproxy.cache._config import CacheConfig
 from multiproxy.cache._dates import format_http_date
 from multiproxy.cache._directives import (
-    RequestDirectives, parse_request_directives, parse_response_directives,
+    RequestDirectives,
+    parse_request_directives,
+    parse_response_directives,
 )
 from multiproxy.cache._freshness import Reuse, current_age, judge, usable_on_error
 from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, IEntryWriter
@@ -43,8 +45,16 @@ from multiproxy.cache._status import CacheOutcome
 from multiproxy.cache._storable import refusal
 from multiproxy.cache._store import StoredResponse, describe_response
 from multiproxy.cache._validation import (
-    CONDITIONAL_FIELDS, UNSATISFIABLE, byte_range, freshen, has_validator, if_range_holds,
-    not_modified, not_modified_fields, refresh_from_head, validation_headers,
+    CONDITIONAL_FIELDS,
+    UNSATISFIABLE,
+    byte_range,
+    freshen,
+    has_validator,
+    if_range_holds,
+    not_modified,
+    not_modified_fields,
+    refresh_from_head,
+    validation_headers,
 )
 from multiproxy.http._headers import Headers
 
@@ -52,9 +62,16 @@ _AGE_MAX = 2**31
 _NO_DIRECTIVES = RequestDirectives()
 
 
+@lru_cache(maxsize=2048)
+def _has_x_cache(head: bytes) -> bool:
+    return b"x-cache:" in head.lower()
+
+
 @lru_cache(maxsize=1024)
 def _cache_status(outcome: CacheOutcome, name: str) -> bytes:
     return outcome.cache_status(name)
+
+
 _RETRYABLE_ERRORS = frozenset({500, 502, 503, 504})
 
 
@@ -189,15 +206,34 @@ class SharedCache:
         """Decide how to handle a request for absolute URI ``url``."""
         key = cache_key(url)
         names = {n.lower() for n, _ in request_headers}
-        rcc = (parse_request_directives(request_headers)
-               if b"cache-control" in names or b"pragma" in names else _NO_DIRECTIVES)
+        rcc = (
+            parse_request_directives(request_headers)
+            if b"cache-control" in names or b"pragma" in names
+            else _NO_DIRECTIVES
+        )
         if method not in (b"GET", b"HEAD"):
-            return Plan(Action.PASS, method, url, key, request_headers, rcc,
-                        CacheOutcome(fwd="method"), upstream_headers=request_headers)
+            return Plan(
+                Action.PASS,
+                method,
+                url,
+                key,
+                request_headers,
+                rcc,
+                CacheOutcome(fwd="method"),
+                upstream_headers=request_headers,
+            )
         if b"if-match" in names or b"if-unmodified-since" in names:
             # RFC 9111 4.3.2: these preconditions are for the origin alone.
-            return Plan(Action.PASS, method, url, key, request_headers, rcc,
-                        CacheOutcome(fwd="request"), upstream_headers=request_headers)
+            return Plan(
+                Action.PASS,
+                method,
+                url,
+                key,
+                request_headers,
+                rcc,
+                CacheOutcome(fwd="request"),
+                upstream_headers=request_headers,
+            )
         now = self.clock()
         entries = self.store.lookup(key)
         matching = [e for e in entries if vary_matches(e.meta.vary, request_headers)]
@@ -205,31 +241,71 @@ class SharedCache:
             fwd = "vary-miss" if entries else "uri-miss"
             if rcc.only_if_cached:
                 return self._only_if_cached(method, url, key, request_headers, rcc, now, fwd)
-            collapsible = method == b"GET" and not rcc.no_store and names.isdisjoint(CONDITIONAL_FIELDS)
-            return Plan(Action.FORWARD, method, url, key, request_headers, rcc,
-                        CacheOutcome(fwd=fwd), upstream_headers=request_headers,
-                        collapsible=collapsible)
+            collapsible = (
+                method == b"GET" and not rcc.no_store and names.isdisjoint(CONDITIONAL_FIELDS)
+            )
+            return Plan(
+                Action.FORWARD,
+                method,
+                url,
+                key,
+                request_headers,
+                rcc,
+                CacheOutcome(fwd=fwd),
+                upstream_headers=request_headers,
+                collapsible=collapsible,
+            )
         # RFC 9111 4: the most recent matching response (by Date).
         entry = max(matching, key=lambda e: (e.meta.date_value, e.meta.response_time))
         j = judge(entry.meta, rcc, now)
         if j.reuse is not Reuse.VALIDATE:
             swr = j.reuse is Reuse.STALE_WHILE_REVALIDATE
             outcome = CacheOutcome(
-                hit=True, ttl=int(j.ttl), stale=j.reuse is not Reuse.FRESH,
+                hit=True,
+                ttl=int(j.ttl),
+                stale=j.reuse is not Reuse.FRESH,
                 detail="stale-while-revalidate" if swr else None,
             )
             answer = self._answer(entry, method, request_headers, j.age, outcome, now, names)
-            return Plan(Action.ANSWER, method, url, key, request_headers, rcc, outcome,
-                        entry=entry, answer=answer, revalidate=swr)
+            return Plan(
+                Action.ANSWER,
+                method,
+                url,
+                key,
+                request_headers,
+                rcc,
+                outcome,
+                entry=entry,
+                answer=answer,
+                revalidate=swr,
+            )
         fwd = "request" if j.reason == "request" else "stale"
         if rcc.only_if_cached:
             return self._only_if_cached(method, url, key, request_headers, rcc, now, fwd)
         if not has_validator(entry.meta):
-            return Plan(Action.FORWARD, method, url, key, request_headers, rcc,
-                        CacheOutcome(fwd=fwd), upstream_headers=request_headers, entry=entry)
-        return Plan(Action.VALIDATE, method, url, key, request_headers, rcc, CacheOutcome(fwd=fwd),
-                    upstream_headers=validation_headers(request_headers, entry.meta),
-                    entry=entry, collapsible=method == b"GET")
+            return Plan(
+                Action.FORWARD,
+                method,
+                url,
+                key,
+                request_headers,
+                rcc,
+                CacheOutcome(fwd=fwd),
+                upstream_headers=request_headers,
+                entry=entry,
+            )
+        return Plan(
+            Action.VALIDATE,
+            method,
+            url,
+            key,
+            request_headers,
+            rcc,
+            CacheOutcome(fwd=fwd),
+            upstream_headers=validation_headers(request_headers, entry.meta),
+            entry=entry,
+            collapsible=method == b"GET",
+        )
 
     def _only_if_cached(self, method, url, key, request_headers, rcc, now, fwd) -> Plan:
         outcome = CacheOutcome(detail="only-if-cached")
@@ -243,27 +319,56 @@ class SharedCache:
         entry = plan.entry
         assert entry is not None
         if has_validator(entry.meta):
-            return Plan(Action.VALIDATE, b"GET", plan.url, plan.key, plan.request_headers,
-                        RequestDirectives(), CacheOutcome(fwd="stale"),
-                        upstream_headers=validation_headers(plan.request_headers, entry.meta),
-                        entry=entry)
+            return Plan(
+                Action.VALIDATE,
+                b"GET",
+                plan.url,
+                plan.key,
+                plan.request_headers,
+                RequestDirectives(),
+                CacheOutcome(fwd="stale"),
+                upstream_headers=validation_headers(plan.request_headers, entry.meta),
+                entry=entry,
+            )
         headers = plan.request_headers.copy()
         headers.remove_all(CONDITIONAL_FIELDS)
-        return Plan(Action.FORWARD, b"GET", plan.url, plan.key, headers, RequestDirectives(),
-                    CacheOutcome(fwd="stale"), upstream_headers=headers, entry=entry)
+        return Plan(
+            Action.FORWARD,
+            b"GET",
+            plan.url,
+            plan.key,
+            headers,
+            RequestDirectives(),
+            CacheOutcome(fwd="stale"),
+            upstream_headers=headers,
+            entry=entry,
+        )
 
     def refetch_plan(self, plan: Plan) -> Plan:
         """The unconditional request to send when a 304 could not be used (`Reply.refetch`)."""
         headers = plan.request_headers.copy()
         headers.remove_all(CONDITIONAL_FIELDS)
-        return Plan(Action.FORWARD, plan.method, plan.url, plan.key, plan.request_headers,
-                    plan.request_cc, CacheOutcome(fwd=plan.outcome.fwd), upstream_headers=headers)
+        return Plan(
+            Action.FORWARD,
+            plan.method,
+            plan.url,
+            plan.key,
+            plan.request_headers,
+            plan.request_cc,
+            CacheOutcome(fwd=plan.outcome.fwd),
+            upstream_headers=headers,
+        )
 
     # -- 2. the upstream response head arrives --------------------------------
 
     def on_response(
-        self, plan: Plan, status: int, reason: bytes, headers: Headers,
-        request_time: float, response_time: float,
+        self,
+        plan: Plan,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        request_time: float,
+        response_time: float,
     ) -> Reply:
         """
         Decide what to do with a final (non-1xx) upstream response to
@@ -278,21 +383,37 @@ class SharedCache:
             return Reply(outcome, headers=self._marked(headers, outcome))
         entry = plan.entry
         if plan.action is Action.VALIDATE and status == 304 and entry is not None:
-            meta = freshen(entry.meta, headers, request_time, response_time,
-                           cfg.heuristic_fraction, cfg.heuristic_max)
+            meta = freshen(
+                entry.meta,
+                headers,
+                request_time,
+                response_time,
+                cfg.heuristic_fraction,
+                cfg.heuristic_max,
+            )
             if meta is None:
                 return Reply(replace(plan.outcome, fwd_status=304), refetch=True)
             updated = self.store.update(entry, meta) or _Rebased(entry, meta)
-            age = current_age(meta.age_value, meta.date_value, meta.request_time,
-                              meta.response_time, response_time)
+            age = current_age(
+                meta.age_value,
+                meta.date_value,
+                meta.request_time,
+                meta.response_time,
+                response_time,
+            )
             outcome = replace(plan.outcome, fwd_status=304, ttl=int(meta.lifetime - age))
-            answer = self._answer(updated, plan.method, plan.request_headers, age, outcome, response_time)
+            answer = self._answer(
+                updated, plan.method, plan.request_headers, age, outcome, response_time
+            )
             return Reply(outcome, answer=answer)
         if (
-            entry is not None and status in _RETRYABLE_ERRORS
+            entry is not None
+            and status in _RETRYABLE_ERRORS
             and usable_on_error(entry.meta, plan.request_cc, response_time, disconnected=False)
         ):
-            return Reply(plan.outcome, answer=self._stale_answer(plan, entry, response_time, status))
+            return Reply(
+                plan.outcome, answer=self._stale_answer(plan, entry, response_time, status)
+            )
         if plan.method == b"HEAD":
             if status == 200:
                 self._refresh_from_head(plan, headers, request_time, response_time)
@@ -300,13 +421,26 @@ class SharedCache:
             return Reply(outcome, headers=self._marked(headers, outcome))
         response_cc = parse_response_directives(headers)
         meta = describe_response(
-            plan.key, status, reason, headers, response_cc, plan.request_headers,
-            request_time, response_time, cfg.heuristic_fraction, cfg.heuristic_max,
+            plan.key,
+            status,
+            reason,
+            headers,
+            response_cc,
+            plan.request_headers,
+            request_time,
+            response_time,
+            cfg.heuristic_fraction,
+            cfg.heuristic_max,
         )
         writer = None
-        why = refusal(plan.method, status, plan.request_headers, plan.request_cc, headers, response_cc)
+        why = refusal(
+            plan.method, status, plan.request_headers, plan.request_cc, headers, response_cc
+        )
         if why is None and (
-            meta.lifetime > 0 or has_validator(meta) or meta.stale_if_error or meta.stale_while_revalidate
+            meta.lifetime > 0
+            or has_validator(meta)
+            or meta.stale_if_error
+            or meta.stale_while_revalidate
         ):
             # A response that is stale at once and cannot be revalidated is
             # not worth the space (RFC 9111 3 allows not storing it).
@@ -314,22 +448,36 @@ class SharedCache:
         outcome = replace(plan.outcome, fwd_status=status, stored=writer is not None)
         shared = meta if writer is not None else None
         if (
-            plan.action is Action.VALIDATE and status == 200
+            plan.action is Action.VALIDATE
+            and status == 200
             and not_modified(plan.method, plan.request_headers, meta)
         ):
             # The client's own validators match the new response.
-            answer = self._not_modified(meta, current_age(
-                meta.age_value, meta.date_value, request_time, response_time, response_time), outcome)
+            answer = self._not_modified(
+                meta,
+                current_age(
+                    meta.age_value, meta.date_value, request_time, response_time, response_time
+                ),
+                outcome,
+            )
             return Reply(outcome, answer=answer, writer=writer, shared=shared)
         return Reply(outcome, headers=self._marked(headers, outcome), writer=writer, shared=shared)
 
-    def _refresh_from_head(self, plan: Plan, headers: Headers, request_time: float, response_time: float) -> None:
+    def _refresh_from_head(
+        self, plan: Plan, headers: Headers, request_time: float, response_time: float
+    ) -> None:
         cfg = self.config
         for entry in self.store.lookup(plan.key):
             if not vary_matches(entry.meta.vary, plan.request_headers):
                 continue
-            meta = refresh_from_head(entry.meta, headers, request_time, response_time,
-                                     cfg.heuristic_fraction, cfg.heuristic_max)
+            meta = refresh_from_head(
+                entry.meta,
+                headers,
+                request_time,
+                response_time,
+                cfg.heuristic_fraction,
+                cfg.heuristic_max,
+            )
             if meta is None:
                 self.store.remove_entry(entry)
             else:
@@ -346,8 +494,13 @@ class SharedCache:
         if entry is None or plan.action is Action.PASS:
             return None
         now = self.clock()
-        if not usable_on_error(entry.meta, plan.request_cc, now, disconnected=True,
-                               grace=self.config.stale_if_unreachable):
+        if not usable_on_error(
+            entry.meta,
+            plan.request_cc,
+            now,
+            disconnected=True,
+            grace=self.config.stale_if_unreachable,
+        ):
             return None
         return self._stale_answer(plan, entry, now, None)
 
@@ -360,26 +513,38 @@ class SharedCache:
             return 504
         return default
 
-    def _stale_answer(self, plan: Plan, entry: ICacheEntry, now: float, status: int | None) -> Answer:
+    def _stale_answer(
+        self, plan: Plan, entry: ICacheEntry, now: float, status: int | None
+    ) -> Answer:
         meta = entry.meta
-        age = current_age(meta.age_value, meta.date_value, meta.request_time, meta.response_time, now)
+        age = current_age(
+            meta.age_value, meta.date_value, meta.request_time, meta.response_time, now
+        )
         outcome = CacheOutcome(
-            fwd=plan.outcome.fwd, fwd_status=status, ttl=int(meta.lifetime - age),
-            stale=True, detail="stale-if-error",
+            fwd=plan.outcome.fwd,
+            fwd_status=status,
+            ttl=int(meta.lifetime - age),
+            stale=True,
+            detail="stale-if-error",
         )
         return self._answer(entry, plan.method, plan.request_headers, age, outcome, now)
 
     # -- collapsed waiters ---------------------------------------------------
 
     def answer_waiter(
-        self, plan: Plan, shared: StoredResponse, expected_length: int | None,
+        self,
+        plan: Plan,
+        shared: StoredResponse,
+        expected_length: int | None,
     ) -> Answer | None:
         """
         The response head for a request that waited on another request's
         fetch of ``shared``, or None if that response cannot be reused for it
         (Vary, Authorization, its own Cache-Control): then it looks up again.
         """
-        if plan.method not in (b"GET", b"HEAD") or not vary_matches(shared.vary, plan.request_headers):
+        if plan.method not in (b"GET", b"HEAD") or not vary_matches(
+            shared.vary, plan.request_headers
+        ):
             return None
         if b"authorization" in plan.request_headers:
             cc = parse_response_directives(Headers(shared.headers))
@@ -389,7 +554,9 @@ class SharedCache:
         j = judge(shared, plan.request_cc, now)
         if j.reuse not in (Reuse.FRESH, Reuse.STALE_ALLOWED):
             return None
-        outcome = replace(plan.outcome, collapsed=True, ttl=int(j.ttl), stale=j.reuse is not Reuse.FRESH)
+        outcome = replace(
+            plan.outcome, collapsed=True, ttl=int(j.ttl), stale=j.reuse is not Reuse.FRESH
+        )
         if shared.status == 200 and not_modified(plan.method, plan.request_headers, shared):
             return replace(self._not_modified(shared, j.age, outcome), from_flight=True)
         headers = shared.header_list()
@@ -399,20 +566,28 @@ class SharedCache:
         headers.add(b"Age", b"%d" % min(int(j.age), _AGE_MAX))
         self._mark(headers, outcome)
         length = (-1 if expected_length is None else expected_length) if has_body else 0
-        return Answer(shared.status, shared.reason, headers, outcome,
-                      body_length=length, from_flight=True)
+        return Answer(
+            shared.status, shared.reason, headers, outcome, body_length=length, from_flight=True
+        )
 
     # -- building answers ----------------------------------------------------
 
     def _answer(
-        self, entry: ICacheEntry, method: bytes, request_headers: Headers, age: float,
-        outcome: CacheOutcome, now: float, names: set[bytes] | None = None,
+        self,
+        entry: ICacheEntry,
+        method: bytes,
+        request_headers: Headers,
+        age: float,
+        outcome: CacheOutcome,
+        now: float,
+        names: set[bytes] | None = None,
     ) -> Answer:
         meta = entry.meta
         if names is None:
             names = {n.lower() for n, _ in request_headers}
         if (
-            meta.status == 200 and (b"if-none-match" in names or b"if-modified-since" in names)
+            meta.status == 200
+            and (b"if-none-match" in names or b"if-modified-since" in names)
             and not_modified(method, request_headers, meta)
         ):
             return self._not_modified(meta, age, outcome, entry)
@@ -421,17 +596,23 @@ class SharedCache:
         start, length = 0, meta.body_length
         range_value = request_headers.get(b"range") if b"range" in names else None
         if (
-            range_value is not None and method == b"GET" and status == 200
-            and (b"if-range" not in request_headers
-                 or if_range_holds(request_headers.get(b"if-range") or b"", meta))
+            range_value is not None
+            and method == b"GET"
+            and status == 200
+            and (
+                b"if-range" not in request_headers
+                or if_range_holds(request_headers.get(b"if-range") or b"", meta)
+            )
         ):
             wanted = byte_range(range_value, meta.body_length)
             if wanted is UNSATISFIABLE:
-                headers = Headers([
-                    (b"Date", format_http_date(now)),
-                    (b"Content-Range", b"bytes */%d" % meta.body_length),
-                    (b"Content-Length", b"0"),
-                ])
+                headers = Headers(
+                    [
+                        (b"Date", format_http_date(now)),
+                        (b"Content-Range", b"bytes */%d" % meta.body_length),
+                        (b"Content-Length", b"0"),
+                    ]
+                )
                 self._mark(headers, outcome)
                 return Answer(416, STATUS_REASONS[416], headers, outcome)
             if wanted is not None:
@@ -442,13 +623,16 @@ class SharedCache:
         if status != 204:
             headers.add(b"Content-Length", b"%d" % length)
         headers.add(b"Age", b"%d" % min(int(age), _AGE_MAX))
-        self._mark(headers, outcome, replace_x_cache=b"x-cache" in meta.head.lower())
+        self._mark(headers, outcome, replace_x_cache=_has_x_cache(meta.head))
         if method != b"GET" or status == 204:
             length = 0
         return Answer(status, reason, headers, outcome, entry, start, length)
 
     def _not_modified(
-        self, meta: StoredResponse, age: float, outcome: CacheOutcome,
+        self,
+        meta: StoredResponse,
+        age: float,
+        outcome: CacheOutcome,
         entry: ICacheEntry | None = None,
     ) -> Answer:
         headers = not_modified_fields(meta)

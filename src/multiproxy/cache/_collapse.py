@@ -23,6 +23,7 @@ or ``twisted.internet.task.Clock`` in tests).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 class Waiter(Protocol):
     """A request waiting for another request's response."""
 
-    def collapsed_head(self, shared: StoredResponse | None, expected_length: int | None) -> bool: ...
+    def collapsed_head(
+        self, shared: StoredResponse | None, expected_length: int | None
+    ) -> bool: ...
 
     def collapsed_data(self, data: bytes) -> None: ...
 
@@ -163,17 +166,55 @@ class Flight:
 
 
 class CollapsedForwarding:
-    """The flights in progress, by cache key."""
+    """
+    The flights in progress, by cache key.
+
+    A key whose response turned out not to be shareable is remembered for
+    ``pass_ttl`` seconds (at most ``max_passes`` keys, oldest forgotten
+    first): requests for it are not collapsed meanwhile, since making them
+    queue behind each other would only add latency ("hit-for-pass").
+    """
 
     def __init__(
-        self, clock, max_waiters: int = 100, timeout: float = 10.0,
+        self,
+        clock,
+        max_waiters: int = 100,
+        timeout: float = 10.0,
         buffer_limit: int = 8 * 1024 * 1024,
+        pass_ttl: float = 60.0,
+        max_passes: int = 10000,
     ) -> None:
         self.clock = clock
         self.max_waiters = max_waiters
         self.timeout = timeout
         self.buffer_limit = buffer_limit
+        self.pass_ttl = pass_ttl
+        self.max_passes = max_passes
         self._flights: dict[bytes, Flight] = {}
+        self._passes: OrderedDict[bytes, float] = OrderedDict()
+
+    def not_shareable(self, key: bytes) -> None:
+        """The response for ``key`` could not be shared: stop collapsing it for a while."""
+        if self.pass_ttl <= 0:
+            return
+        self._passes.pop(key, None)
+        self._passes[key] = self.clock.seconds() + self.pass_ttl
+        while len(self._passes) > self.max_passes:
+            self._passes.popitem(last=False)
+
+    def shareable(self, key: bytes) -> None:
+        """A response for ``key`` was stored: collapse its misses again."""
+        self._passes.pop(key, None)
+
+    def collapses(self, key: bytes) -> bool:
+        """Should a miss for ``key`` lead or join a flight?"""
+        until = self._passes.get(key)
+        if until is None:
+            return True
+        if until <= self.clock.seconds():
+            del self._passes[key]
+            return True
+        return False
 
     def __len__(self) -> int:
         return len(self._flights)

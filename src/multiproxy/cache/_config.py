@@ -15,11 +15,20 @@ MiB = 1024 * 1024
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kib": 1024, "kb": 1000,
-    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
-    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
-    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
 }
 
 
@@ -100,7 +109,9 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
     size = _size(reader, "size", d.size)
     directory = reader.string("dir", "") or None
     max_object_size = _size(reader, "max_object_size", d.max_object_size)
-    heuristic_fraction = reader.number("heuristic_fraction", d.heuristic_fraction, minimum=0, maximum=1)
+    heuristic_fraction = reader.number(
+        "heuristic_fraction", d.heuristic_fraction, minimum=0, maximum=1
+    )
     heuristic_max = reader.number("heuristic_max", d.heuristic_max, minimum=0)
     stale_if_unreachable = reader.number("stale_if_unreachable", d.stale_if_unreachable, minimum=0)
     collapse = reader.boolean("collapse", d.collapse)
@@ -110,17 +121,26 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
     x_cache = reader.boolean("x_cache", d.x_cache)
     reader.finish()
     if enabled and size <= 0:
-        raise reader.error("size", "must be more than 0 bytes (use enabled = false to switch the cache off)")
+        raise reader.error(
+            "size", "must be more than 0 bytes (use enabled = false to switch the cache off)"
+        )
     if max_object_size <= 0:
         raise reader.error("max_object_size", "must be more than 0 bytes")
     if not name.strip():
         raise reader.error("name", "must not be empty")
     return CacheConfig(
-        enabled=enabled, size=size, directory=directory, max_object_size=max_object_size,
-        heuristic_fraction=float(heuristic_fraction), heuristic_max=float(heuristic_max),
-        stale_if_unreachable=float(stale_if_unreachable), collapse=collapse,
-        collapse_waiters=collapse_waiters, collapse_timeout=float(collapse_timeout),
-        name=name, x_cache=x_cache,
+        enabled=enabled,
+        size=size,
+        directory=directory,
+        max_object_size=max_object_size,
+        heuristic_fraction=float(heuristic_fraction),
+        heuristic_max=float(heuristic_max),
+        stale_if_unreachable=float(stale_if_unreachable),
+        collapse=collapse,
+        collapse_waiters=collapse_waiters,
+        collapse_timeout=float(collapse_timeout),
+        name=name,
+        x_cache=x_cache,
     )
 
 
@@ -132,7 +152,9 @@ def make_store(config: CacheConfig):
         try:
             return DiskStore(config.directory, config.size, config.max_object_size)
         except OSError as e:
-            raise ConfigError(f"cache.dir: cannot use {config.directory!r}: {e.strerror or e}") from None
+            raise ConfigError(
+                f"cache.dir: cannot use {config.directory!r}: {e.strerror or e}"
+            ) from None
     from multiproxy.cache._memory import MemoryStore
 
     return MemoryStore(config.size, config.max_object_size)

@@ -14,13 +14,33 @@ import re
 import time
 
 _MONTHS = {
-    b"jan": 1, b"feb": 2, b"mar": 3, b"apr": 4, b"may": 5, b"jun": 6,
-    b"jul": 7, b"aug": 8, b"sep": 9, b"oct": 10, b"nov": 11, b"dec": 12,
+    b"jan": 1,
+    b"feb": 2,
+    b"mar": 3,
+    b"apr": 4,
+    b"may": 5,
+    b"jun": 6,
+    b"jul": 7,
+    b"aug": 8,
+    b"sep": 9,
+    b"oct": 10,
+    b"nov": 11,
+    b"dec": 12,
 }
 _DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
 _MONTH_NAMES = (
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
-    b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+    b"Jan",
+    b"Feb",
+    b"Mar",
+    b"Apr",
+    b"May",
+    b"Jun",
+    b"Jul",
+    b"Aug",
+    b"Sep",
+    b"Oct",
+    b"Nov",
+    b"Dec",
 )
 
 # IMF-fixdate and RFC 850 (and their sloppy variants): day month year time [zone]
@@ -73,6 +93,11 @@ def format_http_date(when: float) -> bytes:
     """``when`` (seconds since the epoch) as an IMF-fixdate."""
     t = time.gmtime(when)
     return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
-        _DAYS[t.tm_wday], t.tm_mday, _MONTH_NAMES[t.tm_mon - 1], t.tm_year,
-        t.tm_hour, t.tm_min, t.tm_sec,
+        _DAYS[t.tm_wday],
+        t.tm_mday,
+        _MONTH_NAMES[t.tm_mon - 1],
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
     )

@@ -112,7 +112,7 @@ def parse_directives(headers: Headers) -> dict[bytes, bytes | None | _Invalid]:
                 key, arg = member, None
             else:
                 key = member[:eq]
-                raw = member[eq + 1:]
+                raw = member[eq + 1 :]
                 if raw[:1] == b'"':
                     arg = _unquote(raw)
                 elif _is_token(raw):
@@ -181,7 +181,9 @@ class ResponseDirectives:
         (RFC 9111 4.2.4: no-cache, must-revalidate, proxy-revalidate, s-maxage).
         """
         return (
-            self.no_cache or self.must_revalidate or self.proxy_revalidate
+            self.no_cache
+            or self.must_revalidate
+            or self.proxy_revalidate
             or self.s_maxage is not None
         )
 

@@ -221,7 +221,9 @@ class DiskStore:
     """
 
     def __init__(
-        self, directory: str, max_size: int = 1024 * 1024 * 1024,
+        self,
+        directory: str,
+        max_size: int = 1024 * 1024 * 1024,
         max_object_size: int = 64 * 1024 * 1024,
     ) -> None:
         self.directory = directory
@@ -299,7 +301,9 @@ class DiskStore:
         return DiskEntry(self, meta, record.path, crc)
 
     def begin(self, meta: StoredResponse, expected_length: int | None = None) -> _DiskWriter | None:
-        if expected_length is not None and expected_length > min(self.max_object_size, self.max_size):
+        if expected_length is not None and expected_length > min(
+            self.max_object_size, self.max_size
+        ):
             return None
         return _DiskWriter(self, meta, expected_length)
 

@@ -157,8 +157,12 @@ class _UpstreamSink:
     """
 
     def __init__(
-        self, fetcher: CachingFetcher, request: ForwardedRequest, plan: Plan,
-        client: IResponseSink | None, flight: Flight | None,
+        self,
+        fetcher: CachingFetcher,
+        request: ForwardedRequest,
+        plan: Plan,
+        client: IResponseSink | None,
+        flight: Flight | None,
     ) -> None:
         self.fetcher = fetcher
         self.request = request
@@ -186,17 +190,28 @@ class _UpstreamSink:
             return
         cache = self.fetcher.cache
         reply = cache.on_response(
-            self.plan, response.status, response.reason, response.headers,
-            self.request_time, self.fetcher.reactor.seconds(),
+            self.plan,
+            response.status,
+            response.reason,
+            response.headers,
+            self.request_time,
+            self.fetcher.reactor.seconds(),
         )
         if reply.refetch:
             # The 304 was for another representation: ask again, unconditionally.
             self.replaced = True
             on_done, self.on_done = self.on_done, None
             self.replacement = self.fetcher._forward(
-                self.request, cache.refetch_plan(self.plan), self.client, self.flight, on_done)
+                self.request, cache.refetch_plan(self.plan), self.client, self.flight, on_done
+            )
             return
         self.writer = reply.writer
+        collapsing = self.fetcher.collapsing
+        if collapsing is not None:
+            if reply.writer is not None:
+                collapsing.shareable(self.plan.key)
+            elif reply.answer is None and self.plan.method == b"GET":
+                collapsing.not_shareable(self.plan.key)
         if self.flight is not None:
             length = _length(response) if reply.shared is not None else None
             self.flight.head(reply.shared, length)
@@ -297,8 +312,9 @@ def _length(response: ResponseHead) -> int | None:
 class _Waiter:
     """A request served from another request's fetch (see `CollapsedForwarding`)."""
 
-    def __init__(self, fetcher: CachingFetcher, request: ForwardedRequest, plan: Plan,
-                 sink: IResponseSink) -> None:
+    def __init__(
+        self, fetcher: CachingFetcher, request: ForwardedRequest, plan: Plan, sink: IResponseSink
+    ) -> None:
         self.fetcher = fetcher
         self.request = request
         self.plan = plan
@@ -361,7 +377,10 @@ class CachingFetcher:
     """
 
     def __init__(
-        self, inner: IFetcher, cache: SharedCache, reactor,
+        self,
+        inner: IFetcher,
+        cache: SharedCache,
+        reactor,
         collapsing: CollapsedForwarding | None = None,
     ) -> None:
         self.inner = inner
@@ -373,7 +392,9 @@ class CachingFetcher:
     def fetch(self, request: ForwardedRequest, sink: IResponseSink) -> Callable[[], None]:
         return self._fetch(request, sink, collapse=True)
 
-    def _fetch(self, request: ForwardedRequest, sink: IResponseSink, collapse: bool) -> Callable[[], None]:
+    def _fetch(
+        self, request: ForwardedRequest, sink: IResponseSink, collapse: bool
+    ) -> Callable[[], None]:
         head = request.head
         if request.body is not None and head.method in (b"GET", b"HEAD"):
             # A GET with content has no defined meaning; never mix it with stored answers.
@@ -386,7 +407,12 @@ class CachingFetcher:
                 self._revalidate(request, plan)
             return cancel
         flight = None
-        if collapse and plan.collapsible and self.collapsing is not None:
+        if (
+            collapse
+            and plan.collapsible
+            and self.collapsing is not None
+            and self.collapsing.collapses(plan.key)
+        ):
             existing = self.collapsing.flight(plan.key)
             if existing is not None:
                 waiter = _Waiter(self, request, plan, sink)
@@ -397,12 +423,20 @@ class CachingFetcher:
                 flight = self.collapsing.lead(plan.key)
         return self._forward(request, plan, sink, flight).client_gone
 
-    def _forward(self, request: ForwardedRequest, plan: Plan, client: IResponseSink | None,
-                 flight: Flight | None, on_done: Callable[[], None] | None = None) -> _UpstreamSink:
+    def _forward(
+        self,
+        request: ForwardedRequest,
+        plan: Plan,
+        client: IResponseSink | None,
+        flight: Flight | None,
+        on_done: Callable[[], None] | None = None,
+    ) -> _UpstreamSink:
         head = request.head
         upstream_head = head
         if plan.upstream_headers is not head.headers:
-            upstream_head = RequestHead(plan.method, head.target, head.version, plan.upstream_headers)
+            upstream_head = RequestHead(
+                plan.method, head.target, head.version, plan.upstream_headers
+            )
         outgoing = replace(request, head=upstream_head) if upstream_head is not head else request
         upstream = _UpstreamSink(self, request, plan, client, flight)
         upstream.on_done = on_done
@@ -416,8 +450,13 @@ class CachingFetcher:
         self._revalidating.add(plan.key)
         background = self.cache.background_plan(plan)
         head = RequestHead(b"GET", request.head.target, request.head.version, request.head.headers)
-        self._forward(replace(request, head=head, body=None), background, None, None,
-                      on_done=lambda: self._revalidating.discard(plan.key))
+        self._forward(
+            replace(request, head=head, body=None),
+            background,
+            None,
+            None,
+            on_done=lambda: self._revalidating.discard(plan.key),
+        )
 
     def _unreachable(self, plan: Plan, error: Exception, sink: IResponseSink) -> None:
         """The upstream failed before a response head: stale if allowed, else the error."""
@@ -435,7 +474,8 @@ class CachingFetcher:
 
 
 def caching_fetcher_factory(
-    config: CacheConfig, reactor,
+    config: CacheConfig,
+    reactor,
 ) -> Callable[[IFetcher], CachingFetcher] | None:
     """
     A function that puts one shared cache (built from ``config``) in front
@@ -450,7 +490,9 @@ def caching_fetcher_factory(
     collapsing = None
     if config.collapse and config.collapse_waiters > 0:
         collapsing = CollapsedForwarding(
-            reactor, max_waiters=config.collapse_waiters, timeout=config.collapse_timeout,
+            reactor,
+            max_waiters=config.collapse_waiters,
+            timeout=config.collapse_timeout,
             buffer_limit=config.max_object_size,
         )
 

@@ -26,9 +26,7 @@ if TYPE_CHECKING:
 VaryValue = tuple[bytes, bytes | None]
 
 _DEFAULT_PORTS = {b"http": b"80", b"https": b"443"}
-_UNRESERVED = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-)
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 # Fields whose list members are unordered and (for the last three) case-insensitive.
@@ -56,11 +54,11 @@ def _normalise_percent(part: bytes) -> bytes:
     while i < n:
         c = part[i]
         if c == 0x25 and i + 2 < n and part[i + 1] in _HEX and part[i + 2] in _HEX:
-            octet = int(part[i + 1:i + 3], 16)
+            octet = int(part[i + 1 : i + 3], 16)
             if octet in _UNRESERVED:
                 out.append(octet)
             else:
-                out += b"%" + part[i + 1:i + 3].upper()
+                out += b"%" + part[i + 1 : i + 3].upper()
             i += 3
             continue
         out.append(c)
@@ -94,7 +92,7 @@ def cache_key(url: bytes) -> bytes:
         if close < 0:
             host, port = authority, b""
         else:
-            host, port = authority[:close + 1], authority[close + 2:]
+            host, port = authority[: close + 1], authority[close + 2 :]
     else:
         host, _, port = authority.partition(b":")
     if port == _DEFAULT_PORTS.get(scheme) or port == b"":

@@ -77,7 +77,9 @@ class MemoryStore:
     an estimate of the metadata), evicting the least recently used URL.
     """
 
-    def __init__(self, max_size: int = 64 * 1024 * 1024, max_object_size: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self, max_size: int = 64 * 1024 * 1024, max_object_size: int = 8 * 1024 * 1024
+    ) -> None:
         self.max_size = max_size
         self.max_object_size = max_object_size
         self.size = 0
@@ -111,8 +113,12 @@ class MemoryStore:
             return [slot]
         return list(slot.values())  # type: ignore[union-attr]
 
-    def begin(self, meta: StoredResponse, expected_length: int | None = None) -> _MemoryWriter | None:
-        if expected_length is not None and expected_length > min(self.max_object_size, self.max_size):
+    def begin(
+        self, meta: StoredResponse, expected_length: int | None = None
+    ) -> _MemoryWriter | None:
+        if expected_length is not None and expected_length > min(
+            self.max_object_size, self.max_size
+        ):
             return None
         return _MemoryWriter(self, meta, expected_length)
 

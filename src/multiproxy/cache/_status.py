@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass
 
 #: Why a request went forward (RFC 9211 2.2).
-FwdReason = str  # "bypass" | "method" | "uri-miss" | "vary-miss" | "miss" | "request" | "stale" | "partial"
+FwdReason = (
+    str  # "bypass" | "method" | "uri-miss" | "vary-miss" | "miss" | "request" | "stale" | "partial"
+)
 
 _SF_TOKEN = re.compile(r"^[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*$")
 

@@ -19,19 +19,52 @@ STORABLE_METHODS = frozenset({b"GET"})
 
 #: Final status codes this cache implements all caching behaviour for, for
 #: ``must-understand`` (RFC 9111 5.2.2.3).  206 and 304 are never stored.
-UNDERSTOOD_STATUSES = frozenset({
-    200, 203, 204, 300, 301, 302, 303, 307, 308, 400, 403, 404, 405, 410,
-    414, 421, 451, 500, 501, 502, 503, 504,
-})
+UNDERSTOOD_STATUSES = frozenset(
+    {
+        200,
+        203,
+        204,
+        300,
+        301,
+        302,
+        303,
+        307,
+        308,
+        400,
+        403,
+        404,
+        405,
+        410,
+        414,
+        421,
+        451,
+        500,
+        501,
+        502,
+        503,
+        504,
+    }
+)
 
 # Never stored: connection-specific fields (RFC 9110 7.6.1), the proxy
 # authentication fields (RFC 9111 3.1), framing (the stored body is
 # decoded and re-framed on the way out) and Age (recomputed on every use).
-_NOT_STORED = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
-    b"upgrade", b"trailer", b"proxy-authenticate", b"proxy-authentication-info",
-    b"proxy-authorization", b"content-length", b"age",
-})
+_NOT_STORED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authenticate",
+        b"proxy-authentication-info",
+        b"proxy-authorization",
+        b"content-length",
+        b"age",
+    }
+)
 
 
 def refusal(
@@ -81,9 +114,7 @@ def refusal(
     return None
 
 
-def stored_fields(
-    headers: Headers, cc: ResponseDirectives
-) -> tuple[tuple[bytes, bytes], ...]:
+def stored_fields(headers: Headers, cc: ResponseDirectives) -> tuple[tuple[bytes, bytes], ...]:
     """
     The fields of a response as stored: without connection-specific and
     proxy-authentication fields, framing, Age, and the fields a qualified

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from functools import lru_cache
 
 from zope.interface import implementer
 
@@ -19,9 +19,6 @@ from multiproxy.cache._interfaces import IBodyReader
 from multiproxy.cache._keys import VaryValue, variant_id, vary_names, vary_values
 from multiproxy.cache._storable import stored_fields
 from multiproxy.http._headers import Headers
-
-if TYPE_CHECKING:
-    pass
 
 Fields = tuple[tuple[bytes, bytes], ...]
 
@@ -35,8 +32,9 @@ def pack_fields(fields) -> bytes:
     return b"".join([n + b": " + v + b"\r\n" for n, v in fields])
 
 
+@lru_cache(maxsize=2048)
 def unpack_fields(head: bytes) -> Fields:
-    """The inverse of `pack_fields`."""
+    """The inverse of `pack_fields` (memoised: hot responses are unpacked once)."""
     if not head:
         return ()
     return tuple(tuple(line.split(b": ", 1)) for line in head[:-2].split(b"\r\n"))  # type: ignore[misc]
@@ -51,11 +49,12 @@ class StoredResponse:
     fields, no framing, no Age), packed as CRLF-ended ``name: value`` lines
     to keep many small objects cheap; `headers` gives them as pairs.
     ``vary`` holds the normalised values of the request fields the
-    response's Vary nominates, from the request that caused it to be stored.  Times are seconds since the epoch from the
-    cache's clock: ``request_time`` when the request went upstream,
-    ``response_time`` when the response head arrived.  ``date_value`` and
-    ``age_value`` are the parsed Date and Age; ``lifetime`` is the freshness
-    lifetime computed when stored.  ``body_length`` is -1 until committed.
+    response's Vary nominates, from the request that caused it to be stored.
+    Times are seconds since the epoch from the cache's clock: ``request_time``
+    when the request went upstream, ``response_time`` when the response head
+    arrived.  ``date_value`` and ``age_value`` are the parsed Date and Age;
+    ``lifetime`` is the freshness lifetime computed when stored.
+    ``body_length`` is -1 until committed.
     """
 
     url: bytes
@@ -161,23 +160,26 @@ def _b(s: str) -> bytes:
 
 def encode_meta(meta: StoredResponse) -> bytes:
     """``meta`` as bytes (for the disk store)."""
-    return json.dumps({
-        "url": _s(meta.url),
-        "status": meta.status,
-        "reason": _s(meta.reason),
-        "headers": [[_s(n), _s(v)] for n, v in meta.headers],
-        "vary": [[_s(n), None if v is None else _s(v)] for n, v in meta.vary],
-        "request_time": meta.request_time,
-        "response_time": meta.response_time,
-        "date_value": meta.date_value,
-        "age_value": meta.age_value,
-        "lifetime": meta.lifetime,
-        "no_cache": meta.no_cache,
-        "forbids_stale": meta.forbids_stale,
-        "swr": meta.stale_while_revalidate,
-        "sie": meta.stale_if_error,
-        "body_length": meta.body_length,
-    }, separators=(",", ":")).encode("ascii")
+    return json.dumps(
+        {
+            "url": _s(meta.url),
+            "status": meta.status,
+            "reason": _s(meta.reason),
+            "headers": [[_s(n), _s(v)] for n, v in meta.headers],
+            "vary": [[_s(n), None if v is None else _s(v)] for n, v in meta.vary],
+            "request_time": meta.request_time,
+            "response_time": meta.response_time,
+            "date_value": meta.date_value,
+            "age_value": meta.age_value,
+            "lifetime": meta.lifetime,
+            "no_cache": meta.no_cache,
+            "forbids_stale": meta.forbids_stale,
+            "swr": meta.stale_while_revalidate,
+            "sie": meta.stale_if_error,
+            "body_length": meta.body_length,
+        },
+        separators=(",", ":"),
+    ).encode("ascii")
 
 
 def decode_meta(data: bytes) -> StoredResponse:

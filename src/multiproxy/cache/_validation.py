@@ -31,15 +31,28 @@ if TYPE_CHECKING:
     from multiproxy.cache._store import Fields, StoredResponse
 
 #: Request fields that make a request conditional or partial.
-CONDITIONAL_FIELDS = frozenset({
-    b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
-    b"if-range", b"range",
-})
+CONDITIONAL_FIELDS = frozenset(
+    {
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+    }
+)
 
 # RFC 9110 15.4.5: what a 304 carries (Last-Modified only without ETag).
-_NOT_MODIFIED_FIELDS = frozenset({
-    b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
-})
+_NOT_MODIFIED_FIELDS = frozenset(
+    {
+        b"cache-control",
+        b"content-location",
+        b"date",
+        b"etag",
+        b"expires",
+        b"vary",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +125,9 @@ def validation_headers(request_headers: Headers, meta: StoredResponse) -> Header
 
 def has_validator(meta: StoredResponse) -> bool:
     """True when ``meta`` can be revalidated with a conditional request."""
-    return stored_etag(meta) is not None or parse_http_date(meta.field(b"last-modified")) is not None
+    return (
+        stored_etag(meta) is not None or parse_http_date(meta.field(b"last-modified")) is not None
+    )
 
 
 def merge_fields(stored: Fields, new: Headers) -> Fields:
@@ -127,8 +142,7 @@ def merge_fields(stored: Fields, new: Headers) -> Fields:
     drop.update(cc.no_cache_fields)
     drop.update(cc.private_fields)
     incoming = [
-        (n, v) for n, v in new
-        if not is_dropped_on_update(n.lower()) and n.lower() not in drop
+        (n, v) for n, v in new if not is_dropped_on_update(n.lower()) and n.lower() not in drop
     ]
     replaced = {n.lower() for n, _ in incoming}
     kept = [(n, v) for n, v in stored if n.lower() not in replaced]
@@ -182,7 +196,9 @@ def freshen(
         response_time=response_time,
         date_value=date,
         age_value=age_value(new),
-        lifetime=freshness_lifetime(meta.status, merged, cc, date, heuristic_fraction, heuristic_max),
+        lifetime=freshness_lifetime(
+            meta.status, merged, cc, date, heuristic_fraction, heuristic_max
+        ),
         no_cache=cc.no_cache,
         forbids_stale=cc.forbids_stale,
         stale_while_revalidate=cc.stale_while_revalidate or 0,
@@ -204,7 +220,9 @@ def refresh_from_head(
     validators or Content-Length differ): then it must be considered stale.
     """
     tag, mine = parse_etag(new.get(b"etag")), stored_etag(meta)
-    if (tag is None) != (mine is None) or (tag is not None and mine is not None and tag.opaque != mine.opaque):
+    if (tag is None) != (mine is None) or (
+        tag is not None and mine is not None and tag.opaque != mine.opaque
+    ):
         return None
     lm, mine_lm = new.get(b"last-modified"), meta.field(b"last-modified")
     if (lm is None) != (mine_lm is None) or (
@@ -246,7 +264,8 @@ def not_modified_fields(meta: StoredResponse) -> Headers:
     """The stored fields a 304 answer carries (RFC 9110 15.4.5)."""
     has_etag = meta.field(b"etag") is not None
     return Headers(
-        (n, v) for n, v in meta.headers
+        (n, v)
+        for n, v in meta.headers
         if n.lower() in _NOT_MODIFIED_FIELDS or (not has_etag and n.lower() == b"last-modified")
     )
 
