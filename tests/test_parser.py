@@ -923,3 +923,32 @@ def test_eof_body_is_bounded_by_max_body():
     reader.next_event()
     with pytest.raises(BodyTooLarge):
         reader.next_event()
+
+
+# -- caches of parsed lines ------------------------------------------------------
+
+
+def test_parsed_line_caches_stay_bounded_under_distinct_lines():
+    from multiproxy.http import _parser
+
+    reader = RequestReader()
+    for i in range(_parser._LINE_CACHE_MAX + 500):
+        reader.feed(b"GET / HTTP/1.1\r\nHost: h%d\r\nX-%d: %d\r\n\r\n" % (i, i, i))
+        assert reader.next_event().headers.get(b"x-%d" % i) == b"%d" % i
+        reader.next_event()
+        reader.start_next()
+    assert len(_parser._LINE_CACHE) <= _parser._LINE_CACHE_MAX
+    assert len(_parser._NAME_CACHE) <= _parser._LINE_CACHE_MAX
+    assert len(_parser._GOOD_HOSTS) <= _parser._LINE_CACHE_MAX
+
+
+def test_a_cached_line_does_not_excuse_a_bad_neighbour():
+    good = b"GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
+    assert request(good, "whole")[0].headers.get(b"accept") == b"*/*"
+    for bad in (
+        b"GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX: \x00\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n Accept: */*\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\nAccept: */*\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nAccept : */*\r\n\r\n",
+    ):
+        assert request_error(bad, "whole").status == 400

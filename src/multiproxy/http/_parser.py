@@ -140,6 +140,8 @@ class EndOfMessage:
     trailers: Headers | None = None
 
 
+_END = EndOfMessage()  # the usual end, shared: events are immutable
+
 Event = Union[RequestHead, ResponseHead, Data, EndOfMessage, _Sentinel]
 
 
@@ -179,15 +181,19 @@ _HOST_RE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?"
 )
 _HEX_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CHUNK_SIZE_LINE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")  # the common case: no extension
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
 _CHUNK_EXT_RE = re.compile(
     rb"(?:[ \t]*;[ \t]*[" + _TCHAR + rb"]+(?:[ \t]*=[ \t]*(?:[" + _TCHAR + rb"]+|" + _QUOTED + rb"))?)*"
 )
 
-# Seen field names -> lower-case form; bounded so hostile names cannot grow it.
-_NAME_CACHE: dict[bytes, bytes] = {}
-_NAME_CACHE_MAX = 1024
+# Field lines already parsed -> ((name, value), framing name or None); bounded.
+_LINE_CACHE: dict[bytes, tuple[tuple[bytes, bytes], bytes | None]] = {}
+_LINE_CACHE_MAX = 4096
+_LINE_CACHE_MAX_LEN = 256
+_GOOD_HOSTS: set[bytes] = set()
+_NAME_CACHE: dict[bytes, bytes] = {}  # valid field name -> lower case
 
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _FRAMING_LOOKALIKES = frozenset({b"content-length", b"transfer-encoding"})
@@ -235,8 +241,8 @@ def _field_name(name: bytes) -> bytes:
         # CGI-style backends map "_" and "-" to the same variable, so this
         # field would frame the message there but not here.
         raise ProtocolError(f"field name {_show(name)} imitates a framing field")
-    if len(_NAME_CACHE) >= _NAME_CACHE_MAX:
-        _NAME_CACHE.clear()  # hostile names cannot pin it full
+    if len(_NAME_CACHE) >= _LINE_CACHE_MAX:
+        _NAME_CACHE.clear()
     _NAME_CACHE[name] = lname
     return lname
 
@@ -266,45 +272,46 @@ def _fields(
     pairs, with the values of Content-Length, Transfer-Encoding and Host
     gathered by lower-case name.
     """
-    if len(lines) - 1 > limits.max_fields:
+    field_lines = lines[1:]
+    if len(field_lines) > limits.max_fields:
         raise HeadTooLarge(f"too many header fields (more than {limits.max_fields})")
-    # Fast path: names already seen; list comprehensions instead of a loop.
-    get = _NAME_CACHE.get
-    parts = [line.partition(b":") for line in lines[1:]]
-    lnames = [get(name) if colon else None for name, colon, _ in parts]
+    # Most field lines repeat verbatim from one message to the next
+    # (User-Agent, Accept...): parse each distinct line once.
+    get = _LINE_CACHE.get
+    known = [get(line) for line in field_lines]
+    if None in known:
+        known = _field_lines(field_lines, known)
     framing: dict[bytes, list[bytes]] = {}
-    if None in lnames:
-        pairs = _parse_fields(lines[1:], limits, framing)
-        return pairs, framing
-    pairs = [(name, value.strip(b" \t")) for name, _, value in parts]
-    for i in [i for i, lname in enumerate(lnames) if lname in _FRAMING_FIELDS]:
-        framing.setdefault(lnames[i], []).append(pairs[i][1])
-    return pairs, framing
+    for pair, lname in [entry for entry in known if entry[1] is not None]:
+        framing.setdefault(lname, []).append(pair[1])
+    return [entry[0] for entry in known], framing
 
 
-def _parse_fields(
-    lines: list[bytes], limits: Limits, framing: dict[bytes, list[bytes]] | None
-) -> list[tuple[bytes, bytes]]:
+def _field_lines(
+    lines: list[bytes], known: list[tuple[tuple[bytes, bytes], bytes | None] | None]
+) -> list[tuple[tuple[bytes, bytes], bytes | None]]:
     """
-    Parse field lines into pairs; if ``framing`` is given, collect the values
-    of Content-Length, Transfer-Encoding and Host into it.
+    Parse the field lines not found in the cache (None in ``known``): each
+    becomes ((name, value), lower-case name if a framing field else None).
     """
-    if len(lines) > limits.max_fields:
-        raise HeadTooLarge(f"too many header fields (more than {limits.max_fields})")
-    pairs = []
-    append = pairs.append
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            if line[:1] in b" \t":
-                raise ProtocolError("obsolete line folding (obs-fold) in the header section")
-            raise ProtocolError(f"header field line without a colon: {_show(line)}")
-        lname = _field_name(name)
-        value = value.strip(b" \t")
-        append((name, value))
-        if framing is not None and lname in _FRAMING_FIELDS:
-            framing.setdefault(lname, []).append(value)
-    return pairs
+    names = _NAME_CACHE
+    cache = _LINE_CACHE
+    out = []
+    for entry, line in zip(known, lines):
+        if entry is None:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                if line[:1] in b" \t":
+                    raise ProtocolError("obsolete line folding (obs-fold) in the header section")
+                raise ProtocolError(f"header field line without a colon: {_show(line)}")
+            lname = names.get(name) or _field_name(name)
+            entry = ((name, value.strip(b" \t")), lname if lname in _FRAMING_FIELDS else None)
+            if len(line) <= _LINE_CACHE_MAX_LEN:
+                if len(cache) >= _LINE_CACHE_MAX:
+                    cache.clear()  # hostile lines cannot pin it full
+                cache[line] = entry
+        out.append(entry)
+    return out
 
 
 def _content_length(values: list[bytes]) -> int:
@@ -454,7 +461,7 @@ class _Reader:
                 return self._read_head()
             if state == _BODY_NONE:
                 self._state = _DONE
-                return EndOfMessage()
+                return _END
             if state == _BODY_EOF:
                 return self._read_until_eof()
             if state == _DONE or state == _SWITCHED:
@@ -564,7 +571,7 @@ class _Reader:
         remaining = self._remaining
         if not remaining:
             self._state = _DONE
-            return EndOfMessage()
+            return _END
         if not self._buf:
             if self._eof:
                 raise IncompleteMessage(
@@ -585,63 +592,95 @@ class _Reader:
             return Data(data)
         if self._eof:
             self._state = _DONE
-            return EndOfMessage()
+            return _END
         return NEED_DATA
 
     def _read_chunked(self) -> Event:
-        # Gather every chunk already buffered into one Data event.
-        pieces: list[bytes] = []
+        # Walk every chunk already buffered with a local offset and hand the
+        # data out as one Data event: one copy, one buffer trim.
+        buf = self._buf
+        pos = 0
+        spans: list[tuple[int, int]] = []
         try:
             while True:
                 cstate = self._chunk_state
                 if cstate == _CHUNK_DATA:
-                    if not self._buf:
+                    avail = len(buf) - pos
+                    if not avail:
                         break
-                    data = self._take(self._remaining)
-                    pieces.append(data)
-                    self._remaining -= len(data)
+                    n = self._remaining if self._remaining < avail else avail
+                    spans.append((pos, pos + n))
+                    pos += n
+                    self._remaining -= n
                     if not self._remaining:
                         self._chunk_state = _CHUNK_CRLF
                 elif cstate == _CHUNK_SIZE:
-                    if not self._read_chunk_size():
-                        break
+                    match = _CHUNK_SIZE_LINE_RE.match(buf, pos)
+                    if match is not None:
+                        size = int(match.group(1), 16)
+                        end = match.end()
+                    else:
+                        parsed = self._chunk_size_line(pos)
+                        if parsed is None:
+                            break
+                        size, end = parsed
+                    max_body = self.limits.max_body
+                    if max_body is not None and self._body_seen + size > max_body:
+                        raise BodyTooLarge(
+                            f"chunked body larger than the limit of {max_body} bytes"
+                        )
+                    pos = end
+                    self._body_seen += size
+                    if size:
+                        self._remaining = size
+                        self._chunk_state = _CHUNK_DATA
+                    else:
+                        self._chunk_state = _CHUNK_TRAILER
+                        self._scanned = 0
                 elif cstate == _CHUNK_CRLF:
-                    buf = self._buf
-                    if len(buf) < 2:
-                        if buf and buf[0] != 13:
+                    if len(buf) - pos < 2:
+                        if len(buf) > pos and buf[pos] != 13:
                             raise ProtocolError("chunk data not followed by CRLF")
                         break
-                    if buf[0] != 13 or buf[1] != 10:
+                    if buf[pos] != 13 or buf[pos + 1] != 10:
                         raise ProtocolError("chunk data not followed by CRLF")
-                    del buf[:2]
+                    pos += 2
                     self._chunk_state = _CHUNK_SIZE
                 else:
-                    if pieces:
+                    if spans:
                         break
+                    del buf[:pos]
                     return self._read_trailers()
         except ProtocolError:
-            # State only advances after a step succeeds, so the error comes
-            # back on the next call; hand out the body read so far first.
-            if pieces:
-                return Data(b"".join(pieces))
-            raise
-        if pieces:
-            return Data(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            # State only advances past steps that succeeded, so the error
+            # comes back on the next call; hand out the body read so far first.
+            if not spans:
+                raise
+        if spans:
+            with memoryview(buf) as view:
+                if len(spans) == 1:
+                    data = view[spans[0][0] : spans[0][1]].tobytes()
+                else:
+                    data = b"".join([view[start:end] for start, end in spans])
+            del buf[:pos]
+            return Data(data)
+        del buf[:pos]
         if self._eof:
             raise IncompleteMessage("connection closed in the middle of a chunked body (truncated)")
         return NEED_DATA
 
-    def _read_chunk_size(self) -> bool:
+    def _chunk_size_line(self, pos: int) -> tuple[int, int] | None:
+        """Parse a chunk size line with extensions at ``pos``: (size, end) or None if incomplete."""
         buf = self._buf
         max_line = self.limits.max_chunk_line
-        lf = buf.find(b"\n", 0, max_line + 2)
+        lf = buf.find(b"\n", pos, pos + max_line + 2)
         if lf < 0:
-            if len(buf) > max_line + 1:
+            if len(buf) - pos > max_line + 1:
                 raise ProtocolError(f"chunk size line longer than {max_line} bytes")
-            return False
-        if lf == 0 or buf[lf - 1] != 13:
+            return None
+        if lf == pos or buf[lf - 1] != 13:
             raise ProtocolError("bare LF in a chunk size line")
-        line = bytes(buf[: lf - 1])
+        line = bytes(buf[pos : lf - 1])
         size_text, _, ext = line.partition(b";")
         if ext or size_text != line:
             ext = line[len(size_text.rstrip(b" \t")) :]
@@ -652,26 +691,14 @@ class _Reader:
             if size_text and all(c in b"0123456789abcdefABCDEF" for c in size_text):
                 raise ProtocolError("chunk size too large (more than 16 hex digits)")
             raise ProtocolError(f"invalid chunk size {_show(size_text)}")
-        size = int(size_text, 16)
-        max_body = self.limits.max_body
-        if max_body is not None and self._body_seen + size > max_body:
-            raise BodyTooLarge(f"chunked body larger than the limit of {max_body} bytes")
-        del buf[: lf + 1]
-        self._body_seen += size
-        if size:
-            self._remaining = size
-            self._chunk_state = _CHUNK_DATA
-        else:
-            self._chunk_state = _CHUNK_TRAILER
-            self._scanned = 0
-        return True
+        return int(size_text, 16), lf + 1
 
     def _read_trailers(self) -> Event:
         buf = self._buf
         if buf.startswith(b"\r\n"):
             del buf[:2]
             self._state = _DONE
-            return EndOfMessage()
+            return _END
         if not buf or buf == b"\r":
             if self._eof:
                 raise IncompleteMessage(
@@ -731,8 +758,12 @@ class RequestReader(_Reader):
                 raise ProtocolError("HTTP/1.1 request without a Host header field")
         elif len(hosts) > 1:
             raise ProtocolError("more than one Host header field")
-        elif _HOST_RE.fullmatch(hosts[0]) is None:
-            raise ProtocolError(f"invalid Host header field {_show(hosts[0])}")
+        elif hosts[0] not in _GOOD_HOSTS:
+            if _HOST_RE.fullmatch(hosts[0]) is None:
+                raise ProtocolError(f"invalid Host header field {_show(hosts[0])}")
+            if len(_GOOD_HOSTS) >= _LINE_CACHE_MAX:
+                _GOOD_HOSTS.clear()
+            _GOOD_HOSTS.add(hosts[0])
         te = framing.get(b"transfer-encoding")
         cl = framing.get(b"content-length")
         if te is not None:
