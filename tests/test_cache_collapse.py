@@ -141,3 +141,24 @@ def test_a_new_flight_replaces_a_finished_one():
     assert reg.flight(b"k") is new
     old.end()
     assert reg.flight(b"k") is new
+
+
+def test_unshareable_key_is_not_collapsed_for_a_while():
+    clock = Clock()
+    reg = CollapsedForwarding(clock, pass_ttl=60.0)
+    assert reg.collapses(b"k")
+    reg.not_shareable(b"k")
+    assert not reg.collapses(b"k") and reg.collapses(b"other")
+    clock.advance(61)
+    assert reg.collapses(b"k")
+    reg.not_shareable(b"k")
+    reg.shareable(b"k")
+    assert reg.collapses(b"k")
+
+
+def test_pass_markers_are_bounded():
+    reg = CollapsedForwarding(Clock(), max_passes=3)
+    for i in range(5):
+        reg.not_shareable(b"%d" % i)
+    assert reg.collapses(b"0") and reg.collapses(b"1")
+    assert not reg.collapses(b"4")

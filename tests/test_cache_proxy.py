@@ -31,6 +31,8 @@ class Scripted(resource.Resource):
         super().__init__()
         self.routes: dict[str, tuple] = {}
         self.seen: list[tuple[bytes, str, dict]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     def render(self, request):
         name = request.path.decode().lstrip("/")
@@ -50,7 +52,15 @@ class Scripted(resource.Resource):
             body = body()
         if not delay:
             return body
-        call = reactor.callLater(delay, lambda: (request.write(body), request.finish()))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+        def finish():
+            self.in_flight -= 1
+            request.write(body)
+            request.finish()
+
+        call = reactor.callLater(delay, finish)
         request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
         return server.NOT_DONE_YET
 
@@ -243,6 +253,11 @@ async def test_not_shareable_response_makes_waiters_fetch_on_their_own(cached_pr
     results = await defer.gatherResults([get(port, url(scripted, "mine")) for _ in range(3)])
     assert all(r[2] == b"personal" for r in results)
     assert scripted.count("mine") == 3
+    # Now known to be unshareable, it is no longer collapsed: no waiting in line.
+    scripted.most_in_flight = 0
+    results = await defer.gatherResults([get(port, url(scripted, "mine")) for _ in range(3)])
+    assert all(r[2] == b"personal" for r in results) and scripted.count("mine") == 6
+    assert scripted.most_in_flight == 3
 
 
 @pytest_twisted.ensureDeferred
