@@ -602,3 +602,40 @@ def test_make_tcp_service_balances_over_backends_and_drains_on_stop(reactor, ser
         assert [s.requests for s in service.pool.snapshot()] == [2, 2, 2]
     finally:
         yield service.stopService()
+
+
+def _proxy_then_tls(port, ca_file, header, line):
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca_file)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(header)  # the PROXY header travels in clear, before TLS
+        with context.wrap_socket(raw, server_hostname="relay.test") as tls:
+            tls.sendall(line)
+            return tls.recv(100)
+
+
+@pytest_twisted.inlineCallbacks
+def test_haproxy_tls_listener_reads_the_header_then_terminates_tls(reactor, servers, pki):
+    ca_file, files = pki
+    records = Records()
+
+    class EchoLine(Protocol):
+        def dataReceived(self, data):
+            self.transport.write(data)
+
+    echo = backend_at(servers(Factory.forProtocol(EchoLine)))
+    pool = BackendPool("test", [echo], RoundRobin(), reactor)
+    factory = TCPRelayFactory(reactor, pool, name="test", reporters=[records])
+    tls = ServerTLS([CertificateFile(files["relay.test"])], alpn=())
+    listening = yield server_endpoint(
+        reactor, "haproxy:tcp:0:interface=127.0.0.1", tls).listen(factory)
+    try:
+        header = proxy_header_v1(("203.0.113.9", 6000), ("198.51.100.1", 443))
+        answer = yield threads.deferToThread(
+            _proxy_then_tls, listening.getHost().port, ca_file, header, b"over tls\n")
+    finally:
+        yield listening.stopListening()
+    assert answer == b"over tls\n"
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.client_host == "203.0.113.9" and record.client_port == 6000
