@@ -69,8 +69,11 @@ _VECTORS: list[Vector] = [
     Vector("te-http10", _req(_CHUNKED, b"0\r\n\r\n", version=b"HTTP/1.0"), 400,
            note="RFC 9112 6.1: TE in HTTP/1.0 means faulty framing"),
     # -- TE.TE obfuscations --------------------------------------------------
-    Vector("te-xchunked", _req(b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"), 501),
-    Vector("te-chunkedx", _req(b"Transfer-Encoding: chunkedx\r\n", b"0\r\n\r\n"), 501),
+    Vector("te-xchunked", _req(b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"), 400,
+           note="RFC 9112 6.3: final coding not chunked -> 400 and close"),
+    Vector("te-chunkedx", _req(b"Transfer-Encoding: chunkedx\r\n", b"0\r\n\r\n"), 400),
+    Vector("te-identity", _req(b"Transfer-Encoding: identity\r\nContent-Length: 5\r\n", b"hello"), 400),
+    Vector("te-gzip-only", _req(b"Transfer-Encoding: gzip\r\n", b"hello"), 400),
     Vector("te-chunked-identity", _req(b"Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"), 400),
     Vector("te-identity-chunked", _req(b"Transfer-Encoding: identity, chunked\r\n", b"0\r\n\r\n"), 501),
     Vector("te-chunked-chunked", _req(b"Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"), 400),

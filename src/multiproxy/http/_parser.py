@@ -338,11 +338,16 @@ def _content_length(values: list[bytes]) -> int:
     return result
 
 
-def _check_chunked(values: list[bytes]) -> None:
+def _check_chunked(values: list[bytes], request: bool) -> None:
     """
     Check that Transfer-Encoding is exactly one final "chunked"; refuse
-    anything else (chunked not last or repeated: 400; other codings: 501).
+    anything else.  A request whose final coding is not chunked has no
+    reliable length: 400 (RFC 9112 6.3).  Chunked repeated or with
+    parameters: 400.  Other codings before a final chunked, or (responses)
+    any coding without chunked: 501, only chunked is implemented.
     """
+    if len(values) == 1 and values[0] == b"chunked":
+        return
     codings = []
     for value in values:
         for item in value.split(b","):
@@ -361,15 +366,20 @@ def _check_chunked(values: list[bytes]) -> None:
         if name == b"chunked" and semi:
             raise ProtocolError("the chunked transfer coding takes no parameters")
         names.append(name)
+    shown = _show(b", ".join(names))
     if names.count(b"chunked") > 1:
         raise ProtocolError("chunked transfer coding applied more than once")
-    if b"chunked" in names and names[-1] != b"chunked":
-        raise ProtocolError("chunked is not the final transfer coding")
-    if names != [b"chunked"]:
+    if names[-1] != b"chunked":
+        if b"chunked" in names:
+            raise ProtocolError("chunked is not the final transfer coding")
+        if request:
+            raise ProtocolError(
+                f"request body length cannot be determined: Transfer-Encoding {shown} "
+                "does not end with chunked"
+            )
+    if len(names) > 1 or names[0] != b"chunked":
         raise UnsupportedFraming(
-            "unsupported transfer coding "
-            + _show(b", ".join(names))
-            + " (only chunked is implemented)"
+            f"unsupported transfer coding {shown} (only chunked is implemented)"
         )
 
 
@@ -771,7 +781,7 @@ class RequestReader(_Reader):
                 raise ProtocolError("both Content-Length and Transfer-Encoding in a request")
             if version == b"HTTP/1.0":
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-            _check_chunked(te)
+            _check_chunked(te, True)
             self._begin_body("chunked", None)
         elif cl is not None:
             length = _content_length(cl)
@@ -867,7 +877,7 @@ class ResponseReader(_Reader):
                 raise ProtocolError("both Content-Length and Transfer-Encoding in a response")
             if version == b"HTTP/1.0":
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
-            _check_chunked(te)
+            _check_chunked(te, False)
         length = None
         if cl is not None:
             length = _content_length(cl)
