@@ -188,8 +188,8 @@ _CHUNK_EXT_RE = re.compile(
     rb"(?:[ \t]*;[ \t]*[" + _TCHAR + rb"]+(?:[ \t]*=[ \t]*(?:[" + _TCHAR + rb"]+|" + _QUOTED + rb"))?)*"
 )
 
-# Field lines already parsed -> ((name, value), framing name or None); bounded.
-_LINE_CACHE: dict[bytes, tuple[tuple[bytes, bytes], bytes | None]] = {}
+# Field lines already parsed -> ((name, value), lower-case name, framing?); bounded.
+_LINE_CACHE: dict[bytes, tuple[tuple[bytes, bytes], bytes, bool]] = {}
 _LINE_CACHE_MAX = 4096
 _LINE_CACHE_MAX_LEN = 256
 _GOOD_HOSTS: set[bytes] = set()
@@ -264,12 +264,14 @@ def _diagnose_section(section: bytes, what: str = "header") -> None:
     raise ProtocolError(f"bare LF in the {what} section (lines must end with CRLF)")
 
 
-def _fields(
-    lines: list[bytes], limits: Limits
-) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
+_Entry = tuple[tuple[bytes, bytes], bytes, bool]
+"""A parsed field line: ((name, value), lower-case name, is a framing field)."""
+
+
+def _fields(lines: list[bytes], limits: Limits) -> tuple[Headers, dict[bytes, list[bytes]]]:
     """
     Parse the field lines ``lines[1:]`` (``lines[0]`` is the start line) into
-    pairs, with the values of Content-Length, Transfer-Encoding and Host
+    `Headers`, with the values of Content-Length, Transfer-Encoding and Host
     gathered by lower-case name.
     """
     field_lines = lines[1:]
@@ -282,18 +284,16 @@ def _fields(
     if None in known:
         known = _field_lines(field_lines, known)
     framing: dict[bytes, list[bytes]] = {}
-    for pair, lname in [entry for entry in known if entry[1] is not None]:
+    for pair, lname, _ in [entry for entry in known if entry[2]]:
         framing.setdefault(lname, []).append(pair[1])
-    return [entry[0] for entry in known], framing
+    pairs = [entry[0] for entry in known]
+    if _HEADERS_TAKE_LOWER:
+        return Headers(pairs, [entry[1] for entry in known]), framing
+    return Headers(pairs), framing
 
 
-def _field_lines(
-    lines: list[bytes], known: list[tuple[tuple[bytes, bytes], bytes | None] | None]
-) -> list[tuple[tuple[bytes, bytes], bytes | None]]:
-    """
-    Parse the field lines not found in the cache (None in ``known``): each
-    becomes ((name, value), lower-case name if a framing field else None).
-    """
+def _field_lines(lines: list[bytes], known: list[_Entry | None]) -> list[_Entry]:
+    """Parse the field lines not found in the cache (None in ``known``)."""
     names = _NAME_CACHE
     cache = _LINE_CACHE
     out = []
@@ -305,13 +305,26 @@ def _field_lines(
                     raise ProtocolError("obsolete line folding (obs-fold) in the header section")
                 raise ProtocolError(f"header field line without a colon: {_show(line)}")
             lname = names.get(name) or _field_name(name)
-            entry = ((name, value.strip(b" \t")), lname if lname in _FRAMING_FIELDS else None)
+            entry = ((name, value.strip(b" \t")), lname, lname in _FRAMING_FIELDS)
             if len(line) <= _LINE_CACHE_MAX_LEN:
                 if len(cache) >= _LINE_CACHE_MAX:
                     cache.clear()  # hostile lines cannot pin it full
                 cache[line] = entry
         out.append(entry)
     return out
+
+
+def _headers_take_lower() -> bool:
+    # Headers gained an optional list of lower-case names (saves it
+    # lower-casing every name again on lookup); use it when present.
+    try:
+        Headers([], [])
+    except TypeError:
+        return False
+    return True
+
+
+_HEADERS_TAKE_LOWER = _headers_take_lower()
 
 
 def _content_length(values: list[bytes]) -> int:
@@ -736,11 +749,11 @@ class _Reader:
         lines[-1] = b""  # stands in for the start line _fields skips
         if section.translate(None, _ORDINARY) != b"\r\n" * (len(lines) - 1):
             _diagnose_section(section, "trailer")
-        pairs, _ = _fields(lines[-1:] + lines[:-1], self.limits)
+        trailers, _ = _fields(lines[-1:] + lines[:-1], self.limits)
         del buf[: end + 4]
         self._scanned = 0
         self._state = _DONE
-        return EndOfMessage(Headers(pairs))
+        return EndOfMessage(trailers)
 
 
 class RequestReader(_Reader):
@@ -760,8 +773,7 @@ class RequestReader(_Reader):
             raise _bad_request_line(lines[0])
         method, target, major, minor = match.groups()
         version = _version(major, minor)
-        pairs, framing = _fields(lines, self.limits)
-        headers = Headers(pairs)
+        headers, framing = _fields(lines, self.limits)
         hosts = framing.get(b"host")
         if hosts is None:
             if version == b"HTTP/1.1":
@@ -865,8 +877,7 @@ class ResponseReader(_Reader):
         status = int(status_text)
         if not 100 <= status <= 599:
             raise ProtocolError(f"invalid status code {status}")
-        pairs, framing = _fields(lines, self.limits)
-        headers = Headers(pairs)
+        headers, framing = _fields(lines, self.limits)
         method = self._expected[0]
         te = framing.get(b"transfer-encoding")
         cl = framing.get(b"content-length")
