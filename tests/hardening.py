@@ -11,7 +11,10 @@ Shared pieces of the hardening suite (tests/test_hardening*.py).
 - `FixedChooser` routes every intent to one upstream (so hostile targets are
   all sent to the recorder); `StalledUpstream` is an upstream whose connect
   never completes (a DNS server that never answers).
-- `proxy_rss` and friends: memory and descriptor figures from /proc.
+- `rss_bytes`, `open_fds`: memory and descriptor figures from /proc.
+- `MemoryTransport`, `connect_client`, `MemoryUpstream`: a whole proxy in
+  memory on a `task.Clock`, with transports that pause, stall and close the
+  way TCP transports do; `h11_requests` checks what went upstream.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from dataclasses import dataclass, field
 import h11
 import pytest
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._interfaces import IUpstream, IUpstreamChooser
@@ -262,3 +275,345 @@ def status_of(answer: bytes) -> int | None:
     if not answer.startswith(b"HTTP/1.1 "):
         return None
     return int(answer[9:12])
+
+
+# -- an in-memory proxy harness (for fuzzing on a task.Clock) ------------------------
+
+
+class MemoryTransport(StringTransport):
+    """
+    A `StringTransport` that behaves like a TCP transport where a proxy can
+    tell the difference: closing calls ``connectionLost`` (on the next clock
+    tick, as the reactor would), a paused transport delivers no data until it
+    is resumed, registering a second producer fails, and writes past
+    ``high_water`` unread bytes pause the registered streaming producer until
+    the peer `drain`s them.
+    """
+
+    high_water = 65536
+
+    def __init__(self, clock: task.Clock, protocol=None, port: int = 40000) -> None:
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 3128),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", port),
+            lenient=True,
+        )
+        self.clock = clock
+        self.protocol = protocol
+        self.lost = False
+        self.aborted = False
+        self.write_closed = False
+        self.read_closed = False
+        self.unread = 0
+        self._inbox: list[bytes] = []
+        self._delivery = None
+        self._stalled = False
+
+    # -- what the protocol under test calls
+
+    def registerProducer(self, producer, streaming) -> None:
+        if self.producer is not None:
+            raise RuntimeError(f"cannot register {producer!r}: {self.producer!r} is still registered")
+        if self.lost:
+            producer.stopProducing()
+            return
+        self.producer = producer
+        self.streaming = streaming
+        if not streaming:
+            producer.resumeProducing()
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+    def write(self, data: bytes) -> None:
+        if self.lost or self.write_closed:
+            return
+        super().write(data)
+        self.unread += len(data)
+        if (
+            self.unread > self.high_water and not self._stalled and self.producer is not None
+            and self.streaming
+        ):
+            self._stalled = True
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self._close(ConnectionDone("closed"))
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self._close(ConnectionAborted("aborted"))
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def pauseProducing(self) -> None:
+        self.producerState = "paused"
+
+    def resumeProducing(self) -> None:
+        if self.producerState == "paused":
+            self.producerState = "producing"
+            self._schedule_delivery()
+
+    def stopProducing(self) -> None:
+        self.producerState = "stopped"
+        self._close(ConnectionDone("stopped"))
+
+    # -- what the test (the peer) calls
+
+    def receive(self, data: bytes) -> None:
+        """The peer sends ``data``; delivered at once unless reading is paused."""
+        if self.lost or self.read_closed or not data:
+            return
+        self._inbox.append(data)
+        self._deliver()
+
+    def receive_eof(self) -> None:
+        """The peer shuts its write side (half-close where the protocol allows it)."""
+        if self.lost or self.read_closed:
+            return
+        self.read_closed = True
+        self._inbox.clear()
+        if IHalfCloseableProtocol.providedBy(self.protocol):
+            self.protocol.readConnectionLost()
+        else:
+            self._close(ConnectionDone("eof"))
+
+    def drop(self) -> None:
+        """The peer vanishes (connection reset)."""
+        self._close(ConnectionLost("reset by peer"), now=True)
+
+    def drain(self) -> None:
+        """The peer reads everything written so far."""
+        self.unread = 0
+        if self._stalled:
+            self._stalled = False
+            if self.producer is not None and not self.lost:
+                self.producer.resumeProducing()
+
+    # -- internals
+
+    def _schedule_delivery(self) -> None:
+        if self._inbox and self._delivery is None and not self.lost:
+            self._delivery = self.clock.callLater(0, self._deliver)
+
+    def _deliver(self) -> None:
+        if self._delivery is not None and self._delivery.active():
+            self._delivery.cancel()
+        self._delivery = None
+        while self._inbox and self.producerState == "producing" and not self.lost:
+            self.protocol.dataReceived(self._inbox.pop(0))
+
+    def _close(self, exc: Exception, now: bool = False) -> None:
+        if self.disconnecting and not now:
+            return
+        self.disconnecting = True
+        if now:
+            self._lost(exc)
+        else:
+            self.clock.callLater(0, self._lost, exc)
+
+    def _lost(self, exc: Exception) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self.connected = False
+        self._inbox.clear()
+        if self._delivery is not None and self._delivery.active():
+            self._delivery.cancel()
+        self._delivery = None
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.stopProducing()
+        self.protocol.connectionLost(Failure(exc))
+
+
+def connect_client(factory, clock: task.Clock, port: int = 40000) -> MemoryTransport:
+    """A client connection to ``factory`` on a `MemoryTransport`; returns the transport."""
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+    transport = MemoryTransport(clock, protocol, port)
+    protocol.makeConnection(transport)
+    return transport
+
+
+class _MemoryEndpoint:
+    def __init__(self, upstream: MemoryUpstream) -> None:
+        self.upstream = upstream
+
+    def connect(self, factory) -> defer.Deferred:
+        upstream = self.upstream
+        d: defer.Deferred = defer.Deferred()
+
+        def connected() -> None:
+            protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 80))
+            transport = MemoryTransport(upstream.clock, protocol, 80)
+            upstream.transports.append(transport)
+            protocol.makeConnection(transport)
+            d.callback(protocol)
+
+        if upstream.refuse:
+            upstream.clock.callLater(0, d.errback, Failure(ConnectionRefusedError("refused")))
+            return d
+        call = upstream.clock.callLater(upstream.delay, connected)
+        d.addErrback(lambda f: (call.active() and call.cancel(), f)[1])
+        return d
+
+
+@implementer(IUpstream)
+class MemoryUpstream:
+    """An upstream reached over `MemoryTransport`s after ``delay`` seconds of clock time."""
+
+    name = "memory.test:80"
+    key = ("memory",)
+
+    def __init__(self, clock: task.Clock, delay: float = 0.0, refuse: bool = False) -> None:
+        self.clock = clock
+        self.delay = delay
+        self.refuse = refuse
+        self.transports: list[MemoryTransport] = []
+
+    def endpoint(self, reactor):
+        return _MemoryEndpoint(self)
+
+    def live(self) -> MemoryTransport | None:
+        """The newest upstream connection that is still open."""
+        for transport in reversed(self.transports):
+            if not transport.lost:
+                return transport
+        return None
+
+    def started(self) -> None:
+        pass
+
+    def finished(self, ok: bool, elapsed: float) -> None:
+        pass
+
+
+def h11_requests(data: bytes) -> list[h11.Request]:
+    """
+    The requests in ``data`` (what a proxy wrote upstream), read by h11 as a
+    server would, answering each with an empty 200 so the next can be read.
+    A truncated last message is fine; anything h11 refuses raises
+    `h11.RemoteProtocolError`.
+    """
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    requests = []
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            return requests
+        if event is h11.PAUSED:
+            if conn.their_state is h11.MUST_CLOSE or conn.their_state is h11.CLOSED:
+                rest = conn.trailing_data[0]
+                if rest:
+                    raise h11.RemoteProtocolError(f"bytes after a closing request: {rest[:80]!r}")
+                return requests
+            conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
+            conn.send(h11.EndOfMessage())
+            conn.start_next_cycle()
+            continue
+        if isinstance(event, h11.Request):
+            requests.append(event)
+        elif isinstance(event, h11.ConnectionClosed):
+            return requests
+
+
+# -- an origin that streams as fast as it is allowed to ----------------------------
+
+
+@implementer(IPushProducer)
+class _FirehoseProtocol(protocol.Protocol):
+    def __init__(self, origin: Firehose) -> None:
+        self.origin = origin
+        self.head = b""
+        self.sent = 0
+        self.paused = False
+        self.started = False
+        self._call = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.started:
+            return
+        self.head += data
+        if b"\r\n\r\n" in self.head:
+            self.started = True
+            self.origin.streams.append(self)
+            self.transport.registerProducer(self, True)
+            size = self.origin.size
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % size
+            )
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._call is None and not self.paused and self.sent < self.origin.size:
+            self._call = reactor.callLater(0, self._pump)
+
+    def _pump(self) -> None:
+        self._call = None
+        piece = self.origin.piece
+        for _ in range(16):
+            if self.paused or self.sent >= self.origin.size:
+                break
+            n = min(len(piece), self.origin.size - self.sent)
+            self.transport.write(piece[:n])
+            self.sent += n
+            self.origin.written += n
+        if self.sent >= self.origin.size and self.origin.close:
+            self.transport.loseConnection()
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.origin.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+        self.sent = self.origin.size
+
+    def connectionLost(self, reason=None) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class Firehose:
+    """
+    An origin that answers any request with a ``size``-byte body, written
+    only while its transport lets it (a push producer), so ``written`` says
+    how far backpressure let it get.
+    """
+
+    piece = b"\xa5" * 65536
+
+    def __init__(self, size: int, close: bool = False) -> None:
+        self.size = size
+        self.close = close
+        self.written = 0
+        self.pauses = 0
+        self.streams: list[_FirehoseProtocol] = []
+        factory = protocol.Factory.forProtocol(lambda: _FirehoseProtocol(self))
+        factory.noisy = False
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.number = self.port.getHost().port
+
+    def stop(self) -> defer.Deferred:
+        for stream in self.streams:
+            stream.transport.abortConnection()
+        return self.port.stopListening()
+
+
+def write_buffered(transport) -> int:
+    """Bytes a Twisted TCP transport holds in user space, waiting for the socket."""
+    held = len(getattr(transport, "dataBuffer", b"")) - getattr(transport, "offset", 0)
+    return held + getattr(transport, "_tempDataLen", 0)

@@ -123,6 +123,7 @@ class Exchange:
         self.close_after = not request.keep_alive
         self.abort_fetch: Callable[[], None] | None = None
         self._chunked = False
+        self._close_delimited = False
         self._producer = None
         self._transport = protocol.transport
 
@@ -167,6 +168,7 @@ class Exchange:
             headers.add(b"Transfer-Encoding", b"chunked")
         elif framing == "close":
             self.close_after = True
+            self._close_delimited = True
         self._write_head(status, response.reason, headers)
         if producer is not None and framing != "none":
             self._producer = producer
@@ -200,6 +202,11 @@ class Exchange:
         # Closing without the framing's end (length not reached, no last
         # chunk) is how HTTP/1.1 says "truncated"; flush what arrived first.
         self.protocol.exchange = None
+        if self._close_delimited:
+            # The close itself ends a close-delimited body, so a clean close
+            # would pass the truncated body off as complete: reset instead.
+            self.protocol.abort()
+            return
         self.protocol.close_flushing()
 
     # -- answering from the proxy itself --------------------------------
@@ -528,6 +535,12 @@ class HTTPServerProtocol(Protocol):
         """Close after flushing, but never wait on a client that stopped reading."""
         self._close()
         self._deadline.set("abort", self.factory.timeouts.client_idle or 60.0)
+
+    def abort(self) -> None:
+        """Reset the connection now: what is still queued for the client is dropped."""
+        self._closing = True
+        self._cancel_timer()
+        self.transport.abortConnection()
 
 
 _BAD_REQUEST_HEAD = RequestHead(b"-", b"-", b"HTTP/1.1", Headers())
