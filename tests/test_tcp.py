@@ -639,3 +639,32 @@ def test_haproxy_tls_listener_reads_the_header_then_terminates_tls(reactor, serv
     assert answer == b"over tls\n"
     record = records.records[-1] if records.records else (yield records.next())
     assert record.client_host == "203.0.113.9" and record.client_port == 6000
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_the_service_lets_connections_run_until_the_shutdown_timeout(
+    reactor, servers
+):
+    records = Records()
+    echo = servers(Factory.forProtocol(Echo))
+    port = free_port(reactor)
+    config = TCPConfig(name="svc", listen=(f"tcp:{port}:interface=127.0.0.1",),
+                       backends=(TCPBackendConfig(f"tcp:host=127.0.0.1:port={echo}"),),
+                       shutdown_timeout=0.3)
+    service = make_tcp_service(config, reactor, [records])
+    service.startService()
+    client = yield connect(reactor, port)
+    client.transport.write(b"still here")
+    yield task.deferLater(reactor, 0.05, lambda: None)
+    started = reactor.seconds()
+    stopped = service.stopService()
+    fired = []
+    stopped.addCallback(fired.append)
+    yield task.deferLater(reactor, 0.1, lambda: None)
+    assert not fired  # the open connection is given its time
+    client.transport.write(b" and talking")
+    yield stopped
+    assert 0.25 <= reactor.seconds() - started < 2
+    data = yield client.done
+    assert data == b"still here and talking"
+    assert records.records[-1].ended == "error"
