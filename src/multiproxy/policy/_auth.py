@@ -93,7 +93,14 @@ def verify_password(password: bytes, hashed: str) -> bool:
 
 def check_hash(hashed: str) -> str | None:
     """None if ``hashed`` is a supported hash, else the reason it is not."""
-    if _BCRYPT.match(hashed) or _SHA_CRYPT.match(hashed):
+    if _BCRYPT.match(hashed):
+        try:
+            import bcrypt  # noqa: F401
+        except ImportError:
+            return ("bcrypt hashes need the bcrypt package: pip install 'multiproxy[auth]', "
+                    "or use SHA-512 crypt hashes (`openssl passwd -6`)")
+        return None
+    if _SHA_CRYPT.match(hashed):
         return None
     for prefix, what in _WEAK.items():
         if hashed.startswith(prefix):
