@@ -25,6 +25,7 @@ from multiproxy._directwrite import no_delay, write_direct
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
 from multiproxy.http._parser import (
+    CLOSED,
     NEED_DATA,
     PAUSED,
     Data,
@@ -136,7 +137,9 @@ class UpstreamConnection(Protocol):
                 self._fail(UpstreamError(f"invalid response from upstream: {e}", 502))
                 self.transport.abortConnection()
                 return
-            if event is NEED_DATA:
+            if event is NEED_DATA or event is CLOSED:
+                # CLOSED: the upstream closed before any byte of a response;
+                # connectionLost reports it.
                 return
             if type(event) is Data:
                 self._deadline.set("body", self.pool.idle_timeout)
