@@ -148,6 +148,7 @@ class ReverseConfig:
     Everything needed to run one reverse proxy.
 
     @ivar listen: plain HTTP listeners (Twisted server endpoint strings).
+    @ivar via: the pseudonym in the ``Via`` sent to backends, or None.
     @ivar tls_listen: listeners that terminate TLS with ``tls``.
     @ivar redirect_https: plain listeners answer every request with a 308
         to the same URL on https (``https_port``).
@@ -164,6 +165,7 @@ class ReverseConfig:
     routes: tuple[Route, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
     forwarded: ForwardedSettings = ForwardedSettings()
+    via: bytes | None = b"multiproxy"
     redirect_https: bool = False
     https_port: int = 443
     hsts: bytes | None = None
@@ -251,6 +253,13 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
     forwarded_table.finish()
 
     hsts = _hsts_from_value(reader, reader.raw("hsts", False))
+    via = reader.raw("via", True)
+    if isinstance(via, bool):
+        via_value = b"multiproxy" if via else None
+    elif isinstance(via, str) and via and all(0x20 < ord(c) < 0x7F for c in via):
+        via_value = via.encode("ascii")
+    else:
+        raise reader.error("via", "expected true, false or a pseudonym without spaces")
     limits = Limits(
         max_head=reader.integer("max_head_size", _LIMITS.max_head, minimum=1024),
         max_request_line=reader.integer("max_request_line", _LIMITS.max_request_line, minimum=256),
@@ -266,6 +275,7 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
         routes=routes,
         pools=pools,
         forwarded=forwarded,
+        via=via_value,
         redirect_https=reader.boolean("redirect_https", False),
         https_port=reader.integer("https_port", 443, minimum=1, maximum=65535),
         hsts=hsts,
@@ -476,6 +486,7 @@ class ReverseOptions(usage.Options):
         ["no-health", None, "No active health checks (failing backends are still ejected)."],
         ["no-x-forwarded", None, "Do not set X-Forwarded-For/-Proto/-Host."],
         ["no-forwarded", None, "Do not set the RFC 7239 Forwarded header."],
+        ["no-via", None, "Do not add a Via header to requests sent to backends."],
     ]
     optParameters = [
         ["name", None, "reverse", "Name of this proxy in logs and on the status page."],
@@ -635,6 +646,7 @@ class ReverseOptions(usage.Options):
                 x_forwarded=not self["no-x-forwarded"],
                 forwarded=not self["no-forwarded"],
             ),
+            via=None if self["no-via"] else b"multiproxy",
             redirect_https=self["redirect-https"],
             https_port=self["https-port"],
             hsts=f"max-age={self['hsts']}".encode() if self["hsts"] else None,

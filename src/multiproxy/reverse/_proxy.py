@@ -1,0 +1,407 @@
+"""
+The reverse HTTP proxy: clients talk to it as to the web server, and it
+routes each request by Host and path to a pool of backends.
+
+`ReverseProxy` is the protocol factory (an `IProxy`); `ReverseProxyProtocol`
+is the per-connection protocol, a subclass of the shared
+`HTTPServerProtocol` (reading requests, pipelining, timeouts, streaming and
+error answers all live there).  Only what a gateway does differently is
+here: routing, forwarding headers, failover between backends, WebSocket
+upgrades, redirects to HTTPS and HSTS.
+
+Request targets (RFC 9112 3.2):
+
+- origin-form (``/path``): routed by the Host field;
+- absolute-form (``http://host/path``): RFC 9112 3.2.2 says the server uses
+  the target's authority and ignores Host.  It is routed only when that host
+  is one of the configured virtual hosts (the default virtual host does not
+  count); for any other host the answer is 421 Misdirected Request.  The
+  proxy never connects to a host named by a client, so absolute-form never
+  turns it into an open forward proxy;
+- ``OPTIONS *`` is answered by the proxy; CONNECT gets 405.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from multiproxy._contract import AllowAll
+from multiproxy._errors import ProtocolError
+from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy._values import Intent
+from multiproxy.http._client import ConnectionPool
+from multiproxy.http._exchange import IFetcher
+from multiproxy.http._headers import Headers
+from multiproxy.http._parser import Limits, RequestHead, ResponseHead
+from multiproxy.http._rules import end_to_end
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
+from multiproxy.http._target import is_origin_form, parse_absolute_target
+from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
+from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
+from multiproxy.reverse._routing import RouteMatch, RouteTable, normalise_host
+
+log = Logger()
+
+ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+
+
+@implementer(IUpstreamChooser)
+class RouteChooser:
+    """
+    The reverse proxy's `IUpstreamChooser`: the route for the intent's host
+    and target names a pool, whose balancer picks a healthy backend.
+
+    @param pools: `multiproxy.balancing.BackendPool`s by name.
+    """
+
+    def __init__(self, routes: RouteTable, pools: Mapping[str, Any]) -> None:
+        missing = sorted(routes.pools - set(pools))
+        if missing:
+            raise ValueError(f"routes name pools that do not exist: {', '.join(missing)}")
+        self.routes = routes
+        self.pools = dict(pools)
+
+    def match(self, host: str | None, target: bytes) -> RouteMatch | None:
+        """The route for ``host`` and origin-form ``target``, or None."""
+        return self.routes.match(host, target)
+
+    def choose(self, intent: Intent, excluded=frozenset()) -> Any:
+        """A backend for ``intent`` (host and path from its target), or None."""
+        path = _path_of(intent.target)
+        match = self.routes.match(intent.host, path)
+        if match is None:
+            return None
+        return self.pools[match.pool].choose(intent, excluded)
+
+
+def _path_of(target: str) -> bytes:
+    raw = target.encode("latin-1")
+    if raw.startswith(b"/"):
+        return raw
+    rest = raw.partition(b"://")[2]
+    cut = min([i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0], default=len(rest))
+    path = rest[cut:] or b"/"
+    return path if path.startswith(b"/") else b"/" + path
+
+
+class ReverseProxyProtocol(HTTPServerProtocol):
+    """
+    One client connection to the reverse proxy.
+
+    Override `request_headers` to change what backends receive, or `admit`
+    to add checks before the policy is asked.
+    """
+
+    factory: ReverseProxy
+
+    @property
+    def secure(self) -> bool:
+        """Whether this client connection is TLS (decides the scheme, redirects and HSTS)."""
+        return ISSLTransport.providedBy(self.transport)
+
+    def handle(self, exchange: Exchange) -> None:
+        head = exchange.request
+        if head.method == b"CONNECT":
+            exchange.record.ended = "denied"
+            exchange.respond_error(405, "this is a reverse proxy: CONNECT is not supported",
+                                   close=True)
+            return
+        if head.target == b"*":
+            if head.method != b"OPTIONS":
+                raise ProtocolError("the asterisk-form target is only for OPTIONS")
+            exchange.respond(200, Headers([(b"Allow", ALLOWED_METHODS)]))
+            return
+        if is_origin_form(head.target):
+            host_value = head.headers.get(b"host")
+            host = host_value.decode("latin-1") if host_value is not None else None
+            path = head.target
+        else:
+            target = parse_absolute_target(head.target)
+            authority = f"[{target.host}]" if ":" in target.host else target.host
+            if not self.factory.chooser.routes.knows_host(authority):
+                exchange.record.ended = "denied"
+                exchange.respond_error(
+                    421, f"this server does not serve {target.host}; it is not a forward proxy")
+                return
+            host, path = authority, target.path
+            host_value = authority.encode("ascii") if target.port in (80, 443) else \
+                f"{authority}:{target.port}".encode("ascii")
+        match = self.factory.chooser.match(host, path)
+        if match is None:
+            exchange.record.ended = "no-route"
+            shown = host or "(no Host)"
+            exchange.respond_error(404, f"no route for {shown}{_show_path(path)}")
+            return
+        exchange.record.extra["route"] = match.route.name
+        if self.factory.redirect_https and not self.secure:
+            self._redirect_to_https(exchange, match, path)
+            return
+        intent = self.make_intent(exchange, match, host_value)
+        if head.method in (b"OPTIONS", b"TRACE") and self._answer_max_forwards(exchange):
+            return
+        self.admit(exchange, intent, lambda intent: self._forward(exchange, intent, match,
+                                                                  host_value))
+
+    # -- deciding --------------------------------------------------------
+
+    def make_intent(self, exchange: Exchange, match: RouteMatch, host_value: bytes | None
+                    ) -> Intent:
+        """The `Intent` of a routed request (its target is the absolute URL asked for)."""
+        head = exchange.request
+        scheme = "https" if self.secure else "http"
+        default = 443 if self.secure else 80
+        port = default
+        if host_value is not None:
+            _, colon, tail = host_value.rpartition(b":")
+            if colon and tail.isdigit() and not host_value.endswith(b"]"):
+                port = int(tail)
+        host = match.host
+        shown = f"[{host}]" if ":" in host else host
+        if port != default:
+            shown += f":{port}"
+        path = head.target if head.target.startswith(b"/") else _path_of(
+            head.target.decode("latin-1"))
+        return Intent(
+            kind="http",
+            proxy=self.factory.name,
+            client_host=self.client_host,
+            client_port=self.client_port,
+            host=host,
+            port=port,
+            method=head.method.decode("latin-1"),
+            scheme=scheme,
+            target=f"{scheme}://{shown}{path.decode('latin-1')}",
+            headers=head.headers,
+        )
+
+    def admit(self, exchange: Exchange, intent: Intent, proceed) -> None:
+        """Ask the policy about ``intent``; call ``proceed(intent)`` if it is allowed."""
+        decision = self.factory.policy.decide(intent)
+        exchange.record.rule = decision.rule
+        if decision.action == "allow":
+            proceed(intent)
+            return
+        exchange.record.ended = "denied"
+        if decision.action == "authenticate":
+            exchange.respond_error(403, decision.message or
+                                   "this site requires authentication, which this reverse "
+                                   "proxy does not offer")
+        else:
+            exchange.respond_error(403, decision.message or "access denied by policy")
+
+    # -- forwarding ------------------------------------------------------
+
+    def request_headers(self, exchange: Exchange, intent: Intent, match: RouteMatch,
+                        host_value: bytes | None, backend: Any) -> Headers:
+        """The header fields sent to ``backend`` (framing fields are added later)."""
+        head = exchange.request
+        factory = self.factory
+        headers = end_to_end(head.headers)
+        # A client must not smuggle an HTTP/2 upgrade's settings past us.
+        headers.remove(b"http2-settings")
+        headers = apply_forwarded(
+            headers,
+            client_host=self.client_host,
+            client_port=self.client_port,
+            proto=intent.scheme,
+            host=host_value,
+            settings=factory.forwarded,
+        )
+        if match.route.host_header == "backend":
+            headers.set(b"host", backend_authority(backend))
+        elif host_value is not None:
+            headers.set(b"host", host_value)
+        if factory.via is not None:
+            headers.add(b"Via", head.version[5:] + b" " + factory.via)
+        return headers
+
+    def _forward(self, exchange: Exchange, intent: Intent, match: RouteMatch,
+                 host_value: bytes | None) -> None:
+        pool = self.factory.chooser.pools[match.pool]
+        backend = pool.choose(intent)
+        if backend is None:
+            self._no_backend(exchange, pool)
+            return
+        headers = self.request_headers(exchange, intent, match, host_value, backend)
+        head = exchange.request
+        if _wants_websocket(head) and exchange.body is None:
+            from multiproxy.reverse._upgrade import start_upgrade
+
+            start_upgrade(self, exchange, intent, pool, backend,
+                          RequestHead(head.method, match.target, b"HTTP/1.1", headers))
+            return
+        request = ReverseRequest(
+            intent=intent,
+            upstream=backend,
+            head=RequestHead(head.method, match.target, b"HTTP/1.1", headers),
+            body=exchange.body,
+            pool=pool,
+            rewrite_host=match.route.host_header == "backend",
+        )
+        exchange.record.upstream = backend.name
+        fetcher = self.factory.fetcher_for(match)
+        exchange.abort_fetch = fetcher.fetch(request, exchange)
+
+    def _no_backend(self, exchange: Exchange, pool: Any) -> None:
+        exchange.record.ended = "no-backend"
+        retry = pool.retry_after()
+        body = f"503 Service Unavailable: no healthy backend in pool {pool.name}\n".encode()
+        exchange.record.extra.setdefault("error", f"no healthy backend in pool {pool.name}")
+        exchange.respond(503, Headers([
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Cache-Control", b"no-store"),
+            (b"Retry-After", b"%d" % retry),
+        ]), body)
+
+    def _redirect_to_https(self, exchange: Exchange, match: RouteMatch, path: bytes) -> None:
+        port = self.factory.https_port
+        host = f"[{match.host}]" if ":" in match.host else match.host
+        if not host:
+            raise ProtocolError("a Host header is needed to redirect to https")
+        authority = host if port == 443 else f"{host}:{port}"
+        location = f"https://{authority}".encode("ascii") + path
+        exchange.record.ended = "redirect"
+        exchange.respond(308, Headers([
+            (b"Location", location),
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+        ]), b"308 Permanent Redirect: " + location + b"\n")
+
+    def _answer_max_forwards(self, exchange: Exchange) -> bool:
+        """RFC 9110 7.6.2: OPTIONS and TRACE with ``Max-Forwards: 0`` stop here."""
+        headers = exchange.request.headers
+        value = headers.get(b"max-forwards")
+        if value is None:
+            return False
+        if not value.isdigit():
+            raise ProtocolError("Max-Forwards must be a non-negative integer")
+        remaining = int(value)
+        if remaining > 0:
+            rewritten = [
+                (n, b"%d" % (remaining - 1) if n.lower() == b"max-forwards" else v)
+                for n, v in headers
+            ]
+            request = exchange.request
+            exchange.request = RequestHead(request.method, request.target, request.version,
+                                           Headers(rewritten))
+            return False
+        if exchange.request.method == b"OPTIONS":
+            exchange.respond(200, Headers([(b"Allow", ALLOWED_METHODS)]))
+        else:
+            exchange.respond_error(405, "TRACE is not answered by this proxy")
+        return True
+
+    # -- responses -------------------------------------------------------
+
+    def response_headers(self, exchange: Exchange, response: ResponseHead) -> Headers:
+        """End-to-end fields of the backend's response, plus HSTS over TLS."""
+        headers = end_to_end(response.headers)
+        hsts = self.factory.hsts
+        if hsts is not None and self.secure and b"strict-transport-security" not in headers:
+            headers.add(b"Strict-Transport-Security", hsts)
+        return headers
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if self.factory.draining:
+            exchange.close_after = True
+        super().exchange_done(exchange)
+
+
+def _wants_websocket(head: RequestHead) -> bool:
+    return (head.method == b"GET" and b"upgrade" in head.headers.tokens(b"connection")
+            and b"websocket" in head.headers.tokens(b"upgrade"))
+
+
+def _show_path(path: bytes) -> str:
+    text = path.decode("latin-1")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@implementer(IProxy)
+class ReverseProxy(HTTPProxyFactory):
+    """
+    A reverse HTTP proxy: the protocol factory to listen with (plain or TLS).
+
+    @param routes: the `RouteTable`.
+    @param pools: `multiproxy.balancing.BackendPool`s by name.
+    @param policy: an `IPolicy` (default: allow everything).
+    @param fetcher: the `IFetcher` for every route (default: a
+        `BalancingFetcher` over ``connection_pool``).
+    @param cached_fetcher: the `IFetcher` for routes with ``cache`` set
+        (typically the shared cache wrapping ``fetcher``).
+    @param via: the pseudonym in the ``Via`` sent to backends, or None.
+    @param hsts: the ``Strict-Transport-Security`` value for TLS responses.
+    @param redirect_https: plain connections get a 308 to ``https_port``.
+    """
+
+    protocol = ReverseProxyProtocol
+
+    def __init__(
+        self,
+        reactor,
+        *,
+        routes: RouteTable,
+        pools: Mapping[str, Any],
+        name: str = "reverse",
+        policy: IPolicy | None = None,
+        fetcher: IFetcher | None = None,
+        cached_fetcher: IFetcher | None = None,
+        connection_pool: ConnectionPool | None = None,
+        forwarded: ForwardedSettings = ForwardedSettings(),
+        via: bytes | None = b"multiproxy",
+        hsts: bytes | None = None,
+        redirect_https: bool = False,
+        https_port: int = 443,
+        max_attempts: int = 3,
+        limits: Limits = Limits(),
+        timeouts: Timeouts = Timeouts(),
+        reporters: Sequence = (),
+    ) -> None:
+        self.pool = connection_pool or ConnectionPool(
+            reactor,
+            limits,
+            connect_timeout=timeouts.connect,
+            response_timeout=timeouts.response,
+            idle_timeout=timeouts.upstream_idle,
+        )
+        super().__init__(
+            reactor,
+            name=name,
+            fetcher=fetcher or BalancingFetcher(self.pool, max_attempts),
+            limits=limits,
+            timeouts=timeouts,
+            reporters=tuple(reporters),
+            # Sent on requests to backends; a gateway MAY also add it to
+            # responses (RFC 9110 7.6.3), which ``response_headers`` does not.
+            via=via,
+        )
+        self.cached_fetcher = cached_fetcher
+        self.chooser = RouteChooser(routes, pools)
+        self.policy = policy or AllowAll()
+        self.forwarded = forwarded
+        self.hsts = hsts
+        self.redirect_https = redirect_https
+        self.https_port = https_port
+        self.draining = False
+
+    def fetcher_for(self, match: RouteMatch) -> IFetcher:
+        """The fetcher for a route: the cache in front of it when the route asks for it."""
+        if match.route.cache and self.cached_fetcher is not None:
+            return self.cached_fetcher
+        return self.fetcher
+
+    def drain(self) -> None:
+        """
+        Begin a graceful shutdown: idle client connections close now, busy
+        ones after their current response.
+        """
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.exchange is None and conn.tunnel is None:
+                conn.transport.loseConnection()
+            elif conn.exchange is not None:
+                conn.exchange.close_after = True

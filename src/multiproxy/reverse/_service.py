@@ -1,0 +1,237 @@
+"""
+Assembling a running reverse proxy from a `ReverseConfig`: backend pools
+and their health checks, the `ReverseProxy` factory, plain and TLS
+listeners, the status listener, certificate reload on SIGHUP and a graceful
+shutdown.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from multiproxy._errors import ConfigError
+from multiproxy._tls import ServerTLS, tls_server_endpoint
+from multiproxy.balancing import (
+    Backend,
+    BackendPool,
+    HealthChecker,
+    HTTPCheck,
+    TCPCheck,
+    TLSOrigination,
+    balancer_from_name,
+)
+from multiproxy.http._exchange import IFetcher
+from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig
+from multiproxy.reverse._proxy import ReverseProxy
+from multiproxy.reverse._statuslistener import StatusSite
+
+log = Logger()
+
+CacheWrapper = Callable[[IFetcher], IFetcher]
+"""Puts the shared cache in front of a fetcher (for routes with ``cache = true``)."""
+
+
+def make_backend(config: BackendConfig, connect_timeout: float) -> Backend:
+    """A `Backend` for one configured backend URL."""
+    tls = None
+    if config.scheme == "https":
+        tls = TLSOrigination(
+            server_name=config.server_name or config.host,
+            ca_file=config.ca_file,
+            verify=config.verify,
+            alpn=(b"http/1.1",),
+        )
+    return Backend(
+        config.name or config.url, host=config.host, port=config.port, tls=tls,
+        weight=config.weight, connect_timeout=connect_timeout,
+    )
+
+
+def make_pool(config: PoolConfig, reactor: Any, connect_timeout: float) -> BackendPool:
+    """A `BackendPool` (with its balancer) for one configured pool."""
+    health = config.health
+    return BackendPool(
+        config.name,
+        [make_backend(b, connect_timeout) for b in config.backends],
+        balancer_from_name(config.balance),
+        reactor,
+        max_failures=health.max_failures,
+        backoff=health.backoff,
+        max_backoff=health.max_backoff,
+    )
+
+
+def make_health_checker(config: PoolConfig, pool: BackendPool, reactor: Any
+                        ) -> HealthChecker | None:
+    """The active health checks of a pool, or None when they are off."""
+    health = config.health
+    if health.check == "none":
+        return None
+    check = TCPCheck() if health.check == "tcp" else HTTPCheck(
+        path=health.path, host=health.host, expect=health.expect)
+    return HealthChecker(reactor, pool.backends, check, interval=health.interval,
+                         timeout=health.timeout, rise=health.rise, fall=health.fall)
+
+
+def make_reverse_proxy(
+    config: ReverseConfig, reactor: Any, reporters=(), *, policy: Any = None,
+    cache: CacheWrapper | None = None,
+) -> tuple[ReverseProxy, dict[str, BackendPool], list[HealthChecker]]:
+    """The `ReverseProxy` factory, its pools by name and their health checkers."""
+    pools = {p.name: make_pool(p, reactor, config.timeouts.connect) for p in config.pools}
+    checkers = []
+    for p in config.pools:
+        checker = make_health_checker(p, pools[p.name], reactor)
+        if checker is not None:
+            checkers.append(checker)
+    cached_routes = [r.name for r in config.routes if r.cache]
+    if cached_routes and cache is None:
+        raise ConfigError(
+            f"{config.name}: route {cached_routes[0]!r} asks for the shared cache, but no "
+            f"cache is configured for this proxy"
+        )
+    factory = ReverseProxy(
+        reactor,
+        routes=config.route_table(),
+        pools=pools,
+        name=config.name,
+        policy=policy,
+        forwarded=config.forwarded,
+        via=config.via,
+        hsts=config.hsts,
+        redirect_https=config.redirect_https,
+        https_port=config.https_port,
+        limits=config.limits,
+        timeouts=config.timeouts,
+        reporters=reporters,
+    )
+    if cache is not None:
+        factory.cached_fetcher = cache(factory.fetcher)
+    return factory, pools, checkers
+
+
+class ReverseService(MultiService):
+    """
+    A reverse proxy's listeners, health checks and status page as one service.
+
+    Stopping it is graceful: the listeners stop accepting, idle client
+    connections close, requests in flight get up to ``shutdown_timeout``
+    seconds to finish, then whatever is left is cut.  ``reload`` (also on
+    SIGHUP) reads the TLS certificates again.
+    """
+
+    def __init__(self, reactor: Any, factory: ReverseProxy, pools: dict[str, BackendPool],
+                 shutdown_timeout: float, server_tls: ServerTLS | None = None,
+                 reload_on_sighup: bool = True) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.factory = factory
+        self.pools = pools
+        self.shutdown_timeout = shutdown_timeout
+        self.server_tls = server_tls
+        self.reload_on_sighup = reload_on_sighup
+        self.listeners: list[Service] = []
+        self._previous_sighup: Any = None
+
+    def add_listener(self, service: Service) -> None:
+        """A service that accepts client connections (stopped first on shutdown)."""
+        # As strports.service does: a port that cannot be bound fails start-up.
+        service._raiseSynchronously = True  # type: ignore[attr-defined]
+        service.setServiceParent(self)
+        self.listeners.append(service)
+
+    def reload(self) -> None:
+        """Reload the TLS certificates; on failure the old ones stay in force."""
+        if self.server_tls is None:
+            return
+        try:
+            self.server_tls.reload()
+        except ConfigError as e:
+            log.error("TLS reload of {name} failed, old certificates kept: {error}",
+                      name=self.factory.name, error=str(e))
+
+    def startService(self) -> None:
+        super().startService()
+        if self.reload_on_sighup and self.server_tls is not None:
+            self._previous_sighup = signal.getsignal(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+        previous = self._previous_sighup
+        if callable(previous):
+            previous(signum, frame)
+
+    def stopService(self) -> defer.Deferred:
+        Service.stopService(self)
+        if self.reload_on_sighup and self.server_tls is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
+        others = [s for s in self if s not in self.listeners]
+        d = defer.gatherResults(
+            [defer.maybeDeferred(s.stopService) for s in self.listeners], consumeErrors=True)
+        d.addBoth(lambda _: self.drain())
+        d.addBoth(lambda _: defer.gatherResults(
+            [defer.maybeDeferred(s.stopService) for s in others], consumeErrors=True))
+        d.addBoth(lambda _: self.factory.pool.close_idle())
+        return d
+
+    @defer.inlineCallbacks
+    def drain(self):  # type: ignore[no-untyped-def]
+        """Let in-flight requests finish, up to ``shutdown_timeout``; then cut the rest."""
+        factory = self.factory
+        factory.drain()
+        deadline = self.reactor.seconds() + self.shutdown_timeout
+        while factory.connections and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
+        left = list(factory.connections)
+        if left:
+            log.warn("{name}: {n} connections still busy after {t:g} s; closing them",
+                     name=factory.name, n=len(left), t=self.shutdown_timeout)
+        for conn in left:
+            conn.transport.abortConnection()
+
+
+def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
+                         policy: Any = None, cache: CacheWrapper | None = None
+                         ) -> ReverseService:
+    """A `ReverseService` for ``config``; raises `ConfigError` before anything listens."""
+    factory, pools, checkers = make_reverse_proxy(config, reactor, reporters, policy=policy,
+                                                  cache=cache)
+    server_tls = None
+    if config.tls is not None:
+        server_tls = ServerTLS(config.tls.certificates, config.tls.directory,
+                               config.tls.default)
+    service = ReverseService(reactor, factory, pools, config.shutdown_timeout, server_tls)
+    service.setName(config.name)
+    for description in config.listen:
+        service.add_listener(StreamServerEndpointService(
+            _endpoint(reactor, config.name, "listen", description), factory))
+    for description in config.tls_listen:
+        endpoint = tls_server_endpoint(
+            _endpoint(reactor, config.name, "tls_listen", description), server_tls, reactor)
+        service.add_listener(StreamServerEndpointService(endpoint, factory))
+    for checker in checkers:
+        checker.setServiceParent(service)
+    if config.status_listen:
+        site = StatusSite(reactor, config.name, lambda: list(pools.values()))
+        for description in config.status_listen:
+            status = StreamServerEndpointService(
+                _endpoint(reactor, config.name, "status_listen", description), site)
+            status._raiseSynchronously = True  # type: ignore[attr-defined]
+            status.setServiceParent(service)
+    return service
+
+
+def _endpoint(reactor: Any, name: str, key: str, description: str) -> Any:
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{name}: bad {key} endpoint {description!r}: {e}") from None
