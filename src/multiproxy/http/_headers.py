@@ -4,7 +4,9 @@ An ordered list of header fields.
 A proxy must keep field order and repeated fields exactly as they came, so
 `Headers` is a list of ``(name, value)`` byte pairs, never a dict.  Names keep
 the case they arrived in; every lookup takes a lower-case name and compares
-case-insensitively.
+case-insensitively.  The lower-case names are kept beside the pairs (the
+parser hands them over, having computed them anyway), so a lookup is one
+C-level list search rather than a Python loop lower-casing every name.
 """
 
 from __future__ import annotations
@@ -15,10 +17,23 @@ from collections.abc import Iterable, Iterator
 class Headers:
     """An ordered, case-insensitive, multi-valued list of HTTP header fields."""
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_pairs", "_lower")
 
-    def __init__(self, pairs: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self, pairs: Iterable[tuple[bytes, bytes]] = (), lower: list[bytes] | None = None
+    ) -> None:
+        """
+        @param lower: the lower-case names of ``pairs``, in order, if the
+            caller has them already (they are trusted, not checked).
+        """
         self._pairs: list[tuple[bytes, bytes]] = list(pairs)
+        self._lower: list[bytes] | None = lower
+
+    def _names(self) -> list[bytes]:
+        lower = self._lower
+        if lower is None:
+            lower = self._lower = [n.lower() for n, _ in self._pairs]
+        return lower
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self._pairs)
@@ -27,10 +42,7 @@ class Headers:
         return len(self._pairs)
 
     def __contains__(self, name: bytes) -> bool:
-        for n, _ in self._pairs:
-            if n.lower() == name:
-                return True
-        return False
+        return name in self._names()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -42,22 +54,26 @@ class Headers:
 
     @property
     def pairs(self) -> list[tuple[bytes, bytes]]:
-        """The fields, in order (the list itself: mutate with care)."""
-        return self._pairs
+        """The fields, in order (a copy)."""
+        return list(self._pairs)
 
     def copy(self) -> Headers:
-        return Headers(self._pairs)
+        lower = self._lower
+        return Headers(self._pairs, None if lower is None else list(lower))
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """The first value of field ``name`` (lower case), or ``default``."""
-        for n, v in self._pairs:
-            if n.lower() == name:
-                return v
-        return default
+        try:
+            return self._pairs[self._names().index(name)][1]
+        except ValueError:
+            return default
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of field ``name`` (lower case), in order."""
-        return [v for n, v in self._pairs if n.lower() == name]
+        lower = self._names()
+        if name not in lower:
+            return []
+        return [v for (_, v), n in zip(self._pairs, lower) if n == name]
 
     def combined(self, name: bytes) -> bytes | None:
         """All values of ``name`` joined with ``", "`` (RFC 9110 5.3), or None."""
@@ -72,27 +88,41 @@ class Headers:
         empty elements dropped (RFC 9110 5.6.1).
         """
         out = []
-        for n, v in self._pairs:
-            if n.lower() == name:
-                for item in v.split(b","):
-                    item = item.strip(b" \t").lower()
-                    if item:
-                        out.append(item)
+        for value in self.get_all(name):
+            for item in value.split(b","):
+                item = item.strip(b" \t").lower()
+                if item:
+                    out.append(item)
         return out
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append a field."""
         self._pairs.append((name, value))
+        if self._lower is not None:
+            self._lower.append(name.lower())
 
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every field called ``name`` (lower case) with one field."""
         self.remove(name)
-        self._pairs.append((name, value))
+        self.add(name, value)
 
     def remove(self, name: bytes) -> None:
         """Drop every field called ``name`` (lower case)."""
-        self._pairs = [(n, v) for n, v in self._pairs if n.lower() != name]
+        if name in self._names():
+            self.remove_all((name,))
 
-    def remove_all(self, names: frozenset[bytes] | set[bytes]) -> None:
+    def remove_all(self, names: Iterable[bytes]) -> None:
         """Drop every field whose lower-case name is in ``names``."""
-        self._pairs = [(n, v) for n, v in self._pairs if n.lower() not in names]
+        lower = self._names()
+        keep = [i for i, n in enumerate(lower) if n not in names]
+        if len(keep) != len(lower):
+            pairs = self._pairs
+            self._pairs = [pairs[i] for i in keep]
+            self._lower = [lower[i] for i in keep]
+
+    def without(self, names: frozenset[bytes] | set[bytes]) -> Headers:
+        """A new `Headers` without the fields whose lower-case name is in ``names``."""
+        lower = self._names()
+        pairs = self._pairs
+        keep = [i for i, n in enumerate(lower) if n not in names]
+        return Headers([pairs[i] for i in keep], [lower[i] for i in keep])

@@ -42,4 +42,4 @@ def end_to_end(headers: Headers) -> Headers:
     options = headers.tokens(b"connection")
     if options:
         drop = HOP_BY_HOP.union(options).difference(_PROTECTED)
-    return Headers([(n, v) for n, v in headers if n.lower() not in drop])
+    return headers.without(drop)
