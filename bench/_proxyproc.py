@@ -1,0 +1,238 @@
+"""
+A multiproxy process for the reliability benches (exhaustion.py, soak.py).
+
+It runs a forward proxy on 127.0.0.1 (and, when asked, a TCP relay), and
+answers one JSON line on stdout per command line read from stdin (a channel
+that stays open when the process has no descriptor left to accept a
+connection with), so the bench measures this process alone:
+
+- ``stats``: RSS, open descriptors, client connections, pooled upstream
+  connections, pending timers, and log events seen (by level, plus the
+  accept errors);
+- ``gc``: run a full garbage collection, then ``stats`` with the live
+  objects of the proxy's own classes counted;
+- ``close-idle``: close pooled upstream connections, then ``stats``.
+
+Run as ``python bench/_proxyproc.py --listen PORT [--nofile N]``; it prints
+``ready`` once listening.  `ProxyProcess` starts and drives one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import os
+import resource
+import sys
+
+
+def _rss(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # no descriptor left to open the file with
+        pass
+    return -1
+
+
+def _count_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no descriptor left to open the directory with
+        return -1
+
+
+_TRACKED = (
+    "ForwardProxyProtocol", "Exchange", "RequestBody", "UpstreamConnection", "Relay",
+    "RelayUpstreamProtocol", "RelayServerProtocol", "DelayedCall", "Deferred",
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen", type=int, required=True)
+    parser.add_argument("--tcp-listen", type=int, default=0, help="also run a TCP relay here")
+    parser.add_argument("--tcp-target", default="", help="host:port the TCP relay connects to")
+    parser.add_argument("--nofile", type=int, default=0, help="RLIMIT_NOFILE soft limit")
+    parser.add_argument("--backlog", type=int, default=128)
+    parser.add_argument("--keepalive", type=float, default=600.0, help="client keep-alive (s)")
+    parser.add_argument("--pool-keepalive", type=float, default=30.0)
+    parser.add_argument("--connect-ports", default="443")
+    parser.add_argument("--guard", action="store_true",
+                        help="listen through multiproxy._accept.GuardedEndpoint")
+    parser.add_argument("--max-connections", type=int, default=0,
+                        help="the guard's limit (default: from RLIMIT_NOFILE)")
+    args = parser.parse_args(argv)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if args.nofile:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
+    else:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import protocol, reactor, stdio
+    from twisted.logger import LogLevel, globalLogBeginner
+
+    from multiproxy.forward import ForwardProxy, ForwardSettings
+    from multiproxy.http._client import ConnectionPool
+    from multiproxy.http._parser import Limits
+    from multiproxy.http._server import Timeouts
+
+    levels: collections.Counter = collections.Counter()
+    accept_errors: collections.Counter = collections.Counter()
+    failures: list[str] = []
+
+    def observe(event: dict) -> None:
+        level = event.get("log_level")
+        levels[level.name if level is not None else "legacy"] += 1
+        text = event.get("log_format") or ""
+        if "EMFILE" in text or "accept" in text.lower():
+            accept_errors[text] += 1
+        if "log_failure" in event or event.get("isError"):
+            failure = event.get("log_failure")
+            failures.append(failure.getTraceback() if failure is not None else text)
+        if level is not None and level >= LogLevel.warn:
+            from twisted.logger import formatEvent
+
+            sys.stderr.write(f"[{level.name}] {formatEvent(event)[:300]}\n")
+            if "log_failure" in event:
+                sys.stderr.write(event["log_failure"].getTraceback())
+
+    globalLogBeginner.beginLoggingTo([observe], redirectStandardIO=False)
+
+    timeouts = Timeouts(keepalive=args.keepalive)
+    limits = Limits()
+    pool = ConnectionPool(
+        reactor, limits, connect_timeout=timeouts.connect, response_timeout=timeouts.response,
+        idle_timeout=timeouts.upstream_idle, keepalive_timeout=args.pool_keepalive,
+    )
+    ports = frozenset(int(p) for p in args.connect_ports.split(",") if p)
+    proxy = ForwardProxy(
+        reactor, pool=pool, timeouts=timeouts, limits=limits,
+        settings=ForwardSettings(connect_ports=ports),
+    )
+    guard = None
+    if args.guard:
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+
+        from multiproxy._accept import AcceptGuard, GuardedEndpoint
+
+        guard = AcceptGuard(reactor, args.max_connections or None)
+        endpoint = GuardedEndpoint(
+            TCP4ServerEndpoint(reactor, args.listen, backlog=args.backlog, interface="127.0.0.1"),
+            guard,
+        )
+        endpoint.listen(proxy)
+    else:
+        reactor.listenTCP(args.listen, proxy, backlog=args.backlog, interface="127.0.0.1")
+
+    relay_factory = None
+    if args.tcp_listen:
+        relay_factory = _tcp_relay(reactor, args.tcp_target)
+        if relay_factory is not None:
+            reactor.listenTCP(args.tcp_listen, relay_factory, interface="127.0.0.1")
+
+    def stats(objects: bool) -> dict:
+        counts: collections.Counter = collections.Counter()
+        if objects:
+            for obj in gc.get_objects():
+                name = type(obj).__name__
+                if name in _TRACKED:
+                    counts[name] += 1
+        return {
+            "pid": os.getpid(),
+            "rss": _rss(),
+            "fds": _count_fds(),
+            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "connections": len(proxy.connections),
+            "pool_idle": pool.idle_count(),
+            "timers": len(reactor.getDelayedCalls()),
+            "objects": dict(counts),
+            "log_levels": dict(levels),
+            "accept_errors": dict(accept_errors),
+            "failures": failures[-5:],
+            "failure_count": len(failures),
+            "relay_connections": len(getattr(relay_factory, "connections", ()) or ()),
+            "guard": None if guard is None else {
+                "max": guard.max_connections, "open": guard.open, "paused": guard.paused,
+                "episodes": guard.episodes,
+            },
+        }
+
+    class Control(protocol.Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(b"ready\n")
+
+        def dataReceived(self, data: bytes) -> None:
+            for line in data.decode().split():
+                if line == "gc":
+                    gc.collect()
+                elif line == "close-idle":
+                    pool.close_idle()
+                self.transport.write(json.dumps(stats(line == "gc")).encode() + b"\n")
+
+        def connectionLost(self, reason=None) -> None:
+            if reactor.running:
+                reactor.stop()
+
+    stdio.StandardIO(Control())
+    reactor.run()
+
+
+def _tcp_relay(reactor, target: str):
+    """A TCP relay factory to ``target`` if the TCP proxy has landed, else None."""
+    try:
+        from multiproxy.tcp import TCPProxy  # noqa: F401
+    except ImportError:
+        return None
+    return None
+
+
+class ProxyProcess:
+    """A `_proxyproc` child process, driven over its stdin and stdout."""
+
+    def __init__(self, *args: str) -> None:
+        import subprocess
+
+        from _harness import free_port
+
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--listen", str(self.port), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            bufsize=1,
+        )
+        line = self.process.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"proxy process failed to start: {line}{self.process.stderr.read()}")
+        self.pid = self.process.pid
+
+    def ask(self, command: str = "stats") -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        answer = json.loads(self.process.stdout.readline())
+        # Counted from here too: the child may have no descriptor to spare.
+        answer["fds"] = len(os.listdir(f"/proc/{self.pid}/fd"))
+        answer["rss"] = _rss(self.pid)
+        return answer
+
+    def stop(self) -> str:
+        """Stop the process; returns what it wrote to stderr."""
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:
+            self.process.kill()
+            self.process.wait()
+        return self.process.stderr.read()
+
+
+if __name__ == "__main__":
+    main()
