@@ -537,18 +537,17 @@ class _Reader:
                 )
             self._scanned = size
             return NEED_DATA
+        max_line = limits.max_request_line
+        if buf.find(b"\r\n", 0, max_line + 2) < 0:
+            raise self._start_line_too_long(f"start line longer than {max_line} bytes")
+        if end + 4 > limits.max_head:
+            raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
         head = bytes(buf[: end + 2])  # every line with its CRLF
         del buf[: end + 4]
         self._scanned = 0
         self._empty_lines = 0
         lines = head.split(b"\r\n")
         lines.pop()
-        if len(lines[0]) > limits.max_request_line:
-            raise self._start_line_too_long(
-                f"start line longer than {limits.max_request_line} bytes"
-            )
-        if end + 4 > limits.max_head:
-            raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
         # One pass: what is left after deleting ordinary bytes must be
         # exactly one CRLF per line (no bare CR/LF, no control characters).
         if head.translate(None, _ORDINARY) != b"\r\n" * len(lines):
