@@ -239,3 +239,31 @@ def test_max_forwards_is_decremented_when_forwarded():
     )
     [(request, _)] = fetcher.fetches
     assert request.head.headers.get(b"max-forwards") == b"2"
+
+
+def test_a_failing_policy_plugin_gets_500_and_the_proxy_keeps_serving():
+    from zope.interface import implementer
+
+    from multiproxy import IPolicy
+
+    @implementer(IPolicy)
+    class Broken:
+        def decide(self, intent):
+            raise RuntimeError("bug in a plug-in")
+
+    from twisted.logger import globalLogPublisher
+
+    failures = []
+
+    def observe(event):
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        clock, fetcher, protocol, transport = _connect(policy=Broken())
+        protocol.dataReceived(GET % b"x")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert transport.value().startswith(b"HTTP/1.1 500 ")
+    assert [f.value.args for f in failures] == [("bug in a plug-in",)]

@@ -31,7 +31,8 @@ from multiproxy.http._rules import end_to_end
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
 from multiproxy.policy._admission import (
-    Refusal, connection_slot, judge, rate_limited, refusal, upstream_fields,
+    Refusal, connection_slot, judge, needs_credential_check, rate_limited, refusal,
+    upstream_fields,
 )
 from multiproxy.policy._hosts import normalise_host
 
@@ -136,7 +137,11 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         if wait is not None:
             self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
             return
-        judged = judge(policy, intent, exchange.request.headers.get(b"proxy-authorization"))
+        credentials = exchange.request.headers.get(b"proxy-authorization")
+        if not needs_credential_check(policy, credentials):
+            self._judged((intent, policy.decide(intent)), exchange, proceed)
+            return
+        judged = judge(policy, intent, credentials)
         judged.addCallback(self._judged, exchange, proceed)
         judged.addErrback(self._judge_failed, exchange)
 

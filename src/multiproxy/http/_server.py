@@ -399,10 +399,13 @@ class HTTPServerProtocol(Protocol):
             )
         try:
             self.handle(exchange)
-        except ProtocolError as e:
+        except (ProtocolError, UpstreamError) as e:
             exchange.respond_error(e.status, str(e))
-        except UpstreamError as e:
-            exchange.respond_error(e.status, str(e))
+        except Exception:
+            # A bug (ours or a plug-in's): log it once, answer, keep serving.
+            log.failure("error handling {method} {target}", method=record.method,
+                        target=record.target)
+            exchange.respond_error(500, "internal error in the proxy; see its log", close=True)
 
     def handle(self, exchange: Exchange) -> None:
         """Decide what to do with a request; subclasses must implement this."""

@@ -29,7 +29,8 @@ from multiproxy.policy._denypage import (
 )
 
 __all__ = [
-    "IAccessControl", "Refusal", "anonymity_of", "connection_slot", "judge", "rate_limited",
+    "IAccessControl", "Refusal", "anonymity_of", "connection_slot", "judge",
+    "needs_credential_check", "rate_limited",
     "refusal", "upstream_fields",
 ]
 
@@ -86,6 +87,17 @@ def rate_limited(policy: object, client_host: str) -> int | None:
     if limit is None or limit.allow(client_host):
         return None
     return limit.retry_after(client_host)
+
+
+def needs_credential_check(policy: object, credentials: bytes | None) -> bool:
+    """
+    Whether `judge` has credentials to check; when it has not, the caller may
+    call ``policy.decide(intent)`` directly (the common, synchronous case).
+    """
+    if credentials is None:
+        return False
+    access = _access(policy)
+    return access is not None and access.authenticator is not None
 
 
 def judge(
