@@ -229,7 +229,24 @@ class UpstreamConnection(Protocol):
                 message = "upstream closed the connection mid-response"
             else:
                 message = "upstream closed the connection without answering"
+            tls = _tls_failure(reason)
+            if tls is not None:
+                message = f"TLS handshake with the upstream failed: {tls}"
             self._fail(UpstreamError(message, 502))
+
+
+def _tls_failure(reason: Failure | None) -> str | None:
+    """What went wrong in a TLS handshake that ended the connection, if that is what did."""
+    if reason is None:
+        return None
+    from OpenSSL.SSL import Error as SSLError
+    from service_identity import VerificationError
+
+    if reason.check(VerificationError):
+        return f"the certificate does not match the upstream's name ({reason.value})"
+    if reason.check(SSLError):
+        return reason.getErrorMessage()
+    return None
 
 
 class _ConnectionFactory(Factory):
