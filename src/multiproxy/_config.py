@@ -32,10 +32,12 @@ class ProxyKind:
 def proxy_kinds() -> dict[str, ProxyKind]:
     """The kinds of proxy a configuration file may hold, by table name."""
     from multiproxy.forward._config import forward_config_from_table, make_forward_service
+    from multiproxy.reverse import make_reverse_service, reverse_config_from_table
     from multiproxy.tcp._config import make_tcp_service, tcp_config_from_table
 
     kinds = [
         ProxyKind("forward", forward_config_from_table, make_forward_service),
+        ProxyKind("reverse", reverse_config_from_table, make_reverse_service),
         ProxyKind("tcp", tcp_config_from_table, make_tcp_service),
     ]
     return {kind.name: kind for kind in kinds}

@@ -21,6 +21,7 @@ from multiproxy._config import (
 )
 from multiproxy._errors import ConfigError
 from multiproxy.forward._config import ForwardOptions
+from multiproxy.reverse import ReverseOptions
 from multiproxy.tcp._config import TCPOptions
 
 
@@ -40,6 +41,7 @@ class Options(usage.Options):
     ]
     subCommands = [
         ["forward", None, ForwardOptions, "Forward HTTP proxy (the default)."],
+        ["reverse", None, ReverseOptions, "Reverse HTTP proxy in front of backends."],
         ["tcp", None, TCPOptions, "TCP relay: a layer-4 port forwarder and balancer."],
     ]
     defaultSubCommand = "forward"
