@@ -12,10 +12,10 @@ import hashlib
 import os
 import struct
 
+from loopback import origin_site
 from twisted.internet import defer, protocol, reactor
 from twisted.web import resource, server
 
-from loopback import origin_site
 from multiproxy.balancing import Backend, BackendPool, balancer_from_name
 from multiproxy.reverse import ReverseProxy, Route, RouteTable
 

@@ -13,12 +13,7 @@ from collections import Counter
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task, threads
-
 from loopback import curl, listen_scripted, raw_exchange, wait_for
-from multiproxy.balancing import Backend, BackendPool, HealthChecker, PowerOfTwoChoices, TCPCheck
-from multiproxy.reverse import ForwardedSettings, Route, RouteTable
-from multiproxy.reverse._proxy import ReverseProxy
 from reverse_peers import (
     NamedBackend,
     RunningProxy,
@@ -26,6 +21,10 @@ from reverse_peers import (
     listen_websocket_echo,
     make_pool,
 )
+from twisted.internet import protocol, reactor, threads
+
+from multiproxy.balancing import Backend, BackendPool, HealthChecker, PowerOfTwoChoices, TCPCheck
+from multiproxy.reverse import ForwardedSettings, Route
 
 
 @pytest.fixture

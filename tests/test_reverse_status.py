@@ -21,9 +21,9 @@ from multiproxy.reverse._status import (
     PROMETHEUS_TYPE,
     PoolStatus,
     StatusSnapshot,
+    pool_status,
     render_html,
     render_json,
-    pool_status,
     render_prometheus,
     status_page,
 )

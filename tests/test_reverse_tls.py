@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import trustme
-from service_identity import VerificationError
 from cryptography import x509
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from zope.interface.verify import verifyObject
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface.verify import verifyObject
 
 from multiproxy._errors import ConfigError
 from multiproxy._tls import (
@@ -171,14 +171,15 @@ def test_listed_certificates_with_explicit_names(tmp_path: Path, ca: trustme.CA)
 
 
 def test_common_name_is_used_without_san(ca: trustme.CA) -> None:
+    import datetime
+
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import datetime
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cn-only.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))

@@ -126,7 +126,7 @@ class ServerTLS:
             context = self._by_name.get(name)
             if context is not None:
                 return context
-            head, dot, parent = name.partition(".")
+            _, dot, parent = name.partition(".")
             if dot:
                 context = self._by_name.get("*." + parent)
                 if context is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -344,14 +345,14 @@ def _pool_from_table(reader: TableReader, name: str) -> PoolConfig:
         elif isinstance(item, dict):
             sub = TableReader(item, reader.key(key))
             url = sub.string("url")
-            options = dict(
-                weight=sub.integer("weight", 1, minimum=0, maximum=1000),
-                server_name=sub.string("server_name", None),
-                verify=sub.boolean("verify", True),
-                ca_file=sub.string("ca_file", None),
-                name=sub.string("name", None),
-            )
-            backend = sub.convert("url", url, lambda u: parse_backend_url(u, **options))
+            options = {
+                "weight": sub.integer("weight", 1, minimum=0, maximum=1000),
+                "server_name": sub.string("server_name", None),
+                "verify": sub.boolean("verify", True),
+                "ca_file": sub.string("ca_file", None),
+                "name": sub.string("name", None),
+            }
+            backend = sub.convert("url", url, partial(parse_backend_url, **options))
             sub.finish()
             if backend.scheme == "http" and (
                 options["server_name"] or options["ca_file"] or not options["verify"]
@@ -619,7 +620,7 @@ class ReverseOptions(usage.Options):
         if self["tls-cert"] or self["tls-dir"]:
             certs = []
             for spec in self["tls-cert"]:
-                cert, sep, key = spec.partition(":")
+                cert, _, key = spec.partition(":")
                 certs.append(CertificateFile(cert, key or None))
             tls = TLSConfig(tuple(certs), self["tls-dir"], self["tls-default"])
         health = HealthConfig(
@@ -647,7 +648,7 @@ class ReverseOptions(usage.Options):
                 forwarded=not self["no-forwarded"],
             ),
             via=None if self["no-via"] else b"multiproxy",
-            redirect_https=self["redirect-https"],
+            redirect_https=bool(self["redirect-https"]),
             https_port=self["https-port"],
             hsts=f"max-age={self['hsts']}".encode() if self["hsts"] else None,
             status_listen=tuple(self["status-listen"]),

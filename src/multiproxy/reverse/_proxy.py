@@ -43,7 +43,7 @@ from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtoc
 from multiproxy.http._target import is_origin_form, parse_absolute_target
 from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
-from multiproxy.reverse._routing import RouteMatch, RouteTable, normalise_host
+from multiproxy.reverse._routing import RouteMatch, RouteTable
 
 log = Logger()
 

@@ -149,7 +149,7 @@ class RouteTable:
     Raises `ValueError` when two routes claim the same host and path.
     """
 
-    __slots__ = ("routes", "_exact", "_wildcards", "_default")
+    __slots__ = ("_default", "_exact", "_wildcards", "routes")
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(routes)
