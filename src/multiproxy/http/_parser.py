@@ -286,10 +286,8 @@ def _fields(lines: list[bytes], limits: Limits) -> tuple[Headers, dict[bytes, li
     framing: dict[bytes, list[bytes]] = {}
     for pair, lname, _ in [entry for entry in known if entry[2]]:
         framing.setdefault(lname, []).append(pair[1])
-    pairs = [entry[0] for entry in known]
-    if _HEADERS_TAKE_LOWER:
-        return Headers(pairs, [entry[1] for entry in known]), framing
-    return Headers(pairs), framing
+    # Headers takes the lower-case names we have anyway, sparing its lookups.
+    return Headers([entry[0] for entry in known], [entry[1] for entry in known]), framing
 
 
 def _field_lines(lines: list[bytes], known: list[_Entry | None]) -> list[_Entry]:
@@ -312,19 +310,6 @@ def _field_lines(lines: list[bytes], known: list[_Entry | None]) -> list[_Entry]
                 cache[line] = entry
         out.append(entry)
     return out
-
-
-def _headers_take_lower() -> bool:
-    # Headers gained an optional list of lower-case names (saves it
-    # lower-casing every name again on lookup); use it when present.
-    try:
-        Headers([], [])
-    except TypeError:
-        return False
-    return True
-
-
-_HEADERS_TAKE_LOWER = _headers_take_lower()
 
 
 def _content_length(values: list[bytes]) -> int:
