@@ -21,7 +21,7 @@ from reverse_peers import (
     listen_websocket_echo,
     make_pool,
 )
-from twisted.internet import protocol, reactor, threads
+from twisted.internet import defer, protocol, reactor, threads
 
 from multiproxy.balancing import Backend, BackendPool, HealthChecker, PowerOfTwoChoices, TCPCheck
 from multiproxy.reverse import ForwardedSettings, Route
@@ -51,6 +51,31 @@ def proxies(reporter):
     yield start
     for proxy in running:
         pytest_twisted.blockon(proxy.stop())
+
+
+@pytest.fixture
+def services_from_toml():
+    """Start every proxy of a TOML text ("{port}" becomes a free port); returns that port."""
+    import socket
+    import tomllib
+
+    from multiproxy._config import make_services, read_configuration
+
+    running = []
+
+    def start(text: str) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        config = read_configuration(tomllib.loads(text.replace("{port}", str(port))))
+        service = make_services(config, reactor)
+        service.startService()
+        running.append(service)
+        return port
+
+    yield start
+    for service in running:
+        pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
 
 def fetch_many(port: int, paths, headers=None, method="GET", body=None, keepalive=True):
@@ -440,3 +465,62 @@ async def test_websocket_refused_by_backend_gets_its_answer(backends, proxies):
                                          b"\r\n")
     assert out.startswith(b"HTTP/1.1 403 ")
     assert out.endswith(b"status\n")
+
+
+# ---- policy ------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_policy_plugin_sees_the_routed_intent_and_can_deny(backends, proxies):
+    from zope.interface import implementer
+
+    from multiproxy._interfaces import IPolicy
+    from multiproxy._values import ALLOW, Decision
+
+    seen = []
+
+    @implementer(IPolicy)
+    class NoAdmin:
+        def decide(self, intent):
+            seen.append(intent)
+            if "/admin" in intent.target:
+                return Decision("deny", rule="no-admin", message="admin is internal")
+            return ALLOW
+
+    proxy = proxies({"web": make_pool("web", [backends[0].port])}, policy=NoAdmin())
+    [(status, _, body)] = await fetch_many(proxy.port, ["/admin/x"], headers={"Host": "S.test"})
+    assert status == 403 and b"admin is internal" in body
+    assert not backends[0].hits
+    [(status, _, _)] = await fetch_many(proxy.port, ["/who"], headers={"Host": "s.test:8080"})
+    assert status == 200
+    intent = seen[-1]
+    assert (intent.kind, intent.host, intent.port, intent.scheme, intent.method) == (
+        "http", "s.test", 8080, "http", "GET")
+    assert intent.target == "http://s.test:8080/who"
+
+
+@pytest_twisted.ensureDeferred
+async def test_toml_policy_rules_and_rate_limit_apply(backends, services_from_toml):
+    port = services_from_toml(f"""
+[log]
+access = false
+[policy]
+default = "allow"
+[[policy.rules]]
+name = "no-private"
+action = "deny"
+hosts = ["private.test"]
+[policy.limits]
+requests_per_second = 2
+burst = 2
+
+[[reverse]]
+listen = "tcp:{{port}}:interface=127.0.0.1"
+backends = ["http://127.0.0.1:{backends[0].port}"]
+""")
+    [(status, _, body)] = await fetch_many(port, ["/who"], headers={"Host": "private.test"})
+    assert status == 403 and b"no-private" in body
+    answers = await fetch_many(port, ["/who"] * 6, headers={"Host": "public.test"})
+    statuses = [s for s, _, _ in answers]
+    assert 200 in statuses and 429 in statuses
+    assert "retry-after" in next(h for s, h, _ in answers if s == 429)

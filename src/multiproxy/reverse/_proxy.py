@@ -41,6 +41,7 @@ from multiproxy.http._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http._rules import end_to_end
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target
+from multiproxy.policy._admission import Refusal, connection_slot, rate_limited, refusal
 from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
 from multiproxy.reverse._routing import RouteMatch, RouteTable
@@ -99,6 +100,21 @@ class ReverseProxyProtocol(HTTPServerProtocol):
 
     factory: ReverseProxy
 
+    _release_slot = None
+    _over_connection_limit = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._release_slot, self._over_connection_limit = connection_slot(
+            self.factory.policy, self.client_host
+        )
+
+    def connectionLost(self, reason=None) -> None:
+        release, self._release_slot = self._release_slot, None
+        if release is not None:
+            release()
+        super().connectionLost(reason)
+
     @property
     def secure(self) -> bool:
         """Whether this client connection is TLS (decides the scheme, redirects and HSTS)."""
@@ -106,6 +122,9 @@ class ReverseProxyProtocol(HTTPServerProtocol):
 
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
+        if self._over_connection_limit:
+            self.refuse(exchange, refusal(self.factory.policy, 429, None), close=True)
+            return
         if head.method == b"CONNECT":
             exchange.record.ended = "denied"
             exchange.respond_error(405, "this is a reverse proxy: CONNECT is not supported",
@@ -180,19 +199,28 @@ class ReverseProxyProtocol(HTTPServerProtocol):
         )
 
     def admit(self, exchange: Exchange, intent: Intent, proceed) -> None:
-        """Ask the policy about ``intent``; call ``proceed(intent)`` if it is allowed."""
-        decision = self.factory.policy.decide(intent)
+        """
+        Apply the per-client request rate and ask the policy about
+        ``intent``; call ``proceed(intent)`` if it is allowed.  A policy that
+        wants credentials gets 403 too: proxy authentication is for forward
+        proxies, and a site's own login is its backends' business.
+        """
+        policy = self.factory.policy
+        wait = rate_limited(policy, intent.client_host)
+        if wait is not None:
+            self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
+            return
+        decision = policy.decide(intent)
         exchange.record.rule = decision.rule
         if decision.action == "allow":
             proceed(intent)
-            return
-        exchange.record.ended = "denied"
-        if decision.action == "authenticate":
-            exchange.respond_error(403, decision.message or
-                                   "this site requires authentication, which this reverse "
-                                   "proxy does not offer")
         else:
-            exchange.respond_error(403, decision.message or "access denied by policy")
+            self.refuse(exchange, refusal(policy, 403, intent, decision))
+
+    def refuse(self, exchange: Exchange, answer: Refusal, *, close: bool = False) -> None:
+        """Send a refusal (403, 429) from the policy layer."""
+        exchange.record.ended = answer.ended
+        exchange.respond(answer.status, answer.headers, answer.body, close=close)
 
     # -- forwarding ------------------------------------------------------
 
