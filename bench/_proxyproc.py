@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keepalive", type=float, default=600.0, help="client keep-alive (s)")
     parser.add_argument("--pool-keepalive", type=float, default=30.0)
     parser.add_argument("--connect-ports", default="443")
+    parser.add_argument("--cache", action="store_true", help="a 16 MiB shared cache in front")
     parser.add_argument("--guard", action="store_true",
                         help="listen through multiproxy._accept.GuardedEndpoint")
     parser.add_argument("--max-connections", type=int, default=0,
@@ -132,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
         endpoint.listen(proxy)
     else:
         reactor.listenTCP(args.listen, proxy, backlog=args.backlog, interface="127.0.0.1")
+    if args.cache:
+        from multiproxy.cache import CacheConfig
+        from multiproxy.cache._fetcher import caching_fetcher_factory
+
+        proxy.fetcher = caching_fetcher_factory(CacheConfig(size=16 << 20), reactor)(proxy.fetcher)
 
     relay_factory = None
     if args.tcp_listen:
@@ -172,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
 
         def dataReceived(self, data: bytes) -> None:
             for line in data.decode().split():
+                if line.startswith("referrers:"):
+                    self.transport.write(json.dumps(_referrers(line.split(":", 1)[1])).encode()
+                                         + b"\n")
+                    continue
                 if line == "gc":
                     gc.collect()
                 elif line == "close-idle":
@@ -184,6 +194,23 @@ def main(argv: list[str] | None = None) -> None:
 
     stdio.StandardIO(Control())
     reactor.run()
+
+
+def _referrers(type_name: str, limit: int = 20) -> dict:
+    """What holds the live objects of ``type_name`` (type names, two levels up)."""
+    gc.collect()
+    found = [o for o in gc.get_objects() if type(o).__name__ == type_name][:limit]
+    chains: collections.Counter = collections.Counter()
+    for obj in found:
+        for ref in gc.get_referrers(obj):
+            if ref is found:
+                continue
+            outer = [type(r).__name__ for r in gc.get_referrers(ref) if r is not found][:3]
+            label = type(ref).__name__
+            if isinstance(ref, dict):
+                label += "{" + ",".join(sorted(str(k) for k in ref)[:6]) + "}"
+            chains[f"{label} <- {outer}"] += 1
+    return {"count": len(found), "held_by": dict(chains.most_common(10))}
 
 
 def _tcp_relay(reactor, target: str):
