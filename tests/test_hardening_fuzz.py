@@ -1,7 +1,7 @@
 """
 Property-based fuzzing of the live forward-proxy protocol, in memory.
 
-A `ForwardProxy` runs on a `task.Clock` with `MemoryTransport`s on both
+A `ForwardProxy` (and a `ReverseProxy`) runs on a `task.Clock` with `MemoryTransport`s on both
 sides (they pause, stall, half-close and close the way TCP transports do).
 Hypothesis drives a random script of events: client bytes (random, or
 pieces of valid and hostile requests), upstream bytes (valid, hostile or
@@ -37,7 +37,9 @@ from hardening import (  # noqa: F401
     h11_requests,
     no_tracebacks,
 )
+from multiproxy.balancing import Backend, BackendPool, balancer_from_name
 from multiproxy.forward import ForwardProxy
+from multiproxy.reverse import ReverseProxy, Route, RouteTable
 from multiproxy.http._client import UpstreamConnection
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
@@ -145,17 +147,38 @@ def watchdog(seconds: float = 3.0):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run(steps, *, upstream_delay: float) -> None:
+def _forward(clock, upstream):
+    return ForwardProxy(clock, chooser=FixedChooser(upstream), limits=LIMITS, timeouts=TIMEOUTS)
+
+
+class _MemoryBackend(Backend):
+    """A reverse-proxy backend reached over `MemoryTransport`s."""
+
+    def __init__(self, upstream: MemoryUpstream) -> None:
+        super().__init__("memory", host="memory.test", port=80)
+        self.memory = upstream
+
+    def endpoint(self, reactor):
+        return self.memory.endpoint(reactor)
+
+
+def _reverse(clock, upstream):
+    pool = BackendPool("p", [_MemoryBackend(upstream)], balancer_from_name("roundrobin"), clock)
+    return ReverseProxy(
+        clock, routes=RouteTable([Route("p")]), pools={"p": pool}, limits=LIMITS,
+        timeouts=TIMEOUTS,
+    )
+
+
+def _run(steps, *, upstream_delay: float, build=_forward) -> None:
     with watchdog():
-        _script(steps, upstream_delay)
+        _script(steps, upstream_delay, build)
 
 
-def _script(steps, upstream_delay: float) -> None:
+def _script(steps, upstream_delay: float, build) -> None:
     clock = task.Clock()
     upstream = MemoryUpstream(clock, delay=upstream_delay)
-    proxy = ForwardProxy(
-        clock, chooser=FixedChooser(upstream), limits=LIMITS, timeouts=TIMEOUTS,
-    )
+    proxy = build(clock, upstream)
     client = connect_client(proxy, clock)
     for action, *arg in steps:
         live = upstream.live()
@@ -213,6 +236,41 @@ def test_random_event_scripts_never_crash_leak_or_send_invalid_http(steps):
 def test_random_scripts_with_slow_upstream_connects(steps):
     # Connecting takes 3 s of clock time: requests, bodies and closes race the connect.
     _run(steps, upstream_delay=3.0)
+
+
+_REVERSE_PIECES = [
+    b"GET / HTTP/1.1\r\n",
+    b"GET /a/b?c=d HTTP/1.0\r\n",
+    b"POST /up HTTP/1.1\r\n",
+    b"GET http://memory.test/ HTTP/1.1\r\n",
+    b"OPTIONS * HTTP/1.1\r\n",
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n",
+    b"X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.2\r\n",
+    b"\x81\x85abcd\x09\x07\x0f\x08\x0e",  # a masked WebSocket text frame
+]
+reverse_client_bytes = st.one_of(
+    st.lists(st.sampled_from(_REVERSE_PIECES + _REQUEST_PIECES[9:]), min_size=1, max_size=8)
+    .map(b"".join),
+    st.sampled_from([v.replace(b"http://origin.test", b"") for v in _VECTORS]),
+    st.binary(min_size=1, max_size=64),
+)
+reverse_step = st.one_of(
+    st.tuples(st.just("client"), reverse_client_bytes),
+    st.tuples(st.just("upstream"), upstream_bytes),
+    st.tuples(st.just("advance"), st.sampled_from([0.0, 0.5, 5.0, 11.0, 31.0, 61.0, 700.0])),
+    st.tuples(st.sampled_from([
+        "client_eof", "client_reset", "client_drain", "upstream_eof", "upstream_reset",
+        "upstream_drain",
+    ])),
+)
+
+
+@settings(max_examples=100 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(reverse_step, max_size=25))
+def test_reverse_proxy_random_scripts_never_crash_leak_or_send_invalid_http(steps):
+    _run(steps, upstream_delay=0.0, build=_reverse)
 
 
 @settings(max_examples=150 * SCALE, deadline=None)
