@@ -267,3 +267,31 @@ def test_a_failing_policy_plugin_gets_500_and_the_proxy_keeps_serving():
         globalLogPublisher.removeObserver(observe)
     assert transport.value().startswith(b"HTTP/1.1 500 ")
     assert [f.value.args for f in failures] == [("bug in a plug-in",)]
+
+
+def test_response_without_date_gets_one():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"x")
+    clock.rightNow = 1_700_000_000
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b""), None)
+    sink.end()
+    assert b"\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n" in transport.value()
+
+
+def test_no_interim_response_to_http10_client_and_expect_not_forwarded():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(
+        b"POST http://origin.test/ HTTP/1.0\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    request, sink = fetcher.fetches[0]
+    assert b"expect" not in request.head.headers
+    sink.head(ResponseHead(b"HTTP/1.1", 100, b"Continue", Headers()), None)
+    assert transport.value() == b""
+
+
+def test_options_for_an_empty_path_asks_for_star():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(b"OPTIONS http://origin.test HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+    [(request, _)] = fetcher.fetches
+    assert request.head.target == b"*"

@@ -95,10 +95,15 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             )
             return
         target = parse_absolute_target(head.target)
+        path = target.path
+        if head.method == b"OPTIONS" and path == b"/" and not head.target.endswith(b"/"):
+            # RFC 9112 3.2.4: OPTIONS for a URI with an empty path asks about
+            # the server as a whole: the origin-form target is "*".
+            path = b"*"
         intent = self.make_intent(exchange, "http", target.scheme, target.host, target.port)
         if head.method in (b"OPTIONS", b"TRACE") and self._answer_max_forwards(exchange):
             return
-        self.admit(exchange, intent, lambda intent: self._forward(exchange, intent, target.path))
+        self.admit(exchange, intent, lambda intent: self._forward(exchange, intent, path))
 
     def make_intent(
         self, exchange: Exchange, kind: str, scheme: str, host: str, port: int
@@ -191,6 +196,10 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         settings = self.factory.settings
         if settings.via is not None and may_add_via:
             headers.add(b"Via", head.version[5:] + b" " + settings.via)
+        if head.version == b"HTTP/1.0":
+            # RFC 9110 10.1.1: a 100-continue expectation from an HTTP/1.0
+            # client is ignored, so it must not reach an HTTP/1.1 upstream.
+            headers.remove(b"expect")
         mode = settings.x_forwarded_for
         if mode == "add" and may_add_xff:
             headers.add(b"X-Forwarded-For", self.client_host.encode("ascii", "replace"))

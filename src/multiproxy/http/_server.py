@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._deadline import Deadline
+from multiproxy.cache._dates import format_http_date
 from multiproxy._directwrite import no_delay, write_direct
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy._values import AccessRecord
@@ -153,7 +154,9 @@ class Exchange:
             return
         status = response.status
         if status < 200:
-            if status == 100 or self.request.version == b"HTTP/1.1":
+            # RFC 9110 15.2: no 1xx to an HTTP/1.0 client; 101 is the
+            # upgrade path's business, never relayed as an interim answer.
+            if self.request.version == b"HTTP/1.1":
                 if status != 101:
                     write_direct(self._transport, 
                         response_head_bytes(status, response.reason, end_to_end(response.headers))
@@ -419,6 +422,10 @@ class HTTPServerProtocol(Protocol):
         via = self.factory.via
         if via is not None:
             headers.add(b"Via", _via_value(response.version, via))
+        if b"date" not in headers:
+            # RFC 9110 6.6.1: a recipient with a clock MUST add Date to a
+            # response it forwards without one.
+            headers.add(b"Date", _date_value(self.factory.reactor.seconds()))
         return headers
 
     def response_framing(self, exchange: Exchange, response: ResponseHead) -> str:
@@ -547,6 +554,18 @@ class HTTPServerProtocol(Protocol):
 
 
 _BAD_REQUEST_HEAD = RequestHead(b"-", b"-", b"HTTP/1.1", Headers())
+
+
+_last_date: list = [0, b""]
+
+
+def _date_value(now: float) -> bytes:
+    """The HTTP-date for ``now``, formatted once per second."""
+    second = int(now)
+    if _last_date[0] != second:
+        _last_date[0] = second
+        _last_date[1] = format_http_date(second)
+    return _last_date[1]
 
 
 def _via_value(version: bytes, pseudonym: bytes) -> bytes:
