@@ -12,6 +12,14 @@ from twisted.python import usage
 
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
+from multiproxy.cache import (
+    CACHE_OPT_FLAGS,
+    CACHE_OPT_PARAMETERS,
+    CacheConfig,
+    cache_from_options,
+    cache_from_table,
+)
+from multiproxy.cache._fetcher import caching_fetcher_factory
 from multiproxy.forward._proxy import XFF_MODES, ForwardProxy, ForwardSettings
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
@@ -32,6 +40,8 @@ class ForwardConfig:
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     extras: dict = field(default_factory=dict)
+    cache: CacheConfig = CacheConfig()
+    """The shared HTTP cache in front of the upstream side (``[forward.cache]``)."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -92,7 +102,8 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
         tunnel_idle=reader.optional_number("tunnel_idle_timeout")
         if reader.has("tunnel_idle_timeout") else defaults.tunnel_idle,
     )
-    return ForwardConfig(name, listen, settings, limits, timeouts)
+    cache = cache_from_table(reader.table_of("cache"))
+    return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache)
 
 
 class ForwardOptions(PolicyOptions, usage.Options):
@@ -105,7 +116,7 @@ class ForwardOptions(PolicyOptions, usage.Options):
     )
     optFlags = [
         ["no-via", None, "Do not add a Via header (RFC 9110 7.6.3)."],
-    ]
+    ] + CACHE_OPT_FLAGS
     optParameters = [
         ["name", None, "forward", "Name of this proxy in logs."],
         ["via-name", None, "multiproxy", "Pseudonym sent in the Via header."],
@@ -131,7 +142,7 @@ class ForwardOptions(PolicyOptions, usage.Options):
          "Seconds to wait for the upstream's response head (504 after).", float],
         ["tunnel-idle-timeout", None, _TIMEOUTS.tunnel_idle,
          "Seconds a CONNECT tunnel may be idle before it is closed.", float],
-    ]
+    ] + CACHE_OPT_PARAMETERS
 
     def __init__(self) -> None:
         super().__init__()
@@ -185,12 +196,16 @@ class ForwardOptions(PolicyOptions, usage.Options):
                 response=self["response-timeout"] or None,
                 tunnel_idle=self["tunnel-idle-timeout"] or None,
             ),
+            cache=cache_from_options(self),
         )
 
 
 def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None) -> ForwardProxy:
-    """The `ForwardProxy` factory described by ``config``; ``policy`` is an `IPolicy`."""
-    return ForwardProxy(
+    """
+    The `ForwardProxy` factory described by ``config``; ``policy`` is an
+    `IPolicy`.  The shared cache, unless switched off, wraps its fetcher.
+    """
+    factory = ForwardProxy(
         reactor,
         name=config.name,
         policy=policy,
@@ -199,6 +214,10 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         timeouts=config.timeouts,
         reporters=reporters,
     )
+    wrap = caching_fetcher_factory(config.cache, reactor)
+    if wrap is not None:
+        factory.fetcher = wrap(factory.fetcher)
+    return factory
 
 
 class ProxyService(MultiService):
