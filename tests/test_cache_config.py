@@ -21,10 +21,19 @@ from multiproxy.cache import (
 from multiproxy.cache._fetcher import CachingFetcher, caching_fetcher_factory
 
 
-@pytest.mark.parametrize("value,expected", [
-    (1024, 1024), ("64MiB", 64 << 20), ("512k", 512 << 10), ("512 KiB", 512 << 10),
-    ("2GB", 2_000_000_000), ("1.5GiB", int(1.5 * (1 << 30))), ("100", 100), ("7b", 7),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (1024, 1024),
+        ("64MiB", 64 << 20),
+        ("512k", 512 << 10),
+        ("512 KiB", 512 << 10),
+        ("2GB", 2_000_000_000),
+        ("1.5GiB", int(1.5 * (1 << 30))),
+        ("100", 100),
+        ("7b", 7),
+    ],
+)
 def test_parse_size_accepts_units(value, expected):
     assert parse_size(value) == expected
 
@@ -46,23 +55,36 @@ def read(table: dict, where: str = "forward[0].cache") -> CacheConfig:
 
 def test_table_defaults_and_values():
     assert read({}) == CacheConfig()
-    config = read({"size": "1GiB", "dir": "/var/cache/mp", "max_object_size": 1048576,
-                   "enabled": False, "stale_if_unreachable": 600, "collapse": False,
-                   "heuristic_fraction": 0.2, "name": "edge-1", "x_cache": False})
+    config = read(
+        {
+            "size": "1GiB",
+            "dir": "/var/cache/mp",
+            "max_object_size": 1048576,
+            "enabled": False,
+            "stale_if_unreachable": 600,
+            "collapse": False,
+            "heuristic_fraction": 0.2,
+            "name": "edge-1",
+            "x_cache": False,
+        }
+    )
     assert config.size == 1 << 30 and config.directory == "/var/cache/mp"
     assert config.max_object_size == 1 << 20 and not config.enabled
     assert config.stale_if_unreachable == 600 and not config.collapse
     assert config.heuristic_fraction == 0.2 and config.name == "edge-1" and not config.x_cache
 
 
-@pytest.mark.parametrize("table,key", [
-    ({"size": "huge"}, "forward[0].cache.size"),
-    ({"size": 0}, "forward[0].cache.size"),
-    ({"max_object_size": "1 parsec"}, "forward[0].cache.max_object_size"),
-    ({"enabled": "yes"}, "forward[0].cache.enabled"),
-    ({"heuristic_fraction": 2}, "forward[0].cache.heuristic_fraction"),
-    ({"colapse": True}, "forward[0].cache.colapse"),
-])
+@pytest.mark.parametrize(
+    "table,key",
+    [
+        ({"size": "huge"}, "forward[0].cache.size"),
+        ({"size": 0}, "forward[0].cache.size"),
+        ({"max_object_size": "1 parsec"}, "forward[0].cache.max_object_size"),
+        ({"enabled": "yes"}, "forward[0].cache.enabled"),
+        ({"heuristic_fraction": 2}, "forward[0].cache.heuristic_fraction"),
+        ({"colapse": True}, "forward[0].cache.colapse"),
+    ],
+)
 def test_bad_values_name_the_key(table, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         read(table)
@@ -119,7 +141,11 @@ def test_factory_wraps_fetchers_with_one_shared_store():
 
 
 def test_forward_proxy_config_carries_the_cache():
-    from multiproxy.forward._config import ForwardOptions, forward_config_from_table, make_forward_proxy
+    from multiproxy.forward._config import (
+        ForwardOptions,
+        forward_config_from_table,
+        make_forward_proxy,
+    )
 
     config = forward_config_from_table(TableReader({"cache": {"size": "32MiB"}}, "forward[0]"))
     assert config.cache.size == 32 << 20
@@ -145,4 +171,5 @@ def test_cache_status_and_x_cache_values():
     assert CacheOutcome(hit=True, ttl=-3, stale=True).x_cache == "STALE"
     assert CacheOutcome(fwd="uri-miss", collapsed=True).x_cache == "HIT"
     assert CacheOutcome(detail="stale if error").cache_status("my cache") == (
-        b'"my cache"; detail="stale if error"')
+        b'"my cache"; detail="stale if error"'
+    )
