@@ -113,3 +113,59 @@ async def test_tunnel_half_close_still_delivers_the_answer(start_forward):
         await backend.stopListening()
     assert got.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n")
     assert got.endswith(b"HELLO TUNNEL")
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_tunnel_is_byte_exact_both_ways(start_forward):
+    """8 MiB each way through a CONNECT tunnel to a byte-counting echo (splice path)."""
+    import hashlib
+
+    from twisted.internet import defer, protocol
+
+    size = 8 * 1024 * 1024
+    payload = hashlib.sha256(b"seed").digest() * (size // 32)
+
+    class Echo(protocol.Protocol):
+        def dataReceived(self, data):
+            self.transport.write(data)
+
+    factory = protocol.Factory.forProtocol(Echo)
+    factory.noisy = False
+    backend = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port = backend.getHost().port
+    proxy, _ = start_forward(settings=ForwardSettings(connect_ports=frozenset({port})))
+    done = defer.Deferred()
+
+    class Client(protocol.Protocol):
+        buffer = b""
+        head_seen = False
+        received = 0
+
+        def connectionMade(self):
+            self.digest = hashlib.sha256()
+            self.transport.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+        def dataReceived(self, data):
+            if not self.head_seen:
+                self.buffer += data
+                if b"\r\n\r\n" not in self.buffer:
+                    return
+                head, _, data = self.buffer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200")
+                self.head_seen = True
+                self.transport.write(payload)
+            self.digest.update(data)
+            self.received += len(data)
+            if self.received >= size:
+                self.transport.loseConnection()
+
+        def connectionLost(self, reason):
+            done.callback((self.received, self.digest.hexdigest()))
+
+    try:
+        await protocol.ClientCreator(reactor, Client).connectTCP("127.0.0.1", proxy)
+        received, digest = await done
+    finally:
+        await backend.stopListening()
+    assert received == size
+    assert digest == hashlib.sha256(payload).hexdigest()

@@ -287,7 +287,8 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             self.report(exchange)
 
         reactor = self.factory.reactor
-        relay = Relay(reactor, self.transport, idle_timeout=timeouts.tunnel_idle)
+        # Bulk tunnel traffic moves by splice(2) where both sides are plain TCP.
+        relay = Relay(reactor, self.transport, idle_timeout=timeouts.tunnel_idle, splice=True)
         connecting = relay.connect(UpstreamEndpoint(reactor, upstream, timeouts.connect))
         exchange.abort_fetch = lambda: relay.end("client-closed")
 
