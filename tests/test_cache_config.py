@@ -9,6 +9,8 @@ from twisted.python import usage
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
+    CACHE_OPT_FLAGS,
+    CACHE_OPT_PARAMETERS,
     CacheConfig,
     CacheOutcome,
     DiskStore,
@@ -101,8 +103,8 @@ def test_make_store_memory_or_disk(tmp_path):
 
 
 class Opts(usage.Options):
-    from multiproxy.cache import CACHE_OPT_FLAGS as optFlags  # noqa: N815
-    from multiproxy.cache import CACHE_OPT_PARAMETERS as optParameters  # noqa: N815
+    optFlags = CACHE_OPT_FLAGS
+    optParameters = CACHE_OPT_PARAMETERS
 
 
 def options(*argv: str) -> CacheConfig:
