@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 
 import pytest
 import pytest_twisted
+from hardening import no_tracebacks  # noqa: F401  (autouse: a logged traceback fails the test)
 from loopback import curl, http_client_request
 from twisted.internet import defer, reactor, task, threads
 from twisted.web import resource, server
@@ -50,6 +52,8 @@ class Scripted(resource.Resource):
             request.responseHeaders.addRawHeader(k, v)
         if callable(body):
             body = body()
+        if isinstance(body, list):  # chunks written ``delay`` seconds apart
+            return self._drip(request, list(body), delay)
         if not delay:
             return body
         self.in_flight += 1
@@ -62,6 +66,20 @@ class Scripted(resource.Resource):
 
         call = reactor.callLater(delay, finish)
         request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+        return server.NOT_DONE_YET
+
+    def _drip(self, request, chunks, delay):
+        def step():
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            if not chunks:
+                request.finish()
+                return
+            request.write(chunks.pop(0))
+            reactor.callLater(delay, step)
+
+        request.notifyFinish().addErrback(lambda _: None)
+        step()
         return server.NOT_DONE_YET
 
     def count(self, name: str) -> int:
@@ -390,3 +408,52 @@ async def test_slow_reader_of_a_cached_object_is_streamed_with_backpressure(cach
     assert x_cache == "HIT" and got == len(big)
     # The stalled client held back the stored body instead of it piling up in the proxy.
     assert buffered < len(big) // 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_leader_client_leaving_mid_body_does_not_hurt_waiters_or_the_store(
+    cached_proxy, scripted
+):
+    chunks = [bytes([65 + i]) * 50_000 for i in range(10)]
+    scripted.routes["drip"] = (
+        200,
+        [("Cache-Control", "max-age=3600"), ("Content-Length", str(500_000))],
+        chunks,
+        0.05,
+    )
+    port, fetcher = cached_proxy()
+    target = url(scripted, "drip")
+
+    # The leader reads the head and a little body, then hangs up.
+    leader = socket.create_connection(("127.0.0.1", port))
+    leader.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await task.deferLater(reactor, 0.1, lambda: None)
+    waiter = get(port, target)  # joins the leader's flight
+    await task.deferLater(reactor, 0.1, lambda: None)
+    leader.close()
+    status, headers, body = await waiter
+    assert status == 200 and body == b"".join(chunks)
+    assert "collapsed" in h(headers)["cache-status"]
+    status, headers, body = await get(port, target)
+    assert h(headers)["x-cache"] == "HIT" and body == b"".join(chunks)
+    assert scripted.count("drip") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_leaving_during_a_hit_leaves_the_proxy_healthy(cached_proxy, scripted):
+    big = b"q" * (2 * 1024 * 1024)
+    scripted.routes["q"] = (200, [("Cache-Control", "max-age=3600")], big, 0)
+    port, fetcher = cached_proxy()
+    await get(port, url(scripted, "q"))
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET {url(scripted, 'q')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await task.deferLater(reactor, 0.05, lambda: None)
+        s.close()
+    await task.deferLater(reactor, 0.1, lambda: None)
+    status, headers, body = await get(port, url(scripted, "q"))
+    assert h(headers)["x-cache"] == "HIT" and body == big
+    assert not fetcher.proxy_factory.connections or all(
+        c.exchange is None for c in fetcher.proxy_factory.connections
+    )
