@@ -51,8 +51,10 @@ reactor.run()
 
 def peers(port: int) -> dict[str, list[str]]:
     commands = {
+        # The peers do not cache, so neither does multiproxy here
+        # (bench/cache_bench.py measures the cache).
         "multiproxy": twistd_argv(
-            "multiproxy", "--access-log", "none", "forward",
+            "multiproxy", "--access-log", "none", "forward", "--no-cache",
             "--listen", f"tcp:{port}:interface=127.0.0.1",
         ),
         "twisted.web.proxy": [PYTHON, "-c", TWISTED_PROXY, str(port)],
@@ -100,7 +102,7 @@ def stream_memory(args) -> None:
     size = args.stream_mib * 1024 * 1024
     with nginx_origin({"big": size}) as origin:
         port = free_port()
-        argv = twistd_argv("multiproxy", "--access-log", "none", "forward",
+        argv = twistd_argv("multiproxy", "--access-log", "none", "forward", "--no-cache",
                            "--listen", f"tcp:{port}:interface=127.0.0.1")
         with running(argv, port) as process:
             time.sleep(0.5)
