@@ -23,6 +23,7 @@ from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
 from multiproxy._values import AccessRecord, Decision, Intent
 from multiproxy.balancing._backend import DeadlineEndpoint
+from multiproxy.policy._admission import connection_slot, rate_limited
 from multiproxy.tcp._haproxy import find_proxy_header_wrapper
 from multiproxy.tcp._proxyheader import proxy_header
 
@@ -30,7 +31,8 @@ __all__ = ["TCPRelayFactory", "TCPRelayProtocol", "TCPSettings", "OUTCOMES"]
 
 _log = Logger()
 
-OUTCOMES = ("denied", "no-backend", "connect-failed", "no-proxy-header")
+OUTCOMES = ("denied", "connection-limit", "rate-limited", "no-backend", "connect-failed",
+            "no-proxy-header")
 """Endings of a connection that never reached the relay stage (besides the relay's own)."""
 
 
@@ -86,6 +88,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         self.started_at = 0.0
         self._header_timer: Any = None
         self._ip_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None
+        self._release_slot: Any = None
 
     def connectionMade(self) -> None:
         self.started_at = self.reactor.seconds()
@@ -125,7 +128,17 @@ class TCPRelayProtocol(RelayServerProtocol):
             kind="tcp", proxy=self.factory.name, client_host=client[0],
             client_port=client[1], port=local[1],
         )
-        self.decision = self.factory.policy.decide(self.intent)
+        # Per-client limits (a policy with `IAccessControl`): over either, the
+        # connection is closed at once; a TCP connection counts as one request.
+        policy = self.factory.policy
+        self._release_slot, over_limit = connection_slot(policy, client[0])
+        if over_limit:
+            self._give_up("connection-limit")
+            return
+        if rate_limited(policy, client[0]) is not None:
+            self._give_up("rate-limited")
+            return
+        self.decision = policy.decide(self.intent)
         if not self.decision.allowed:
             self._give_up("denied")
             return
@@ -178,6 +191,9 @@ class TCPRelayProtocol(RelayServerProtocol):
         if self._header_timer is not None and self._header_timer.active():
             self._header_timer.cancel()
         self.factory.connections.discard(self)
+        release, self._release_slot = self._release_slot, None
+        if release is not None:
+            release()
         if self.backend is not None:
             # A backend that drops the connection on error (TLS refused, reset)
             # counts against it; its latency here is the connect time.
