@@ -2,11 +2,13 @@
 The access policy in the TCP relay, over loopback: a denied client network
 is closed at once, a work-hours rule follows an injected clock, and the
 per-client connection and connection-rate limits close what is over them;
-each ending is in the access record with the rule that decided.
+each ending is in the access record with the rule that decided.  And the
+client policy options of ``twistd multiproxy tcp``.
 """
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -18,9 +20,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.python import usage
 from zope.interface import implementer
 
+from multiproxy._config import make_services
 from multiproxy._tablereader import TableReader
+from multiproxy._tap import Options
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
 from multiproxy.policy import PolicyHolder, settings_from_table
 from multiproxy.tcp import TCPRelayFactory
@@ -283,3 +288,70 @@ burst = 2
     for client in clients:
         client.transport.loseConnection()
         yield client.done
+
+
+# -- twistd multiproxy tcp: the client policy options --------------------------------
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TCP_ARGS = ("tcp", "--listen", "tcp:9000:interface=127.0.0.1",
+            "--backend", "tcp:host=127.0.0.1:port=5432")
+
+
+def test_tcp_subcommand_turns_client_options_into_the_policy():
+    options = parse(*TCP_ARGS, "--deny-network", "192.0.2.0/24", "--allow-network",
+                    "127.0.0.0/8", "--max-client-connections", "3", "--max-client-rate", "2")
+    source = options.configuration.policy
+    assert [r.name for r in source.settings.rules.rules] == ["cli-deny-network", "cli-allow"]
+    assert source.settings.rules.default.action == "deny"
+    limits = source.settings.limits
+    assert (limits.connections_per_client, limits.requests_per_second) == (3, 2)
+    assert parse(*TCP_ARGS).configuration.policy is None
+
+
+@pytest.mark.parametrize("option", [("--deny-host", "example.com"), ("--allow-host", "x"),
+                                    ("--htpasswd", "/etc/passwd"), ("--anonymous",)])
+def test_tcp_subcommand_has_no_destination_credential_or_anonymity_options(option):
+    # A byte stream names no host, carries no proxy credentials and no headers.
+    with pytest.raises(usage.UsageError, match=option[0].lstrip("-")):
+        parse(*TCP_ARGS, *option)
+
+
+def test_tcp_subcommand_refuses_a_bad_network_with_the_option_named():
+    with pytest.raises(usage.UsageError, match=r"--deny-network '10\.0\.0\.1/8'"):
+        parse(*TCP_ARGS, "--deny-network", "10.0.0.1/8")
+
+
+@pytest_twisted.inlineCallbacks
+def test_twistd_tcp_with_deny_network_closes_the_client_and_logs_the_rule(reactor, tmp_path):
+    backend = CountingFactory()
+    backend_port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+    port = free_port()
+    log = tmp_path / "access.log"
+    options = parse("--access-log", str(log), "tcp", "--name", "db",
+                    "--listen", f"tcp:{port}:interface=127.0.0.1",
+                    "--backend", f"tcp:host=127.0.0.1:port={backend_port.getHost().port}",
+                    "--no-health", "--deny-network", "127.0.0.0/8")
+    service = make_services(options.configuration, reactor)
+    service.startService()
+    try:
+        client = yield connect(reactor, port)
+        client.transport.write(b"let me in")
+        assert (yield client.done) == b""
+    finally:
+        yield service.stopService()
+        yield backend_port.stopListening()
+    assert backend.accepted == 0
+    line = log.read_text().strip()
+    assert '"TCP 127.0.0.1:' in line and "rule=cli-deny-network end=denied" in line

@@ -41,7 +41,7 @@ from multiproxy.policy._denypage import (
 )
 from multiproxy.policy._admission import IAccessControl, Refusal, refusal
 from multiproxy.policy._holder import PolicyHolder
-from multiproxy.policy._options import PolicyOptions
+from multiproxy.policy._options import ClientPolicyOptions, PolicyOptions
 from multiproxy.policy._service import PolicyService, make_policy_holder
 from multiproxy.policy._hosts import HostMatcher, HostPattern, normalise_host, parse_host_pattern
 from multiproxy.policy._index import RuleSet
@@ -57,6 +57,7 @@ __all__ = [
     "FORWARDING_FIELDS",
     "AnonymityOptions",
     "AuthSettings",
+    "ClientPolicyOptions",
     "ConnectionLimit",
     "HashedPasswords",
     "HostMatcher",

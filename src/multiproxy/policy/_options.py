@@ -1,6 +1,11 @@
 """
 Command-line options for the access policy, mixed into a proxy's twistd
 ``Options`` (``--deny-host``, ``--allow-network``, ``--policy FILE``, ...).
+
+`ClientPolicyOptions` holds the options about the client alone (networks and
+limits), for a proxy that learns nothing else, the TCP relay;
+`PolicyOptions` adds destinations, proxy authentication and anonymity, for
+the forward proxy.
 """
 
 from __future__ import annotations
@@ -18,44 +23,31 @@ from multiproxy.policy._config import (
 )
 from multiproxy.policy._index import RuleSet
 
-__all__ = ["PolicyOptions"]
+__all__ = ["ClientPolicyOptions", "PolicyOptions"]
 
 _REPEATED = ("deny-host", "allow-host", "deny-network", "allow-network")
 
 
-class PolicyOptions:
+class ClientPolicyOptions:
     """
-    A mix-in for a `twisted.python.usage.Options`: the policy options, and
-    `read_policy` to call from ``postOptions``.
+    A mix-in for a `twisted.python.usage.Options`: the policy options that
+    concern the client alone (``--policy``, ``--deny-network``,
+    ``--allow-network``, the per-client limits), and `read_policy` to call
+    from ``postOptions``.
     """
 
-    optFlags = [
-        ["anonymous", None,
-         "Anonymous forwarding: no Via or X-Forwarded-For, and no From header."],
-    ]
     optParameters = [
         ["policy", None, None,
          "TOML file whose [policy] table holds the access rules (re-read on SIGHUP)."],
-        ["htpasswd", None, None,
-         "Require proxy authentication, checked against this htpasswd file "
-         "(bcrypt or SHA-2 crypt hashes)."],
         ["max-client-connections", None, 0,
          "Most concurrent connections per client address (0 = no limit).", int],
         ["max-client-rate", None, 0,
-         "Most requests per second per client address, answered 429 past it (0 = no limit).",
-         float],
+         "Most requests per second per client address (a TCP relay: connections), answered "
+         "429 past it (a TCP relay closes the connection; 0 = no limit).", float],
     ]
 
     def _add(self: Any, key: str, value: str) -> None:
         self.setdefault(key, []).append(value)
-
-    def opt_deny_host(self, pattern: str) -> None:
-        """Refuse this destination (repeatable): example.com, .example.com (and subdomains)."""
-        self._add("deny-host", pattern)
-
-    def opt_allow_host(self, pattern: str) -> None:
-        """Allow only these destinations (repeatable; same patterns as --deny-host)."""
-        self._add("allow-host", pattern)
 
     def opt_deny_network(self, network: str) -> None:
         """Refuse clients from this network (repeatable), e.g. 192.0.2.0/24."""
@@ -76,7 +68,7 @@ class PolicyOptions:
         path = self["policy"]
         standalone = {
             "--allow-host": lists["allow-host"], "--allow-network": lists["allow-network"],
-            "--htpasswd": self["htpasswd"], "--anonymous": self["anonymous"],
+            "--htpasswd": self.get("htpasswd"), "--anonymous": self.get("anonymous"),
             "--max-client-connections": self["max-client-connections"],
             "--max-client-rate": self["max-client-rate"],
         }
@@ -96,7 +88,7 @@ class PolicyOptions:
             rules = rules_from_options(
                 deny_hosts=lists["deny-host"], allow_hosts=lists["allow-host"],
                 deny_networks=lists["deny-network"], allow_networks=lists["allow-network"],
-                authenticate=self["htpasswd"] is not None,
+                authenticate=self.get("htpasswd") is not None,
             )
             if path is not None:
                 return PolicySource.read(path, rules)
@@ -107,7 +99,7 @@ class PolicyOptions:
     def _settings(self: Any, lists: dict[str, list[str]]) -> PolicySettings:
         default = "deny" if lists["allow-host"] or lists["allow-network"] else "allow"
         auth = None
-        if self["htpasswd"] is not None:
+        if self.get("htpasswd") is not None:
             try:
                 auth = AuthSettings(load_htpasswd(self["htpasswd"]))
             except ValueError as e:
@@ -123,6 +115,33 @@ class PolicyOptions:
         return PolicySettings(
             RuleSet((), default=default, clock=time.time),
             auth=auth,
-            anonymity=AnonymityOptions() if self["anonymous"] else None,
+            anonymity=AnonymityOptions() if self.get("anonymous") else None,
             limits=limits,
         )
+
+
+class PolicyOptions(ClientPolicyOptions):
+    """
+    A mix-in for a forward proxy's `twisted.python.usage.Options`: the client
+    options of `ClientPolicyOptions`, plus destinations (``--deny-host``,
+    ``--allow-host``), proxy authentication (``--htpasswd``) and anonymous
+    forwarding (``--anonymous``).
+    """
+
+    optFlags = [
+        ["anonymous", None,
+         "Anonymous forwarding: no Via or X-Forwarded-For, and no From header."],
+    ]
+    optParameters = [
+        ["htpasswd", None, None,
+         "Require proxy authentication, checked against this htpasswd file "
+         "(bcrypt or SHA-2 crypt hashes)."],
+    ]
+
+    def opt_deny_host(self, pattern: str) -> None:
+        """Refuse this destination (repeatable): example.com, .example.com (and subdomains)."""
+        self._add("deny-host", pattern)
+
+    def opt_allow_host(self, pattern: str) -> None:
+        """Allow only these destinations (repeatable; same patterns as --deny-host)."""
+        self._add("allow-host", pattern)

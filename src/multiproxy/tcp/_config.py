@@ -35,6 +35,7 @@ from multiproxy.balancing import (
     TLSOrigination,
     balancer_from_name,
 )
+from multiproxy.policy._options import ClientPolicyOptions
 from multiproxy.reverse._config import (
     HealthConfig,
     TLSConfig,
@@ -269,7 +270,7 @@ def _backends_from_value(reader: TableReader) -> tuple[TCPBackendConfig, ...]:
 # -- command line ----------------------------------------------------------------------
 
 
-class TCPOptions(usage.Options):
+class TCPOptions(ClientPolicyOptions, usage.Options):
     """``twistd multiproxy tcp``: a layer-4 relay in front of TCP backends."""
 
     synopsis = "--listen ENDPOINT --backend ENDPOINT [--backend ENDPOINT ...] [options]"
@@ -402,6 +403,8 @@ class TCPOptions(usage.Options):
             self.config = check_tcp_config(config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        # --policy FILE, --deny-network, --allow-network, --max-client-* (multiproxy.policy)
+        self.policy_source = self.read_policy()
 
 
 # -- service ---------------------------------------------------------------------------
