@@ -15,6 +15,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from multiproxy.http._headers import Headers
 
@@ -97,14 +98,15 @@ def apply_forwarded(
     """
     out = headers.copy()
     trusted = settings.trusts(client_host)
-    client_host = _canonical(client_host)
+    client_host, node = _client_forms(client_host)
     if not trusted:
         out.remove_all(_FORWARDING_FIELDS)
     if settings.x_forwarded:
         _set_x_forwarded(out, client_host or "unknown", proto, host, trusted)
     if settings.forwarded:
         element = forwarded_element(
-            for_=_node(client_host, client_port if settings.include_port else None),
+            for_=node if not settings.include_port or client_port is None
+            else _node(client_host, client_port),
             by=settings.by or None,
             proto=proto,
             host=host,
@@ -159,6 +161,13 @@ def _node(address: str, port: int | None) -> str:
     else:
         name = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
     return f"{name}:{port}" if port is not None else name
+
+
+@lru_cache(maxsize=4096)
+def _client_forms(address: str) -> tuple[str, str]:
+    """The canonical address of a peer and its RFC 7239 node without port (cached)."""
+    canonical = _canonical(address)
+    return canonical, _node(canonical, None)
 
 
 def _canonical(address: str) -> str:

@@ -105,6 +105,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.secure = ISSLTransport.providedBy(self.transport)
         self._release_slot, self._over_connection_limit = connection_slot(
             self.factory.policy, self.client_host
         )
@@ -115,10 +116,8 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             release()
         super().connectionLost(reason)
 
-    @property
-    def secure(self) -> bool:
-        """Whether this client connection is TLS (decides the scheme, redirects and HSTS)."""
-        return ISSLTransport.providedBy(self.transport)
+    secure = False
+    """Whether this client connection is TLS (decides the scheme, redirects and HSTS)."""
 
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request

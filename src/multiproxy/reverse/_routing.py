@@ -28,7 +28,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 HostHeaderMode = Literal["keep", "backend"]
 
@@ -36,6 +36,8 @@ _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = b"0123456789ABCDEFabcdef"
+_HOST_CACHE_SIZE = 4096
+_UNSEEN: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,10 @@ class Route:
 
     def matches_path(self, path: bytes) -> bool:
         """Whether normalised ``path`` is under this route's prefix."""
-        return _prefix_matches(self.path.encode(), path)
+        prefix = self.path
+        if prefix == "/":
+            return True
+        return _prefix_matches(prefix.encode(), path)
 
     def rewrite(self, path: bytes, query: bytes | None) -> bytes:
         """
@@ -149,10 +154,11 @@ class RouteTable:
     Raises `ValueError` when two routes claim the same host and path.
     """
 
-    __slots__ = ("_default", "_exact", "_wildcards", "routes")
+    __slots__ = ("_default", "_exact", "_hosts", "_wildcards", "routes")
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(routes)
+        self._hosts: dict[str, str | None] = {}  # Host value -> normalised (bounded)
         groups: dict[str | None, list[Route]] = {}
         for route in self.routes:
             for host in route.hosts or (None,):
@@ -211,7 +217,16 @@ class RouteTable:
         """
         if isinstance(host, bytes):
             host = host.decode("latin-1")
-        name = normalise_host(host) if host is not None else ""
+        if host is None:
+            name: str | None = ""
+        else:
+            cache = self._hosts
+            name = cache.get(host, _UNSEEN)
+            if name is _UNSEEN:
+                name = normalise_host(host)
+                if len(cache) >= _HOST_CACHE_SIZE:
+                    cache.clear()
+                cache[host] = name
         if name is None:
             return None
         if not target.startswith(b"/"):
@@ -302,6 +317,8 @@ def normalise_path(path: bytes) -> bytes:
     characters decoded, other escapes in upper case, dot segments removed.
     Encoded slashes (``%2F``) stay encoded, so they never split a segment.
     """
+    if b"%" not in path:
+        return _remove_dot_segments(path)
     out = bytearray()
     i, n = 0, len(path)
     while i < n:
