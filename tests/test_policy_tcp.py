@@ -20,10 +20,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from zope.interface import implementer
 
 from multiproxy._config import make_services
+from multiproxy._interfaces import IPolicy
 from multiproxy._tablereader import TableReader
 from multiproxy._tap import Options
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
@@ -355,3 +357,27 @@ def test_twistd_tcp_with_deny_network_closes_the_client_and_logs_the_rule(reacto
     assert backend.accepted == 0
     line = log.read_text().strip()
     assert '"TCP 127.0.0.1:' in line and "rule=cli-deny-network end=denied" in line
+
+
+@pytest_twisted.inlineCallbacks
+def test_failing_policy_plugin_closes_the_connection_at_once_and_is_logged(reactor, relay):
+    @implementer(IPolicy)
+    class Broken:
+        def decide(self, intent):
+            raise RuntimeError("plug-in bug")
+
+    failures = []
+
+    def observe(event):
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        port, backend, records = relay(Broken())
+        record = yield closed_at_once(reactor, port, records)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert record.ended == "error" and record.rule is None
+    assert backend.accepted == 0
+    assert [f.getErrorMessage() for f in failures] == ["plug-in bug"]

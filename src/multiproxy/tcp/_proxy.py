@@ -138,7 +138,13 @@ class TCPRelayProtocol(RelayServerProtocol):
         if rate_limited(policy, client[0]) is not None:
             self._give_up("rate-limited")
             return
-        self.decision = policy.decide(self.intent)
+        try:
+            self.decision = policy.decide(self.intent)
+        except Exception:  # noqa: BLE001 - a plug-in's bug must not leave the client hanging
+            _log.failure("{proxy}: the access policy failed; connection closed",
+                         proxy=self.factory.name)
+            self._give_up("error")
+            return
         if not self.decision.allowed:
             self._give_up("denied")
             return
