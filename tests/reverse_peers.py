@@ -37,6 +37,23 @@ class _Who(resource.Resource):
         return self.name
 
 
+class _Cacheable(resource.Resource):
+    """Answers its backend's name with ``Cache-Control: public, max-age=60``."""
+
+    isLeaf = True
+
+    def __init__(self, name: str, hits: list) -> None:
+        super().__init__()
+        self.name = name.encode()
+        self.hits = hits
+
+    def render_GET(self, request):
+        self.hits.append(request.uri)
+        request.setHeader(b"cache-control", b"public, max-age=60")
+        request.setHeader(b"content-type", b"text/plain")
+        return self.name
+
+
 class NamedBackend:
     """A twisted.web backend answering its name on /who (and loopback's resources)."""
 
@@ -48,6 +65,7 @@ class NamedBackend:
         site = origin_site()
         site.resource.putChild(b"who", _Who(name, self.hits))
         site.resource.putChild(b"", _Who(name, self.hits))
+        site.resource.putChild(b"cached", _Cacheable(name, self.hits))
         outer = self
 
         class CountingSite(server.Site):

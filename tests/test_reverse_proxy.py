@@ -524,3 +524,33 @@ backends = ["http://127.0.0.1:{backends[0].port}"]
     statuses = [s for s, _, _ in answers]
     assert 200 in statuses and 429 in statuses
     assert "retry-after" in next(h for s, h, _ in answers if s == 429)
+
+
+# ---- the shared cache on a route -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_route_with_cache_answers_repeats_from_the_cache(backends, services_from_toml):
+    port = services_from_toml(f"""
+[log]
+access = false
+[[reverse]]
+listen = "tcp:{{port}}:interface=127.0.0.1"
+[[reverse.routes]]
+path = "/cached"
+pool = "web"
+cache = true
+[[reverse.routes]]
+pool = "web"
+[reverse.pools.web]
+backends = ["http://127.0.0.1:{backends[0].port}"]
+[reverse.cache]
+size = "1MiB"
+""")
+    answers = await fetch_many(port, ["/cached/a"] * 3 + ["/who"] * 2,
+                               headers={"Host": "site.test"})
+    assert [(s, body) for s, _, body in answers] == [(200, b"b0")] * 5
+    assert backends[0].hits.count(b"/cached/a") == 1
+    assert backends[0].hits.count(b"/who") == 2
+    assert "hit" in answers[2][1].get("cache-status", "").lower() or \
+        answers[2][1].get("x-cache", "").upper().startswith("HIT")

@@ -18,6 +18,7 @@ from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import CertificateFile
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
+from multiproxy.cache import CacheConfig, cache_from_table
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.reverse._forwarded import ForwardedSettings, parse_network
@@ -157,6 +158,8 @@ class ReverseConfig:
         sent over TLS, or None.
     @ivar status_listen: listeners for the status page (never the proxy's).
     @ivar shutdown_timeout: seconds in-flight requests get on shutdown.
+    @ivar cache: the shared cache for routes with ``cache`` set (None: the
+        defaults, if any route asks for it).
     """
 
     name: str = "reverse"
@@ -174,6 +177,7 @@ class ReverseConfig:
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     shutdown_timeout: float = 30.0
+    cache: CacheConfig | None = None
 
     def route_table(self) -> RouteTable:
         return RouteTable(self.routes)
@@ -219,6 +223,12 @@ def check_config(config: ReverseConfig) -> ReverseConfig:
         )
     if not config.routes:
         raise ConfigError(f"reverse proxy {config.name!r}: no route")
+    cached = [r.name for r in config.routes if r.cache]
+    if cached and config.cache is not None and not config.cache.enabled:
+        raise ConfigError(
+            f"reverse proxy {config.name!r}: route {cached[0]!r} asks for the cache, "
+            f"but the cache is switched off (cache.enabled = false)"
+        )
     try:
         RouteTable(config.routes)
     except ValueError as e:
@@ -268,6 +278,8 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
         max_body=reader.integer("max_body_size", 0, minimum=0) or None,
     )
     timeouts = _timeouts_from_table(reader)
+    cache_table = reader.table_of("cache")
+    cache = cache_from_table(cache_table) if cache_table.table else None
     config = ReverseConfig(
         name=name,
         listen=listen,
@@ -284,6 +296,7 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
         limits=limits,
         timeouts=timeouts,
         shutdown_timeout=reader.number("shutdown_timeout", 30.0, minimum=0),
+        cache=cache,
     )
     try:
         return check_config(config)

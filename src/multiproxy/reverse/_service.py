@@ -28,6 +28,8 @@ from multiproxy.balancing import (
     TLSOrigination,
     balancer_from_name,
 )
+from multiproxy.cache import CacheConfig
+from multiproxy.cache._fetcher import caching_fetcher_factory
 from multiproxy.http._exchange import IFetcher
 from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig
 from multiproxy.reverse._proxy import ReverseProxy
@@ -92,12 +94,8 @@ def make_reverse_proxy(
         checker = make_health_checker(p, pools[p.name], reactor)
         if checker is not None:
             checkers.append(checker)
-    cached_routes = [r.name for r in config.routes if r.cache]
-    if cached_routes and cache is None:
-        raise ConfigError(
-            f"{config.name}: route {cached_routes[0]!r} asks for the shared cache, but no "
-            f"cache is configured for this proxy"
-        )
+    if cache is None and any(r.cache for r in config.routes):
+        cache = caching_fetcher_factory(config.cache or CacheConfig(), reactor)
     factory = ReverseProxy(
         reactor,
         routes=config.route_table(),
@@ -202,7 +200,11 @@ class ReverseService(MultiService):
 def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
                          policy: Any = None, cache: CacheWrapper | None = None
                          ) -> ReverseService:
-    """A `ReverseService` for ``config``; raises `ConfigError` before anything listens."""
+    """
+    A `ReverseService` for ``config``; raises `ConfigError` before anything
+    listens.  ``cache`` puts a given shared cache in front of the routes
+    with ``cache`` set (default: one made from ``config.cache``).
+    """
     factory, pools, checkers = make_reverse_proxy(config, reactor, reporters, policy=policy,
                                                   cache=cache)
     server_tls = None
