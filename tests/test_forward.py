@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 

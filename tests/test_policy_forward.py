@@ -12,7 +12,6 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import bcrypt
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock

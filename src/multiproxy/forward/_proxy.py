@@ -62,6 +62,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
     """
 
     factory: ForwardProxy
+    allowed_methods = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, CONNECT"
     _release_slot = None
     _over_connection_limit = False
 
@@ -101,7 +102,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             # the server as a whole: the origin-form target is "*".
             path = b"*"
         intent = self.make_intent(exchange, "http", target.scheme, target.host, target.port)
-        if head.method in (b"OPTIONS", b"TRACE") and self._answer_max_forwards(exchange):
+        if self.answer_max_forwards(exchange):
             return
         self.admit(exchange, intent, lambda intent: self._forward(exchange, intent, path))
 
@@ -227,33 +228,6 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 body=exchange.body,
             )
         )
-
-    def _answer_max_forwards(self, exchange: Exchange) -> bool:
-        """RFC 9110 7.6.2: OPTIONS and TRACE with ``Max-Forwards: 0`` stop here."""
-        headers = exchange.request.headers
-        value = headers.get(b"max-forwards")
-        if value is None:
-            return False
-        if not value.isdigit():
-            raise ProtocolError("Max-Forwards must be a non-negative integer")
-        remaining = int(value)
-        if remaining > 0:
-            # Rebuild the head with the field decremented.
-            rewritten = [
-                (n, b"%d" % (remaining - 1) if n.lower() == b"max-forwards" else v)
-                for n, v in headers
-            ]
-            exchange.request = RequestHead(
-                exchange.request.method, exchange.request.target, exchange.request.version,
-                Headers(rewritten),
-            )
-            return False
-        if exchange.request.method == b"OPTIONS":
-            exchange.respond(200, Headers([(b"Allow", b"GET, HEAD, POST, PUT, DELETE, "
-                                                      b"OPTIONS, PATCH, CONNECT")]))
-        else:
-            exchange.respond_error(405, "TRACE is not answered by this proxy")
-        return True
 
     # -- CONNECT tunnels ---------------------------------------------------
 

@@ -414,6 +414,39 @@ class HTTPServerProtocol(Protocol):
         """Decide what to do with a request; subclasses must implement this."""
         raise NotImplementedError
 
+    allowed_methods: bytes = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+    """The ``Allow`` value of the proxy's own answer to ``OPTIONS`` with ``Max-Forwards: 0``."""
+
+    def answer_max_forwards(self, exchange: Exchange) -> bool:
+        """
+        RFC 9110 7.6.2: an OPTIONS or TRACE with ``Max-Forwards: 0`` is
+        answered here (True); with a higher value the field is decremented
+        in ``exchange.request`` and the request goes on (False).
+        """
+        request = exchange.request
+        if request.method not in (b"OPTIONS", b"TRACE"):
+            return False
+        value = request.headers.get(b"max-forwards")
+        if value is None:
+            return False
+        if not value.isdigit():
+            raise ProtocolError("Max-Forwards must be a non-negative integer")
+        remaining = int(value)
+        if remaining > 0:
+            rewritten = [
+                (n, b"%d" % (remaining - 1) if n.lower() == b"max-forwards" else v)
+                for n, v in request.headers
+            ]
+            exchange.request = RequestHead(
+                request.method, request.target, request.version, Headers(rewritten)
+            )
+            return False
+        if request.method == b"OPTIONS":
+            exchange.respond(200, Headers([(b"Allow", self.allowed_methods)]))
+        else:
+            exchange.respond_error(405, "TRACE is not answered by this proxy")
+        return True
+
     # -- writing responses -------------------------------------------------
 
     def response_headers(self, exchange: Exchange, response: ResponseHead) -> Headers:

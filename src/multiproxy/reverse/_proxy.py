@@ -48,7 +48,6 @@ from multiproxy.reverse._routing import RouteMatch, RouteTable
 
 log = Logger()
 
-ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 
 
 @implementer(IUpstreamChooser)
@@ -132,7 +131,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
         if head.target == b"*":
             if head.method != b"OPTIONS":
                 raise ProtocolError("the asterisk-form target is only for OPTIONS")
-            exchange.respond(200, Headers([(b"Allow", ALLOWED_METHODS)]))
+            exchange.respond(200, Headers([(b"Allow", self.allowed_methods)]))
             return
         if is_origin_form(head.target):
             host_value = head.headers.get(b"host")
@@ -160,7 +159,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             self._redirect_to_https(exchange, match, path)
             return
         intent = self.make_intent(exchange, match, host_value)
-        if head.method in (b"OPTIONS", b"TRACE") and self._answer_max_forwards(exchange):
+        if self.answer_max_forwards(exchange):
             return
         self.admit(exchange, intent, lambda intent: self._forward(exchange, intent, match,
                                                                   host_value))
@@ -297,30 +296,6 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             (b"Location", location),
             (b"Content-Type", b"text/plain; charset=utf-8"),
         ]), b"308 Permanent Redirect: " + location + b"\n")
-
-    def _answer_max_forwards(self, exchange: Exchange) -> bool:
-        """RFC 9110 7.6.2: OPTIONS and TRACE with ``Max-Forwards: 0`` stop here."""
-        headers = exchange.request.headers
-        value = headers.get(b"max-forwards")
-        if value is None:
-            return False
-        if not value.isdigit():
-            raise ProtocolError("Max-Forwards must be a non-negative integer")
-        remaining = int(value)
-        if remaining > 0:
-            rewritten = [
-                (n, b"%d" % (remaining - 1) if n.lower() == b"max-forwards" else v)
-                for n, v in headers
-            ]
-            request = exchange.request
-            exchange.request = RequestHead(request.method, request.target, request.version,
-                                           Headers(rewritten))
-            return False
-        if exchange.request.method == b"OPTIONS":
-            exchange.respond(200, Headers([(b"Allow", ALLOWED_METHODS)]))
-        else:
-            exchange.respond_error(405, "TRACE is not answered by this proxy")
-        return True
 
     # -- responses -------------------------------------------------------
 
