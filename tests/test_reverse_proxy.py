@@ -554,3 +554,4 @@ size = "1MiB"
     assert backends[0].hits.count(b"/who") == 2
     assert "hit" in answers[2][1].get("cache-status", "").lower() or \
         answers[2][1].get("x-cache", "").upper().startswith("HIT")
+

@@ -154,9 +154,11 @@ class _Delivery:
 
     def _connect_failed(self, failure: Failure, upstream: Any) -> None:
         self.pending = None
-        upstream.finished(False, 0.0)
         if self.abandoned:
+            # Cancelled because the client left: says nothing about the backend.
+            upstream.finished(True, 0.0)
             return
+        upstream.finished(False, 0.0)
         if not failure.check(UpstreamError):
             if not failure.check(defer.CancelledError):
                 log.failure("unexpected error connecting to backend {name}", failure,

@@ -96,25 +96,43 @@ def apply_forwarded(
     @return: a new `Headers`: the original fields in order, the forwarding
         fields dropped if the peer is untrusted, then ours appended.
     """
-    out = headers.copy()
     trusted = settings.trusts(client_host)
     client_host, node = _client_forms(client_host)
+    if settings.include_port and client_port is not None:
+        node = _node(client_host, client_port)
     if not trusted:
-        out.remove_all(_FORWARDING_FIELDS)
+        # The common case: whatever the client sent is dropped, ours appended.
+        ours = _fresh_fields(client_host, node, proto, host, settings.x_forwarded,
+                             settings.forwarded, settings.by or None)
+        return Headers(headers.without(_FORWARDING_FIELDS).pairs + ours)
+    out = headers.copy()
     if settings.x_forwarded:
         _set_x_forwarded(out, client_host or "unknown", proto, host, trusted)
     if settings.forwarded:
-        element = forwarded_element(
-            for_=node if not settings.include_port or client_port is None
-            else _node(client_host, client_port),
-            by=settings.by or None,
-            proto=proto,
-            host=host,
-        )
-        previous = out.combined(b"forwarded") if trusted else None
+        element = _element(node, settings.by or None, proto, host)
+        previous = out.combined(b"forwarded")
         out.remove(b"forwarded")
         out.add(b"Forwarded", previous + b", " + element if previous else element)
     return out
+
+
+@lru_cache(maxsize=4096)
+def _fresh_fields(client: str, node: str, proto: str, host: bytes | None, x_forwarded: bool,
+                  forwarded: bool, by: str | None) -> list[tuple[bytes, bytes]]:
+    fields = []
+    if x_forwarded:
+        fields.append((b"X-Forwarded-For", client.encode("ascii")))
+        fields.append((b"X-Forwarded-Proto", proto.encode("ascii")))
+        if host is not None:
+            fields.append((b"X-Forwarded-Host", host))
+    if forwarded:
+        fields.append((b"Forwarded", _element(node, by, proto, host)))
+    return fields
+
+
+@lru_cache(maxsize=4096)
+def _element(node: str, by: str | None, proto: str, host: bytes | None) -> bytes:
+    return forwarded_element(for_=node, by=by, proto=proto, host=host)
 
 
 def _set_x_forwarded(
@@ -165,9 +183,9 @@ def _node(address: str, port: int | None) -> str:
 
 @lru_cache(maxsize=4096)
 def _client_forms(address: str) -> tuple[str, str]:
-    """The canonical address of a peer and its RFC 7239 node without port (cached)."""
+    """The canonical address of a peer ("unknown" if none) and its RFC 7239 node (cached)."""
     canonical = _canonical(address)
-    return canonical, _node(canonical, None)
+    return canonical or "unknown", _node(canonical, None)
 
 
 def _canonical(address: str) -> str:

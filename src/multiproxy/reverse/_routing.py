@@ -37,6 +37,8 @@ _NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = b"0123456789ABCDEFabcdef"
 _HOST_CACHE_SIZE = 4096
+_MATCH_CACHE_SIZE = 4096
+_CACHED_TARGET = 256
 _UNSEEN: Any = object()
 
 
@@ -154,11 +156,12 @@ class RouteTable:
     Raises `ValueError` when two routes claim the same host and path.
     """
 
-    __slots__ = ("_default", "_exact", "_hosts", "_wildcards", "routes")
+    __slots__ = ("_default", "_exact", "_hosts", "_matches", "_wildcards", "routes")
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(routes)
         self._hosts: dict[str, str | None] = {}  # Host value -> normalised (bounded)
+        self._matches: dict[tuple[str | None, bytes], RouteMatch | None] = {}  # (bounded)
         groups: dict[str | None, list[Route]] = {}
         for route in self.routes:
             for host in route.hosts or (None,):
@@ -217,6 +220,18 @@ class RouteTable:
         """
         if isinstance(host, bytes):
             host = host.decode("latin-1")
+        key = (host, target)
+        found = self._matches.get(key, _UNSEEN)
+        if found is not _UNSEEN:
+            return found
+        found = self._match(host, target)
+        if len(target) <= _CACHED_TARGET:
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
+
+    def _match(self, host: str | None, target: bytes) -> RouteMatch | None:
         if host is None:
             name: str | None = ""
         else:

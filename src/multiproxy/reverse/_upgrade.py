@@ -94,9 +94,10 @@ class _Upgrade:
 
     def _connect_failed(self, failure: Failure) -> None:
         self.pending = None
-        self._settle(False)
         if self.exchange.finished:
+            self._settle(True)  # cancelled because the client left
             return
+        self._settle(False)
         following = self.pool.choose(self.intent, frozenset(self.tried))
         if following is not None:
             self.connect(following)
