@@ -234,3 +234,26 @@ def test_stale_pooled_connection_is_replaced_by_a_fresh_one_to_the_same_backend(
     conn.on_stale()
     again = connections.succeed()
     assert again.upstream is a and a.results == [True]
+
+
+def test_reverse_proxy_fits_the_shared_contract():
+    from twisted.internet.task import Clock
+    from zope.interface.verify import verifyObject
+
+    from multiproxy._errors import ConfigError
+    from multiproxy._interfaces import IProxy, IUpstreamChooser
+    from multiproxy.balancing import Backend, BackendPool, RoundRobin
+    from multiproxy.reverse import ReverseProxy, Route, RouteTable
+
+    clock = Clock()
+    pool = BackendPool("web", [Backend(host="127.0.0.1", port=9001)], RoundRobin(), clock)
+    proxy = ReverseProxy(clock, routes=RouteTable([Route("web")]), pools={"web": pool})
+    assert verifyObject(IProxy, proxy)
+    assert verifyObject(IUpstreamChooser, proxy.chooser)
+    import pytest
+
+    with pytest.raises(ConfigError, match="policy: .* does not provide IPolicy"):
+        ReverseProxy(clock, routes=RouteTable([Route("web")]), pools={"web": pool},
+                     policy=object())
+    with pytest.raises(ValueError, match="routes name pools that do not exist: api"):
+        ReverseProxy(clock, routes=RouteTable([Route("api")]), pools={"web": pool})

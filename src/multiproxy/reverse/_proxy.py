@@ -30,9 +30,9 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from multiproxy._contract import AllowAll
+from multiproxy._contract import AllowAll, check
 from multiproxy._errors import ProtocolError
-from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy._interfaces import IPolicy, IProxy, IReporter, IUpstreamChooser
 from multiproxy._values import Intent
 from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import IFetcher
@@ -381,9 +381,13 @@ class ReverseProxy(HTTPProxyFactory):
             # responses (RFC 9110 7.6.3), which ``response_headers`` does not.
             via=via,
         )
+        for pool_name, pool in pools.items():
+            check(IUpstreamChooser, pool, f"{name}: backend pool {pool_name}")
+        for reporter in self.reporters:
+            check(IReporter, reporter, f"{name}: reporter")
         self.cached_fetcher = cached_fetcher
         self.chooser = RouteChooser(routes, pools)
-        self.policy = policy or AllowAll()
+        self.policy = check(IPolicy, policy or AllowAll(), f"{name}: policy")
         self.forwarded = forwarded
         self.hsts = hsts
         self.redirect_https = redirect_https
