@@ -11,6 +11,7 @@ injection can then never reach the wire, whatever the caller passes.
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from collections.abc import Iterable
 
 from multiproxy._errors import ProtocolError
@@ -40,6 +41,9 @@ _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 # Controls other than HTAB (CR and LF included).
 _CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The same, but for CR and LF (counted separately in a header block).
+_CTL_NO_CRLF_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_name_of = itemgetter(0)
 
 _GOOD_NAMES: set[bytes] = set()
 _GOOD_NAMES_MAX = 1024
@@ -55,25 +59,30 @@ def _check_name(name: bytes) -> None:
 
 
 def _fields(headers: Iterable[tuple[bytes, bytes]], parts: list[bytes]) -> None:
-    """Append ``name: value CRLF`` pieces for ``headers`` to ``parts``, checking each."""
-    values = []
-    names = []
-    for name, value in headers:
-        _check_name(name)
-        names.append(name)
-        values.append(value)
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(b"\r\n")
-    # One regex pass over all values instead of one per field.
-    bad = _CTL_RE.search(b"\t".join(values))
-    if bad is not None:
-        for name, value in zip(names, values):
-            if _CTL_RE.search(value) is not None:
+    """Append the ``name: value CRLF`` lines for ``headers`` to ``parts``, checking each."""
+    pairs = list(headers)
+    if not pairs:
+        return
+    if not _GOOD_NAMES.issuperset(map(_name_of, pairs)):
+        for name, _ in pairs:
+            _check_name(name)
+    block = b"\r\n".join(map(b": ".join, pairs))
+    # The only CR and LF in the block are the separators put there above;
+    # one count and one regex pass check every value at once.
+    separators = len(pairs) - 1
+    if (
+        block.count(b"\n") != separators
+        or block.count(b"\r") != separators
+        or _CTL_NO_CRLF_RE.search(block) is not None
+    ):
+        for name, value in pairs:
+            bad = _CTL_RE.search(value)
+            if bad is not None:
                 raise UnsafeField(
                     f"refusing to write control character {bad.group()!r} in field {name!r}"
                 )
+    parts.append(block)
+    parts.append(b"\r\n")
 
 
 def request_head_bytes(
