@@ -356,3 +356,17 @@ backends = ["http://127.0.0.1:{backends[0].port}"]
     await service.stopService()
     assert reactor.seconds() - started < 2
     assert await slow == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_reverse_policy_options_apply(backends, services):
+    port = free_port()
+    options = Options()
+    options.parseOptions([
+        "--access-log", "none", "reverse", "--listen", f"tcp:{port}:interface=127.0.0.1",
+        "--backend", f"http://127.0.0.1:{backends[0].port}", "--deny-network", "127.0.0.0/8",
+    ])
+    services(make_services(options.configuration, reactor))
+    out, err, code = await curl("-D", "-", f"http://127.0.0.1:{port}/who")
+    assert out.startswith(b"HTTP/1.1 403 "), out
+    assert not backends[0].hits

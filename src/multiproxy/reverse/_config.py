@@ -21,6 +21,7 @@ from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
 from multiproxy.cache import CacheConfig, cache_from_table
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.policy._options import ClientPolicyOptions
 from multiproxy.reverse._forwarded import ForwardedSettings, parse_network
 from multiproxy.reverse._routing import Route, RouteTable
 
@@ -483,8 +484,12 @@ def _timeouts_from_table(reader: TableReader) -> Timeouts:
 # -- command line --------------------------------------------------------------------------------
 
 
-class ReverseOptions(usage.Options):
-    """``twistd multiproxy reverse``: a reverse HTTP proxy in front of backends."""
+class ReverseOptions(ClientPolicyOptions, usage.Options):
+    """
+    ``twistd multiproxy reverse``: a reverse HTTP proxy in front of backends
+    (with the client-side policy options: ``--policy FILE``,
+    ``--deny-network``, ``--allow-network``, per-client limits).
+    """
 
     synopsis = "--backend URL [--backend URL ...] [options]"
     longdesc = (
@@ -579,6 +584,8 @@ class ReverseOptions(usage.Options):
             self.config = self._config()
         except (ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
+        # --policy FILE, --deny-network, --allow-network, --max-client-* (multiproxy.policy)
+        self.policy_source = self.read_policy()
 
     def _config(self) -> ReverseConfig:
         if not self["backend"]:
