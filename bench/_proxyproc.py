@@ -1,7 +1,8 @@
 """
 A multiproxy process for the reliability benches (exhaustion.py, soak.py).
 
-It runs a forward proxy on 127.0.0.1 (and, when asked, a TCP relay), and
+It runs a forward proxy on 127.0.0.1 (and, when asked, a reverse proxy and
+a TCP relay, each with one backend), and
 answers one JSON line on stdout per command line read from stdin (a channel
 that stays open when the process has no descriptor left to accept a
 connection with), so the bench measures this process alone:
@@ -47,7 +48,7 @@ def _count_fds() -> int:
 
 
 _TRACKED = (
-    "ForwardProxyProtocol", "Exchange", "RequestBody", "UpstreamConnection", "Relay",
+    "ForwardProxyProtocol", "ReverseProxyProtocol", "TCPRelayProtocol", "Exchange", "RequestBody", "UpstreamConnection", "Relay",
     "RelayUpstreamProtocol", "RelayServerProtocol", "DelayedCall", "Deferred",
 )
 
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", type=int, required=True)
     parser.add_argument("--tcp-listen", type=int, default=0, help="also run a TCP relay here")
-    parser.add_argument("--tcp-target", default="", help="host:port the TCP relay connects to")
+    parser.add_argument("--tcp-backend", type=int, default=0, help="the TCP relay's backend port")
+    parser.add_argument("--reverse-listen", type=int, default=0,
+                        help="also run a reverse proxy here")
+    parser.add_argument("--reverse-backend", type=int, default=0,
+                        help="the reverse proxy's backend port")
     parser.add_argument("--nofile", type=int, default=0, help="RLIMIT_NOFILE soft limit")
     parser.add_argument("--backlog", type=int, default=128)
     parser.add_argument("--keepalive", type=float, default=600.0, help="client keep-alive (s)")
@@ -139,11 +144,33 @@ def main(argv: list[str] | None = None) -> None:
 
         proxy.fetcher = caching_fetcher_factory(CacheConfig(size=16 << 20), reactor)(proxy.fetcher)
 
-    relay_factory = None
+    relay_factory = reverse = reverse_pool = None
+    if args.tcp_listen or args.reverse_listen:
+        from multiproxy.balancing import Backend, BackendPool, RoundRobin
     if args.tcp_listen:
-        relay_factory = _tcp_relay(reactor, args.tcp_target)
-        if relay_factory is not None:
-            reactor.listenTCP(args.tcp_listen, relay_factory, interface="127.0.0.1")
+        from multiproxy.tcp import TCPRelayFactory
+
+        backends = BackendPool(
+            "tcp", [Backend(host="127.0.0.1", port=args.tcp_backend)], RoundRobin(), reactor
+        )
+        relay_factory = TCPRelayFactory(reactor, backends, name="tcp")
+        reactor.listenTCP(args.tcp_listen, relay_factory, interface="127.0.0.1")
+    if args.reverse_listen:
+        from multiproxy.reverse import ReverseProxy, Route, RouteTable
+
+        backends = BackendPool(
+            "web", [Backend(host="127.0.0.1", port=args.reverse_backend)], RoundRobin(), reactor
+        )
+        reverse_pool = ConnectionPool(
+            reactor, limits, connect_timeout=timeouts.connect,
+            response_timeout=timeouts.response, idle_timeout=timeouts.upstream_idle,
+            keepalive_timeout=args.pool_keepalive,
+        )
+        reverse = ReverseProxy(
+            reactor, routes=RouteTable([Route("web")]), pools={"web": backends},
+            connection_pool=reverse_pool, timeouts=timeouts, limits=limits, name="reverse",
+        )
+        reactor.listenTCP(args.reverse_listen, reverse, interface="127.0.0.1")
 
     def stats(objects: bool) -> dict:
         counts: collections.Counter = collections.Counter()
@@ -157,15 +184,17 @@ def main(argv: list[str] | None = None) -> None:
             "rss": _rss(),
             "fds": _count_fds(),
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-            "connections": len(proxy.connections),
-            "pool_idle": pool.idle_count(),
+            "connections": len(proxy.connections)
+            + (len(reverse.connections) if reverse is not None else 0)
+            + (len(relay_factory.connections) if relay_factory is not None else 0),
+            "pool_idle": pool.idle_count()
+            + (reverse_pool.idle_count() if reverse_pool is not None else 0),
             "timers": len(reactor.getDelayedCalls()),
             "objects": dict(counts),
             "log_levels": dict(levels),
             "accept_errors": dict(accept_errors),
             "failures": failures[-5:],
             "failure_count": len(failures),
-            "relay_connections": len(getattr(relay_factory, "connections", ()) or ()),
             "guard": None if guard is None else {
                 "max": guard.max_connections, "open": guard.open, "paused": guard.paused,
                 "episodes": guard.episodes,
@@ -186,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
                     gc.collect()
                 elif line == "close-idle":
                     pool.close_idle()
+                    if reverse_pool is not None:
+                        reverse_pool.close_idle()
                 self.transport.write(json.dumps(stats(line == "gc")).encode() + b"\n")
 
         def connectionLost(self, reason=None) -> None:
@@ -213,15 +244,6 @@ def _referrers(type_name: str, limit: int = 20) -> dict:
     return {"count": len(found), "held_by": dict(chains.most_common(10))}
 
 
-def _tcp_relay(reactor, target: str):
-    """A TCP relay factory to ``target`` if the TCP proxy has landed, else None."""
-    try:
-        from multiproxy.tcp import TCPProxy  # noqa: F401
-    except ImportError:
-        return None
-    return None
-
-
 class ProxyProcess:
     """A `_proxyproc` child process, driven over its stdin and stdout."""
 
@@ -231,6 +253,12 @@ class ProxyProcess:
         from _harness import free_port
 
         self.port = free_port()
+        self.ports = {"forward": self.port}
+        args = list(args)
+        for kind in ("reverse", "tcp"):
+            if f"--{kind}-backend" in args:
+                self.ports[kind] = free_port()
+                args += [f"--{kind}-listen", str(self.ports[kind])]
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--listen", str(self.port), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

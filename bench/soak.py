@@ -1,6 +1,7 @@
 """
-A bounded soak: mixed traffic through a forward proxy in its own process,
-then a check that it returns to its baseline.
+A bounded soak: mixed traffic through a forward proxy, a reverse proxy and
+a TCP relay in one process of their own, then a check that it returns to
+its baseline.
 
     python bench/soak.py [--seconds 60] [--workers 16]
 
@@ -8,7 +9,9 @@ Traffic (each worker picks at random, until the time is up): GET of random
 sizes over kept-alive connections, POST bodies echoed back (checked by
 SHA-256), cacheable GETs (cache hits), CONNECT tunnels carrying TLS to an
 HTTPS origin and plain bytes to an echo server, pipelined requests, clients
-that abort mid-download and mid-upload, and hostile bytes.  Every answer is
+that abort mid-download and mid-upload, and hostile bytes; through the
+reverse proxy GETs, POSTs and aborted downloads; through the TCP relay
+echoed bytes.  Every answer is
 checked, so a response sent to the wrong client or corrupted counts as an
 error.
 
@@ -81,8 +84,9 @@ async def _soak(reactor, args, result: dict) -> None:
     proxy = ProxyProcess(
         "--cache", "--keepalive", str(KEEPALIVE), "--pool-keepalive", str(KEEPALIVE),
         "--connect-ports", f"{ports['tls']},{ports['echo']}",
+        "--reverse-backend", str(ports["plain"]), "--tcp-backend", str(ports["echo"]),
     )
-    traffic = Traffic(reactor, proxy.port, ports, ca, rng)
+    traffic = Traffic(reactor, proxy.ports, ports, ca, rng)
     try:
         ask = lambda command="stats": _ask_async(proxy, command)  # noqa: E731
         _say(f"warm-up (5 s), then baseline; proxy pid {proxy.pid}")

@@ -161,9 +161,10 @@ def _request(method: str, url: str, body: bytes | None = None, close: bool = Fal
 class Traffic:
     """Runs the scenarios from ``workers`` concurrent clients and counts the outcomes."""
 
-    def __init__(self, reactor, proxy_port: int, ports: dict, ca, rng) -> None:
+    def __init__(self, reactor, proxy_ports: dict, ports: dict, ca, rng) -> None:
         self.reactor = reactor
-        self.proxy_port = proxy_port
+        self.proxy_ports = proxy_ports
+        self.proxy_port = proxy_ports["forward"]
         self.ports = ports
         self.rng = rng
         self.trust = ssl.Certificate.loadPEM(ca.cert_pem.bytes())
@@ -185,12 +186,17 @@ class Traffic:
         )
 
     async def _worker(self, deadline: float) -> None:
-        kept = {"raw": None, "h11": None}
+        kept = {"raw": None, "h11": None, "reverse": {"raw": None, "h11": None}}
         scenarios = [
             (self.get, 30), (self.post, 12), (self.cached, 15), (self.pipelined, 6),
             (self.connect_tls, 6), (self.connect_echo, 6), (self.abort_download, 5),
             (self.abort_upload, 4), (self.hostile, 6),
         ]
+        if "reverse" in self.proxy_ports:
+            scenarios += [(self.reverse_get, 15), (self.reverse_post, 6),
+                          (self.reverse_abort, 3)]
+        if "tcp" in self.proxy_ports:
+            scenarios += [(self.tcp_echo, 8)]
         names = [s for s, _ in scenarios]
         weights = [w for _, w in scenarios]
         while self.reactor.seconds() < deadline:
@@ -204,16 +210,19 @@ class Traffic:
                 if len(self.error_examples) < 50:
                     self.error_examples.append(f"{name}: {e!r}"[:300])
                 kept["raw"] = None
-        if kept["raw"] is not None:
-            kept["raw"].transport.loseConnection()
+                kept["reverse"]["raw"] = None
+        for holder in (kept, kept["reverse"]):
+            if holder["raw"] is not None:
+                holder["raw"].transport.loseConnection()
 
-    async def _kept_alive(self, kept: dict, events: list) -> tuple[h11.Response, bytes]:
+    async def _kept_alive(self, kept: dict, events: list, port: int | None = None
+                          ) -> tuple[h11.Response, bytes]:
         """One exchange over the worker's kept-alive connection (reconnecting if needed)."""
         raw, conn = kept["raw"], kept["h11"]
         if raw is None or raw.closed or conn.our_state is not h11.IDLE:
             if raw is not None:
                 raw.transport.loseConnection()
-            raw = await _connect(self.reactor, self.proxy_port)
+            raw = await _connect(self.reactor, port or self.proxy_port)
             conn = h11.Connection(h11.CLIENT)
             kept["raw"], kept["h11"] = raw, conn
         raw.transport.write(b"".join(conn.send(e) for e in events))
@@ -347,3 +356,41 @@ class Traffic:
                 raise Broken(f"hostile bytes answered {answer[:40]!r}")
         finally:
             raw.transport.abortConnection()
+
+    # -- the reverse proxy and the TCP relay
+
+    async def reverse_get(self, kept) -> None:
+        size = self.rng.choice([0, 100, 5000, 70_000, 1_000_000])
+        events = [h11.Request(method="GET", target=f"/bytes/{size}", headers=[("Host", "web")]),
+                  h11.EndOfMessage()]
+        head, body = await self._kept_alive(kept["reverse"], events, self.proxy_ports["reverse"])
+        if head.status_code != 200 or body != b"x" * size:
+            raise Broken(f"reverse GET /bytes/{size}: {head.status_code}, {len(body)} bytes")
+
+    async def reverse_post(self, kept) -> None:
+        data = os.urandom(self.rng.choice([10, 10_000, 300_000]))
+        events = [h11.Request(method="POST", target="/echo",
+                              headers=[("Host", "web"), ("Content-Length", str(len(data)))]),
+                  h11.Data(data=data), h11.EndOfMessage()]
+        head, body = await self._kept_alive(kept["reverse"], events, self.proxy_ports["reverse"])
+        if head.status_code != 200 or body != data:
+            raise Broken(f"reverse POST of {len(data)} bytes: {head.status_code}, {len(body)} back")
+
+    async def reverse_abort(self, kept) -> None:
+        raw = await _connect(self.reactor, self.proxy_ports["reverse"])
+        raw.transport.write(b"GET /bytes/5000000 HTTP/1.1\r\nHost: web\r\n\r\n")
+        await raw.more(self.reactor)
+        raw.transport.abortConnection()
+
+    async def tcp_echo(self, kept) -> None:
+        raw = await _connect(self.reactor, self.proxy_ports["tcp"])
+        try:
+            data = os.urandom(self.rng.choice([1, 1000, 200_000]))
+            raw.transport.write(data)
+            while len(raw.buffer) < len(data):
+                if not await raw.more(self.reactor):
+                    break
+            if bytes(raw.buffer) != data:
+                raise Broken(f"TCP echo: {len(raw.buffer)} of {len(data)} bytes")
+        finally:
+            raw.transport.loseConnection()
