@@ -217,8 +217,8 @@ async def test_proxy_header_with_impossible_addresses_is_refused(listening, no_t
 async def test_many_clients_for_a_dead_backend_are_closed_promptly(listening):
     """
     200 clients (20 at a time) while the only backend refuses connections: every
-    client is closed within seconds, nothing stays open, and the log gets a
-    warning per failed connect (no traceback).
+    client is closed within seconds, nothing stays open, and the warnings
+    stop once the backend is ejected (no traceback).
     """
     import socket
 
@@ -249,5 +249,8 @@ async def test_many_clients_for_a_dead_backend_are_closed_promptly(listening):
     assert answers == [b""] * 200
     assert elapsed < 10
     assert await wait_until(lambda: not factory.connections)
-    # One line per failed connect: noted in docs/reliability.md as a possible flood.
-    assert 1 <= len(warnings) <= 200
+    # A warning per failed connect until passive health checks eject the
+    # backend (the first batch of 20 was already connecting); the clients
+    # after that are closed without a line each.
+    connect_warnings = [e for e in warnings if "cannot connect" in e.get("log_format", "")]
+    assert 1 <= len(connect_warnings) <= 20, len(connect_warnings)
