@@ -158,8 +158,9 @@ class Exchange:
             # upgrade path's business, never relayed as an interim answer.
             if self.request.version == b"HTTP/1.1":
                 if status != 101:
-                    write_direct(self._transport, 
-                        response_head_bytes(status, response.reason, end_to_end(response.headers))
+                    interim = end_to_end(response.headers)
+                    write_direct(
+                        self._transport, response_head_bytes(status, response.reason, interim)
                     )
             return
         self.response_started = True
@@ -247,13 +248,11 @@ class Exchange:
     # -- internals -------------------------------------------------------
 
     def _write_head(self, status: int, reason: bytes, headers: Headers) -> None:
-        protocol = self.protocol
         if self.close_after:
             headers.add(b"Connection", b"close")
         elif self.request.version == b"HTTP/1.0":
             headers.add(b"Connection", b"keep-alive")
         write_direct(self._transport, response_head_bytes(status, reason, headers))
-        protocol.response_begun(self)
 
     def _release_producer(self) -> None:
         if self._producer is not None:
@@ -473,9 +472,6 @@ class HTTPServerProtocol(Protocol):
         if exchange.request.version == b"HTTP/1.1":
             return "chunked"
         return "close"
-
-    def response_begun(self, exchange: Exchange) -> None:
-        """Hook: the response head has been written."""
 
     def report(self, exchange: Exchange) -> None:
         record = exchange.record
