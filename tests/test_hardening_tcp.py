@@ -130,8 +130,8 @@ HOSTILE_HEADERS = [
 
 # Well-formed v1 lines carrying impossible addresses.  The PROXY protocol
 # specification says a receiver must drop a connection whose header is
-# invalid; Twisted's V1Parser (which the relay uses) does not check the
-# addresses, so these are relayed with a bogus client address.
+# invalid; Twisted's V1Parser does not check the addresses, so the relay reads
+# v1 lines with its own StrictV1Parser.
 IMPOSSIBLE_ADDRESSES = [
     b"PROXY TCP4 999.2.3.4 5.6.7.8 1 2\r\n",
     b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n",
@@ -158,23 +158,6 @@ async def _send_headers(listening, headers) -> tuple[list[bytes], list, Backend,
     return answers, seen, backend, factory
 
 
-def _known_report_failures(seen) -> int:
-    """
-    Take out (and count) the logged failures of a known bug: reporting a
-    PROXY-protocol connection that closed before its header asks the closed
-    transport for its address (AttributeError: no 'socket'); see
-    test_refused_proxy_header_is_reported_without_a_traceback.
-    """
-    known = [
-        e for e in seen.events
-        if e.get("log_failure") is not None and e["log_failure"].check(AttributeError)
-        and "socket" in str(e["log_failure"].value)
-    ]
-    for event in known:
-        seen.events.remove(event)
-    return len(known)
-
-
 @pytest_twisted.ensureDeferred
 async def test_hostile_bytes_on_a_proxy_protocol_listener_never_reach_the_backend(
     listening, no_tracebacks
@@ -185,32 +168,56 @@ async def test_hostile_bytes_on_a_proxy_protocol_listener_never_reach_the_backen
     assert seen == []
     assert backend.requests == 0
     assert await wait_until(lambda: not factory.connections)
-    _known_report_failures(no_tracebacks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TCPRelayProtocol._report asks a closed PROXY-protocol transport for its address "
-           "(AttributeError logged by Relay.end) when the header never arrived; reported to "
-           "the TCP relay's owner",
-)
+class _Records:
+    """An access reporter that keeps every record."""
+
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def report(self, record) -> None:
+        self.records.append(record)
+
+
 @pytest_twisted.ensureDeferred
 async def test_refused_proxy_header_is_reported_without_a_traceback(listening, no_tracebacks):
-    await _send_headers(listening, [b"PROXY\r\n"])
+    """
+    A connection closed for a bad PROXY header gets its access record (the
+    connection's own addresses, end=no-proxy-header) and logs no failure:
+    the closed transport is not asked for its address.
+    """
+    records = _Records()
+    stalled = StalledUpstream()
+    factory = TCPRelayFactory(
+        reactor, FixedChooser(stalled), name="hardening", reporters=[records],
+        settings=TCPSettings(header_timeout=0.5),
+    )
+    port = await server_endpoint(reactor, "haproxy:tcp:0:interface=127.0.0.1").listen(factory)
+    number = port.getHost().port
+    try:
+        client = await _connect(number)
+        client.transport.write(b"PROXY\r\n")
+        assert await client.done == b""
+        assert await wait_until(lambda: records.records)
+    finally:
+        await port.stopListening()
     await sleep(0.1)
-    assert _known_report_failures(no_tracebacks) == 0
+    [record] = records.records
+    assert record.ended == "no-proxy-header"
+    assert record.client_host == "127.0.0.1"
+    assert record.target == f"127.0.0.1:{number}"
+    assert record.upstream is None
+    assert stalled.attempts == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Twisted's V1Parser accepts impossible addresses and ports; the PROXY protocol "
-           "spec says to drop the connection (reported to the TCP relay's owner)",
-)
 @pytest_twisted.ensureDeferred
 async def test_proxy_header_with_impossible_addresses_is_refused(listening, no_tracebacks):
     answers, seen, backend, factory = await _send_headers(listening, IMPOSSIBLE_ADDRESSES)
-    _known_report_failures(no_tracebacks)
+    assert answers == [b""] * len(IMPOSSIBLE_ADDRESSES)
     assert seen == []
+    assert backend.requests == 0
+    assert await wait_until(lambda: not factory.connections)
 
 
 @pytest_twisted.ensureDeferred

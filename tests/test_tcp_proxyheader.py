@@ -155,3 +155,76 @@ def test_half_close_before_the_header_closes_the_connection():
     wrapper, recorder, transport = accept([b"PRO"])
     wrapper.readConnectionLost()
     assert transport.disconnecting and not recorder.eof
+
+
+# -- strict v1 parsing --------------------------------------------------------------
+
+
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader  # noqa: E402
+
+from multiproxy.tcp._v1parser import StrictV1Parser, parse_v1_line  # noqa: E402
+
+
+@pytest.mark.parametrize("line", [
+    b"PROXY TCP4 999.2.3.4 5.6.7.8 1 2",  # octet out of range
+    b"PROXY TCP4 1.2.3.4 5.6.7.256 1 2",
+    b"PROXY TCP4 01.2.3.4 5.6.7.8 1 2",  # leading zero (ambiguous: octal?)
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2",  # port out of range
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 x 2",  # not a number (Twisted raised a bare ValueError)
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1_0 2",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 -1 2",
+    b"PROXY TCP6 1.2.3.4 5.6.7.8 1 2",  # IPv4 in a TCP6 line
+    b"PROXY TCP4 ::1 ::1 1 2",  # IPv6 in a TCP4 line
+    b"PROXY TCP6 fe80::1%eth0 ::1 1 2",  # scope ID
+    b"PROXY TCP6 2001:db8::g ::1 1 2",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 extra",  # extra field
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 ",  # trailing space
+    b"PROXY TCP4  1.2.3.4 5.6.7.8 1 2",  # double space
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1",  # missing field
+    b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2",
+    b"PROXY",
+    b"proxy TCP4 1.2.3.4 5.6.7.8 1 2",
+    b"PROXY TCP4 1.2.3.\xff 5.6.7.8 1 2",
+    b"PROXY UNKNOWN " + b"x" * 100,  # longer than 107 bytes with its CRLF
+])
+def test_strict_v1_parser_refuses_impossible_lines(line):
+    with pytest.raises(InvalidProxyHeader):
+        parse_v1_line(line)
+
+
+def test_strict_v1_parser_reads_addresses_and_ports():
+    info = parse_v1_line(b"PROXY TCP4 192.0.2.10 198.51.100.1 0 65535")
+    assert (info.source.host, info.source.port) == ("192.0.2.10", 0)
+    assert (info.destination.host, info.destination.port) == ("198.51.100.1", 65535)
+    info = parse_v1_line(b"PROXY TCP6 2001:db8::1 ::ffff:192.0.2.1 1 2")
+    assert (info.source.host, info.destination.host) == ("2001:db8::1", "::ffff:192.0.2.1")
+    assert info.source.type == "TCP"
+
+
+def test_strict_v1_parser_takes_unknown_as_no_addresses():
+    assert parse_v1_line(b"PROXY UNKNOWN").source is None
+    assert parse_v1_line(b"PROXY UNKNOWN 1.2.3.4 whatever").destination is None
+
+
+def test_strict_v1_parser_keeps_the_bytes_after_the_header():
+    parser = StrictV1Parser()
+    assert parser.feed(b"PROXY TCP4 1.2.3.4 ") == (None, None)
+    info, remaining = parser.feed(b"5.6.7.8 1 2\r\nhello")
+    assert info.source.host == "1.2.3.4" and remaining == b"hello"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.tuples(ipv4, ipv4), st.tuples(ipv6, ipv6)), ports, ports)
+def test_strict_v1_parser_accepts_every_header_we_send(hosts, sport, dport):
+    src, dst = hosts
+    info, remaining = StrictV1Parser().feed(proxy_header_v1((src, sport), (dst, dport)))
+    assert _canon(info.source.host) == _canon(src) and info.source.port == sport
+    assert _canon(info.destination.host) == _canon(dst) and info.destination.port == dport
+
+
+def test_wrapper_closes_connections_with_impossible_v1_addresses():
+    wrapper, recorder, transport = accept([b"PROXY TCP4 999.2.3.4 5.6.7.8 1 2\r\nhello"])
+    assert transport.disconnecting
+    assert recorder.peer_at_header is None and recorder.data == b""

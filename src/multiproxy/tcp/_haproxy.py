@@ -7,8 +7,10 @@ when a header arrives without data after it, drops half-close, and closes
 connections whose first read holds fewer than 8 or 16 bytes.  A relay
 needs all three: a backend that speaks first (SMTP, MySQL) must be
 connected as soon as the header is in, and a client's end of input must
-reach the relay.  `ProxyHeaderWrapper` is Twisted's wrapper with those
-fixed; `proxy_header_endpoint` wraps any server endpoint with it.
+reach the relay.  Twisted's v1 parser also accepts impossible addresses and
+ports; v1 lines are read here by `StrictV1Parser`, which refuses them.
+`ProxyHeaderWrapper` is Twisted's wrapper with those fixed;
+`proxy_header_endpoint` wraps any server endpoint with it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
+
+from multiproxy.tcp._v1parser import StrictV1Parser
 
 __all__ = ["ProxyHeaderWrapper", "find_proxy_header_wrapper", "proxy_header_endpoint"]
 
@@ -72,7 +76,7 @@ class ProxyHeaderWrapper(HAProxyProtocolWrapper):
                 if len(data) < len(v1):
                     self._prefix = data
                     return
-                self._parser = V1Parser()
+                self._parser = StrictV1Parser()
             else:
                 self.loseConnection()
                 return

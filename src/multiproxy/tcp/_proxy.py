@@ -89,6 +89,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         self._header_timer: Any = None
         self._ip_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None
         self._release_slot: Any = None
+        self._header_wrapper: Any = None
 
     def connectionMade(self) -> None:
         self.started_at = self.reactor.seconds()
@@ -98,6 +99,12 @@ class TCPRelayProtocol(RelayServerProtocol):
     def start_relay(self, relay: Relay) -> None:
         wrapper = find_proxy_header_wrapper(self.transport)
         if wrapper is not None and wrapper.header_pending:
+            self._header_wrapper = wrapper
+            # Until a header arrives the connection's own addresses are all
+            # there is to report; once it has closed they cannot be asked for.
+            self._ip_addresses = (
+                _host_port(self.transport.getPeer()), _host_port(self.transport.getHost())
+            )
             self._header_timer = self.reactor.callLater(
                 self.factory.settings.header_timeout, self._no_header
             )
@@ -197,6 +204,9 @@ class TCPRelayProtocol(RelayServerProtocol):
         if self._header_timer is not None and self._header_timer.active():
             self._header_timer.cancel()
         self.factory.connections.discard(self)
+        if self.outcome is None and self._header_wrapper is not None \
+                and self._header_wrapper.header_pending:
+            self.outcome = "no-proxy-header"  # closed before a valid header (or refused one)
         release, self._release_slot = self._release_slot, None
         if release is not None:
             release()
