@@ -332,6 +332,26 @@ def test_work_hours_window_is_half_open_and_on_the_zones_wall_clock() -> None:
     assert not window.contains(at("2026-07-06 15:45", ZoneInfo("UTC")))
 
 
+def test_window_answers_from_the_last_second_only_within_that_second() -> None:
+    window = TimeWindow.parse("Mon-Fri", "09:00-17:30", "Europe/Berlin")
+    end = at("2026-03-02 17:30")
+    assert window.contains(end - 0.5) and window.contains(end - 0.001)  # 17:29:59.x
+    assert not window.contains(end)
+    assert not window.contains(end + 0.999)
+    assert window.contains(end - 0.25)  # back in 17:29:59: asked again, not remembered
+    assert window == TimeWindow.parse("Mon-Fri", "09:00-17:30", "Europe/Berlin")
+    assert hash(window) == hash(TimeWindow.parse("Mon-Fri", "09:00-17:30", "Europe/Berlin"))
+
+
+@given(st.floats(0, 4e9), st.floats(0, 4e9))
+def test_property_a_remembered_answer_equals_a_fresh_one(first: float, second: float) -> None:
+    window = TimeWindow.parse("Mon-Fri", ["09:00-12:00", "22:00-06:00"], "Europe/Berlin")
+    window.contains(first)
+    fresh = TimeWindow.parse("Mon-Fri", ["09:00-12:00", "22:00-06:00"], "Europe/Berlin")
+    assert window.contains(second) is fresh.contains(second)
+    assert window.contains(first) is fresh.contains(first)
+
+
 def test_window_crossing_midnight_belongs_to_the_day_it_starts() -> None:
     window = TimeWindow.parse("Fri", "22:00-06:00", "Europe/Berlin")
     assert window.contains(at("2026-03-06 23:00"))      # Friday night

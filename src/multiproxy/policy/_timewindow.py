@@ -11,8 +11,9 @@ Saturday 06:00, and does not include Friday 03:00.
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -135,6 +136,10 @@ class TimeWindow:
     days: frozenset[int]
     hours: tuple[tuple[int, int], ...]
     zone: ZoneInfo
+    # (second, inside) of the last answer: the answer only changes from one
+    # whole second to the next, and a busy proxy asks many times a second.
+    _last: list = field(default_factory=lambda: [None], init=False, repr=False,
+                        compare=False, hash=False)
 
     @classmethod
     def parse(
@@ -150,7 +155,16 @@ class TimeWindow:
 
     def contains(self, epoch: float) -> bool:
         """Whether the instant ``epoch`` (seconds since 1970, UTC) is in the window."""
-        local = datetime.fromtimestamp(epoch, self.zone)
+        second = math.floor(epoch)
+        last = self._last[0]
+        if last is not None and last[0] == second:
+            return last[1]
+        inside = self._contains(second)
+        self._last[0] = (second, inside)
+        return inside
+
+    def _contains(self, second: int) -> bool:
+        local = datetime.fromtimestamp(second, self.zone)
         weekday = local.weekday()
         seconds = local.hour * 3600 + local.minute * 60 + local.second
         days = self.days
