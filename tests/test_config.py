@@ -209,3 +209,16 @@ def test_tcp_subcommand_is_registered():
                        "--backend", "tcp:host=127.0.0.1:port=9001")
     [(kind, config)] = options.configuration.proxies
     assert kind.name == "tcp"
+
+
+def test_the_readme_configuration_example_is_valid():
+    import pathlib
+    import re
+    import tomllib
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
+    configuration = read_configuration(tomllib.loads(block))
+    [(kind, config)] = configuration.proxies
+    assert kind.name == "forward" and config.name == "office"
+    assert configuration.policy is not None
