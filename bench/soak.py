@@ -147,8 +147,9 @@ async def _soak(reactor, args, result: dict) -> None:
         "exchanges_total": sum(traffic.counts.values()),
         "warm_up_exchanges": sum(warm_counts.values()),
         "cache_hits": traffic.cache_hits,
+        "keepalive_races_retried": traffic.keepalive_races,
         "errors": errors,
-        "error_examples": traffic.error_examples[:10],
+        "error_examples": traffic.error_examples,
         "baseline": _brief(baseline),
         "final": _brief(final),
         "rss_peak_mib": round(peak / MIB, 1),
@@ -159,6 +160,11 @@ async def _soak(reactor, args, result: dict) -> None:
         "proxy_failure_examples": final["failures"],
         "proxy_warnings": [line for line in stderr.splitlines() if line.startswith("[")][:10],
         "samples": len(samples),
+        # RSS through the run: a leak keeps climbing, warm-up levels off.
+        "rss_mib_by_quarter": [
+            round(samples[min(len(samples) - 1, len(samples) * q // 4)]["rss"] / MIB, 1)
+            for q in range(1, 5)
+        ] if samples else [],
     }
     print(json.dumps(report, indent=2))
     ok = not leaks and not errors and final["failure_count"] == 0 and rss_growth < 32 * MIB
