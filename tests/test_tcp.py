@@ -539,17 +539,14 @@ class ServerContext:
 
 
 @pytest_twisted.inlineCallbacks
-def test_tls_origination_verifies_the_backend_and_fails_over_on_a_wrong_name(
-    reactor, servers, ca, pki
-):
+def test_tls_origination_verifies_the_backend(reactor, servers, ca, pki):
     ca_file, _ = pki
     records = Records()
     tls_echo = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(ca, "db.test"),
                                  interface="127.0.0.1")
     try:
-        port_number = tls_echo.getHost().port
-        good = backend_at(port_number, tls=TLSOrigination("db.test", ca_file))
-        factory, port = relay(reactor, servers, [good], records)
+        good = backend_at(tls_echo.getHost().port, tls=TLSOrigination("db.test", ca_file))
+        _, port = relay(reactor, servers, [good], records)
         client = yield connect(reactor, port)
         client.transport.write(b"secret")
         for _ in range(100):
@@ -558,17 +555,131 @@ def test_tls_origination_verifies_the_backend_and_fails_over_on_a_wrong_name(
             yield task.deferLater(reactor, 0.01, lambda: None)
         client.transport.loseConnection()
         assert (yield client.done) == b"secret"
+        record = records.records[-1] if records.records else (yield records.next())
+        assert record.upstream == good.name and good.failures == 0
+    finally:
+        yield tls_echo.stopListening()
 
-        wrong = backend_at(port_number, tls=TLSOrigination("wrong.test", ca_file))
-        factory, port = relay(reactor, servers, [wrong], records)
+
+@pytest.mark.parametrize("refusal", ["wrong-name", "unknown-ca"])
+@pytest_twisted.inlineCallbacks
+def test_tls_origination_fails_over_past_a_certificate_that_fails_verification(
+    reactor, servers, ca, pki, refusal
+):
+    """
+    A backend whose certificate is refused (names another host, or is signed
+    by a CA we do not trust) counts as a failed connect: the next backend
+    gets the connection and the client's bytes, and never notices.
+    """
+    ca_file, _ = pki
+    records = Records()
+    issuer = ca if refusal == "wrong-name" else trustme.CA()
+    bad_tls = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(issuer, "bad.test"),
+                                interface="127.0.0.1")
+    good_tls = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(ca, "db.test"),
+                                 interface="127.0.0.1")
+    try:
+        name = "db.test" if refusal == "wrong-name" else "bad.test"
+        bad = backend_at(bad_tls.getHost().port, tls=TLSOrigination(name, ca_file))
+        good = backend_at(good_tls.getHost().port, tls=TLSOrigination("db.test", ca_file))
+        _, port = relay(reactor, servers, [bad, good], records)
+        client = yield connect(reactor, port)
+        client.transport.write(b"secret")  # held while the first handshake fails
+        for _ in range(200):
+            if client.received >= 6:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        client.transport.loseConnection()
+        assert (yield client.done) == b"secret"
+        record = records.records[-1] if records.records else (yield records.next())
+        assert record.upstream == good.name
+        assert record.bytes_from_upstream == 6
+        assert (bad.failures, bad.active) == (1, 0)
+        assert (good.failures, good.requests) == (0, 1)
+    finally:
+        yield bad_tls.stopListening()
+        yield good_tls.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_origination_to_only_refused_certificates_ends_connect_failed(
+    reactor, servers, ca, pki
+):
+    ca_file, _ = pki
+    records = Records()
+    tls_echo = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(ca, "db.test"),
+                                 interface="127.0.0.1")
+    try:
+        wrong = backend_at(tls_echo.getHost().port, tls=TLSOrigination("wrong.test", ca_file))
+        _, port = relay(reactor, servers, [wrong], records)
         client = yield connect(reactor, port)
         client.transport.write(b"secret")
         assert (yield client.done) == b""
-        record = records.records[-1] if len(records.records) >= 2 else (yield records.next())
-        assert record.ended in ("upstream-closed", "error")
+        record = records.records[-1] if records.records else (yield records.next())
+        assert record.ended == "connect-failed" and record.upstream is None
+        assert record.bytes_to_upstream == 6 and record.bytes_from_upstream == 0
         assert wrong.failures == 1
     finally:
         yield tls_echo.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_handshake_that_never_completes_is_bounded_by_the_connect_timeout(
+    reactor, servers, ca, pki
+):
+    """A backend that accepts TCP but never answers the ClientHello is given up on in time."""
+    ca_file, _ = pki
+    records = Records()
+
+    class Silent(Protocol):
+        pass
+
+    echo = servers(Factory.forProtocol(Echo))
+    silent = backend_at(servers(Factory.forProtocol(Silent)),
+                        tls=TLSOrigination("db.test", ca_file))
+    plain = backend_at(echo)
+    _, port = relay(reactor, servers, [silent, plain], records, connect_timeout=0.3)
+    started = reactor.seconds()
+    client = yield connect(reactor, port)
+    client.transport.write(b"late")
+    for _ in range(200):
+        if client.received >= 4:
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    client.transport.loseConnection()
+    assert (yield client.done) == b"late"
+    assert 0.25 <= reactor.seconds() - started < 3
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.upstream == plain.name
+    assert silent.failures == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_leaving_during_the_backend_tls_handshake_closes_the_backend_connection(
+    reactor, servers, ca, pki
+):
+    ca_file, _ = pki
+    records = Records()
+    lost = defer.Deferred()
+
+    class Silent(Protocol):
+        def connectionLost(self, reason=None):
+            lost.callback(None)
+
+    silent = backend_at(servers(Factory.forProtocol(Silent)),
+                        tls=TLSOrigination("db.test", ca_file))
+    factory, port = relay(reactor, servers, [silent], records, connect_timeout=30)
+    client = yield connect(reactor, port)
+    yield task.deferLater(reactor, 0.1, lambda: None)  # the ClientHello is out
+    client.transport.abortConnection()
+    yield client.done
+    record = records.records[-1] if records.records else (yield records.next())
+    assert record.ended == "client-closed" and record.upstream is None
+    yield defer.DeferredList([lost, task.deferLater(reactor, 3, lambda: None)],
+                             fireOnOneCallback=True)
+    assert lost.called  # the half-open TLS connection was abandoned, not left behind
+    assert silent.failures == 0  # the client left: not the backend's fault
+    assert not factory.connections
 
 
 # -- the service ---------------------------------------------------------------------------

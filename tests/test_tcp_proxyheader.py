@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from zope.interface import implementer
@@ -21,6 +22,7 @@ from multiproxy.tcp._haproxy import (
     ProxyHeaderWrappingFactory,
     find_proxy_header_wrapper,
 )
+from multiproxy.tcp._v1parser import StrictV1Parser, parse_v1_line
 
 
 def test_v1_header_for_ipv4():
@@ -160,11 +162,6 @@ def test_half_close_before_the_header_closes_the_connection():
 # -- strict v1 parsing --------------------------------------------------------------
 
 
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader  # noqa: E402
-
-from multiproxy.tcp._v1parser import StrictV1Parser, parse_v1_line  # noqa: E402
-
-
 @pytest.mark.parametrize("line", [
     b"PROXY TCP4 999.2.3.4 5.6.7.8 1 2",  # octet out of range
     b"PROXY TCP4 1.2.3.4 5.6.7.256 1 2",
@@ -219,12 +216,12 @@ def test_strict_v1_parser_keeps_the_bytes_after_the_header():
 @given(st.one_of(st.tuples(ipv4, ipv4), st.tuples(ipv6, ipv6)), ports, ports)
 def test_strict_v1_parser_accepts_every_header_we_send(hosts, sport, dport):
     src, dst = hosts
-    info, remaining = StrictV1Parser().feed(proxy_header_v1((src, sport), (dst, dport)))
+    info, _ = StrictV1Parser().feed(proxy_header_v1((src, sport), (dst, dport)))
     assert _canon(info.source.host) == _canon(src) and info.source.port == sport
     assert _canon(info.destination.host) == _canon(dst) and info.destination.port == dport
 
 
 def test_wrapper_closes_connections_with_impossible_v1_addresses():
-    wrapper, recorder, transport = accept([b"PROXY TCP4 999.2.3.4 5.6.7.8 1 2\r\nhello"])
+    _, recorder, transport = accept([b"PROXY TCP4 999.2.3.4 5.6.7.8 1 2\r\nhello"])
     assert transport.disconnecting
     assert recorder.peer_at_header is None and recorder.data == b""

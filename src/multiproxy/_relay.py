@@ -56,7 +56,10 @@ Without ``IHalfCloseableProtocol`` on the downstream protocol Twisted reports
 the client's end of input as a lost connection, and the relay ends with
 "client-closed" (no half-close for that client).  `Relay.connect` fails its
 Deferred on a connect failure without ending the relay, so the caller can try
-another upstream; `Relay.end` ends it for good.
+another upstream; `Relay.end` ends it for good.  Over a TLS endpoint the
+upstream is attached only once the TLS handshake (and the certificate check)
+has succeeded, so a backend whose certificate is refused fails the connect
+like a refused connection does.
 
 `RelayServerProtocol` is a ready-made downstream protocol that owns a relay.
 """
@@ -70,6 +73,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
@@ -80,7 +84,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from multiproxy._splice import SplicePump, splice_capable
 
@@ -259,8 +263,10 @@ class Relay:
 
         @param preamble: bytes sent upstream before anything relayed (a PROXY
             protocol header); not counted in the byte counters.
-        @return: a Deferred firing with this relay once attached, or failing
-            with the connect error (the relay stays open for another try).
+        @return: a Deferred firing with this relay once attached (over TLS:
+            once the handshake has succeeded), or failing with the connect
+            or handshake error (the relay stays open for another try).
+            Cancelling it (`end` does) abandons the attempt.
         """
         if self.ended is not None:
             raise RuntimeError("this relay has already ended")
@@ -268,7 +274,10 @@ class Relay:
         d = endpoint.connect(_UpstreamFactory(self))
         self._connecting = d
 
-        def connected(protocol: RelayUpstreamProtocol) -> Relay:
+        def connected(protocol: RelayUpstreamProtocol) -> Relay | Deferred:
+            handshake = getattr(protocol, "handshake", None)
+            if handshake is not None:
+                return handshake.addCallback(connected)
             self._connecting = None
             return self
 
@@ -500,15 +509,42 @@ class Relay:
 
 @implementer(IHalfCloseableProtocol)
 class RelayUpstreamProtocol(Protocol):
-    """The upstream side of a `Relay`: forwards its events to the relay."""
+    """
+    The upstream side of a `Relay`: forwards its events to the relay.
+
+    @ivar handshake: over TLS, a Deferred firing with this protocol once the
+        handshake has succeeded (the relay is attached then), or failing
+        with the reason the connection was lost before; None otherwise.
+    """
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        self.handshake: Deferred | None = None
 
     def connectionMade(self) -> None:
         # Bound method as instance attribute: saves one call per chunk.
         self.dataReceived = self.relay.upstream_data  # type: ignore[method-assign]
+        if isinstance(self.transport, TLSMemoryBIOProtocol):
+            # Not attached before the handshake succeeds: a failed one is a
+            # failed connect, and the caller may try another upstream.  The
+            # interface is declared per connection, not on the class:
+            # Twisted's endpoint wrapper (_WrappingProtocol) copies only the
+            # last of a protocol's interfaces it knows, so IHandshakeListener
+            # on the class would hide IHalfCloseableProtocol there.
+            alsoProvides(self, IHandshakeListener)
+            self.handshake = Deferred(self._abandon)
+            return
         self.relay.attach_upstream(self.transport)
+
+    def _abandon(self, handshake: Deferred) -> None:
+        self.handshake = None
+        self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        handshake, self.handshake = self.handshake, None
+        if handshake is not None:
+            self.relay.attach_upstream(self.transport)
+            handshake.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.upstream_data(data)
@@ -520,6 +556,12 @@ class RelayUpstreamProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        handshake, self.handshake = self.handshake, None
+        if handshake is not None:
+            handshake.errback(reason)  # never attached: the connect failed
+            return
+        if self.relay.upstream_transport is not self.transport:
+            return  # an abandoned attempt, never attached
         self.relay.upstream_lost(reason)
 
 

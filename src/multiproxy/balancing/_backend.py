@@ -23,7 +23,14 @@ from zope.interface import implementer
 
 from multiproxy._interfaces import IUpstream
 
-__all__ = ["Backend", "BackendStatus", "DeadlineEndpoint", "DirectTCPEndpoint", "TLSOrigination"]
+__all__ = [
+    "Backend",
+    "BackendStatus",
+    "DeadlineEndpoint",
+    "DirectTCPEndpoint",
+    "TLSOrigination",
+    "with_deadline",
+]
 
 LATENCY_SMOOTHING = 0.3
 """Weight of the newest sample in the latency moving average."""
@@ -69,6 +76,29 @@ class BackendStatus:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+def with_deadline(reactor: Any, d: defer.Deferred, timeout: float) -> defer.Deferred:
+    """
+    ``d`` (a connect attempt), cancelled and failed with `TimeoutError` if it
+    has not fired within ``timeout`` seconds.
+    """
+    timed_out = []
+
+    def expire() -> None:
+        timed_out.append(True)
+        d.cancel()
+
+    timer = reactor.callLater(timeout, expire)
+
+    def settle(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        if timed_out and isinstance(result, Failure) and result.check(defer.CancelledError):
+            raise error.TimeoutError(string=f"no connection after {timeout:g} s")
+        return result
+
+    return d.addBoth(settle)
+
+
 @implementer(IStreamClientEndpoint)
 class DeadlineEndpoint:
     """Wraps a client endpoint so that a connect not done in ``timeout`` seconds fails."""
@@ -79,25 +109,7 @@ class DeadlineEndpoint:
         self.timeout = timeout
 
     def connect(self, factory: Any) -> defer.Deferred:
-        d = self.endpoint.connect(factory)
-        timed_out = []
-
-        def expire() -> None:
-            timed_out.append(True)
-            d.cancel()
-
-        timer = self.reactor.callLater(self.timeout, expire)
-
-        def settle(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            if timed_out and isinstance(result, Failure) and result.check(
-                defer.CancelledError
-            ):
-                raise error.TimeoutError(string=f"no connection after {self.timeout:g} s")
-            return result
-
-        return d.addBoth(settle)
+        return with_deadline(self.reactor, self.endpoint.connect(factory), self.timeout)
 
 
 @implementer(IStreamClientEndpoint)

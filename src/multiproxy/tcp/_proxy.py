@@ -22,7 +22,7 @@ from multiproxy._contract import AllowAll
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
 from multiproxy._values import AccessRecord, Decision, Intent
-from multiproxy.balancing._backend import DeadlineEndpoint
+from multiproxy.balancing._backend import with_deadline
 from multiproxy.policy._admission import connection_slot, rate_limited
 from multiproxy.tcp._haproxy import find_proxy_header_wrapper
 from multiproxy.tcp._proxyheader import proxy_header
@@ -41,7 +41,8 @@ class TCPSettings:
     """
     Per-connection behaviour of a TCP relay.
 
-    @ivar connect_timeout: seconds to connect to one backend.
+    @ivar connect_timeout: seconds to connect to one backend (TLS handshake
+        included).
     @ivar idle_timeout: seconds without traffic either way before the
         connection is closed; None for no limit.
     @ivar header_timeout: seconds a client on a PROXY-protocol listener has
@@ -165,13 +166,13 @@ class TCPRelayProtocol(RelayServerProtocol):
             return
         self.tried.add(backend.key)
         settings = self.factory.settings
-        endpoint = backend.endpoint(self.reactor)
-        if getattr(backend, "connect_timeout", None) is None:
-            endpoint = DeadlineEndpoint(self.reactor, endpoint, settings.connect_timeout)
+        # One deadline for the connect and, to a TLS backend, its handshake.
+        timeout = getattr(backend, "connect_timeout", None) or settings.connect_timeout
         version = getattr(backend, "proxy_protocol", None) or settings.proxy_protocol
         preamble = proxy_header(version, *self._ip_addresses) if version else b""
         started = self.reactor.seconds()
-        self.relay.connect(endpoint, preamble).addCallbacks(
+        connecting = self.relay.connect(backend.endpoint(self.reactor), preamble)
+        with_deadline(self.reactor, connecting, timeout).addCallbacks(
             self._connected, self._connect_failed,
             callbackArgs=(backend, started), errbackArgs=(backend, started),
         )
@@ -211,7 +212,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         if release is not None:
             release()
         if self.backend is not None:
-            # A backend that drops the connection on error (TLS refused, reset)
+            # A backend that drops the connection on error (reset, TLS alert)
             # counts against it; its latency here is the connect time.
             ok = not (how == "upstream-closed" and relay.reason is not None)
             self.backend.finished(ok, self.connect_time)
