@@ -11,7 +11,8 @@ proxy and the TCP relay.
   verified TLS origination (`TLSOrigination`), weight, statistics.
 - `BackendPool` (`IUpstreamChooser`): choice among healthy backends, passive
   health with growing backoff, `BackendPool.snapshot` for a status page.
-- `HealthChecker`: a service running `TCPCheck` or `HTTPCheck` probes.
+- `HealthChecker`: a service running `TCPCheck` or `HTTPCheck` probes;
+  `HealthConfig` (read by `health_from_table`) says which and how often.
 """
 
 from multiproxy.balancing._backend import (
@@ -30,6 +31,7 @@ from multiproxy.balancing._balancers import (
     WeightedRoundRobin,
     balancer_from_name,
 )
+from multiproxy.balancing._config import CHECK_KINDS, HealthConfig, health_from_table
 from multiproxy.balancing._health import (
     HealthChecker,
     HealthState,
@@ -42,6 +44,7 @@ from multiproxy.balancing._ring import HashRing
 
 __all__ = [
     "BALANCER_NAMES",
+    "CHECK_KINDS",
     "Backend",
     "BackendPool",
     "BackendStatus",
@@ -51,6 +54,7 @@ __all__ = [
     "HTTPCheck",
     "HashRing",
     "HealthChecker",
+    "HealthConfig",
     "HealthState",
     "LeastConnections",
     "PowerOfTwoChoices",
@@ -59,5 +63,6 @@ __all__ = [
     "TLSOrigination",
     "WeightedRoundRobin",
     "balancer_from_name",
+    "health_from_table",
     "parse_status_line",
 ]

@@ -18,6 +18,7 @@ from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import CertificateFile
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
+from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.cache import CacheConfig, cache_from_table
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
@@ -29,9 +30,6 @@ DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 DEFAULT_POOL = "default"
 _TIMEOUTS = Timeouts()
 _LIMITS = Limits()
-
-CheckKind = Literal["http", "tcp", "none"]
-
 
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
@@ -98,32 +96,6 @@ def parse_backend_url(url: str, **options: object) -> BackendConfig:
         raise ValueError(f"backend {url!r}: port must be 1-65535")
     return BackendConfig(url=text, scheme=parts.scheme, host=host, port=port,  # type: ignore[arg-type]
                          **options)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class HealthConfig:
-    """
-    Health checks of a pool's backends.
-
-    Active: ``check`` (``tcp``, the default: the connection opens; ``http``:
-    ``GET path`` must answer a status in ``expect``, default 2xx/3xx; ``none``)
-    every ``interval`` seconds with ``timeout``; down after ``fall`` failures
-    in a row, up after ``rise`` successes.  Passive: ``max_failures``
-    consecutive failed requests eject a backend for ``backoff`` seconds,
-    doubling up to ``max_backoff``.
-    """
-
-    check: CheckKind = "tcp"
-    path: str = "/"
-    host: str | None = None
-    expect: tuple[int, ...] = ()
-    interval: float = 5.0
-    timeout: float = 2.0
-    rise: int = 2
-    fall: int = 3
-    max_failures: int = 3
-    backoff: float = 5.0
-    max_backoff: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,41 +352,8 @@ def _pool_from_table(reader: TableReader, name: str) -> PoolConfig:
         if (b.scheme, b.host, b.port) in seen:
             raise reader.error("backends", f"{b.url} is listed twice")
         seen.add((b.scheme, b.host, b.port))
-    health = _health_from_table(reader.table_of("health"))
+    health = health_from_table(reader.table_of("health"))
     return PoolConfig(name, tuple(backends), balance, health)
-
-
-def _health_from_table(reader: TableReader) -> HealthConfig:
-    d = HealthConfig()
-    # Naming a path asks for HTTP checks; without one a TCP connect is the
-    # safe default (a backend may well answer 404 on "/").
-    default_check = "http" if reader.has("path") else d.check
-    check = reader.string("check", default_check, choices=("http", "tcp", "none"))
-    path = reader.string("path", d.path)
-    if not path.startswith("/") or any(c in path for c in " \t\r\n"):
-        raise reader.error("path", f"must start with / and hold no spaces, got {path!r}")
-    expect = reader.raw("expect", [])
-    if isinstance(expect, int) and not isinstance(expect, bool):
-        expect = [expect]
-    if not isinstance(expect, list) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in expect
-    ):
-        raise reader.error("expect", f"expected status codes such as [200, 204], got {expect!r}")
-    config = HealthConfig(
-        check=check,  # type: ignore[arg-type]
-        path=path,
-        host=reader.string("host", None),
-        expect=tuple(expect),
-        interval=reader.number("interval", d.interval, minimum=0.01),
-        timeout=reader.number("timeout", d.timeout, minimum=0.01),
-        rise=reader.integer("rise", d.rise, minimum=1),
-        fall=reader.integer("fall", d.fall, minimum=1),
-        max_failures=reader.integer("max_failures", d.max_failures, minimum=1),
-        backoff=reader.number("backoff", d.backoff, minimum=0.01),
-        max_backoff=reader.number("max_backoff", d.max_backoff, minimum=0.01),
-    )
-    reader.finish()
-    return config
 
 
 def _routes_from_table(reader: TableReader, pools: tuple[PoolConfig, ...]) -> tuple[Route, ...]:

@@ -35,13 +35,9 @@ from multiproxy.balancing import (
     TLSOrigination,
     balancer_from_name,
 )
+from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.policy._options import ClientPolicyOptions
-from multiproxy.reverse._config import (
-    HealthConfig,
-    TLSConfig,
-    _health_from_table,
-    _tls_from_table,
-)
+from multiproxy.reverse._config import TLSConfig, _tls_from_table
 from multiproxy.tcp._haproxy import proxy_header_endpoint
 from multiproxy.tcp._proxy import TCPRelayFactory, TCPSettings
 
@@ -223,7 +219,7 @@ def tcp_config_from_table(reader: TableReader) -> TCPConfig:
         splice=reader.boolean("splice", True),
     )
     health_table = reader.table_of("health")
-    health = _health_from_table(health_table)
+    health = health_from_table(health_table)
     shutdown = reader.number("shutdown_timeout", 10.0, minimum=0)
     config = TCPConfig(
         name=name, listen=listen, tls_listen=tls_listen, tls=tls, backends=backends,
