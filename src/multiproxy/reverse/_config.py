@@ -17,6 +17,7 @@ from twisted.python import usage
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import CertificateFile
+from multiproxy._tlsconfig import TLSConfig, tls_from_table
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.cache import CacheConfig, cache_from_table
@@ -106,15 +107,6 @@ class PoolConfig:
     backends: tuple[BackendConfig, ...]
     balance: str = "roundrobin"
     health: HealthConfig = HealthConfig()
-
-
-@dataclass(frozen=True, slots=True)
-class TLSConfig:
-    """Certificates for the TLS listeners (a list, a directory, or both)."""
-
-    certificates: tuple[CertificateFile, ...] = ()
-    directory: str | None = None
-    default: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,7 +211,7 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
     tls_listen = tuple(reader.strings("tls_listen", []))
     status_listen = tuple(reader.strings("status_listen", []))
     tls_table = reader.table_of("tls")
-    tls = _tls_from_table(tls_table) if tls_table.table else None
+    tls = tls_from_table(tls_table) if tls_table.table else None
 
     pools = _pools_from_table(reader)
     routes = _routes_from_table(reader, pools)
@@ -275,23 +267,6 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
         return check_config(config)
     except ConfigError as e:
         raise ConfigError(f"{reader.where}: {e}") from None
-
-
-def _tls_from_table(reader: TableReader) -> TLSConfig:
-    certs = []
-    for entry in reader.tables("certs"):
-        certs.append(CertificateFile(
-            cert=entry.string("cert"),
-            key=entry.string("key", None),
-            names=tuple(entry.strings("names", [])),
-        ))
-        entry.finish()
-    directory = reader.string("dir", None)
-    if not certs and directory is None:
-        raise reader.error("certs", "give certs = [{cert = ..., key = ...}] or dir = \"...\"")
-    config = TLSConfig(tuple(certs), directory, reader.string("default", None))
-    reader.finish()
-    return config
 
 
 def _pools_from_table(reader: TableReader) -> tuple[PoolConfig, ...]:

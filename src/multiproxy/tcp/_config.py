@@ -4,8 +4,10 @@ Configuring a TCP relay: from ``twistd multiproxy tcp`` options or a
 anything listens; `make_tcp_service` turns it into a running service.
 
 The health-check and TLS-certificate keys are the reverse proxy's
-(``[tcp.health]`` and ``[tcp.tls]`` read exactly like ``[reverse.health]``
-and ``[reverse.tls]``), so both proxies are configured the same way.
+(``[tcp.health]`` and ``[tcp.tls]`` are read by the same
+`multiproxy.balancing.health_from_table` and
+`multiproxy._tlsconfig.tls_from_table` as ``[reverse.health]`` and
+``[reverse.tls]``), so both proxies are configured the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from twisted.python import usage
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import CertificateFile, ServerTLS, tls_server_endpoint
+from multiproxy._tlsconfig import TLSConfig, tls_from_table
 from multiproxy.balancing import (
     BALANCER_NAMES,
     Backend,
@@ -37,7 +40,6 @@ from multiproxy.balancing import (
 )
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.policy._options import ClientPolicyOptions
-from multiproxy.reverse._config import TLSConfig, _tls_from_table
 from multiproxy.tcp._haproxy import proxy_header_endpoint
 from multiproxy.tcp._proxy import TCPRelayFactory, TCPSettings
 
@@ -201,7 +203,7 @@ def tcp_config_from_table(reader: TableReader) -> TCPConfig:
     listen = tuple(reader.strings("listen", []))
     tls_listen = tuple(reader.strings("tls_listen", []))
     tls_table = reader.table_of("tls")
-    tls = _tls_from_table(tls_table) if tls_table.table else None
+    tls = tls_from_table(tls_table) if tls_table.table else None
     backends = _backends_from_value(reader)
     balance = reader.string("balance", "roundrobin")
     try:
