@@ -1,18 +1,20 @@
 """
-Configuring the certificates of TLS listeners: the `TLSConfig` value and
-its TOML reader, shared by every proxy that terminates TLS with the
-SNI-chosen certificates of `multiproxy._tls.ServerTLS` (``[reverse.tls]``
-and ``[tcp.tls]`` read the same keys).
+Configuring the certificates of TLS listeners: the `TLSConfig` value, its
+TOML reader and its twistd options, shared by every proxy that terminates
+TLS with the SNI-chosen certificates of `multiproxy._tls.ServerTLS`
+(``[reverse.tls]`` and ``[tcp.tls]`` read the same keys; ``--tls-cert``,
+``--tls-dir`` and ``--tls-default`` mean the same).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import CertificateFile
 
-__all__ = ["TLSConfig", "tls_from_table"]
+__all__ = ["TLSCertificateOptions", "TLSConfig", "tls_from_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +42,34 @@ def tls_from_table(reader: TableReader) -> TLSConfig:
     config = TLSConfig(tuple(certs), directory, reader.string("default", None))
     reader.finish()
     return config
+
+
+class TLSCertificateOptions:
+    """
+    A mix-in for a `twisted.python.usage.Options`: the certificates of the
+    TLS listeners (``--tls-cert``, ``--tls-dir``, ``--tls-default``), and
+    `tls_config` to call from ``postOptions``.  The proxy declares its own
+    ``--tls-listen`` (whose help names what it serves).
+    """
+
+    optParameters = [
+        ["tls-dir", None, None,
+         "Directory of PEM files (certificate chain + key) chosen by SNI on --tls-listen."],
+        ["tls-default", None, None,
+         "Server name whose certificate clients without SNI get (default: the first)."],
+    ]
+
+    def opt_tls_cert(self: Any, spec: str) -> None:
+        """Certificate for --tls-listen (repeatable): FILE.pem with the key in it, or CERT:KEY."""
+        self.setdefault("tls-cert", []).append(spec)
+
+    def tls_config(self: Any) -> TLSConfig | None:
+        """The `TLSConfig` of these options; None when no certificate was given."""
+        specs = self.get("tls-cert", [])
+        if not specs and not self["tls-dir"]:
+            return None
+        certs = []
+        for spec in specs:
+            cert, _, key = spec.partition(":")
+            certs.append(CertificateFile(cert, key or None))
+        return TLSConfig(tuple(certs), self["tls-dir"], self["tls-default"])

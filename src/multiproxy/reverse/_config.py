@@ -16,10 +16,10 @@ from twisted.python import usage
 
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
-from multiproxy._tls import CertificateFile
-from multiproxy._tlsconfig import TLSConfig, tls_from_table
+from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
 from multiproxy.balancing._config import HealthConfig, health_from_table
+from multiproxy.balancing._options import HealthOptions
 from multiproxy.cache import CacheConfig, cache_from_table
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
@@ -398,11 +398,12 @@ def _timeouts_from_table(reader: TableReader) -> Timeouts:
 # -- command line --------------------------------------------------------------------------------
 
 
-class ReverseOptions(ClientPolicyOptions, usage.Options):
+class ReverseOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usage.Options):
     """
     ``twistd multiproxy reverse``: a reverse HTTP proxy in front of backends
     (with the client-side policy options: ``--policy FILE``,
-    ``--deny-network``, ``--allow-network``, per-client limits).
+    ``--deny-network``, ``--allow-network``, per-client limits; and the
+    shared health-check and TLS certificate options).
     """
 
     synopsis = "--backend URL [--backend URL ...] [options]"
@@ -416,7 +417,6 @@ class ReverseOptions(ClientPolicyOptions, usage.Options):
         ["redirect-https", None, "Answer every plain-HTTP request with a 308 redirect to https."],
         ["no-verify-backends", None,
          "Do not verify https backends' certificates (encrypted but NOT authenticated)."],
-        ["no-health", None, "No active health checks (failing backends are still ejected)."],
         ["no-x-forwarded", None, "Do not set X-Forwarded-For/-Proto/-Host."],
         ["no-forwarded", None, "Do not set the RFC 7239 Forwarded header."],
         ["no-via", None, "Do not add a Via header to requests sent to backends."],
@@ -425,10 +425,6 @@ class ReverseOptions(ClientPolicyOptions, usage.Options):
         ["name", None, "reverse", "Name of this proxy in logs and on the status page."],
         ["balance", None, "roundrobin",
          "Balancer: " + ", ".join(BALANCER_NAMES) + " (NAME: a header or cookie name)."],
-        ["tls-dir", None, None,
-         "Directory of PEM files (certificate chain + key) chosen by SNI on --tls-listen."],
-        ["tls-default", None, None,
-         "Server name whose certificate clients without SNI get (default: the first)."],
         ["https-port", None, 443, "Port written in --redirect-https redirects.", int],
         ["hsts", None, 0,
          "Add Strict-Transport-Security: max-age=SECONDS to HTTPS responses (0 = off).", int],
@@ -440,10 +436,6 @@ class ReverseOptions(ClientPolicyOptions, usage.Options):
          "Active health check: tcp (connect; the default), http (GET --health-path) or none."],
         ["health-path", None, None,
          "Path of the HTTP health check, 2xx or 3xx is healthy (implies --health-check http)."],
-        ["health-interval", None, 5.0, "Seconds between health checks.", float],
-        ["health-timeout", None, 2.0, "Seconds a health check may take.", float],
-        ["health-rise", None, 2, "Good checks in a row that bring a backend up.", int],
-        ["health-fall", None, 3, "Failed checks in a row that take a backend down.", int],
         ["max-failures", None, 3,
          "Failed requests in a row that eject a backend (passive health).", int],
         ["connect-timeout", None, _TIMEOUTS.connect,
@@ -466,7 +458,6 @@ class ReverseOptions(ClientPolicyOptions, usage.Options):
         self["tls-listen"] = []
         self["status-listen"] = []
         self["backend"] = []
-        self["tls-cert"] = []
         self["trust-forwarded"] = []
 
     def opt_listen(self, description: str) -> None:
@@ -484,10 +475,6 @@ class ReverseOptions(ClientPolicyOptions, usage.Options):
     def opt_backend(self, url: str) -> None:
         """Backend URL (repeatable): http://host:port or https://host:port."""
         self["backend"].append(url)
-
-    def opt_tls_cert(self, spec: str) -> None:
-        """Certificate for --tls-listen (repeatable): FILE.pem with the key in it, or CERT:KEY."""
-        self["tls-cert"].append(spec)
 
     def opt_trust_forwarded(self, network: str) -> None:
         """Network whose X-Forwarded-*/Forwarded headers are kept (repeatable): 10.0.0.0/8."""
@@ -522,16 +509,13 @@ class ReverseOptions(ClientPolicyOptions, usage.Options):
         if not health_path.startswith("/") or " " in health_path:
             raise usage.UsageError(
                 f"--health-path must start with / and hold no spaces, got {health_path!r}")
-        for key in ("health-interval", "health-timeout", "connect-timeout"):
-            if self[key] <= 0:
-                raise usage.UsageError(f"--{key} must be more than 0")
+        health = self.health_config(check, health_path)
+        if self["connect-timeout"] <= 0:
+            raise usage.UsageError("--connect-timeout must be more than 0")
         for key in ("response-timeout", "header-timeout", "keepalive-timeout",
                     "shutdown-timeout", "max-body-size", "hsts"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative (0 means none)")
-        for key in ("health-rise", "health-fall", "max-failures"):
-            if self[key] < 1:
-                raise usage.UsageError(f"--{key} must be at least 1")
         if not 0 < self["https-port"] < 65536:
             raise usage.UsageError("--https-port must be 1-65535")
         verify = not self["no-verify-backends"]
@@ -550,22 +534,7 @@ class ReverseOptions(ClientPolicyOptions, usage.Options):
             nets = tuple(parse_network(n) for n in self["trust-forwarded"])
         except ValueError as e:
             raise usage.UsageError(f"--trust-forwarded: {e}") from None
-        tls = None
-        if self["tls-cert"] or self["tls-dir"]:
-            certs = []
-            for spec in self["tls-cert"]:
-                cert, _, key = spec.partition(":")
-                certs.append(CertificateFile(cert, key or None))
-            tls = TLSConfig(tuple(certs), self["tls-dir"], self["tls-default"])
-        health = HealthConfig(
-            check=check,  # type: ignore[arg-type]
-            path=health_path,
-            interval=self["health-interval"],
-            timeout=self["health-timeout"],
-            rise=self["health-rise"],
-            fall=self["health-fall"],
-            max_failures=self["max-failures"],
-        )
+        tls = self.tls_config()
         listen = tuple(self["listen"])
         if not listen and not self["tls-listen"]:
             listen = (DEFAULT_LISTEN,)

@@ -26,8 +26,8 @@ from twisted.python import usage
 
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
-from multiproxy._tls import CertificateFile, ServerTLS, tls_server_endpoint
-from multiproxy._tlsconfig import TLSConfig, tls_from_table
+from multiproxy._tls import ServerTLS, tls_server_endpoint
+from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing import (
     BALANCER_NAMES,
     Backend,
@@ -39,6 +39,7 @@ from multiproxy.balancing import (
     balancer_from_name,
 )
 from multiproxy.balancing._config import HealthConfig, health_from_table
+from multiproxy.balancing._options import HealthOptions
 from multiproxy.policy._options import ClientPolicyOptions
 from multiproxy.tcp._haproxy import proxy_header_endpoint
 from multiproxy.tcp._proxy import TCPRelayFactory, TCPSettings
@@ -268,7 +269,7 @@ def _backends_from_value(reader: TableReader) -> tuple[TCPBackendConfig, ...]:
 # -- command line ----------------------------------------------------------------------
 
 
-class TCPOptions(ClientPolicyOptions, usage.Options):
+class TCPOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usage.Options):
     """``twistd multiproxy tcp``: a layer-4 relay in front of TCP backends."""
 
     synopsis = "--listen ENDPOINT --backend ENDPOINT [--backend ENDPOINT ...] [options]"
@@ -280,7 +281,6 @@ class TCPOptions(ClientPolicyOptions, usage.Options):
         "tls:db.internal:5432 for verified TLS to the backend)."
     )
     optFlags = [
-        ["no-health", None, "No active health checks (failing backends are still ejected)."],
         ["no-splice", None, "Relay through Python even where Linux splice(2) could be used."],
     ]
     optParameters = [
@@ -297,16 +297,8 @@ class TCPOptions(ClientPolicyOptions, usage.Options):
          "Other backends to try when a connect fails.", int],
         ["proxy-protocol", None, None,
          "Send each backend a PROXY protocol header: v1 (text) or v2 (binary)."],
-        ["tls-dir", None, None,
-         "Directory of PEM files (certificate chain + key) chosen by SNI on --tls-listen."],
-        ["tls-default", None, None,
-         "Server name whose certificate clients without SNI get (default: the first)."],
         ["health-check", None, "tcp", "Active health check: tcp (connect), http or none."],
         ["health-path", None, None, "Path of an HTTP health check (implies --health-check http)."],
-        ["health-interval", None, 5.0, "Seconds between health checks.", float],
-        ["health-timeout", None, 2.0, "Seconds a health check may take.", float],
-        ["health-rise", None, 2, "Good checks in a row that bring a backend up.", int],
-        ["health-fall", None, 3, "Failed checks in a row that take a backend down.", int],
         ["max-failures", None, 3,
          "Failed connections in a row that eject a backend (passive health).", int],
         ["shutdown-timeout", None, 10.0,
@@ -318,7 +310,6 @@ class TCPOptions(ClientPolicyOptions, usage.Options):
         self["listen"] = []
         self["tls-listen"] = []
         self["backend"] = []
-        self["tls-cert"] = []
 
     def opt_listen(self, description: str) -> None:
         """Listener (repeatable), a Twisted server endpoint: tcp:9000:interface=127.0.0.1."""
@@ -331,10 +322,6 @@ class TCPOptions(ClientPolicyOptions, usage.Options):
     def opt_backend(self, description: str) -> None:
         """Backend (repeatable), a Twisted client endpoint: tcp:host=127.0.0.1:port=5432."""
         self["backend"].append(description)
-
-    def opt_tls_cert(self, spec: str) -> None:
-        """Certificate for --tls-listen (repeatable): FILE.pem with the key in it, or CERT:KEY."""
-        self["tls-cert"].append(spec)
 
     def postOptions(self) -> None:
         if not self["listen"] and not self["tls-listen"]:
@@ -352,25 +339,17 @@ class TCPOptions(ClientPolicyOptions, usage.Options):
             check = "none"
         if check not in ("tcp", "http", "none"):
             raise usage.UsageError(f"--health-check must be tcp, http or none, not {check!r}")
-        for key in ("connect-timeout", "header-timeout", "health-interval", "health-timeout"):
+        for key in ("connect-timeout", "header-timeout"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be more than 0")
         for key in ("idle-timeout", "shutdown-timeout", "retries"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
-        for key in ("health-rise", "health-fall", "max-failures"):
-            if self[key] < 1:
-                raise usage.UsageError(f"--{key} must be at least 1")
         path = self["health-path"] or "/"
         if not path.startswith("/") or " " in path:
             raise usage.UsageError(f"--health-path must start with / and hold no spaces: {path!r}")
-        tls = None
-        if self["tls-cert"] or self["tls-dir"]:
-            certs = []
-            for spec in self["tls-cert"]:
-                cert, _, key = spec.partition(":")
-                certs.append(CertificateFile(cert, key or None))
-            tls = TLSConfig(tuple(certs), self["tls-dir"], self["tls-default"])
+        health = self.health_config(check, path)
+        tls = self.tls_config()
         config = TCPConfig(
             name=self["name"],
             listen=tuple(self["listen"]),
@@ -386,15 +365,7 @@ class TCPOptions(ClientPolicyOptions, usage.Options):
                 proxy_protocol=self["proxy-protocol"],
                 splice=not self["no-splice"],
             ),
-            health=HealthConfig(
-                check=check,  # type: ignore[arg-type]
-                path=path,
-                interval=self["health-interval"],
-                timeout=self["health-timeout"],
-                rise=self["health-rise"],
-                fall=self["health-fall"],
-                max_failures=self["max-failures"],
-            ),
+            health=health,
             shutdown_timeout=self["shutdown-timeout"],
         )
         try:
