@@ -21,6 +21,11 @@ from multiproxy.cache import (
 )
 from multiproxy.cache._fetcher import caching_fetcher_factory
 from multiproxy.forward._proxy import XFF_MODES, ForwardProxy, ForwardSettings
+from multiproxy.http._config import (
+    HTTP_CLIENT_OPT_PARAMETERS,
+    limits_from_table,
+    timeouts_from_table,
+)
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.policy._options import PolicyOptions
@@ -80,28 +85,8 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
         x_forwarded_for=reader.string("x_forwarded_for", "add", choices=XFF_MODES),
         connect_ports=frozenset(ports),
     )
-    limits = Limits(
-        max_head=reader.integer("max_head_size", _LIMITS.max_head, minimum=1024),
-        max_request_line=reader.integer("max_request_line", _LIMITS.max_request_line, minimum=256),
-        max_fields=reader.integer("max_header_fields", _LIMITS.max_fields, minimum=8),
-        max_body=reader.integer("max_body_size", 0, minimum=0) or None,
-    )
-    defaults = _TIMEOUTS
-    timeouts = Timeouts(
-        header=reader.optional_number("header_timeout") if reader.has("header_timeout")
-        else defaults.header,
-        keepalive=reader.optional_number("keepalive_timeout") if reader.has("keepalive_timeout")
-        else defaults.keepalive,
-        client_idle=reader.optional_number("idle_timeout") if reader.has("idle_timeout")
-        else defaults.client_idle,
-        connect=reader.number("connect_timeout", defaults.connect, minimum=0.001),
-        response=reader.optional_number("response_timeout") if reader.has("response_timeout")
-        else defaults.response,
-        upstream_idle=reader.optional_number("upstream_idle_timeout")
-        if reader.has("upstream_idle_timeout") else defaults.upstream_idle,
-        tunnel_idle=reader.optional_number("tunnel_idle_timeout")
-        if reader.has("tunnel_idle_timeout") else defaults.tunnel_idle,
-    )
+    limits = limits_from_table(reader)
+    timeouts = timeouts_from_table(reader)
     cache = cache_from_table(reader.table_of("cache"))
     return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache)
 
@@ -128,12 +113,6 @@ class ForwardOptions(PolicyOptions, usage.Options):
          "Largest request head in bytes; larger heads get 431.", int],
         ["max-request-line", None, _LIMITS.max_request_line,
          "Longest request line in bytes; longer ones get 414.", int],
-        ["max-body-size", None, 0, "Largest request body in bytes (413 past it); 0 = no limit.",
-         int],
-        ["header-timeout", None, _TIMEOUTS.header,
-         "Seconds a client may take to send a request head (408 after).", float],
-        ["keepalive-timeout", None, _TIMEOUTS.keepalive,
-         "Seconds an idle client connection is kept open.", float],
         ["idle-timeout", None, _TIMEOUTS.client_idle,
          "Seconds a client may pause while sending a request body (408 after).", float],
         ["connect-timeout", None, _TIMEOUTS.connect,
@@ -142,7 +121,7 @@ class ForwardOptions(PolicyOptions, usage.Options):
          "Seconds to wait for the upstream's response head (504 after).", float],
         ["tunnel-idle-timeout", None, _TIMEOUTS.tunnel_idle,
          "Seconds a CONNECT tunnel may be idle before it is closed.", float],
-    ] + CACHE_OPT_PARAMETERS
+    ] + HTTP_CLIENT_OPT_PARAMETERS + CACHE_OPT_PARAMETERS
 
     def __init__(self) -> None:
         super().__init__()

@@ -21,6 +21,11 @@ from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.balancing._options import HealthOptions
 from multiproxy.cache import CacheConfig, cache_from_table
+from multiproxy.http._config import (
+    HTTP_CLIENT_OPT_PARAMETERS,
+    limits_from_table,
+    timeouts_from_table,
+)
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.policy._options import ClientPolicyOptions
@@ -30,7 +35,6 @@ from multiproxy.reverse._routing import Route, RouteTable
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 DEFAULT_POOL = "default"
 _TIMEOUTS = Timeouts()
-_LIMITS = Limits()
 
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
@@ -236,13 +240,8 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
         via_value = via.encode("ascii")
     else:
         raise reader.error("via", "expected true, false or a pseudonym without spaces")
-    limits = Limits(
-        max_head=reader.integer("max_head_size", _LIMITS.max_head, minimum=1024),
-        max_request_line=reader.integer("max_request_line", _LIMITS.max_request_line, minimum=256),
-        max_fields=reader.integer("max_header_fields", _LIMITS.max_fields, minimum=8),
-        max_body=reader.integer("max_body_size", 0, minimum=0) or None,
-    )
-    timeouts = _timeouts_from_table(reader)
+    limits = limits_from_table(reader)
+    timeouts = timeouts_from_table(reader)
     cache_table = reader.table_of("cache")
     cache = cache_from_table(cache_table) if cache_table.table else None
     config = ReverseConfig(
@@ -378,23 +377,6 @@ def _hsts_from_value(reader: TableReader, value: object) -> bytes | None:
                 '"max-age=31536000; includeSubDomains"')
 
 
-def _timeouts_from_table(reader: TableReader) -> Timeouts:
-    d = _TIMEOUTS
-
-    def optional(key: str, default: float | None) -> float | None:
-        return reader.optional_number(key) if reader.has(key) else default
-
-    return Timeouts(
-        header=optional("header_timeout", d.header),
-        keepalive=optional("keepalive_timeout", d.keepalive),
-        client_idle=optional("idle_timeout", d.client_idle),
-        connect=reader.number("connect_timeout", d.connect, minimum=0.001),
-        response=optional("response_timeout", d.response),
-        upstream_idle=optional("upstream_idle_timeout", d.upstream_idle),
-        tunnel_idle=optional("tunnel_idle_timeout", d.tunnel_idle),
-    )
-
-
 # -- command line --------------------------------------------------------------------------------
 
 
@@ -442,15 +424,9 @@ class ReverseOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, 
          "Seconds to connect to a backend (then the next backend is tried).", float],
         ["response-timeout", None, _TIMEOUTS.response,
          "Seconds to wait for a backend's response head (504 after).", float],
-        ["header-timeout", None, _TIMEOUTS.header,
-         "Seconds a client may take to send a request head (408 after).", float],
-        ["keepalive-timeout", None, _TIMEOUTS.keepalive,
-         "Seconds an idle client connection is kept open.", float],
         ["shutdown-timeout", None, 30.0,
          "Seconds in-flight requests may take to finish on shutdown.", float],
-        ["max-body-size", None, 0, "Largest request body in bytes (413 past it); 0 = no limit.",
-         int],
-    ]
+    ] + HTTP_CLIENT_OPT_PARAMETERS
 
     def __init__(self) -> None:
         super().__init__()
