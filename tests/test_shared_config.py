@@ -98,3 +98,19 @@ def test_client_connection_options_mean_the_same_in_forward_and_reverse():
     for config in (forward.config, reverse.config):
         assert (config.timeouts.header, config.timeouts.keepalive) == (4, None)
         assert config.limits.max_body == 1000
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (True, b"multiproxy"), (False, None), ("edge-1", b"edge-1"),
+])
+def test_via_reads_the_same_in_forward_and_reverse_tables(value, expected):
+    forward = forward_config_from_table(TableReader({"via": value}, "forward[0]"))
+    reverse = reverse_config_from_table(
+        TableReader({"via": value, "backends": ["http://127.0.0.1:9001"]}, "reverse[0]"))
+    assert forward.settings.via == reverse.via == expected
+
+
+@pytest.mark.parametrize("value", ["two words", "", 3])
+def test_a_bad_via_is_refused_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"forward\[0\]\.via: expected true, false or a pseudonym"):
+        forward_config_from_table(TableReader({"via": value}, "forward[0]"))

@@ -25,6 +25,7 @@ from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
     limits_from_table,
     timeouts_from_table,
+    via_from_table,
 )
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
@@ -68,13 +69,7 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     listen = tuple(reader.strings("listen", [DEFAULT_LISTEN]))
     if not listen:
         raise reader.error("listen", "needs at least one endpoint, e.g. 'tcp:8080'")
-    via = reader.raw("via", True)
-    if isinstance(via, bool):
-        via_value = b"multiproxy" if via else None
-    elif isinstance(via, str) and via and all(0x20 < ord(c) < 0x7F for c in via):
-        via_value = via.encode("ascii")
-    else:
-        raise reader.error("via", "expected true, false or a pseudonym without spaces")
+    via_value = via_from_table(reader)
     ports = reader.raw("connect_ports", [443])
     if not isinstance(ports, list) or not all(
         isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports

@@ -10,7 +10,12 @@ from multiproxy._tablereader import TableReader
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
 
-__all__ = ["HTTP_CLIENT_OPT_PARAMETERS", "limits_from_table", "timeouts_from_table"]
+__all__ = [
+    "HTTP_CLIENT_OPT_PARAMETERS",
+    "limits_from_table",
+    "timeouts_from_table",
+    "via_from_table",
+]
 
 _LIMITS = Limits()
 _TIMEOUTS = Timeouts()
@@ -24,6 +29,20 @@ HTTP_CLIENT_OPT_PARAMETERS = [
      int],
 ]
 """twistd ``optParameters`` about an HTTP proxy's client connections, for any proxy's ``Options``."""
+
+
+def via_from_table(reader: TableReader) -> bytes | None:
+    """
+    The pseudonym a proxy writes in ``Via`` (RFC 9110 7.6.3) from the
+    ``via`` key: true (the default) for ``multiproxy``, false for no
+    ``Via`` at all, or a pseudonym of visible ASCII without spaces.
+    """
+    via = reader.raw("via", True)
+    if isinstance(via, bool):
+        return b"multiproxy" if via else None
+    if isinstance(via, str) and via and all(0x20 < ord(c) < 0x7F for c in via):
+        return via.encode("ascii")
+    raise reader.error("via", "expected true, false or a pseudonym without spaces")
 
 
 def limits_from_table(reader: TableReader) -> Limits:

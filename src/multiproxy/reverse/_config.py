@@ -25,6 +25,7 @@ from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
     limits_from_table,
     timeouts_from_table,
+    via_from_table,
 )
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
@@ -233,13 +234,7 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
     forwarded_table.finish()
 
     hsts = _hsts_from_value(reader, reader.raw("hsts", False))
-    via = reader.raw("via", True)
-    if isinstance(via, bool):
-        via_value = b"multiproxy" if via else None
-    elif isinstance(via, str) and via and all(0x20 < ord(c) < 0x7F for c in via):
-        via_value = via.encode("ascii")
-    else:
-        raise reader.error("via", "expected true, false or a pseudonym without spaces")
+    via_value = via_from_table(reader)
     limits = limits_from_table(reader)
     timeouts = timeouts_from_table(reader)
     cache_table = reader.table_of("cache")
