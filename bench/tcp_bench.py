@@ -92,7 +92,7 @@ def run_relay(listen_port: int, origin_port: int, ready: str) -> None:
     from twisted.internet import reactor
 
     sys.path.insert(0, os.path.join(HERE, "..", "src"))
-    from multiproxy.reverse._config import HealthConfig
+    from multiproxy.balancing import HealthConfig
     from multiproxy.tcp import TCPBackendConfig, TCPConfig, make_tcp_service
 
     config = TCPConfig(

@@ -23,7 +23,7 @@ import sys
 
 from twisted.internet.protocol import Factory, Protocol
 
-from multiproxy.reverse._config import HealthConfig
+from multiproxy.balancing import HealthConfig
 from multiproxy.tcp import TCPBackendConfig, TCPConfig, TCPSettings, make_tcp_service
 
 NAMES = ("alpha", "beta", "gamma")

@@ -30,8 +30,8 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
 from multiproxy._tls import CertificateFile
-from multiproxy.reverse._config import HealthConfig, TLSConfig
-from multiproxy.tcp import TCPBackendConfig, TCPConfig, make_tcp_service
+from multiproxy.balancing import HealthConfig
+from multiproxy.tcp import TCPBackendConfig, TCPConfig, TLSConfig, make_tcp_service
 
 
 class ShoutingEcho(LineReceiver):
