@@ -295,3 +295,46 @@ def test_options_for_an_empty_path_asks_for_star():
     protocol.dataReceived(b"OPTIONS http://origin.test HTTP/1.1\r\nHost: origin.test\r\n\r\n")
     [(request, _)] = fetcher.fetches
     assert request.head.target == b"*"
+
+
+def test_a_client_leaving_mid_fetch_is_not_counted_against_the_upstream():
+    """started()/finished() stay balanced, with ok=True, when the client goes away."""
+    from twisted.internet import defer
+    from zope.interface import implementer
+
+    from multiproxy import IUpstream, IUpstreamChooser
+    from multiproxy.http import ConnectionPool, Limits, UpstreamFetcher
+
+    calls = []
+
+    @implementer(IUpstream)
+    class Never:
+        name = "never:1"
+        key = ("never", 1)
+
+        def endpoint(self, reactor):
+            class Pending:
+                def connect(self, factory):
+                    return defer.Deferred()
+
+            return Pending()
+
+        def started(self):
+            calls.append("started")
+
+        def finished(self, ok, elapsed):
+            calls.append(("finished", ok))
+
+    @implementer(IUpstreamChooser)
+    class Chooser:
+        def choose(self, intent, excluded=frozenset()):
+            return Never()
+
+    clock = Clock()
+    pool = ConnectionPool(clock, Limits())
+    factory = ForwardProxy(clock, chooser=Chooser(), fetcher=UpstreamFetcher(pool), pool=pool)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(GET % b"x")
+    protocol.connectionLost(None)
+    assert calls == ["started", ("finished", True)]

@@ -115,6 +115,10 @@ class UpstreamConnection(Protocol):
     def abandon(self) -> None:
         """The client no longer wants the response: drop the connection."""
         self._sink = None
+        request, self._request = self._request, None
+        if request is not None:
+            # The client left; that says nothing against the upstream.
+            request.upstream.finished(True, self.pool.reactor.seconds() - self._sent_at)
         self.transport.abortConnection()
 
     # -- receiving -------------------------------------------------------
@@ -394,9 +398,11 @@ class _Fetch:
 
     def _failed(self, failure: Failure) -> None:
         self.pending = None
-        self.request.upstream.finished(False, 0.0)
         if self.abandoned:
+            # Cancelled because the client left: not the upstream's failure.
+            self.request.upstream.finished(True, 0.0)
             return
+        self.request.upstream.finished(False, 0.0)
         if failure.check(UpstreamError):
             self.sink.fail(failure.value)
         else:
