@@ -538,24 +538,37 @@ class ServerContext:
         return SSL.Connection(self.context, None)
 
 
+def tls_echo_server(reactor, issuer, name):
+    """An echo server on loopback presenting a certificate for ``name`` from ``issuer``."""
+    return reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(issuer, name),
+                             interface="127.0.0.1")
+
+
+@defer.inlineCallbacks
+def round_trip(reactor, port, records, data):
+    """Send ``data`` through the relay at ``port``, read its echo, close: (echo, record)."""
+    client = yield connect(reactor, port)
+    client.transport.write(data)
+    for _ in range(200):
+        if client.received >= len(data):
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    client.transport.loseConnection()
+    answer = yield client.done
+    record = records.records[-1] if records.records else (yield records.next())
+    return answer, record
+
+
 @pytest_twisted.inlineCallbacks
 def test_tls_origination_verifies_the_backend(reactor, servers, ca, pki):
     ca_file, _ = pki
     records = Records()
-    tls_echo = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(ca, "db.test"),
-                                 interface="127.0.0.1")
+    tls_echo = tls_echo_server(reactor, ca, "db.test")
     try:
         good = backend_at(tls_echo.getHost().port, tls=TLSOrigination("db.test", ca_file))
         _, port = relay(reactor, servers, [good], records)
-        client = yield connect(reactor, port)
-        client.transport.write(b"secret")
-        for _ in range(100):
-            if client.received >= 6:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        client.transport.loseConnection()
-        assert (yield client.done) == b"secret"
-        record = records.records[-1] if records.records else (yield records.next())
+        answer, record = yield round_trip(reactor, port, records, b"secret")
+        assert answer == b"secret"
         assert record.upstream == good.name and good.failures == 0
     finally:
         yield tls_echo.stopListening()
@@ -574,24 +587,16 @@ def test_tls_origination_fails_over_past_a_certificate_that_fails_verification(
     ca_file, _ = pki
     records = Records()
     issuer = ca if refusal == "wrong-name" else trustme.CA()
-    bad_tls = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(issuer, "bad.test"),
-                                interface="127.0.0.1")
-    good_tls = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(ca, "db.test"),
-                                 interface="127.0.0.1")
+    bad_tls = tls_echo_server(reactor, issuer, "bad.test")
+    good_tls = tls_echo_server(reactor, ca, "db.test")
     try:
         name = "db.test" if refusal == "wrong-name" else "bad.test"
         bad = backend_at(bad_tls.getHost().port, tls=TLSOrigination(name, ca_file))
         good = backend_at(good_tls.getHost().port, tls=TLSOrigination("db.test", ca_file))
         _, port = relay(reactor, servers, [bad, good], records)
-        client = yield connect(reactor, port)
-        client.transport.write(b"secret")  # held while the first handshake fails
-        for _ in range(200):
-            if client.received >= 6:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        client.transport.loseConnection()
-        assert (yield client.done) == b"secret"
-        record = records.records[-1] if records.records else (yield records.next())
+        # The bytes are held while the first handshake fails, then echoed by the second.
+        answer, record = yield round_trip(reactor, port, records, b"secret")
+        assert answer == b"secret"
         assert record.upstream == good.name
         assert record.bytes_from_upstream == 6
         assert (bad.failures, bad.active) == (1, 0)
@@ -607,8 +612,7 @@ def test_tls_origination_to_only_refused_certificates_ends_connect_failed(
 ):
     ca_file, _ = pki
     records = Records()
-    tls_echo = reactor.listenSSL(0, Factory.forProtocol(Echo), ServerContext(ca, "db.test"),
-                                 interface="127.0.0.1")
+    tls_echo = tls_echo_server(reactor, ca, "db.test")
     try:
         wrong = backend_at(tls_echo.getHost().port, tls=TLSOrigination("wrong.test", ca_file))
         _, port = relay(reactor, servers, [wrong], records)
@@ -640,16 +644,9 @@ def test_tls_handshake_that_never_completes_is_bounded_by_the_connect_timeout(
     plain = backend_at(echo)
     _, port = relay(reactor, servers, [silent, plain], records, connect_timeout=0.3)
     started = reactor.seconds()
-    client = yield connect(reactor, port)
-    client.transport.write(b"late")
-    for _ in range(200):
-        if client.received >= 4:
-            break
-        yield task.deferLater(reactor, 0.01, lambda: None)
-    client.transport.loseConnection()
-    assert (yield client.done) == b"late"
+    answer, record = yield round_trip(reactor, port, records, b"late")
+    assert answer == b"late"
     assert 0.25 <= reactor.seconds() - started < 3
-    record = records.records[-1] if records.records else (yield records.next())
     assert record.upstream == plain.name
     assert silent.failures == 1
 
