@@ -174,8 +174,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def stats(objects: bool) -> dict:
         counts: collections.Counter = collections.Counter()
+        total = 0
         if objects:
             for obj in gc.get_objects():
+                total += 1
                 name = type(obj).__name__
                 if name in _TRACKED:
                     counts[name] += 1
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             + (reverse_pool.idle_count() if reverse_pool is not None else 0),
             "timers": len(reactor.getDelayedCalls()),
             "objects": dict(counts),
+            "gc_objects": total,
             "log_levels": dict(levels),
             "accept_errors": dict(accept_errors),
             "failures": failures[-5:],

@@ -18,8 +18,9 @@ error.
 Before: a warm-up round of the same traffic, then the baseline (after the
 keep-alive timeouts have passed and a full collection).  After: the same
 wait, then the proxy's RSS, open descriptors (/proc/PID/fd), client
-connections, pooled upstream connections, pending timers and live objects
-of its own classes are compared with the baseline.  Prints a JSON report;
+connections, pooled upstream connections, pending timers, live objects of
+its own classes and all objects the garbage collector tracks are compared
+with the baseline.  Prints a JSON report;
 exits 1 if anything leaked or a check failed.
 """
 
@@ -138,6 +139,11 @@ async def _soak(reactor, args, result: dict) -> None:
         # compacts it (bounded); "timers" counts the live ones.
         if after > before and name not in ("Deferred", "DelayedCall"):
             leaks[f"objects.{name}"] = [before, after]
+    # Every object the collector tracks: a leak of anything Python-level
+    # (not only the classes counted above) shows here.
+    object_growth = final["gc_objects"] - baseline["gc_objects"]
+    if object_growth > max(2000, baseline["gc_objects"] // 50):
+        leaks["gc_objects"] = [baseline["gc_objects"], final["gc_objects"]]
     rss_growth = final["rss"] - baseline["rss"]
     errors = {k: v for k, v in traffic.errors.items() if v}
     report = {
@@ -177,6 +183,7 @@ def _brief(stats: dict) -> dict:
         "rss_mib": round(stats["rss"] / MIB, 1), "fds": stats["fds"],
         "connections": stats["connections"], "pool_idle": stats["pool_idle"],
         "timers": stats["timers"], "objects": stats["objects"],
+        "gc_objects": stats["gc_objects"],
     }
 
 
