@@ -59,14 +59,4 @@ def _as_upstream_error(failure: Failure, name: str, timeout: float):
         raise UpstreamError(f"connection refused by {name}", 502)
     if failure.check(error.ConnectError, OSError):
         raise UpstreamError(f"cannot connect to {name}: {failure.getErrorMessage()}", 502)
-    if failure.check(Exception) and failure.check(*_TLS_ERRORS):
-        raise UpstreamError(f"TLS handshake with {name} failed: {failure.getErrorMessage()}", 502)
     return failure
-
-
-try:
-    from OpenSSL.SSL import Error as _SSLError
-
-    _TLS_ERRORS: tuple[type[BaseException], ...] = (_SSLError,)
-except ImportError:  # pragma: no cover
-    _TLS_ERRORS = ()
