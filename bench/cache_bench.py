@@ -68,7 +68,7 @@ wrk.headers["Host"] = "{host}"
 
 def memory_per_object(count: int) -> None:
     from multiproxy.cache import CacheConfig, MemoryStore, SharedCache
-    from multiproxy.cache._dates import format_http_date
+    from multiproxy.http._dates import format_http_date
     from multiproxy.http._headers import Headers
 
     now = [1_700_000_000.0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from multiproxy.cache import Action, CacheConfig, MemoryStore, SharedCache
-from multiproxy.cache._dates import format_http_date
+from multiproxy.http._dates import format_http_date
 from multiproxy.http._headers import Headers
 
 T0 = 1_700_000_000.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multiproxy.cache._dates import format_http_date, parse_http_date
+from multiproxy.http._dates import format_http_date, parse_http_date
 from multiproxy.cache._directives import (
     ANY_STALENESS,
     DELTA_MAX,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy.cache._dates import format_http_date
+from multiproxy.http._dates import format_http_date
 from multiproxy.cache._directives import parse_response_directives
 from multiproxy.cache._invalidation import invalidated_keys
 from multiproxy.cache._store import describe_response

@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from multiproxy._errors import STATUS_REASONS
 from multiproxy.cache._config import CacheConfig
-from multiproxy.cache._dates import format_http_date
+from multiproxy.http._dates import format_http_date
 from multiproxy.cache._directives import (
     RequestDirectives,
     parse_request_directives,

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from multiproxy.cache._dates import parse_http_date
+from multiproxy.http._dates import parse_http_date
 from multiproxy.cache._directives import DELTA_MAX, RequestDirectives, ResponseDirectives
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from zope.interface import implementer
 
 from multiproxy._errors import MultiproxyError
-from multiproxy.cache._dates import format_http_date
+from multiproxy.http._dates import format_http_date
 from multiproxy.cache._directives import ResponseDirectives
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._interfaces import IBodyReader

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from multiproxy.cache._dates import parse_http_date
+from multiproxy.http._dates import parse_http_date
 from multiproxy.cache._directives import parse_response_directives, split_list
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._keys import vary_names

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._deadline import Deadline
-from multiproxy.cache._dates import format_http_date
+from multiproxy.http._dates import format_http_date
 from multiproxy._directwrite import no_delay, write_direct
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy._values import AccessRecord
