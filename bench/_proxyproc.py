@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the guard's limit (default: from RLIMIT_NOFILE)")
     args = parser.parse_args(argv)
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if args.nofile:
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
     else:
@@ -283,10 +283,12 @@ class ProxyProcess:
 
     def stop(self) -> str:
         """Stop the process; returns what it wrote to stderr."""
+        import subprocess
+
         self.process.stdin.close()
         try:
             self.process.wait(timeout=10)
-        except Exception:
+        except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         return self.process.stderr.read()

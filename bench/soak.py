@@ -32,11 +32,10 @@ import json
 import os
 import random
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _proxyproc import ProxyProcess  # noqa: E402
+from _proxyproc import ProxyProcess
 
 MIB = 1 << 20
 KEEPALIVE = 3.0  # the proxy's client keep-alive and pool idle timeouts during the soak
@@ -58,10 +57,9 @@ def main() -> int:
 
 async def _soak(reactor, args, result: dict) -> None:
     import trustme
+    from soak_traffic import Traffic, make_origin_site
     from twisted.internet import defer, protocol, ssl
     from twisted.web import server
-
-    from soak_traffic import Traffic, make_origin_site
 
     rng = random.Random(args.seed)
     ca = trustme.CA()
@@ -89,7 +87,7 @@ async def _soak(reactor, args, result: dict) -> None:
     )
     traffic = Traffic(reactor, proxy.ports, ports, ca, rng)
     try:
-        ask = lambda command="stats": _ask_async(proxy, command)  # noqa: E731
+        ask = lambda command="stats": _ask_async(proxy, command)
         _say(f"warm-up (5 s), then baseline; proxy pid {proxy.pid}")
         await traffic.run(args.workers, 5.0)
         warm_counts = dict(traffic.counts)

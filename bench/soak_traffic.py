@@ -18,7 +18,7 @@ from twisted.internet import defer, protocol, ssl, task
 from twisted.web import resource, server
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from vectors.smuggling import load_vectors  # noqa: E402
+from vectors.smuggling import load_vectors
 
 HOSTILE = [v.data for v in load_vectors(direction="request") if v.status is not None]
 TIMEOUT = 30.0
@@ -215,7 +215,7 @@ class Traffic:
             try:
                 await scenario(kept)
                 self.counts[name] += 1
-            except Exception as e:  # every failure is a finding, counted by kind
+            except Exception as e:  # noqa: BLE001 -- every failure is a finding, counted by kind
                 self.errors[name] += 1
                 if self.errors[name] <= 3:
                     self.error_examples.append(f"{name}: {e!r}"[:300])

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from hardening import no_tracebacks, sleep, status_of, wait_until  # noqa: F401
 from twisted.internet import reactor, task, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
-from hardening import no_tracebacks, sleep, status_of, wait_until  # noqa: F401
 from multiproxy._accept import AcceptGuard, GuardedEndpoint, default_max_connections
 from multiproxy.forward import ForwardProxy
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-from _proxyproc import ProxyProcess  # noqa: E402
+from _proxyproc import ProxyProcess
 
 LOCAL = b"OPTIONS http://x.test/ HTTP/1.1\r\nHost: x.test\r\nMax-Forwards: 0\r\n\r\n"
 

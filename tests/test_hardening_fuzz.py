@@ -26,10 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import h11
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from twisted.internet import task
-
 from hardening import (  # noqa: F401
     FixedChooser,
     MemoryUpstream,
@@ -37,15 +33,19 @@ from hardening import (  # noqa: F401
     h11_requests,
     no_tracebacks,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import task
+
 from multiproxy.balancing import Backend, BackendPool, balancer_from_name
 from multiproxy.forward import ForwardProxy
-from multiproxy.reverse import ReverseProxy, Route, RouteTable
 from multiproxy.http._client import UpstreamConnection
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.reverse import ReverseProxy, Route, RouteTable
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vectors.smuggling import load_vectors  # noqa: E402
+from vectors.smuggling import load_vectors
 
 _REQUEST_PIECES = [
     b"GET http://memory.test/ HTTP/1.1\r\n",
@@ -244,8 +244,10 @@ _REVERSE_PIECES = [
     b"POST /up HTTP/1.1\r\n",
     b"GET http://memory.test/ HTTP/1.1\r\n",
     b"OPTIONS * HTTP/1.1\r\n",
-    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    (
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    ),
     b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n",
     b"X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.2\r\n",
     b"\x81\x85abcd\x09\x07\x0f\x08\x0e",  # a masked WebSocket text frame

@@ -16,11 +16,11 @@ import re
 
 import pytest
 import pytest_twisted
+from hardening import Recorder, no_tracebacks, status_of, to_recorder  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hardening import Recorder, no_tracebacks, status_of, to_recorder  # noqa: F401
 from loopback import raw_exchange
+
 from multiproxy._accesslog import AccessLog, format_record
 from multiproxy._values import AccessRecord
 
@@ -119,8 +119,10 @@ async def test_access_log_lines_stay_one_line_each_for_hostile_requests(
     log = AccessLog(reactor, str(path))
     port, _ = start_forward(chooser=to_recorder(recorder), reporters=(log,))
     hostile = [
-        b"GET http://origin.test/a%0d%0ab HTTP/1.1\r\nHost: x\r\n"
-        b"User-Agent: evil\" 200 0 \"-\" \"forged\r\nReferer: http://r/\\\"x\r\n\r\n",
+        (
+            b"GET http://origin.test/a%0d%0ab HTTP/1.1\r\nHost: x\r\n"
+            b"User-Agent: evil\" 200 0 \"-\" \"forged\r\nReferer: http://r/\\\"x\r\n\r\n"
+        ),
         b"GET http://origin.test/ HTTP/1.1\r\nHost: x\r\nUser-Agent: \xe9\xff\x80\r\n\r\n",
         b"GET http://origin.test/ HTTP/1.1\r\nHost: x\r\nX: a\rInjected: 1\r\n\r\n",
         b"GE\x00T http://origin.test/ HTTP/1.1\r\nHost: x\r\n\r\n",

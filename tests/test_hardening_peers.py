@@ -13,11 +13,9 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, tcp
-
 from hardening import (  # noqa: F401
-    FixedChooser,
     Firehose,
+    FixedChooser,
     Recorder,
     StalledUpstream,
     no_tracebacks,
@@ -29,6 +27,8 @@ from hardening import (  # noqa: F401
     write_buffered,
 )
 from loopback import curl, listen_scripted, raw_exchange
+from twisted.internet import defer, protocol, reactor, tcp
+
 from multiproxy.forward import ForwardSettings, Origin
 from multiproxy.http._server import Timeouts
 
@@ -245,7 +245,7 @@ async def test_client_aborting_while_upstream_connects_cancels_the_connect(start
 )
 @pytest_twisted.ensureDeferred
 async def test_backend_dying_mid_body_is_seen_as_truncated(forward, script, curl_args):
-    port, received = listen_scripted(script, close=True)
+    port, _ = listen_scripted(script, close=True)
     try:
         out, err, code = await curl(*curl_args, "-x", _url(forward, ""), _url(port.getHost().port))
     finally:
@@ -298,7 +298,7 @@ async def test_backend_that_never_answers_gets_504_at_the_response_timeout(
 
 @pytest_twisted.ensureDeferred
 async def test_backend_stalling_mid_body_is_cut_at_the_idle_timeout(start_forward):
-    port_obj, received = listen_scripted(
+    port_obj, _ = listen_scripted(
         b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"s" * 100, close=False
     )
     port, _ = start_forward(timeouts=Timeouts(upstream_idle=0.5))

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor
-
 from hardening import (  # noqa: F401
     Firehose,
     Recorder,
@@ -28,13 +26,15 @@ from hardening import (  # noqa: F401
     write_buffered,
 )
 from loopback import curl, listen_scripted, raw_exchange
+from reverse_peers import RunningProxy, make_pool
+from twisted.internet import protocol, reactor
+
 from multiproxy.http._server import Timeouts
 from multiproxy.reverse import Route
-from reverse_peers import RunningProxy, make_pool
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_hardening_vectors import _replay, split_responses  # noqa: E402
-from vectors.smuggling import load_vectors  # noqa: E402
+from test_hardening_vectors import _replay, split_responses
+from vectors.smuggling import load_vectors
 
 PARSER_REJECTED = [v for v in load_vectors("request", "parser") if v.status is not None]
 PARSER_ACCEPTED = [v for v in load_vectors("request", "parser") if v.status is None]

@@ -13,9 +13,6 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
-from twisted.logger import globalLogPublisher
-
 from hardening import (  # noqa: F401
     FixedChooser,
     Recorder,
@@ -24,6 +21,9 @@ from hardening import (  # noqa: F401
     sleep,
     wait_until,
 )
+from twisted.internet import defer, protocol, reactor
+from twisted.logger import globalLogPublisher
+
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
 from multiproxy.tcp import TCPRelayFactory, TCPSettings, server_endpoint
 
@@ -160,7 +160,7 @@ async def _send_headers(listening, headers) -> tuple[list[bytes], list, Backend,
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_bytes_on_a_proxy_protocol_listener_never_reach_the_backend(
-    listening, no_tracebacks
+    listening, no_tracebacks  # noqa: F811 (the autouse fixture, asked for by name)
 ):
     answers, seen, backend, factory = await _send_headers(listening, HOSTILE_HEADERS)
     # Every connection was closed, without a byte back, and none was relayed.
@@ -181,7 +181,7 @@ class _Records:
 
 
 @pytest_twisted.ensureDeferred
-async def test_refused_proxy_header_is_reported_without_a_traceback(listening, no_tracebacks):
+async def test_refused_proxy_header_is_reported_without_a_traceback(listening, no_tracebacks):  # noqa: F811
     """
     A connection closed for a bad PROXY header gets its access record (the
     connection's own addresses, end=no-proxy-header) and logs no failure:
@@ -212,7 +212,7 @@ async def test_refused_proxy_header_is_reported_without_a_traceback(listening, n
 
 
 @pytest_twisted.ensureDeferred
-async def test_proxy_header_with_impossible_addresses_is_refused(listening, no_tracebacks):
+async def test_proxy_header_with_impossible_addresses_is_refused(listening, no_tracebacks):  # noqa: F811
     answers, seen, backend, factory = await _send_headers(listening, IMPOSSIBLE_ADDRESSES)
     assert answers == [b""] * len(IMPOSSIBLE_ADDRESSES)
     assert seen == []

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
-
 from hardening import Recorder, no_tracebacks, sleep, status_of, to_recorder, wait_until  # noqa: F401
 from loopback import listen_scripted, raw_exchange
+from twisted.internet import defer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vectors.smuggling import load_vectors  # noqa: E402
+from vectors.smuggling import load_vectors
 
 REQUESTS = load_vectors(direction="request")
 REJECTED = [v for v in REQUESTS if v.status is not None]

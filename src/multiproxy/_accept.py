@@ -141,7 +141,7 @@ class AcceptGuard:
         self._busy_since = self.reactor.seconds()
         self._busy_episodes = 1
         self._busy_refused = self.refused
-        log.warn(
+        log.warn(  # noqa: G010 -- a twisted.logger.Logger, whose method is warn
             "{open} client connections open (the limit for this process's file descriptors): "
             "not accepting new connections until some close",
             open=self.open,
