@@ -73,6 +73,7 @@ class HTTPProxyFactory(Factory):
     """
 
     protocol: type[HTTPServerProtocol]
+    noisy = False  # the listening port already logs "... starting on PORT"
 
     def __init__(
         self,
