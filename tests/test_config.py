@@ -222,3 +222,33 @@ def test_the_readme_configuration_example_is_valid():
     [(kind, config)] = configuration.proxies
     assert kind.name == "forward" and config.name == "office"
     assert configuration.policy is not None
+
+
+def test_every_client_listener_is_guarded_against_running_out_of_descriptors(tmp_path):
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.task import Clock
+
+    from multiproxy._accept import GuardedEndpoint
+    from multiproxy._config import make_services
+
+    path = tmp_path / "both.toml"
+    path.write_text(
+        """
+        [log]
+        access = false
+        [[forward]]
+        listen = ["tcp:0:interface=127.0.0.1"]
+        [[tcp]]
+        listen = ["tcp:0:interface=127.0.0.1"]
+        backends = ["tcp:host=127.0.0.1:port=5432"]
+        """
+    )
+    services = make_services(load_configuration(str(path)), Clock())
+    listeners = [
+        child for service in services for child in getattr(service, "services", ())
+        if isinstance(child, StreamServerEndpointService)
+    ]
+    assert len(listeners) == 2
+    assert all(isinstance(listener.endpoint, GuardedEndpoint) for listener in listeners)
+    guards = {listener.endpoint.guard for listener in listeners}
+    assert len(guards) == 1, "one guard per process"

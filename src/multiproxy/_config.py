@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from twisted.application.service import IService, MultiService, Service
 
+from multiproxy._accept import AcceptGuard
 from multiproxy._accesslog import AccessLog
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
@@ -144,7 +145,8 @@ def make_services(configuration: Configuration, reactor) -> MultiService:
     reporters = make_reporters(reactor, configuration.access_log)
     # Added first, so it stops last: after every listener has closed.
     ReportersService(reporters).setServiceParent(top)
-    extra = {}
+    # One guard per process: file descriptors are a per-process resource.
+    extra: dict = {"guard": AcceptGuard(reactor)}
     if configuration.policy is not None:
         from multiproxy.policy import PolicyService, make_policy_holder
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
@@ -210,16 +212,23 @@ class ProxyService(MultiService):
 
 
 def make_forward_service(
-    config: ForwardConfig, reactor, reporters=(), policy=None
+    config: ForwardConfig, reactor, reporters=(), policy=None, guard: AcceptGuard | None = None
 ) -> ProxyService:
-    """A service listening on every endpoint of ``config``."""
+    """
+    A service listening on every endpoint of ``config``; with ``guard``,
+    accepting pauses before the process runs out of file descriptors.
+    """
     factory = make_forward_proxy(config, reactor, reporters, policy)
     service = ProxyService(factory)
     service.setName(config.name)
     for description in config.listen:
         try:
-            listener = strports.service(description, factory, reactor=reactor)
+            endpoint = serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{config.name}: bad listen endpoint {description!r}: {e}") from None
+        if guard is not None:
+            endpoint = GuardedEndpoint(endpoint, guard)
+        listener = StreamServerEndpointService(endpoint, factory)
+        listener._raiseSynchronously = True  # as strports does: a busy port stops start-up
         listener.setServiceParent(service)
     return service

@@ -17,6 +17,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
 from multiproxy._tls import ServerTLS, tls_server_endpoint
 from multiproxy.balancing import (
@@ -198,8 +199,8 @@ class ReverseService(MultiService):
 
 
 def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
-                         policy: Any = None, cache: CacheWrapper | None = None
-                         ) -> ReverseService:
+                         policy: Any = None, cache: CacheWrapper | None = None,
+                         guard: AcceptGuard | None = None) -> ReverseService:
     """
     A `ReverseService` for ``config``; raises `ConfigError` before anything
     listens.  ``cache`` puts a given shared cache in front of the routes
@@ -213,13 +214,16 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
                                config.tls.default)
     service = ReverseService(reactor, factory, pools, config.shutdown_timeout, server_tls)
     service.setName(config.name)
+    def guarded(endpoint: Any) -> Any:
+        return endpoint if guard is None else GuardedEndpoint(endpoint, guard)
+
     for description in config.listen:
         service.add_listener(StreamServerEndpointService(
-            _endpoint(reactor, config.name, "listen", description), factory))
+            guarded(_endpoint(reactor, config.name, "listen", description)), factory))
     for description in config.tls_listen:
         endpoint = tls_server_endpoint(
             _endpoint(reactor, config.name, "tls_listen", description), server_tls, reactor)
-        service.add_listener(StreamServerEndpointService(endpoint, factory))
+        service.add_listener(StreamServerEndpointService(guarded(endpoint), factory))
     for checker in checkers:
         checker.setServiceParent(service)
     if config.status_listen:

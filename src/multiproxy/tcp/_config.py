@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
+from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import ServerTLS, tls_server_endpoint
@@ -425,7 +426,7 @@ class TCPService(MultiService):
 
 def make_tcp_service(
     config: TCPConfig, reactor: Any, reporters: Any = (), policy: Any = None,
-    rng: random.Random | None = None,
+    rng: random.Random | None = None, guard: AcceptGuard | None = None,
 ) -> TCPService:
     """A service running the TCP relay described by ``config``."""
     config = check_tcp_config(config)
@@ -453,6 +454,8 @@ def make_tcp_service(
             endpoint = server_endpoint(reactor, description, tls)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{config.name}: bad listen endpoint {description!r}: {e}") from None
+        if guard is not None:
+            endpoint = GuardedEndpoint(endpoint, guard)
         listener = StreamServerEndpointService(endpoint, factory)
         listener._raiseSynchronously = True  # a port in use stops start-up with its reason
         listener.setServiceParent(service)
