@@ -314,13 +314,7 @@ class ForwardProxy(HTTPProxyFactory):
         timeouts: Timeouts = Timeouts(),
         reporters: Sequence = (),
     ) -> None:
-        self.pool = pool or ConnectionPool(
-            reactor,
-            limits,
-            connect_timeout=timeouts.connect,
-            response_timeout=timeouts.response,
-            idle_timeout=timeouts.upstream_idle,
-        )
+        self.pool = pool or ConnectionPool.from_timeouts(reactor, limits, timeouts)
         super().__init__(
             reactor,
             name=name,

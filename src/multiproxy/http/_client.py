@@ -292,6 +292,17 @@ class ConnectionPool:
         self.max_idle_per_key = max_idle_per_key
         self._idle: dict[object, list[UpstreamConnection]] = {}
 
+    @classmethod
+    def from_timeouts(cls, reactor, limits: Limits, timeouts) -> ConnectionPool:
+        """A pool using the upstream-side values of an HTTP proxy's `Timeouts`."""
+        return cls(
+            reactor,
+            limits,
+            connect_timeout=timeouts.connect,
+            response_timeout=timeouts.response,
+            idle_timeout=timeouts.upstream_idle,
+        )
+
     def idle_count(self, key: object | None = None) -> int:
         """How many idle connections are kept (for one key, or in all)."""
         if key is not None:

@@ -363,13 +363,7 @@ class ReverseProxy(HTTPProxyFactory):
         timeouts: Timeouts = Timeouts(),
         reporters: Sequence = (),
     ) -> None:
-        self.pool = connection_pool or ConnectionPool(
-            reactor,
-            limits,
-            connect_timeout=timeouts.connect,
-            response_timeout=timeouts.response,
-            idle_timeout=timeouts.upstream_idle,
-        )
+        self.pool = connection_pool or ConnectionPool.from_timeouts(reactor, limits, timeouts)
         super().__init__(
             reactor,
             name=name,
