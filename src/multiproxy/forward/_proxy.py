@@ -31,7 +31,11 @@ from multiproxy.http._rules import end_to_end
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
 from multiproxy.policy._admission import (
-    Refusal, connection_slot, judge, needs_credential_check, rate_limited, refusal,
+    Refusal,
+    judge,
+    needs_credential_check,
+    rate_limited,
+    refusal,
     upstream_fields,
 )
 from multiproxy.policy._hosts import normalise_host
@@ -63,26 +67,10 @@ class ForwardProxyProtocol(HTTPServerProtocol):
 
     factory: ForwardProxy
     allowed_methods = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, CONNECT"
-    _release_slot = None
-    _over_connection_limit = False
-
-    # -- per-client connection limit (policy) ------------------------------
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._release_slot, self._over_connection_limit = connection_slot(
-            self.factory.policy, self.client_host
-        )
-
-    def connectionLost(self, reason=None) -> None:
-        release, self._release_slot = self._release_slot, None
-        if release is not None:
-            release()
-        super().connectionLost(reason)
 
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
-        if self._over_connection_limit:
+        if self.over_connection_limit:
             self.refuse(exchange, refusal(self.factory.policy, 429, None), close=True)
             return
         if head.method == b"CONNECT":

@@ -22,10 +22,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._deadline import Deadline
-from multiproxy.http._dates import format_http_date
 from multiproxy._directwrite import no_delay, write_direct
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy._values import AccessRecord
+from multiproxy.http._dates import format_http_date
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import (
@@ -41,6 +41,7 @@ from multiproxy.http._parser import (
 )
 from multiproxy.http._rules import end_to_end
 from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, response_head_bytes
+from multiproxy.policy._admission import connection_slot
 
 log = Logger()
 
@@ -298,6 +299,8 @@ class HTTPServerProtocol(Protocol):
         self._closing = False
         self._peer_host = ""
         self._peer_port = 0
+        self._release_slot: Callable[[], None] | None = None
+        self.over_connection_limit = False
 
     # -- connection life -------------------------------------------------
 
@@ -309,12 +312,20 @@ class HTTPServerProtocol(Protocol):
         self._peer_host = getattr(peer, "host", "") or ""
         self._peer_port = getattr(peer, "port", 0) or 0
         self.factory.connections.add(self)
+        # The policy's per-client connection limit: over it, the first
+        # request is answered 429 by the subclass (see `over_connection_limit`).
+        self._release_slot, self.over_connection_limit = connection_slot(
+            getattr(self.factory, "policy", None), self._peer_host
+        )
         self._await_request()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._closing = True
         self._deadline.cancel()
         self.factory.connections.discard(self)
+        release, self._release_slot = self._release_slot, None
+        if release is not None:
+            release()
         if self.tunnel is not None:
             self.tunnel.downstream_lost(reason)
         exchange, self.exchange = self.exchange, None

@@ -41,7 +41,7 @@ from multiproxy.http._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http._rules import end_to_end
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target
-from multiproxy.policy._admission import Refusal, connection_slot, rate_limited, refusal
+from multiproxy.policy._admission import Refusal, rate_limited, refusal
 from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
 from multiproxy.reverse._routing import RouteMatch, RouteTable
@@ -99,28 +99,16 @@ class ReverseProxyProtocol(HTTPServerProtocol):
 
     factory: ReverseProxy
 
-    _release_slot = None
-    _over_connection_limit = False
-
     def connectionMade(self) -> None:
         super().connectionMade()
         self.secure = ISSLTransport.providedBy(self.transport)
-        self._release_slot, self._over_connection_limit = connection_slot(
-            self.factory.policy, self.client_host
-        )
-
-    def connectionLost(self, reason=None) -> None:
-        release, self._release_slot = self._release_slot, None
-        if release is not None:
-            release()
-        super().connectionLost(reason)
 
     secure = False
     """Whether this client connection is TLS (decides the scheme, redirects and HSTS)."""
 
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
-        if self._over_connection_limit:
+        if self.over_connection_limit:
             self.refuse(exchange, refusal(self.factory.policy, 429, None), close=True)
             return
         if head.method == b"CONNECT":
