@@ -49,12 +49,13 @@ reactor.run()
 """
 
 
-def peers(port: int) -> dict[str, list[str]]:
+def peers(port: int, reactor: str | None = None) -> dict[str, list[str]]:
+    reactor_args = [f"--reactor={reactor}"] if reactor else []
     commands = {
         # The peers do not cache, so neither does multiproxy here
         # (bench/cache_bench.py measures the cache).
         "multiproxy": twistd_argv(
-            "multiproxy", "--access-log", "none", "forward", "--no-cache",
+            *reactor_args, "multiproxy", "--access-log", "none", "forward", "--no-cache",
             "--listen", f"tcp:{port}:interface=127.0.0.1",
         ),
         "twisted.web.proxy": [PYTHON, "-c", TWISTED_PROXY, str(port)],
@@ -74,7 +75,7 @@ def throughput(args) -> dict[str, float]:
         target = f"http://127.0.0.1:{origin}/100b"
         direct = wrk(target, None, min(args.seconds, 3), args.connections)
         print(f"origin direct (nginx): {direct['rps']:.0f} req/s (for scale)")
-        for name, argv in peers(0).items():
+        for name, argv in peers(0, args.reactor).items():
             port = free_port()
             argv = [a.replace(":0:", f":{port}:") if "tcp:0:" in a else a for a in argv]
             argv = [str(port) if a == "0" else a for a in argv]
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--stream-mib", type=int, default=1024)
     parser.add_argument("--read-mibps", type=int, default=150)
     parser.add_argument("--stream-timeout", type=float, default=120)
+    parser.add_argument("--reactor", help="Twisted reactor for multiproxy (e.g. asyncio)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-stream", action="store_true")
     args = parser.parse_args()
