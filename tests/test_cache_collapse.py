@@ -22,6 +22,9 @@ class Recorder:
     def collapsed_data(self, data):
         self.events.append(("data", data))
 
+    def collapsed_flush(self):
+        pass
+
     def collapsed_end(self):
         self.events.append(("end",))
 

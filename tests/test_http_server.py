@@ -338,3 +338,62 @@ def test_a_client_leaving_mid_fetch_is_not_counted_against_the_upstream():
     protocol.dataReceived(GET % b"x")
     protocol.connectionLost(None)
     assert calls == ["started", ("finished", True)]
+
+
+class CountingTransport(StringTransport):
+    """Counts write calls: each one is a send on a real socket."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=None)
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+def test_a_small_response_leaves_in_one_write():
+    fetcher = FakeFetcher()
+    protocol = ForwardProxy(Clock(), fetcher=fetcher).buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(GET % b"x")
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"hello"), None)
+    assert transport.writes == 0, "the head waits for the body"
+    sink.data(b"hello")
+    sink.end()
+    assert transport.writes == 1
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.value().endswith(b"\r\n\r\nhello")
+
+
+def test_a_flush_sends_a_held_head_before_any_body_arrives():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"x")
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"later"), None)
+    sink.flush()
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.value().endswith(b"\r\n\r\n")
+    sink.data(b"later")
+    sink.end()
+    assert transport.value().endswith(b"\r\n\r\nlater")
+
+
+def test_a_head_arriving_alone_from_a_real_upstream_connection_is_not_held():
+    from multiproxy.forward._origin import Origin
+    from multiproxy.http._client import UpstreamConnection
+
+    factory = ForwardProxy(Clock())
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=None)
+    protocol.makeConnection(transport)
+    upstream = UpstreamConnection(factory.pool, Origin("http", "origin.test", 80).key)
+    upstream.makeConnection(StringTransport())
+    factory.pool.release(upstream)
+    protocol.dataReceived(GET % b"slow")
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), "the head is flushed at once"
+    upstream.dataReceived(b"body")
+    assert transport.value().endswith(b"\r\n\r\nbody")

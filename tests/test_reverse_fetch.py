@@ -111,6 +111,9 @@ class Sink:
     def fail(self, error):
         self.events.append(("fail", error))
 
+    def flush(self):
+        pass
+
 
 def setup(method=b"GET", body=None, rewrite_host=False):
     a, b, c = FakeBackend("a", 9001), FakeBackend("b", 9002), FakeBackend("c", 9003)

@@ -39,6 +39,8 @@ class Waiter(Protocol):
 
     def collapsed_data(self, data: bytes) -> None: ...
 
+    def collapsed_flush(self) -> None: ...
+
     def collapsed_end(self) -> None: ...
 
     def collapsed_fail(self, error: Exception) -> None: ...
@@ -138,6 +140,11 @@ class Flight:
                 self._chunks.append(data)
         for w in list(self._streaming):
             w.collapsed_data(data)
+
+    def flush(self) -> None:
+        """The leader has delivered all it has for now: waiters send what they hold."""
+        for w in self._streaming:
+            w.collapsed_flush()
 
     def stop_sharing(self) -> None:
         """No new waiters may join (the body outgrew what can be replayed)."""

@@ -256,6 +256,14 @@ class _UpstreamSink:
             self.client.end()
         self._done()
 
+    def flush(self) -> None:
+        if self.replaced:
+            self.replacement.flush()
+        elif self.relaying and self.client is not None:
+            self.client.flush()
+        if self.flight is not None:
+            self.flight.flush()
+
     def fail(self, error: UpstreamError) -> None:
         if self.replaced:
             return
@@ -346,6 +354,10 @@ class _Waiter:
     def collapsed_data(self, data: bytes) -> None:
         if self.sink is not None:
             self.sink.data(data)
+
+    def collapsed_flush(self) -> None:
+        if self.sink is not None:
+            self.sink.flush()
 
     def collapsed_end(self) -> None:
         sink, self.sink = self.sink, None

@@ -141,8 +141,11 @@ class UpstreamConnection(Protocol):
                 self._fail(UpstreamError(f"invalid response from upstream: {e}", 502))
                 self.transport.abortConnection()
                 return
-            if event is NEED_DATA or event is CLOSED:
-                # CLOSED: the upstream closed before any byte of a response;
+            if event is NEED_DATA:
+                self._sink.flush()
+                return
+            if event is CLOSED:
+                # The upstream closed before any byte of a response;
                 # connectionLost reports it.
                 return
             if type(event) is Data:

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 
 class IResponseSink(Interface):
-    """Receives one response, in order: `head`, any number of `data`, then `end` or `fail`."""
+    """
+    Receives one response, in order: `head`, any number of `data`, then
+    `end` or `fail`, with `flush` between any of them.
+    """
 
     def head(response, producer):
         """
@@ -48,6 +51,17 @@ class IResponseSink(Interface):
         The response cannot be completed (an `UpstreamError`).  Before `head`
         the sink answers with ``error.status``; after it, the client must see
         the response as truncated.
+        """
+
+    def flush():
+        """
+        No more events until more bytes arrive: write out anything held.
+
+        A sink may hold a response head back so that it leaves with the
+        first piece of body (or the end) in one send; whoever drives a sink
+        calls this when it has delivered all it has for now, so a head is
+        never kept waiting on a body that has not arrived.  `end` and `fail`
+        flush by themselves.
         """
 
 

@@ -112,7 +112,9 @@ class Exchange:
     It is the `IResponseSink` the upstream side writes into: it rewrites the
     response head for this client (end-to-end fields, ``Via``, framing) and
     streams the body with the upstream transport registered as the client
-    transport's producer, so a slow client slows the upstream.
+    transport's producer, so a slow client slows the upstream.  The head is
+    held until the first piece of body, the end or a `flush`, so a small
+    response leaves in one send.
     """
 
     def __init__(self, protocol: HTTPServerProtocol, request: RequestHead, record: AccessRecord):
@@ -129,6 +131,7 @@ class Exchange:
         self._close_delimited = False
         self._producer = None
         self._transport = protocol.transport
+        self._held = b""
 
     # -- the request side ------------------------------------------------
 
@@ -175,7 +178,7 @@ class Exchange:
         elif framing == "close":
             self.close_after = True
             self._close_delimited = True
-        self._write_head(status, response.reason, headers)
+        self._held = self._head_bytes(status, response.reason, headers)
         if producer is not None and framing != "none":
             self._producer = producer
             self._transport.registerProducer(producer, True)
@@ -184,14 +187,25 @@ class Exchange:
         if self.finished:
             return
         self.record.bytes_to_client += len(data)
-        write_direct(self._transport, chunk_bytes(data) if self._chunked else data)
+        if self._chunked:
+            data = chunk_bytes(data)
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        write_direct(self._transport, data)
 
     def end(self) -> None:
         if self.finished:
             return
         if self._chunked:
-            write_direct(self._transport, LAST_CHUNK)
+            self._held += LAST_CHUNK
+        self.flush()
         self._finish()
+
+    def flush(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            write_direct(self._transport, held)
 
     def fail(self, error: UpstreamError) -> None:
         if self.finished:
@@ -202,6 +216,7 @@ class Exchange:
             return
         # Mid-body: the client must see a truncated response as truncated.
         self.record.ended = "upstream-truncated"
+        self.flush()
         self._release_producer()
         self.finished = True
         self.protocol.report(self)
@@ -229,10 +244,11 @@ class Exchange:
             # An unread request body cannot be skipped safely: close after.
             self.close_after = True
         headers.add(b"Content-Length", b"%d" % len(body))
-        self._write_head(status, STATUS_REASONS.get(status, b"Unknown"), headers)
+        head = self._head_bytes(status, STATUS_REASONS.get(status, b"Unknown"), headers)
         if body and self.request.method != b"HEAD":
-            write_direct(self._transport, body)
             self.record.bytes_to_client += len(body)
+            head += body
+        write_direct(self._transport, head)
         self._finish()
 
     def respond_error(self, status: int, message: str, *, close: bool = False) -> None:
@@ -249,12 +265,12 @@ class Exchange:
 
     # -- internals -------------------------------------------------------
 
-    def _write_head(self, status: int, reason: bytes, headers: Headers) -> None:
+    def _head_bytes(self, status: int, reason: bytes, headers: Headers) -> bytes:
         if self.close_after:
             headers.add(b"Connection", b"close")
         elif self.request.version == b"HTTP/1.0":
             headers.add(b"Connection", b"keep-alive")
-        write_direct(self._transport, response_head_bytes(status, reason, headers))
+        return response_head_bytes(status, reason, headers)
 
     def _release_producer(self) -> None:
         if self._producer is not None:
@@ -272,6 +288,7 @@ class Exchange:
             self.body.detach()
         if not self.finished:
             self.finished = True
+            self._held = b""
             self.record.ended = "client-closed"
             self._producer = None
             abort, self.abort_fetch = self.abort_fetch, None

@@ -262,6 +262,9 @@ class _AttemptSink:
         self.delivery.answering = False
         self.delivery.sink.end()
 
+    def flush(self) -> None:
+        self.delivery.sink.flush()
+
     def fail(self, error: UpstreamError) -> None:
         if not self.responded and self.delivery.failed_before_head(error):
             return

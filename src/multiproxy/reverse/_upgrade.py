@@ -248,6 +248,7 @@ class _UpgradeUpstream(Protocol):
                 upgrade.fail(UpstreamError(f"invalid response from backend: {e}", 502))
                 return
             if event is NEED_DATA:
+                upgrade.exchange.flush()
                 return
             kind = type(event)
             if kind is ResponseHead:
