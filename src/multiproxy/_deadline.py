@@ -42,7 +42,7 @@ class Deadline:
         call = self._call
         if call is None:
             self._call = self._reactor.callLater(seconds, self._fire)
-        elif call.getTime() > at:
+        elif call.time + call.delayed_time > at:  # getTime(), without the call
             call.reset(seconds)
 
     def clear(self) -> None:

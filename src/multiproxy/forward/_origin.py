@@ -4,7 +4,7 @@ Where a forward proxy connects: the origin server named by the request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
@@ -23,15 +23,16 @@ class Origin:
     host: str
     port: int
     connect_timeout: float = 10.0
+    name: str = field(init=False, compare=False, repr=False)
+    """``host:port`` (IPv6 in brackets), for logs."""
+    key: tuple[str, str, int] = field(init=False, compare=False, repr=False)
+    """What pooled connections to this origin are filed under."""
 
-    @property
-    def name(self) -> str:
+    def __post_init__(self) -> None:
+        # Read on every request: computed once.
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
+        object.__setattr__(self, "name", f"{host}:{self.port}")
+        object.__setattr__(self, "key", (self.scheme, self.host, self.port))
 
     def endpoint(self, reactor):
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=self.connect_timeout)

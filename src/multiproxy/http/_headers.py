@@ -63,10 +63,10 @@ class Headers:
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """The first value of field ``name`` (lower case), or ``default``."""
-        try:
-            return self._pairs[self._names().index(name)][1]
-        except ValueError:
-            return default
+        lower = self._names()
+        if name in lower:  # cheaper than catching index()'s ValueError on a miss
+            return self._pairs[lower.index(name)][1]
+        return default
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of field ``name`` (lower case), in order."""
@@ -87,6 +87,8 @@ class Headers:
         The elements of a comma-separated list field, lower-cased and stripped,
         empty elements dropped (RFC 9110 5.6.1).
         """
+        if name not in self._names():
+            return []
         out = []
         for value in self.get_all(name):
             for item in value.split(b","):
@@ -102,9 +104,22 @@ class Headers:
             self._lower.append(name.lower())
 
     def set(self, name: bytes, value: bytes) -> None:
-        """Replace every field called ``name`` (lower case) with one field."""
-        self.remove(name)
-        self.add(name, value)
+        """
+        Replace every field called ``name`` (in any case) with one field
+        ``name: value``, in the place of the first one (appended if none).
+        """
+        lname = name.lower()
+        lower = self._names()
+        if lname not in lower:
+            self.add(name, value)
+            return
+        at = lower.index(lname)
+        self._pairs[at] = (name, value)
+        if lname in lower[at + 1 :]:
+            pairs = self._pairs
+            keep = [i for i, n in enumerate(lower) if i == at or n != lname]
+            self._pairs = [pairs[i] for i in keep]
+            self._lower = [lower[i] for i in keep]
 
     def remove(self, name: bytes) -> None:
         """Drop every field called ``name`` (lower case)."""

@@ -161,6 +161,24 @@ def parse_absolute_target(target: bytes) -> AbsoluteTarget:
         if 0 <= i < cut:
             cut = i
     authority, path = rest[:cut], rest[cut:]
+    known = _AUTHORITIES.get((scheme, authority))
+    if known is None:
+        known = _authority(scheme, authority, target)
+    host, port = known
+    if not path:
+        path = b"/"
+    elif path[:1] == b"?":
+        path = b"/" + path
+    return AbsoluteTarget(scheme, host, port, path)
+
+
+# (scheme, authority) -> (host, port) for authorities already checked; bounded.
+_AUTHORITIES: dict[tuple[str, bytes], tuple[str, int]] = {}
+_AUTHORITIES_MAX = 4096
+
+
+def _authority(scheme: str, authority: bytes, target: bytes) -> tuple[str, int]:
+    """Check the authority of an absolute-form target: (host, port)."""
     if b"@" in authority:
         raise ProtocolError(
             f"userinfo (user@host) is not allowed in a request target: {_show(target)}"
@@ -172,11 +190,10 @@ def parse_absolute_target(target: bytes) -> AbsoluteTarget:
         port = DEFAULT_PORTS[scheme]
     else:
         port = _port(raw_port, target)
-    if not path:
-        path = b"/"
-    elif path[:1] == b"?":
-        path = b"/" + path
-    return AbsoluteTarget(scheme, host, port, path)
+    if len(_AUTHORITIES) >= _AUTHORITIES_MAX:
+        _AUTHORITIES.clear()  # hostile variety cannot grow it
+    _AUTHORITIES[scheme, authority] = host, port
+    return host, port
 
 
 def parse_authority(target: bytes) -> tuple[str, int]:

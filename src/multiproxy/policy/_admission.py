@@ -60,8 +60,16 @@ class Refusal:
     ended: str
 
 
+_last_access: list = [None, None]  # the last policy adapted, and what it gave
+
+
 def _access(policy: object) -> IAccessControl | None:
-    return IAccessControl(policy, None)
+    # Asked several times per request, nearly always about the same policy
+    # object: remember the last answer rather than adapting again.
+    if policy is not _last_access[0]:
+        _last_access[1] = IAccessControl(policy, None)
+        _last_access[0] = policy
+    return _last_access[1]
 
 
 def connection_slot(policy: object, client_host: str) -> tuple[Callable[[], None] | None, bool]:
