@@ -174,6 +174,40 @@ def test_keep_alive_follows_version_and_connection(version, connection, expected
     assert ResponseHead(version, 200, b"OK", Headers(fields)).keep_alive is expected
 
 
+@pytest.mark.parametrize(
+    ("version", "connections", "expected"),
+    [
+        (b"HTTP/1.1", [b"keep-alive", b"Close"], False),
+        (b"HTTP/1.1", [b" \tclose \t"], False),
+        (b"HTTP/1.1", [b"", b"upgrade,,"], True),
+        (b"HTTP/1.0", [b"foo", b"KEEP-ALIVE "], True),
+        (b"HTTP/1.0", [b"keep-alive", b"foo, close"], False),
+        (b"HTTP/1.0", [b"keep-alive-ish"], False),
+    ],
+)
+def test_keep_alive_reads_every_connection_field_and_option(version, connections, expected):
+    fields = [(b"Host", b"h")] + [(b"Connection", value) for value in connections]
+    head = RequestHead(b"GET", b"/", version, Headers(fields))
+    assert head.keep_alive is expected
+
+
+def test_events_are_immutable_and_equal_only_to_events_of_their_own_type():
+    head = RequestHead(b"GET", b"/", b"HTTP/1.1", Headers([(b"Host", b"h")]))
+    with pytest.raises(AttributeError):
+        head.method = b"POST"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        head.extra = 1  # type: ignore[attr-defined]
+    assert head == RequestHead(b"GET", b"/", b"HTTP/1.1", Headers([(b"Host", b"h")]))
+    assert head != RequestHead(b"GET", b"/", b"HTTP/1.0", Headers([(b"Host", b"h")]))
+    assert Data(b"x") == Data(b"x") and Data(b"x") != Data(b"y")
+    # both operators and both sides: a tuple's own __eq__ would compare the items
+    assert Data(b"x") != (b"x",) and (b"x",) != Data(b"x")
+    assert (Data(b"x") == (b"x",)) is False and ((b"x",) == Data(b"x")) is False
+    assert EndOfMessage() == EndOfMessage(None) and EndOfMessage() != Data(None)
+    assert EndOfMessage() != (None,)
+    assert repr(Data(b"x")) == "Data(data=b'x')"
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "raw",
@@ -311,6 +345,22 @@ def test_request_line_over_limit_is_refused_before_the_line_ends():
     reader.feed(b"GET /" + b"a" * 100)
     with pytest.raises(TargetTooLong):
         reader.next_event()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_request_line_over_limit_in_a_head_over_limit_gives_414(mode):
+    limits = Limits(max_request_line=64, max_head=100)
+    raw = b"GET /" + b"a" * 80 + b" HTTP/1.1\r\nHost: h\r\nX: " + b"b" * 50 + b"\r\n\r\n"
+    assert isinstance(request_error(raw, mode, limits), TargetTooLong)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_status_line_over_limit_gives_431(mode):
+    reader = ResponseReader(Limits(max_request_line=32))
+    reader.expect(b"GET")
+    error = error_of(reader, b"HTTP/1.1 200 " + b"O" * 40 + b"\r\n\r\n", mode)
+    assert isinstance(error, HeadTooLarge)
+    assert "start line longer than 32 bytes" in str(error)
 
 
 def test_request_line_at_limit_is_accepted():
@@ -944,6 +994,19 @@ def test_parsed_line_caches_stay_bounded_under_distinct_lines():
     assert len(_parser._GOOD_HOSTS) <= _parser._LINE_CACHE_MAX
 
 
+def test_parsed_status_lines_stay_bounded_under_distinct_reasons():
+    from multiproxy.http import _parser
+
+    reader = ResponseReader()
+    for i in range(_parser._LINE_CACHE_MAX + 500):
+        reader.expect(b"GET")
+        reader.feed(b"HTTP/1.1 200 Fine %d\r\nContent-Length: 0\r\n\r\n" % i)
+        assert reader.next_event().reason == b"Fine %d" % i
+        reader.next_event()
+        reader.start_next()
+    assert len(_parser._STATUS_LINES) <= _parser._LINE_CACHE_MAX
+
+
 def test_a_cached_line_does_not_excuse_a_bad_neighbour():
     good = b"GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
     assert request(good, "whole")[0].headers.get(b"accept") == b"*/*"
@@ -954,3 +1017,54 @@ def test_a_cached_line_does_not_excuse_a_bad_neighbour():
         b"GET / HTTP/1.1\r\nHost: h\r\nAccept : */*\r\n\r\n",
     ):
         assert request_error(bad, "whole").status == 400
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "message"),
+    [
+        # cached field lines, request line new and holding a control character
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+            b"GET /\x01 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+            "control character b'\\x01' in the header section",
+        ),
+        # cached field lines, bare CR in the request line
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+            b"GET /\r HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+            "bare CR in the header section",
+        ),
+    ],
+)
+def test_a_cached_field_line_does_not_excuse_a_bad_request_line(good, bad, message):
+    assert request(good, "whole")[0].method == b"GET"
+    error = request_error(bad, "whole")
+    assert error.status == 400
+    assert str(error) == message
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: \x7f\r\n\r\nok", "control character"),
+        (b"HTTP/1.1 200 OK\x00\r\nContent-Length: 2\r\n\r\nok", "control character"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n Content-Length: 2\r\n\r\nok", "obs-fold"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", "conflicting"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\rX: 1\r\n\r\nok", "bare CR"),
+    ],
+)
+def test_a_cached_status_line_does_not_excuse_a_bad_neighbour(bad, message):
+    good = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert response(good, "whole")[0].status == 200
+    error = response_error(bad, "whole")
+    assert error.status == 400
+    assert message in str(error)
+
+
+def test_a_cached_status_line_still_needs_a_request_outstanding():
+    good = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    assert response(good, "whole")[0].status == 200
+    reader = ResponseReader()
+    reader.feed(good)
+    with pytest.raises(ProtocolError, match="no request outstanding"):
+        reader.next_event()

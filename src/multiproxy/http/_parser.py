@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Union
+from itertools import compress
+from typing import Final, NamedTuple, Union
 
 from multiproxy._errors import (
     BodyTooLarge,
@@ -88,7 +89,12 @@ CLOSED: Final = _Sentinel("CLOSED")
 def _keep_alive(version: bytes, headers: Headers) -> bool:
     # RFC 9112 9.3: "close" always wins; HTTP/1.1 persists by default,
     # HTTP/1.0 only with the "keep-alive" connection option.
-    tokens = headers.tokens(b"connection")
+    values = headers.get_all(b"connection")
+    if not values:
+        return version == b"HTTP/1.1"
+    # The connection options, as Headers.tokens gives them (empty ones are
+    # harmless here), without its per-element Python loop.
+    tokens = [token.strip(b" \t") for token in b",".join(values).lower().split(b",")]
     if b"close" in tokens:
         return False
     if version == b"HTTP/1.1":
@@ -96,8 +102,31 @@ def _keep_alive(version: bytes, headers: Headers) -> bool:
     return b"keep-alive" in tokens
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+# The events are NamedTuples rather than frozen dataclasses: as immutable,
+# but a frozen dataclass's __init__ makes one object.__setattr__ call per
+# field, and the reader builds several events per message (the reader builds
+# them with _new_event, skipping even the generated __new__).  Equality stays
+# per type, as a dataclass's: Data(b"x") is not equal to (b"x",) or to an
+# event of another type.
+
+
+def _event_eq(self: tuple, other: object) -> bool:
+    if type(other) is type(self):
+        return tuple.__eq__(self, other)
+    # Not NotImplemented for a tuple: its reflected __eq__ would compare items.
+    return False if isinstance(other, tuple) else NotImplemented
+
+
+def _event_ne(self: tuple, other: object) -> bool:
+    if type(other) is type(self):
+        return tuple.__ne__(self, other)
+    return True if isinstance(other, tuple) else NotImplemented
+
+
+_new_event = tuple.__new__
+
+
+class RequestHead(NamedTuple):
     """A parsed request line and header section."""
 
     method: bytes
@@ -110,9 +139,12 @@ class RequestHead:
         """Whether the connection may carry another request after this one (RFC 9112 9.3)."""
         return _keep_alive(self.version, self.headers)
 
+    __eq__ = _event_eq
+    __ne__ = _event_ne
+    __hash__ = tuple.__hash__
 
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
+
+class ResponseHead(NamedTuple):
     """A parsed status line and header section."""
 
     version: bytes
@@ -125,19 +157,29 @@ class ResponseHead:
         """Whether the connection may carry another response after this one (RFC 9112 9.3)."""
         return _keep_alive(self.version, self.headers)
 
+    __eq__ = _event_eq
+    __ne__ = _event_ne
+    __hash__ = tuple.__hash__
 
-@dataclass(frozen=True, slots=True)
-class Data:
+
+class Data(NamedTuple):
     """A piece of message body (transfer coding already removed)."""
 
     data: bytes
 
+    __eq__ = _event_eq
+    __ne__ = _event_ne
+    __hash__ = tuple.__hash__
 
-@dataclass(frozen=True, slots=True)
-class EndOfMessage:
+
+class EndOfMessage(NamedTuple):
     """The body is complete; ``trailers`` holds a chunked body's trailer fields, if any."""
 
     trailers: Headers | None = None
+
+    __eq__ = _event_eq
+    __ne__ = _event_ne
+    __hash__ = tuple.__hash__
 
 
 _END = EndOfMessage()  # the usual end, shared: events are immutable
@@ -189,9 +231,15 @@ _CHUNK_EXT_RE = re.compile(
 )
 
 # Field lines already parsed -> ((name, value), lower-case name, framing?); bounded.
+# Only lines of a section that passed the byte check (_check_section) go in,
+# so a hit also proves the line free of CR, LF and control characters.
 _LINE_CACHE: dict[bytes, tuple[tuple[bytes, bytes], bytes, bool]] = {}
 _LINE_CACHE_MAX = 4096
 _LINE_CACHE_MAX_LEN = 256
+_cached_line = _LINE_CACHE.__getitem__
+# Status lines already parsed -> (version, status, reason); bounded likewise.
+# A status line matching _STATUS_LINE_RE is free of CR, LF and controls.
+_STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
 _GOOD_HOSTS: set[bytes] = set()
 _NAME_CACHE: dict[bytes, bytes] = {}  # valid field name -> lower case
 
@@ -268,34 +316,35 @@ _Entry = tuple[tuple[bytes, bytes], bytes, bool]
 """A parsed field line: ((name, value), lower-case name, is a framing field)."""
 
 
-def _fields(lines: list[bytes], limits: Limits) -> tuple[Headers, dict[bytes, list[bytes]]]:
+def _check_section(section: bytes, lines: int, what: str = "header") -> None:
+    """Refuse a section of ``lines`` CRLF-ended lines holding a bare CR or LF or a control."""
+    # What is left after deleting ordinary bytes must be exactly one CRLF per line.
+    if section.translate(None, _ORDINARY) != b"\r\n" * lines:
+        _diagnose_section(section, what)
+
+
+def _cached_fields(lines: list[bytes], limits: Limits) -> list[_Entry] | None:
     """
-    Parse the field lines ``lines[1:]`` (``lines[0]`` is the start line) into
-    `Headers`, with the values of Content-Length, Transfer-Encoding and Host
-    gathered by lower-case name.
+    The parsed field lines if every one was seen before (most repeat verbatim
+    from one message to the next: User-Agent, Accept...), else None.
     """
-    field_lines = lines[1:]
-    if len(field_lines) > limits.max_fields:
+    if len(lines) > limits.max_fields:
+        return None
+    try:
+        return list(map(_cached_line, lines))
+    except KeyError:
+        return None
+
+
+def _parse_fields(lines: list[bytes], limits: Limits) -> list[_Entry]:
+    """Parse field lines of a section already through `_check_section`, caching each."""
+    if len(lines) > limits.max_fields:
         raise HeadTooLarge(f"too many header fields (more than {limits.max_fields})")
-    # Most field lines repeat verbatim from one message to the next
-    # (User-Agent, Accept...): parse each distinct line once.
-    get = _LINE_CACHE.get
-    known = [get(line) for line in field_lines]
-    if None in known:
-        known = _field_lines(field_lines, known)
-    framing: dict[bytes, list[bytes]] = {}
-    for pair, lname, _ in [entry for entry in known if entry[2]]:
-        framing.setdefault(lname, []).append(pair[1])
-    # Headers takes the lower-case names we have anyway, sparing its lookups.
-    return Headers([entry[0] for entry in known], [entry[1] for entry in known]), framing
-
-
-def _field_lines(lines: list[bytes], known: list[_Entry | None]) -> list[_Entry]:
-    """Parse the field lines not found in the cache (None in ``known``)."""
     names = _NAME_CACHE
     cache = _LINE_CACHE
     out = []
-    for entry, line in zip(known, lines):
+    for line in lines:
+        entry = cache.get(line)
         if entry is None:
             name, colon, value = line.partition(b":")
             if not colon:
@@ -310,6 +359,24 @@ def _field_lines(lines: list[bytes], known: list[_Entry | None]) -> list[_Entry]
                 cache[line] = entry
         out.append(entry)
     return out
+
+
+def _headers(known: list[_Entry]) -> tuple[Headers, dict[bytes, list[bytes]]]:
+    """
+    `Headers` from parsed field lines, and the values of Content-Length,
+    Transfer-Encoding and Host gathered by lower-case name.
+    """
+    if not known:
+        return Headers((), []), {}
+    pairs, lower, is_framing = zip(*known)
+    framing: dict[bytes, list[bytes]] = {}
+    for pair, lname, _ in compress(known, is_framing):
+        if lname in framing:
+            framing[lname].append(pair[1])
+        else:
+            framing[lname] = [pair[1]]
+    # Headers takes the lower-case names we have anyway, sparing its lookups.
+    return Headers(pairs, list(lower)), framing
 
 
 def _content_length(values: list[bytes]) -> int:
@@ -491,12 +558,50 @@ class _Reader:
 
     def _read_head(self) -> Event:
         buf = self._buf
+        if buf.startswith(b"\r\n"):
+            self._skip_empty_lines()
+        scanned = self._scanned
+        end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
+        if end < 0:
+            return self._head_incomplete()
+        limits = self.limits
+        if end + 4 > limits.max_head:
+            self._check_start_line()
+            raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
+        head = bytes(buf[: end + 2])  # every line with its CRLF
+        del buf[: end + 4]
+        self._scanned = 0
+        self._empty_lines = 0
+        lines = head.split(b"\r\n")
+        lines.pop()
+        if len(lines[0]) > limits.max_request_line:
+            raise self._start_line_error()
+        # The bytes of the head are checked by the subclass (_check_section),
+        # only when its start line or a field line is new.
+        return self._head_event(head, lines)
+
+    def _skip_empty_lines(self) -> None:
+        buf = self._buf
         while buf[:2] == b"\r\n":
             self._empty_lines += 1
             if self._empty_lines > _MAX_EMPTY_LINES:
                 raise ProtocolError("too many empty lines before the start line")
             del buf[:2]
             self._scanned = 0
+
+    def _check_start_line(self) -> None:
+        """Refuse a buffered start line longer than ``max_request_line``."""
+        if self._buf.find(b"\r\n", 0, self.limits.max_request_line + 2) < 0:
+            raise self._start_line_error()
+
+    def _start_line_error(self) -> ProtocolError:
+        return self._start_line_too_long(
+            f"start line longer than {self.limits.max_request_line} bytes"
+        )
+
+    def _head_incomplete(self) -> Event:
+        """No complete head buffered: check what there is so far, then wait for more."""
+        buf = self._buf
         size = len(buf)
         if not size:
             if self._eof:
@@ -505,41 +610,26 @@ class _Reader:
             return NEED_DATA
         limits = self.limits
         scanned = self._scanned
-        end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
-        if end < 0:
-            # Refuse a bare LF as soon as it arrives rather than waiting for
-            # a CRLF CRLF that a bare-LF peer will never send.
-            if buf.count(b"\n", scanned) != buf.count(b"\r\n", scanned - 1 if scanned else 0):
-                raise ProtocolError("bare LF in the header section (lines must end with CRLF)")
-            max_line = limits.max_request_line
-            if size > max_line + 1 and buf.find(b"\r\n", 0, max_line + 2) < 0:
-                raise self._start_line_too_long(f"start line longer than {max_line} bytes")
-            if size > limits.max_head:
-                raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
-            if self._eof:
-                raise IncompleteMessage(
-                    "connection closed in the middle of a message head (truncated)"
-                )
-            self._scanned = size
-            return NEED_DATA
-        max_line = limits.max_request_line
-        if buf.find(b"\r\n", 0, max_line + 2) < 0:
-            raise self._start_line_too_long(f"start line longer than {max_line} bytes")
-        if end + 4 > limits.max_head:
+        # Refuse a bare LF as soon as it arrives rather than waiting for
+        # a CRLF CRLF that a bare-LF peer will never send.
+        if buf.count(b"\n", scanned) != buf.count(b"\r\n", scanned - 1 if scanned else 0):
+            raise ProtocolError("bare LF in the header section (lines must end with CRLF)")
+        if size > limits.max_request_line + 1:
+            self._check_start_line()
+        if size > limits.max_head:
             raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
-        head = bytes(buf[: end + 2])  # every line with its CRLF
-        del buf[: end + 4]
-        self._scanned = 0
-        self._empty_lines = 0
-        lines = head.split(b"\r\n")
-        lines.pop()
-        # One pass: what is left after deleting ordinary bytes must be
-        # exactly one CRLF per line (no bare CR/LF, no control characters).
-        if head.translate(None, _ORDINARY) != b"\r\n" * len(lines):
-            _diagnose_section(head)
-        return self._head_event(lines)
+        if self._eof:
+            raise IncompleteMessage(
+                "connection closed in the middle of a message head (truncated)"
+            )
+        self._scanned = size
+        return NEED_DATA
 
-    def _head_event(self, lines: list[bytes]) -> Event:
+    def _head_event(self, head: bytes, lines: list[bytes]) -> Event:
+        """
+        The event for a complete head: ``head`` is its bytes up to the last
+        field line's CRLF, ``lines`` those split (start line first).
+        """
         raise NotImplementedError
 
     # -- bodies ------------------------------------------------------------
@@ -730,10 +820,9 @@ class _Reader:
             raise HeadTooLarge(f"trailer section larger than {self.limits.max_head} bytes")
         section = bytes(buf[: end + 2])
         lines = section.split(b"\r\n")
-        lines[-1] = b""  # stands in for the start line _fields skips
-        if section.translate(None, _ORDINARY) != b"\r\n" * (len(lines) - 1):
-            _diagnose_section(section, "trailer")
-        trailers, _ = _fields(lines[-1:] + lines[:-1], self.limits)
+        lines.pop()
+        _check_section(section, len(lines), "trailer")
+        trailers, _ = _headers(_parse_fields(lines, self.limits))
         del buf[: end + 4]
         self._scanned = 0
         self._state = _DONE
@@ -751,13 +840,23 @@ class RequestReader(_Reader):
 
     _start_line_too_long = TargetTooLong
 
-    def _head_event(self, lines: list[bytes]) -> Event:
-        match = _REQUEST_LINE_RE.fullmatch(lines[0])
-        if match is None:
-            raise _bad_request_line(lines[0])
+    def _head_event(self, head: bytes, lines: list[bytes]) -> Event:
+        limits = self.limits
+        start = lines[0]
+        del lines[0]
+        match = _REQUEST_LINE_RE.fullmatch(start)
+        known = _cached_fields(lines, limits)
+        if match is None or known is None:
+            # A matching request line and cached field lines are clean;
+            # anything else gets its bytes checked first.
+            _check_section(head, len(lines) + 1)
+            if match is None:
+                raise _bad_request_line(start)
         method, target, major, minor = match.groups()
         version = _version(major, minor)
-        headers, framing = _fields(lines, self.limits)
+        if known is None:
+            known = _parse_fields(lines, limits)
+        headers, framing = _headers(known)
         hosts = framing.get(b"host")
         if hosts is None:
             if version == b"HTTP/1.1":
@@ -785,8 +884,8 @@ class RequestReader(_Reader):
                 headers = _normalise_content_length(headers, length)
             self._begin_body("length", length)
         else:
-            self._begin_body("none", None)
-        return RequestHead(method, target, version, headers)
+            self._state = _BODY_NONE  # body_framing is "none" until a body begins
+        return _new_event(RequestHead, (method, target, version, headers))
 
 
 def _normalise_content_length(headers: Headers, length: int) -> Headers:
@@ -823,6 +922,29 @@ def _bad_request_line(line: bytes) -> ProtocolError:
     return ProtocolError(f"invalid HTTP version {_show(version)}")
 
 
+def _bad_status_line(line: bytes) -> ProtocolError:
+    """An error naming what is wrong with a status line that does not match."""
+    version = re.match(rb"HTTP/([0-9])\.([0-9]) ", line)
+    if version is not None and version.group(1) != b"1":
+        return UnsupportedVersion(f"response version {_show(line[:12])} is not supported")
+    return ProtocolError(f"invalid status line {_show(line, 80)}")
+
+
+def _status_line(line: bytes, match: re.Match[bytes]) -> tuple[bytes, int, bytes]:
+    """(version, status, reason) of a status line matching _STATUS_LINE_RE; cached."""
+    major, minor, status_text, reason = match.groups()
+    version = _version(major, minor)
+    status = int(status_text)
+    if not 100 <= status <= 599:
+        raise ProtocolError(f"invalid status code {status}")
+    parsed = (version, status, reason or b"")
+    if len(line) <= _LINE_CACHE_MAX_LEN:
+        if len(_STATUS_LINES) >= _LINE_CACHE_MAX:
+            _STATUS_LINES.clear()
+        _STATUS_LINES[line] = parsed
+    return parsed
+
+
 class ResponseReader(_Reader):
     """
     Reads HTTP/1.x responses from an upstream.
@@ -846,22 +968,28 @@ class ResponseReader(_Reader):
         if self._expected:
             self._expected.popleft()
 
-    def _head_event(self, lines: list[bytes]) -> Event:
+    def _head_event(self, head: bytes, lines: list[bytes]) -> Event:
+        limits = self.limits
         start = lines[0]
-        match = _STATUS_LINE_RE.fullmatch(start)
-        if match is None:
-            version = re.match(rb"HTTP/([0-9])\.([0-9]) ", start)
-            if version is not None and version.group(1) != b"1":
-                raise UnsupportedVersion(f"response version {_show(start[:12])} is not supported")
-            raise ProtocolError(f"invalid status line {_show(start, 80)}")
+        del lines[0]
+        # Status lines repeat ("HTTP/1.1 200 OK"): parse each distinct one once.
+        status_line = _STATUS_LINES.get(start)
+        known = _cached_fields(lines, limits)
+        match = None
+        if status_line is None or known is None:
+            _check_section(head, len(lines) + 1)
+            if status_line is None:
+                match = _STATUS_LINE_RE.fullmatch(start)
+                if match is None:
+                    raise _bad_status_line(start)
         if not self._expected:
             raise ProtocolError("response received with no request outstanding")
-        major, minor, status_text, reason = match.groups()
-        version = _version(major, minor)
-        status = int(status_text)
-        if not 100 <= status <= 599:
-            raise ProtocolError(f"invalid status code {status}")
-        headers, framing = _fields(lines, self.limits)
+        if status_line is None:
+            status_line = _status_line(start, match)
+        version, status, reason = status_line
+        if known is None:
+            known = _parse_fields(lines, limits)
+        headers, framing = _headers(known)
         method = self._expected[0]
         te = framing.get(b"transfer-encoding")
         cl = framing.get(b"content-length")
@@ -878,7 +1006,7 @@ class ResponseReader(_Reader):
             length = _content_length(cl)
             if len(cl) > 1 or cl[0] != b"%d" % length:
                 headers = _normalise_content_length(headers, length)
-        head = ResponseHead(version, status, reason or b"", headers)
+        head = _new_event(ResponseHead, (version, status, reason, headers))
         if status < 200:
             self.body_framing = "none"
             self.body_length = None
