@@ -89,13 +89,7 @@ class Headers:
         """
         if name not in self._names():
             return []
-        out = []
-        for value in self.get_all(name):
-            for item in value.split(b","):
-                item = item.strip(b" \t").lower()
-                if item:
-                    out.append(item)
-        return out
+        return list_tokens(self.get_all(name))
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append a field."""
@@ -137,7 +131,24 @@ class Headers:
 
     def without(self, names: frozenset[bytes] | set[bytes]) -> Headers:
         """A new `Headers` without the fields whose lower-case name is in ``names``."""
-        lower = self._names()
-        pairs = self._pairs
-        keep = [i for i, n in enumerate(lower) if n not in names]
-        return Headers([pairs[i] for i in keep], [lower[i] for i in keep])
+        pairs: list[tuple[bytes, bytes]] = []
+        lower: list[bytes] = []
+        for pair, name in zip(self._pairs, self._names()):
+            if name not in names:
+                pairs.append(pair)
+                lower.append(name)
+        return Headers(pairs, lower)
+
+
+def list_tokens(values: Iterable[bytes]) -> list[bytes]:
+    """
+    The elements of comma-separated list field values, lower-cased and
+    stripped, empty elements dropped (RFC 9110 5.6.1).
+    """
+    out = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t").lower()
+            if item:
+                out.append(item)
+    return out

@@ -10,7 +10,7 @@ that say where a message goes and where it ends.
 
 from __future__ import annotations
 
-from multiproxy.http._headers import Headers
+from multiproxy.http._headers import Headers, list_tokens
 
 __all__ = ["HOP_BY_HOP", "end_to_end"]
 
@@ -32,14 +32,26 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 _PROTECTED = frozenset({b"content-length", b"host"})
 
 
+# Connection field values seen -> the names they make a proxy drop; bounded.
+_DROPS: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+_DROPS_MAX = 1024
+
+
 def end_to_end(headers: Headers) -> Headers:
     """
     A new `Headers` holding only the end-to-end fields of ``headers``:
     without `HOP_BY_HOP` fields and without the fields named by ``Connection``
     (Content-Length and Host are always kept).  Order and repeats are kept.
     """
-    drop = HOP_BY_HOP
-    options = headers.tokens(b"connection")
-    if options:
-        drop = HOP_BY_HOP.union(options).difference(_PROTECTED)
+    connection = headers.get_all(b"connection")
+    if not connection:
+        return headers.without(HOP_BY_HOP)
+    # Nearly every message says "keep-alive" or "close": work each out once.
+    key = tuple(connection)
+    drop = _DROPS.get(key)
+    if drop is None:
+        drop = HOP_BY_HOP.union(list_tokens(connection)).difference(_PROTECTED)
+        if len(_DROPS) >= _DROPS_MAX:
+            _DROPS.clear()
+        _DROPS[key] = drop
     return headers.without(drop)

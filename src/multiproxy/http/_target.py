@@ -56,6 +56,10 @@ _SCHEME_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*):")
 _REG_NAME_RE = re.compile(rb"(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})+")
 _VISIBLE_RE = re.compile(rb"[\x21-\x7e]*")
 _MAX_TARGET_HOST = 255
+# The usual shape: lower-case http(s), then authority and path in visible
+# ASCII without "#"; a target of this shape whose authority is known needs
+# no further checks.
+_COMMON_RE = re.compile(rb"(https?)://([\x21\x22\x24-\x2e\x30-\x3e\x40-\x7e]*)(/[\x21\x22\x24-\x7e]*)?")
 
 
 def is_origin_form(target: bytes) -> bool:
@@ -127,6 +131,13 @@ def parse_absolute_target(target: bytes) -> AbsoluteTarget:
     Raises `ProtocolError` (400) for anything else or anything ambiguous,
     and `UnsupportedScheme` (501) for a scheme other than http and https.
     """
+    common = _COMMON_RE.fullmatch(target)
+    if common is not None:
+        scheme_bytes, authority, path = common.groups()
+        scheme = "http" if scheme_bytes == b"http" else "https"
+        known = _AUTHORITIES.get((scheme, authority))
+        if known is not None:
+            return AbsoluteTarget(scheme, known[0], known[1], path or b"/")
     if not target or _VISIBLE_RE.fullmatch(target) is None:
         if any(c > 0x7E for c in target):
             raise ProtocolError(f"non-ASCII bytes in request target {_show(target)}")
