@@ -71,11 +71,11 @@ def setup():
     upstream_transport = StringTransport()
     upstream.makeConnection(upstream_transport)
     factory.pool.release(upstream)
-    return clock, client, client_transport, upstream, upstream_transport
+    return client, client_transport, upstream, upstream_transport
 
 
 def run_hit(n: int) -> float:
-    clock, client, client_transport, upstream, upstream_transport = setup()
+    client, client_transport, upstream, upstream_transport = setup()
     client.dataReceived(HIT_REQUEST)  # the miss that stores it
     upstream.dataReceived(RESPONSE)
     assert b"X-Cache: MISS" in client_transport.value(), client_transport.value()[:400]
@@ -119,7 +119,7 @@ class NullSink:
 
 
 def run_core(n: int) -> float:
-    clock, client, client_transport, upstream, upstream_transport = setup()
+    client, _, upstream, _ = setup()
     fetcher = client.factory.fetcher
     seen = []
     fetch = fetcher.fetch
@@ -140,7 +140,7 @@ def run_core(n: int) -> float:
 
 
 def run_miss(n: int) -> float:
-    clock, client, client_transport, upstream, upstream_transport = setup()
+    client, client_transport, upstream, upstream_transport = setup()
     requests = [MISS_REQUEST % i for i in range(n + 1)]
     started = time.process_time()
     for request in requests[:n]:

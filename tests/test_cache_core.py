@@ -144,6 +144,50 @@ def test_fresh_response_is_served_from_cache_with_age(h):
     assert second["Content-Length"] == b"%d" % len(first.body)
 
 
+def test_hit_fields_are_the_stored_ones_then_length_age_and_cache_status_in_that_order(h):
+    first = h.request(
+        respond=h.origin(cc(b"max-age=60"), (b"ETag", b'"v1"'), (b"X-Cache", b"MISS from origin"))
+    )
+    h.advance(1)
+    hit = h.request()
+    names = [n for n, _ in hit.headers]
+    assert names == [
+        b"Date",
+        b"Cache-Control",
+        b"ETag",
+        b"Content-Length",
+        b"Age",
+        b"Cache-Status",
+        b"X-Cache",
+    ]
+    # Lookups are case-insensitive on the answer as on any Headers.
+    assert hit["etag"] == b'"v1"' and hit["CONTENT-LENGTH"] == b"%d" % len(first.body)
+    assert hit.headers.get_all(b"x-cache") == [b"HIT"]  # the origin's X-Cache is replaced
+
+
+def test_origin_x_cache_is_kept_when_this_cache_adds_none():
+    h = Harness(CacheConfig(x_cache=False))
+    h.request(respond=h.origin(cc(b"max-age=60"), (b"X-Cache", b"HIT from edge")))
+    hit = h.request()
+    assert not hit.forwarded and hit.headers.get_all(b"x-cache") == [b"HIT from edge"]
+    assert hit["Cache-Status"] == b"multiproxy; hit; ttl=60"
+
+
+def test_each_hit_gets_its_own_fields_and_a_current_cache_status(h):
+    h.request(respond=h.origin(cc(b"max-age=60")))
+    one = h.request()
+    one.headers.add(b"X-Added", b"by a sink")
+    one.headers.remove(b"date")
+    h.advance(5)
+    two = h.request()
+    assert two["X-Added"] is None and two["Date"] is not None
+    assert two["Age"] == b"5" and two["Cache-Status"] == b"multiproxy; hit; ttl=55"
+    h.advance(100)
+    stale = h.request(headers=[cc(b"max-stale=200")])
+    assert not stale.forwarded and stale.x_cache == "STALE"
+    assert stale["Cache-Status"] == b"multiproxy; hit; ttl=-45"
+
+
 def test_age_includes_received_age(h):
     h.request(respond=h.origin(cc(b"max-age=600"), (b"Age", b"30")))
     h.advance(3)

@@ -31,7 +31,6 @@ from zope.interface import implementer
 
 from multiproxy._errors import STATUS_REASONS
 from multiproxy.cache._config import CacheConfig
-from multiproxy.http._dates import format_http_date
 from multiproxy.cache._directives import (
     RequestDirectives,
     parse_request_directives,
@@ -43,7 +42,7 @@ from multiproxy.cache._invalidation import invalidated_keys
 from multiproxy.cache._keys import cache_key, vary_matches
 from multiproxy.cache._status import CacheOutcome
 from multiproxy.cache._storable import refusal
-from multiproxy.cache._store import StoredResponse, describe_response
+from multiproxy.cache._store import Fields, StoredResponse, describe_response, unpack_fields
 from multiproxy.cache._validation import (
     CONDITIONAL_FIELDS,
     UNSATISFIABLE,
@@ -56,20 +55,73 @@ from multiproxy.cache._validation import (
     refresh_from_head,
     validation_headers,
 )
+from multiproxy.http._dates import format_http_date
 from multiproxy.http._headers import Headers
 
 _AGE_MAX = 2**31
 _NO_DIRECTIVES = RequestDirectives()
 
 
+#: Fields with their lower-case names, ready to extend a `Headers`.
+_Marks = tuple[Fields, tuple[bytes, ...]]
+
+
+# The memos below keep the work a hit repeats out of the hit path: a hot
+# response's stored head is unpacked (and its names lower-cased) once, and
+# the fields saying what the cache did are formatted once per outcome.  They
+# are bounded, so many cold responses cost no more memory than before.
+
+
 @lru_cache(maxsize=2048)
-def _has_x_cache(head: bytes) -> bool:
-    return b"x-cache:" in head.lower()
+def _stored_fields(head: bytes, drop_x_cache: bool) -> _Marks:
+    """
+    The fields of a stored ``head`` as an answer carries them, with their
+    lower-case names; ``drop_x_cache``: without the X-Cache fields it was
+    stored with (this cache adds its own).
+    """
+    pairs = unpack_fields(head)
+    lower = tuple([n.lower() for n, _ in pairs])
+    if drop_x_cache and b"x-cache" in lower:
+        keep = [i for i, n in enumerate(lower) if n != b"x-cache"]
+        pairs = tuple([pairs[i] for i in keep])
+        lower = tuple([lower[i] for i in keep])
+    return pairs, lower
 
 
 @lru_cache(maxsize=1024)
-def _cache_status(outcome: CacheOutcome, name: str) -> bytes:
-    return outcome.cache_status(name)
+def _marks(outcome: CacheOutcome, name: str, x_cache: bool) -> _Marks:
+    """The Cache-Status (and X-Cache) fields for ``outcome``."""
+    pairs: Fields = ((b"Cache-Status", outcome.cache_status(name)),)
+    if x_cache:
+        pairs += ((b"X-Cache", outcome.x_cache.encode("ascii")),)
+    return pairs, tuple([n.lower() for n, _ in pairs])
+
+
+@lru_cache(maxsize=4096)
+def _hit(ttl: int, stale: bool, swr: bool, name: str, x_cache: bool) -> tuple[CacheOutcome, _Marks]:
+    """The outcome of answering from storage, and the fields that say so."""
+    outcome = CacheOutcome(
+        hit=True, ttl=ttl, stale=stale, detail="stale-while-revalidate" if swr else None
+    )
+    return outcome, _marks(outcome, name, x_cache)
+
+
+def _answer_headers(
+    meta: StoredResponse,
+    drop_x_cache: bool,
+    extra: list[tuple[bytes, bytes, bytes]],
+    marks: _Marks,
+) -> Headers:
+    """
+    A fresh `Headers` for an answer from ``meta``: its stored fields, then
+    ``extra`` ((name, value, lower-case name) triples), then ``marks``.
+    """
+    pairs, lower = _stored_fields(meta.head, drop_x_cache)
+    mark_pairs, mark_lower = marks
+    return Headers(
+        [*pairs, *[(n, v) for n, v, _ in extra], *mark_pairs],
+        [*lower, *[low for _, _, low in extra], *mark_lower],
+    )
 
 
 _RETRYABLE_ERRORS = frozenset({500, 502, 503, 504})
@@ -205,10 +257,9 @@ class SharedCache:
     def plan(self, method: bytes, url: bytes, request_headers: Headers) -> Plan:
         """Decide how to handle a request for absolute URI ``url``."""
         key = cache_key(url)
-        names = {n.lower() for n, _ in request_headers}
         rcc = (
             parse_request_directives(request_headers)
-            if b"cache-control" in names or b"pragma" in names
+            if b"cache-control" in request_headers or b"pragma" in request_headers
             else _NO_DIRECTIVES
         )
         if method not in (b"GET", b"HEAD"):
@@ -222,7 +273,7 @@ class SharedCache:
                 CacheOutcome(fwd="method"),
                 upstream_headers=request_headers,
             )
-        if b"if-match" in names or b"if-unmodified-since" in names:
+        if b"if-match" in request_headers or b"if-unmodified-since" in request_headers:
             # RFC 9111 4.3.2: these preconditions are for the origin alone.
             return Plan(
                 Action.PASS,
@@ -236,13 +287,26 @@ class SharedCache:
             )
         now = self.clock()
         entries = self.store.lookup(key)
-        matching = [e for e in entries if vary_matches(e.meta.vary, request_headers)]
-        if not matching:
+        if len(entries) == 1:
+            entry = entries[0]
+            if entry.meta.vary and not vary_matches(entry.meta.vary, request_headers):
+                entry = None
+        else:
+            matching = [e for e in entries if vary_matches(e.meta.vary, request_headers)]
+            # RFC 9111 4: the most recent matching response (by Date).
+            entry = (
+                max(matching, key=lambda e: (e.meta.date_value, e.meta.response_time))
+                if matching
+                else None
+            )
+        if entry is None:
             fwd = "vary-miss" if entries else "uri-miss"
             if rcc.only_if_cached:
                 return self._only_if_cached(method, url, key, request_headers, rcc, now, fwd)
             collapsible = (
-                method == b"GET" and not rcc.no_store and names.isdisjoint(CONDITIONAL_FIELDS)
+                method == b"GET"
+                and not rcc.no_store
+                and not any(name in request_headers for name in CONDITIONAL_FIELDS)
             )
             return Plan(
                 Action.FORWARD,
@@ -255,18 +319,14 @@ class SharedCache:
                 upstream_headers=request_headers,
                 collapsible=collapsible,
             )
-        # RFC 9111 4: the most recent matching response (by Date).
-        entry = max(matching, key=lambda e: (e.meta.date_value, e.meta.response_time))
         j = judge(entry.meta, rcc, now)
         if j.reuse is not Reuse.VALIDATE:
             swr = j.reuse is Reuse.STALE_WHILE_REVALIDATE
-            outcome = CacheOutcome(
-                hit=True,
-                ttl=int(j.ttl),
-                stale=j.reuse is not Reuse.FRESH,
-                detail="stale-while-revalidate" if swr else None,
+            cfg = self.config
+            outcome, marks = _hit(
+                int(j.ttl), j.reuse is not Reuse.FRESH, swr, cfg.name, cfg.x_cache
             )
-            answer = self._answer(entry, method, request_headers, j.age, outcome, now, names)
+            answer = self._answer(entry, method, request_headers, j.age, outcome, now, marks)
             return Plan(
                 Action.ANSWER,
                 method,
@@ -559,12 +619,12 @@ class SharedCache:
         )
         if shared.status == 200 and not_modified(plan.method, plan.request_headers, shared):
             return replace(self._not_modified(shared, j.age, outcome), from_flight=True)
-        headers = shared.header_list()
         has_body = plan.method == b"GET" and shared.status not in (204, 304)
+        extra = []
         if expected_length is not None and shared.status != 204:
-            headers.add(b"Content-Length", b"%d" % expected_length)
-        headers.add(b"Age", b"%d" % min(int(j.age), _AGE_MAX))
-        self._mark(headers, outcome)
+            extra.append((b"Content-Length", b"%d" % expected_length, b"content-length"))
+        extra.append((b"Age", b"%d" % min(int(j.age), _AGE_MAX), b"age"))
+        headers = _answer_headers(shared, self.config.x_cache, extra, self._marks(outcome))
         length = (-1 if expected_length is None else expected_length) if has_body else 0
         return Answer(
             shared.status, shared.reason, headers, outcome, body_length=length, from_flight=True
@@ -580,21 +640,19 @@ class SharedCache:
         age: float,
         outcome: CacheOutcome,
         now: float,
-        names: set[bytes] | None = None,
+        marks: _Marks | None = None,
     ) -> Answer:
         meta = entry.meta
-        if names is None:
-            names = {n.lower() for n, _ in request_headers}
         if (
             meta.status == 200
-            and (b"if-none-match" in names or b"if-modified-since" in names)
+            and (b"if-none-match" in request_headers or b"if-modified-since" in request_headers)
             and not_modified(method, request_headers, meta)
         ):
             return self._not_modified(meta, age, outcome, entry)
         status, reason = meta.status, meta.reason
-        headers = meta.header_list()
         start, length = 0, meta.body_length
-        range_value = request_headers.get(b"range") if b"range" in names else None
+        extra: list[tuple[bytes, bytes, bytes]] = []
+        range_value = request_headers.get(b"range")
         if (
             range_value is not None
             and method == b"GET"
@@ -619,11 +677,19 @@ class SharedCache:
                 first, last = wanted  # type: ignore[misc]
                 start, length = first, last - first + 1
                 status, reason = 206, STATUS_REASONS[206]
-                headers.add(b"Content-Range", b"bytes %d-%d/%d" % (first, last, meta.body_length))
+                extra.append(
+                    (
+                        b"Content-Range",
+                        b"bytes %d-%d/%d" % (first, last, meta.body_length),
+                        b"content-range",
+                    )
+                )
         if status != 204:
-            headers.add(b"Content-Length", b"%d" % length)
-        headers.add(b"Age", b"%d" % min(int(age), _AGE_MAX))
-        self._mark(headers, outcome, replace_x_cache=_has_x_cache(meta.head))
+            extra.append((b"Content-Length", b"%d" % length, b"content-length"))
+        extra.append((b"Age", b"%d" % min(int(age), _AGE_MAX), b"age"))
+        if marks is None:
+            marks = self._marks(outcome)
+        headers = _answer_headers(meta, self.config.x_cache, extra, marks)
         if method != b"GET" or status == 204:
             length = 0
         return Answer(status, reason, headers, outcome, entry, start, length)
@@ -640,12 +706,15 @@ class SharedCache:
         self._mark(headers, outcome)
         return Answer(304, STATUS_REASONS[304], headers, outcome, entry)
 
-    def _mark(self, headers: Headers, outcome: CacheOutcome, replace_x_cache: bool = True) -> None:
-        headers.add(b"Cache-Status", _cache_status(outcome, self.config.name))
+    def _marks(self, outcome: CacheOutcome) -> _Marks:
+        return _marks(outcome, self.config.name, self.config.x_cache)
+
+    def _mark(self, headers: Headers, outcome: CacheOutcome) -> None:
+        """Add Cache-Status (and X-Cache, replacing any already there) to ``headers``."""
         if self.config.x_cache:
-            if replace_x_cache:
-                headers.remove(b"x-cache")
-            headers.add(b"X-Cache", outcome.x_cache.encode("ascii"))
+            headers.remove(b"x-cache")
+        for name, value in self._marks(outcome)[0]:
+            headers.add(name, value)
 
     def _marked(self, headers: Headers, outcome: CacheOutcome) -> Headers:
         out = headers.copy()
