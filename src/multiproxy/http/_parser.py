@@ -323,6 +323,12 @@ def _check_section(section: bytes, lines: int, what: str = "header") -> None:
         _diagnose_section(section, what)
 
 
+def _check_head(start: bytes, lines: list[bytes]) -> None:
+    """`_check_section` for a head split into its start line and field lines."""
+    lines = [start, *lines, b""]
+    _check_section(b"\r\n".join(lines), len(lines) - 1)
+
+
 def _cached_fields(lines: list[bytes], limits: Limits) -> list[_Entry] | None:
     """
     The parsed field lines if every one was seen before (most repeat verbatim
@@ -401,6 +407,26 @@ def _content_length(values: list[bytes]) -> int:
     if result is None:
         raise ProtocolError("empty Content-Length")
     return result
+
+
+def _length_and_headers(values: list[bytes], headers: Headers) -> tuple[int, Headers]:
+    """
+    The body length named by the Content-Length ``values`` (`_content_length`),
+    and ``headers`` with those fields normalised to one plain decimal field.
+    """
+    if len(values) == 1:
+        value = values[0]
+        # The usual field: plain digits with no leading zero, nothing to normalise.
+        if (
+            value.isdigit()
+            and len(value) <= _MAX_CONTENT_LENGTH_DIGITS
+            and (value[0] != 48 or len(value) == 1)  # 48: b"0"
+        ):
+            return int(value), headers
+    length = _content_length(values)
+    if len(values) > 1 or values[0] != b"%d" % length:
+        headers = _normalise_content_length(headers, length)
+    return length, headers
 
 
 def _check_chunked(values: list[bytes], request: bool) -> None:
@@ -528,19 +554,21 @@ class _Reader:
         """
         state = self._state
         try:
-            if state == _BODY_LENGTH:
-                return self._read_length()
-            if state == _BODY_CHUNKED:
-                return self._read_chunked()
+            # In the order a proxy meets them most: one head, one or two
+            # length-body events, the end of a body-less message, a pause.
             if state == _HEAD:
                 return self._read_head()
+            if state == _BODY_LENGTH:
+                return self._read_length()
             if state == _BODY_NONE:
                 self._state = _DONE
                 return _END
-            if state == _BODY_EOF:
-                return self._read_until_eof()
             if state == _DONE or state == _SWITCHED:
                 return PAUSED
+            if state == _BODY_CHUNKED:
+                return self._read_chunked()
+            if state == _BODY_EOF:
+                return self._read_until_eof()
             if state == _CLOSED:
                 return CLOSED
         except ProtocolError as error:
@@ -558,6 +586,11 @@ class _Reader:
 
     def _read_head(self) -> Event:
         buf = self._buf
+        if not buf:  # the usual call after a message: nothing more yet
+            if self._eof:
+                self._state = _CLOSED
+                return CLOSED
+            return NEED_DATA
         if buf.startswith(b"\r\n"):
             self._skip_empty_lines()
         scanned = self._scanned
@@ -568,17 +601,20 @@ class _Reader:
         if end + 4 > limits.max_head:
             self._check_start_line()
             raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
-        head = bytes(buf[: end + 2])  # every line with its CRLF
-        del buf[: end + 4]
+        if end + 4 == len(buf):  # the head alone, as most requests come: no slice
+            lines = bytes(buf).split(b"\r\n")
+            del lines[-2:]
+            buf.clear()
+        else:
+            lines = bytes(buf[:end]).split(b"\r\n")
+            del buf[: end + 4]
         self._scanned = 0
         self._empty_lines = 0
-        lines = head.split(b"\r\n")
-        lines.pop()
         if len(lines[0]) > limits.max_request_line:
             raise self._start_line_error()
-        # The bytes of the head are checked by the subclass (_check_section),
-        # only when its start line or a field line is new.
-        return self._head_event(head, lines)
+        # The subclass checks the bytes of the lines (_check_head), and only
+        # when the start line or a field line is new.
+        return self._head_event(lines)
 
     def _skip_empty_lines(self) -> None:
         buf = self._buf
@@ -625,11 +661,8 @@ class _Reader:
         self._scanned = size
         return NEED_DATA
 
-    def _head_event(self, head: bytes, lines: list[bytes]) -> Event:
-        """
-        The event for a complete head: ``head`` is its bytes up to the last
-        field line's CRLF, ``lines`` those split (start line first).
-        """
+    def _head_event(self, lines: list[bytes]) -> Event:
+        """The event for a complete head, split into lines (start line first)."""
         raise NotImplementedError
 
     # -- bodies ------------------------------------------------------------
@@ -840,7 +873,7 @@ class RequestReader(_Reader):
 
     _start_line_too_long = TargetTooLong
 
-    def _head_event(self, head: bytes, lines: list[bytes]) -> Event:
+    def _head_event(self, lines: list[bytes]) -> Event:
         limits = self.limits
         start = lines[0]
         del lines[0]
@@ -849,7 +882,7 @@ class RequestReader(_Reader):
         if match is None or known is None:
             # A matching request line and cached field lines are clean;
             # anything else gets its bytes checked first.
-            _check_section(head, len(lines) + 1)
+            _check_head(start, lines)
             if match is None:
                 raise _bad_request_line(start)
         method, target, major, minor = match.groups()
@@ -879,9 +912,7 @@ class RequestReader(_Reader):
             _check_chunked(te, True)
             self._begin_body("chunked", None)
         elif cl is not None:
-            length = _content_length(cl)
-            if len(cl) > 1 or cl[0] != b"%d" % length:
-                headers = _normalise_content_length(headers, length)
+            length, headers = _length_and_headers(cl, headers)
             self._begin_body("length", length)
         else:
             self._state = _BODY_NONE  # body_framing is "none" until a body begins
@@ -968,7 +999,7 @@ class ResponseReader(_Reader):
         if self._expected:
             self._expected.popleft()
 
-    def _head_event(self, head: bytes, lines: list[bytes]) -> Event:
+    def _head_event(self, lines: list[bytes]) -> Event:
         limits = self.limits
         start = lines[0]
         del lines[0]
@@ -977,7 +1008,7 @@ class ResponseReader(_Reader):
         known = _cached_fields(lines, limits)
         match = None
         if status_line is None or known is None:
-            _check_section(head, len(lines) + 1)
+            _check_head(start, lines)
             if status_line is None:
                 match = _STATUS_LINE_RE.fullmatch(start)
                 if match is None:
@@ -1003,9 +1034,7 @@ class ResponseReader(_Reader):
             _check_chunked(te, False)
         length = None
         if cl is not None:
-            length = _content_length(cl)
-            if len(cl) > 1 or cl[0] != b"%d" % length:
-                headers = _normalise_content_length(headers, length)
+            length, headers = _length_and_headers(cl, headers)
         head = _new_event(ResponseHead, (version, status, reason, headers))
         if status < 200:
             self.body_framing = "none"
