@@ -134,6 +134,7 @@ class UpstreamConnection(Protocol):
 
     def _pump(self) -> None:
         reader = self._reader
+        armed = False  # the body deadline, moved once per batch of bytes
         while self._sink is not None:
             try:
                 event = reader.next_event()
@@ -141,25 +142,29 @@ class UpstreamConnection(Protocol):
                 self._fail(UpstreamError(f"invalid response from upstream: {e}", 502))
                 self.transport.abortConnection()
                 return
-            if event is NEED_DATA:
-                self._sink.flush()
-                return
-            if event is CLOSED:
-                # The upstream closed before any byte of a response;
-                # connectionLost reports it.
-                return
-            if type(event) is Data:
-                self._deadline.set("body", self.pool.idle_timeout)
+            kind = type(event)
+            if kind is Data:
+                if not armed:
+                    armed = True
+                    self._deadline.set("body", self.pool.idle_timeout)
                 self._sink.data(event.data)
-            elif type(event) is ResponseHead:
+            elif kind is ResponseHead:
                 if event.status < 200 and event.status != 101:
                     self._sink.head(event, None)
                     continue
                 self._keep_alive = event.keep_alive and reader.body_framing != "eof"
+                armed = True
                 self._deadline.set("body", self.pool.idle_timeout)
                 self._sink.head(event, self.transport)
-            elif type(event) is EndOfMessage:
+            elif kind is EndOfMessage:
                 self._finish_response()
+                return
+            elif event is NEED_DATA:
+                self._sink.flush()
+                return
+            elif event is CLOSED:
+                # The upstream closed before any byte of a response;
+                # connectionLost reports it.
                 return
             elif event is PAUSED:
                 # 101 or a 2xx to CONNECT: the connection is no longer HTTP.

@@ -131,9 +131,12 @@ class Headers:
 
     def without(self, names: frozenset[bytes] | set[bytes]) -> Headers:
         """A new `Headers` without the fields whose lower-case name is in ``names``."""
+        names_here = self._names()
+        if names.isdisjoint(names_here):
+            return Headers(self._pairs, names_here[:])
         pairs: list[tuple[bytes, bytes]] = []
         lower: list[bytes] = []
-        for pair, name in zip(self._pairs, self._names()):
+        for pair, name in zip(self._pairs, names_here):
             if name not in names:
                 pairs.append(pair)
                 lower.append(name)

@@ -406,17 +406,21 @@ class HTTPServerProtocol(Protocol):
 
     def _begin(self, head: RequestHead) -> None:
         self._cancel_timer()
+        factory = self.factory
+        headers = head.headers
+        referer = headers.get(b"referer")
+        user_agent = headers.get(b"user-agent")
         record = AccessRecord(
             kind="http",
-            proxy=self.factory.name,
-            started=self.factory.reactor.seconds(),
+            proxy=factory.name,
+            started=factory.reactor.seconds(),
             client_host=self._peer_host,
             client_port=self._peer_port,
-            method=_text(head.method),
-            target=_text(head.target),
-            version=_text(head.version),
-            referer=_optional_text(head.headers.get(b"referer")),
-            user_agent=_optional_text(head.headers.get(b"user-agent")),
+            method=head.method.decode("latin-1"),
+            target=head.target.decode("latin-1"),
+            version=head.version.decode("latin-1"),
+            referer=None if referer is None else referer.decode("latin-1"),
+            user_agent=None if user_agent is None else user_agent.decode("latin-1"),
         )
         exchange = Exchange(self, head, record)
         self.exchange = exchange
@@ -424,7 +428,7 @@ class HTTPServerProtocol(Protocol):
         if framing == "none":
             exchange.request_complete = True
         else:
-            self._arm("client_idle", self.factory.timeouts.client_idle)
+            self._arm("client_idle", factory.timeouts.client_idle)
             exchange.body = RequestBody(
                 self.transport, framing == "chunked", self._reader.body_length
             )
@@ -632,10 +636,3 @@ def _via_value(version: bytes, pseudonym: bytes) -> bytes:
         version = version[5:]
     return version + b" " + pseudonym
 
-
-def _text(value: bytes) -> str:
-    return value.decode("latin-1")
-
-
-def _optional_text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
