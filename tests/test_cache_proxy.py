@@ -374,6 +374,26 @@ async def test_disk_cache_survives_a_restart_of_the_proxy(cached_proxy, scripted
 
 
 @pytest_twisted.ensureDeferred
+async def test_damaged_stored_copy_is_answered_502_not_sent_and_then_fetched_again(
+    cached_proxy, scripted, tmp_path
+):
+    scripted.routes["d"] = (200, [("Cache-Control", "max-age=3600")], b"stored body", 0)
+    directory = str(tmp_path / "cache")
+    port, _ = cached_proxy(store=DiskStore(directory))
+    await get(port, url(scripted, "d"))
+    [path] = [os.path.join(d, f) for d, _, fs in os.walk(directory + "/data") for f in fs]
+    with open(path, "r+b") as f:
+        data = f.read()
+        f.seek(data.index(b"stored body"))
+        f.write(b"STORED")  # same length, wrong bytes: the checksum no longer holds
+    status, headers, body = await get(port, url(scripted, "d"))
+    assert status == 502 and b"damaged" in body and b"STORED" not in body
+    status, headers, body = await get(port, url(scripted, "d"))
+    assert status == 200 and body == b"stored body" and h(headers)["x-cache"] == "MISS"
+    assert scripted.count("d") == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_slow_reader_of_a_cached_object_is_streamed_with_backpressure(cached_proxy, scripted):
     big = b"z" * (8 * 1024 * 1024)
     scripted.routes["z"] = (200, [("Cache-Control", "max-age=3600")], big, 0)

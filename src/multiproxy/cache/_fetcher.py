@@ -32,6 +32,7 @@ from multiproxy._errors import UpstreamError
 from multiproxy.cache._cache import Action, Answer, Plan, SharedCache
 from multiproxy.cache._collapse import CollapsedForwarding, Flight
 from multiproxy.cache._config import CacheConfig, make_store
+from multiproxy.cache._interfaces import IBodyReader
 from multiproxy.cache._store import CorruptEntry
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
 from multiproxy.http._parser import RequestHead, ResponseHead
@@ -54,27 +55,14 @@ def _note(sink, outcome_x_cache: str) -> None:
 
 @implementer(IPushProducer)
 class _AnswerPump:
-    """Streams an `Answer` from storage into a sink, pausing when the client is slow."""
+    """Streams a stored body into a sink, pausing when the client is slow."""
 
-    def __init__(self, answer: Answer, sink: IResponseSink) -> None:
-        self._answer = answer
+    def __init__(self, reader: IBodyReader, sink: IResponseSink) -> None:
+        self._reader = reader
         self._sink = sink
-        self._reader = None
         self._paused = False
         self._done = False
         self._pumping = False
-
-    def start(self) -> None:
-        answer, sink = self._answer, self._sink
-        self._reader = answer.open_body()
-        head = ResponseHead(_VERSION, answer.status, answer.reason, answer.headers)
-        if self._reader is None:
-            self._done = True
-            sink.head(head, None)
-            sink.end()
-            return
-        sink.head(head, self)
-        self._pump()
 
     def _pump(self) -> None:
         if self._pumping:
@@ -94,13 +82,14 @@ class _AnswerPump:
                     self._sink.end()
                     return
                 self._sink.data(chunk)
+            if not self._done:
+                self._sink.flush()  # paused: send what the sink holds
         finally:
             self._pumping = False
 
     def _stop(self) -> None:
         self._done = True
-        if self._reader is not None:
-            self._reader.close()
+        self._reader.close()
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -114,10 +103,51 @@ class _AnswerPump:
         self._stop()
 
 
+def _read_small(reader: IBodyReader) -> bytes:
+    """All of a body of at most `_CHUNK` bytes (usually one read)."""
+    body = reader.read(_CHUNK)
+    if len(body) == reader.length:
+        return body
+    parts = [body]
+    while body:
+        body = reader.read(_CHUNK)
+        parts.append(body)
+    return b"".join(parts)
+
+
 def _serve(answer: Answer, sink: IResponseSink) -> Callable[[], None]:
+    """
+    Send ``answer`` to ``sink``; returns what stops it (the client went away).
+
+    A body that fits in one piece is read before the head is sent and goes
+    out in one `data`: there is nothing to pause, and a damaged stored copy
+    is answered 502 rather than sent truncated.  A larger body is streamed
+    by an `_AnswerPump`, the client transport's producer.
+    """
     _note(sink, answer.outcome.x_cache)
-    pump = _AnswerPump(answer, sink)
-    pump.start()
+    reader = answer.open_body()
+    head = ResponseHead(_VERSION, answer.status, answer.reason, answer.headers)
+    if reader is None:
+        sink.head(head, None)
+        sink.end()
+        return _nothing
+    if reader.length <= _CHUNK:
+        try:
+            body = _read_small(reader)
+        except (CorruptEntry, OSError) as e:
+            reader.close()
+            log.warn("cache: {error}", error=e)
+            sink.fail(UpstreamError("the cached copy is damaged", 502))
+            return _nothing
+        reader.close()
+        sink.head(head, None)
+        if body:
+            sink.data(body)
+        sink.end()
+        return _nothing
+    pump = _AnswerPump(reader, sink)
+    sink.head(head, pump)
+    pump._pump()
     return pump.stopProducing
 
 
