@@ -177,6 +177,11 @@ def test_keep_alive_follows_version_and_connection(version, connection, expected
 @pytest.mark.parametrize(
     ("version", "connections", "expected"),
     [
+        (b"HTTP/1.0", [b"Keep-Alive"], True),
+        (b"HTTP/1.1", [b"KEEP-ALIVE"], True),
+        (b"HTTP/1.0", [b"CLOSE"], False),
+        (b"HTTP/1.1", [b"Upgrade"], True),
+        (b"HTTP/1.0", [b"Upgrade"], False),
         (b"HTTP/1.1", [b"keep-alive", b"Close"], False),
         (b"HTTP/1.1", [b" \tclose \t"], False),
         (b"HTTP/1.1", [b"", b"upgrade,,"], True),

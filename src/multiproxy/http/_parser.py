@@ -92,6 +92,12 @@ def _keep_alive(version: bytes, headers: Headers) -> bool:
     values = headers.get_all(b"connection")
     if not values:
         return version == b"HTTP/1.1"
+    if len(values) == 1:  # the usual "keep-alive" or "close" alone
+        option = values[0].lower()
+        if option == b"keep-alive":
+            return True
+        if option == b"close":
+            return False
     # The connection options, as Headers.tokens gives them (empty ones are
     # harmless here), without its per-element Python loop.
     tokens = [token.strip(b" \t") for token in b",".join(values).lower().split(b",")]
@@ -210,9 +216,8 @@ class Limits:
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN_RE = re.compile(rb"[" + _TCHAR + rb"]+")
-_REQUEST_LINE_RE = re.compile(
-    rb"([" + _TCHAR + rb"]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])"
-)
+# Major version 1 only: any other fails here and _bad_request_line names it (505).
+_REQUEST_LINE_RE = re.compile(rb"([" + _TCHAR + rb"]+) ([\x21-\x7e]+) HTTP/1\.([0-9])")
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # Controls other than HTAB, CR and LF; CR and LF are checked by counting.
 _HEAD_CTL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -710,7 +715,7 @@ class _Reader:
             return NEED_DATA
         data = self._take(remaining)
         self._remaining = remaining - len(data)
-        return Data(data)
+        return _new_event(Data, (data,))
 
     def _read_until_eof(self) -> Event:
         if self._buf:
@@ -719,7 +724,7 @@ class _Reader:
             max_body = self.limits.max_body
             if max_body is not None and self._body_seen > max_body:
                 raise BodyTooLarge(f"body larger than the limit of {max_body} bytes")
-            return Data(data)
+            return _new_event(Data, (data,))
         if self._eof:
             self._state = _DONE
             return _END
@@ -793,7 +798,7 @@ class _Reader:
                 else:
                     data = b"".join([view[start:end] for start, end in spans])
             del buf[:pos]
-            return Data(data)
+            return _new_event(Data, (data,))
         del buf[:pos]
         if self._eof:
             raise IncompleteMessage("connection closed in the middle of a chunked body (truncated)")
@@ -885,8 +890,9 @@ class RequestReader(_Reader):
             _check_head(start, lines)
             if match is None:
                 raise _bad_request_line(start)
-        method, target, major, minor = match.groups()
-        version = _version(major, minor)
+        method, target, minor = match.groups()
+        # RFC 9110 2.5: a higher minor version is handled as the highest we implement.
+        version = b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
         if known is None:
             known = _parse_fields(lines, limits)
         headers, framing = _headers(known)
