@@ -2,12 +2,12 @@
 """
 CPU cost of one proxied request in multiproxy's own code, without sockets.
 
-    python3 bench/hotpath_bench.py [--requests 20000] [--profile]
+    python3 bench/hotpath_bench.py [--requests 20000] [--proxy forward|reverse] [--profile]
 
-Drives the real ForwardProxy protocol and a real pooled UpstreamConnection
-over in-memory transports: a request goes in on the client side, the
-response comes back on the upstream side, and the bytes the client would
-receive are checked.  Reports microseconds per request (best of 5 runs), so
+Drives the real ForwardProxy (or ReverseProxy, one route to a pool of one
+backend) protocol and a real pooled UpstreamConnection over in-memory
+transports: a request goes in on the client side, the response comes back
+on the upstream side, and the bytes the client would receive are checked.  Reports microseconds per request (best of 5 runs), so
 changes to the hot path can be compared on a noisy machine.
 """
 
@@ -21,14 +21,22 @@ import time
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from multiproxy.balancing import Backend, BackendPool, RoundRobin
 from multiproxy.forward import ForwardProxy
 from multiproxy.forward._origin import Origin
 from multiproxy.http._client import UpstreamConnection
+from multiproxy.reverse import ReverseProxy, Route, RouteTable
 
-REQUEST = (
-    b"GET http://origin.test:8000/100b HTTP/1.1\r\nHost: origin.test:8000\r\n"
-    b"User-Agent: bench/1.0\r\nAccept: */*\r\n\r\n"
-)
+REQUESTS = {
+    "forward": (
+        b"GET http://origin.test:8000/100b HTTP/1.1\r\nHost: origin.test:8000\r\n"
+        b"User-Agent: bench/1.0\r\nAccept: */*\r\n\r\n"
+    ),
+    "reverse": (
+        b"GET /100b HTTP/1.1\r\nHost: site.test\r\n"
+        b"User-Agent: bench/1.0\r\nAccept: */*\r\n\r\n"
+    ),
+}
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 26 Nov 2026 23:00:00 GMT\r\n"
     b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
@@ -37,30 +45,37 @@ RESPONSE = (
 )
 
 
-def setup():
+def setup(proxy: str):
     clock = Clock()
-    factory = ForwardProxy(clock)
+    if proxy == "forward":
+        factory = ForwardProxy(clock)
+        key = Origin("http", "origin.test", 8000).key
+    else:
+        backend = Backend("b0", host="127.0.0.1", port=8000)
+        pools = {"web": BackendPool("web", [backend], RoundRobin(), clock)}
+        factory = ReverseProxy(clock, routes=RouteTable([Route("web")]), pools=pools)
+        key = backend.key
     client = factory.buildProtocol(None)
     client_transport = StringTransport()
     client.makeConnection(client_transport)
-    origin = Origin("http", "origin.test", 8000)
-    upstream = UpstreamConnection(factory.pool, origin.key)
+    upstream = UpstreamConnection(factory.pool, key)
     upstream_transport = StringTransport()
     upstream.makeConnection(upstream_transport)
     factory.pool.release(upstream)
     return client, client_transport, upstream, upstream_transport
 
 
-def run(n: int) -> float:
-    client, client_transport, upstream, upstream_transport = setup()
+def run(n: int, proxy: str = "forward") -> float:
+    client, client_transport, upstream, upstream_transport = setup(proxy)
+    request = REQUESTS[proxy]
     started = time.process_time()
     for _ in range(n):
-        client.dataReceived(REQUEST)
+        client.dataReceived(request)
         upstream_transport.clear()
         upstream.dataReceived(RESPONSE)
         client_transport.clear()
     elapsed = time.process_time() - started
-    client.dataReceived(REQUEST)
+    client.dataReceived(request)
     upstream.dataReceived(RESPONSE)
     assert client_transport.value().endswith(b"x" * 100), client_transport.value()[:300]
     return elapsed / n * 1e6
@@ -69,18 +84,19 @@ def run(n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--proxy", choices=sorted(REQUESTS), default="forward")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
-        run(args.requests)
+        run(args.requests, args.proxy)
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(30)
         return
-    best = min(run(args.requests) for _ in range(5))
-    print(f"{best:.1f} CPU-us per proxied request in multiproxy's code (best of 5, "
-          f"{args.requests} requests each)")
+    best = min(run(args.requests, args.proxy) for _ in range(5))
+    print(f"{args.proxy}: {best:.1f} CPU-us per proxied request in multiproxy's code "
+          f"(best of 5, {args.requests} requests each)")
 
 
 if __name__ == "__main__":
