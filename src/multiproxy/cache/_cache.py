@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import NamedTuple
 
 from zope.interface import implementer
 
@@ -140,8 +141,13 @@ class Action(enum.Enum):
     """Not for the cache: send it upstream as it is, never store the response."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Answer:
+# Answer and Plan are made for every hit, so they are NamedTuples rather
+# than frozen dataclasses: as immutable, but a frozen dataclass's __init__
+# makes one object.__setattr__ call per field (a Plan has twelve).  They
+# compare by identity, as before: they hold a mutable Headers.
+
+
+class Answer(NamedTuple):
     """
     A response the cache makes: status, fields (Age, Cache-Status and framing
     already set) and which bytes of which stored entry form the body.
@@ -166,9 +172,12 @@ class Answer:
             return None
         return self.entry.open_body(self.body_start, self.body_length)
 
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Plan:
+
+class Plan(NamedTuple):
     """
     What to do with one request (from `SharedCache.plan`).
 
@@ -192,6 +201,10 @@ class Plan:
     answer: Answer | None = None
     revalidate: bool = False
     collapsible: bool = False
+
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -618,7 +631,7 @@ class SharedCache:
             plan.outcome, collapsed=True, ttl=int(j.ttl), stale=j.reuse is not Reuse.FRESH
         )
         if shared.status == 200 and not_modified(plan.method, plan.request_headers, shared):
-            return replace(self._not_modified(shared, j.age, outcome), from_flight=True)
+            return self._not_modified(shared, j.age, outcome)._replace(from_flight=True)
         has_body = plan.method == b"GET" and shared.status not in (204, 304)
         extra = []
         if expected_length is not None and shared.status != 204:

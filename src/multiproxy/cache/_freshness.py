@@ -9,11 +9,10 @@ directives, and ``now`` from an injected clock (seconds since the epoch).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from multiproxy.http._dates import parse_http_date
 from multiproxy.cache._directives import DELTA_MAX, RequestDirectives, ResponseDirectives
+from multiproxy.http._dates import parse_http_date
 
 if TYPE_CHECKING:
     from multiproxy.cache._store import StoredResponse
@@ -101,9 +100,13 @@ class Reuse(enum.Enum):
     """Forward a conditional request first."""
 
 
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    """The outcome of `judge`: what to do, and the age and lifetime behind it."""
+class Judgement(NamedTuple):
+    """
+    The outcome of `judge`: what to do, and the age and lifetime behind it.
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and made for
+    every cache hit without one object.__setattr__ call per field.
+    """
 
     reuse: Reuse
     age: float
