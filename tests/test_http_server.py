@@ -397,3 +397,25 @@ def test_a_head_arriving_alone_from_a_real_upstream_connection_is_not_held():
     assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), "the head is flushed at once"
     upstream.dataReceived(b"body")
     assert transport.value().endswith(b"\r\n\r\nbody")
+
+
+def test_idle_upstream_connections_are_capped_in_all_oldest_closed_first():
+    from multiproxy.forward._origin import Origin
+    from multiproxy.http import Limits
+    from multiproxy.http._client import ConnectionPool, UpstreamConnection
+
+    pool = ConnectionPool(Clock(), Limits(), max_idle_total=2)
+    origins = [Origin("http", f"o{i}.test", 80) for i in range(3)]
+    transports = []
+    for origin in origins:
+        conn = UpstreamConnection(pool, origin.key)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        transports.append(transport)
+        pool.release(conn)
+    assert pool.idle_count() == 2
+    assert transports[0].disconnecting, "the connection idle the longest made room"
+    assert not transports[1].disconnecting and not transports[2].disconnecting
+    assert pool.take_idle(origins[0]) is None
+    assert pool.take_idle(origins[2]) is not None
+    assert pool.idle_count() == 1

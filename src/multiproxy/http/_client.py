@@ -276,7 +276,9 @@ class ConnectionPool:
     """
     Persistent upstream connections, kept idle per upstream key for reuse.
 
-    At most ``max_idle_per_key`` idle connections are kept per key; each is
+    At most ``max_idle_per_key`` idle connections are kept per key and
+    ``max_idle_total`` in all (a forward proxy meets many origins: past the
+    total, the connection idle the longest is closed to make room); each is
     closed after ``keepalive_timeout`` seconds unused.
     """
 
@@ -290,6 +292,7 @@ class ConnectionPool:
         idle_timeout: float | None = 60.0,
         keepalive_timeout: float = 30.0,
         max_idle_per_key: int = 256,
+        max_idle_total: int = 1024,
     ) -> None:
         self.reactor = reactor
         self.limits = limits
@@ -298,7 +301,9 @@ class ConnectionPool:
         self.idle_timeout = idle_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_idle_per_key = max_idle_per_key
+        self.max_idle_total = max_idle_total
         self._idle: dict[object, list[UpstreamConnection]] = {}
+        self._idle_order: dict[UpstreamConnection, None] = {}  # every idle one, oldest first
 
     @classmethod
     def from_timeouts(cls, reactor, limits: Limits, timeouts) -> ConnectionPool:
@@ -315,13 +320,14 @@ class ConnectionPool:
         """How many idle connections are kept (for one key, or in all)."""
         if key is not None:
             return len(self._idle.get(key, ()))
-        return sum(len(v) for v in self._idle.values())
+        return len(self._idle_order)
 
     def take_idle(self, upstream) -> UpstreamConnection | None:
         """An idle connection to ``upstream``, if one is kept (most recently used first)."""
         idle = self._idle.get(upstream.key)
         while idle:
             conn = idle.pop()
+            self._idle_order.pop(conn, None)
             if not conn.lost:
                 conn._deadline.clear()
                 return conn
@@ -341,15 +347,21 @@ class ConnectionPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """``conn`` finished a request and may be reused."""
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= self.max_idle_per_key:
+        idle = self._idle.get(conn.key)
+        if idle is not None and len(idle) >= self.max_idle_per_key:
             conn.transport.loseConnection()
             return
-        idle.append(conn)
+        if len(self._idle_order) >= self.max_idle_total:
+            oldest = next(iter(self._idle_order))
+            self.forget(oldest)
+            oldest.transport.loseConnection()
+        self._idle.setdefault(conn.key, []).append(conn)
+        self._idle_order[conn] = None
         conn.pooled(self.keepalive_timeout)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """``conn`` is closed: it must never be handed out again."""
+        self._idle_order.pop(conn, None)
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
@@ -362,6 +374,7 @@ class ConnectionPool:
             for conn in list(idle):
                 conn.transport.loseConnection()
         self._idle.clear()
+        self._idle_order.clear()
 
 
 @implementer(IFetcher)
