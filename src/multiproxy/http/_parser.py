@@ -1001,7 +1001,7 @@ class ResponseReader(_Reader):
         self._expected.append(method)
 
     def start_next(self) -> None:
-        super().start_next()
+        _Reader.start_next(self)  # not super(): this runs once per response
         if self._expected:
             self._expected.popleft()
 
