@@ -5,7 +5,6 @@ and reloads it on ``SIGHUP``.
 
 from __future__ import annotations
 
-import signal
 from functools import partial
 from typing import Any
 
@@ -13,6 +12,7 @@ from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from multiproxy._sighup import on_sighup
 from multiproxy.policy._config import PolicySource
 from multiproxy.policy._holder import PolicyHolder
 
@@ -39,8 +39,7 @@ class PolicyService(Service):
     """
     Reloads ``holder`` when the process gets ``SIGHUP`` (if the policy came
     from a file), without touching connections; `reload` is the same thing
-    for code and tests.  The previous ``SIGHUP`` handler is put back when the
-    service stops.
+    for code and tests.
     """
 
     log = Logger(namespace="multiproxy.policy")
@@ -48,25 +47,20 @@ class PolicyService(Service):
     def __init__(self, holder: PolicyHolder, reactor: Any) -> None:
         self.holder = holder
         self.reactor = reactor
-        self._previous: Any = None
-        self._installed = False
+        self._stop_listening: Any = None
 
     def startService(self) -> None:
         super().startService()
-        if self.holder.reloadable and hasattr(signal, "SIGHUP"):
-            self._previous = signal.signal(signal.SIGHUP, self._on_signal)
-            self._installed = True
+        if self.holder.reloadable:
+            self._stop_listening = on_sighup(self.reactor, self.reload)
 
     def stopService(self):
-        if self._installed:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._installed = False
+        stop, self._stop_listening = self._stop_listening, None
+        if stop is not None:
+            stop()
         return super().stopService()
 
     def reload(self) -> bool:
         """Re-read the policy now; True if the new one is in force."""
         return self.holder.reload()
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Signal handlers run between bytecodes; do the work in the reactor.
-        self.reactor.callFromThread(self.reload)

@@ -7,7 +7,6 @@ shutdown.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from twisted.logger import Logger
 
 from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
+from multiproxy._sighup import on_sighup
 from multiproxy._tls import ServerTLS, tls_server_endpoint
 from multiproxy.balancing import (
     Backend,
@@ -138,7 +138,7 @@ class ReverseService(MultiService):
         self.server_tls = server_tls
         self.reload_on_sighup = reload_on_sighup
         self.listeners: list[Service] = []
-        self._previous_sighup: Any = None
+        self._stop_sighup: Any = None
 
     def add_listener(self, service: Service) -> None:
         """A service that accepts client connections (stopped first on shutdown)."""
@@ -160,19 +160,13 @@ class ReverseService(MultiService):
     def startService(self) -> None:
         super().startService()
         if self.reload_on_sighup and self.server_tls is not None:
-            self._previous_sighup = signal.getsignal(signal.SIGHUP)
-            signal.signal(signal.SIGHUP, self._on_sighup)
-
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
-        previous = self._previous_sighup
-        if callable(previous):
-            previous(signum, frame)
+            self._stop_sighup = on_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)
-        if self.reload_on_sighup and self.server_tls is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
+        stop, self._stop_sighup = self._stop_sighup, None
+        if stop is not None:
+            stop()
         others = [s for s in self if s not in self.listeners]
         d = defer.gatherResults(
             [defer.maybeDeferred(s.stopService) for s in self.listeners], consumeErrors=True)
