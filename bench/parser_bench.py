@@ -2,6 +2,7 @@
 Time HTTP/1.x message parsing: multiproxy's reader against h11 and httptools.
 
     python3 bench/parser_bench.py [--quick]
+    python3 bench/parser_bench.py --against OLD_PARSER.py [--quick]
 
 Prints CPU microseconds per message (best of 3 rounds; process time, so
 other load on a shared machine disturbs the figures less) and each parser's ratio
@@ -12,6 +13,13 @@ body fed in 64 KiB pieces (MB/s).  Then replays the smuggling corpus
 through.  Every parser builds the same things: the
 head fields as a list of byte pairs and the body pieces.  Runs in about 10 s
 of CPU.
+
+With ``--against``, compares our reader with another version of
+``multiproxy/http/_parser.py`` (e.g. ``git show HEAD~3:src/multiproxy/http/_parser.py
+> /tmp/old.py``) instead: the rounds of the two alternate, so on a shared
+machine both see the same load, and the best of each is printed with the
+ratio.  Separate runs are not comparable there: one busy neighbour moves
+every figure by 30% or more.
 """
 
 from __future__ import annotations
@@ -22,13 +30,8 @@ import time
 import h11
 import httptools
 
-from multiproxy.http._parser import (
-    NEED_DATA,
-    Data,
-    EndOfMessage,
-    RequestReader,
-    ResponseReader,
-)
+from multiproxy.http import _parser as ours
+from multiproxy.http._parser import NEED_DATA, Data, EndOfMessage, RequestReader
 
 REQUEST = (
     b"GET /static/app/main.js?v=1234567 HTTP/1.1\r\n"
@@ -74,28 +77,30 @@ PIECE = 64 * 1024
 # -- ours -----------------------------------------------------------------------
 
 
-def ours_requests(messages: list[bytes]) -> None:
-    reader = RequestReader()
+def ours_requests(messages: list[bytes], parser=ours) -> None:
+    reader = parser.RequestReader()
+    end, need_data = parser.EndOfMessage, parser.NEED_DATA
     for data in messages:
         reader.feed(data)
         while True:
             event = reader.next_event()
-            if type(event) is EndOfMessage:
+            if type(event) is end:
                 break
-            assert event is not NEED_DATA
+            assert event is not need_data
         reader.start_next()
 
 
-def ours_responses(data: bytes, n: int) -> None:
-    reader = ResponseReader()
+def ours_responses(data: bytes, n: int, parser=ours) -> None:
+    reader = parser.ResponseReader()
+    end, need_data = parser.EndOfMessage, parser.NEED_DATA
     for _ in range(n):
         reader.expect(b"GET")
         reader.feed(data)
         while True:
             event = reader.next_event()
-            if type(event) is EndOfMessage:
+            if type(event) is end:
                 break
-            assert event is not NEED_DATA
+            assert event is not need_data
         reader.start_next()
 
 
@@ -316,19 +321,57 @@ def best_of(fn, *args, rounds: int = 3) -> float:
     return best
 
 
-def main() -> None:
-    quick = "--quick" in sys.argv
-    n = 2000 if quick else 5000
-    n_chunked = 300 if quick else 800
-    same = [REQUEST] * n
+def _distinct(n: int) -> list[bytes]:
     # Every field line different in every message: the reader's cache of
     # parsed field lines never hits (its worst case).
-    distinct = [
+    return [
         b"\r\n".join(
             line + b"-%d" % i if b": " in line else line for line in REQUEST.split(b"\r\n")
         )
         for i in range(n)
     ]
+
+
+def against(path: str, quick: bool) -> None:
+    """Alternate rounds of our reader and the one in ``path``; print the best of each."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("parser_against", path)
+    other = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = other  # dataclasses look their module up
+    spec.loader.exec_module(other)
+    n = 2000 if quick else 5000
+    n_chunked = 300 if quick else 800
+    rounds = 5 if quick else 12
+    cases = [
+        ("request head (11 fields)", n, ours_requests, ([REQUEST] * n,)),
+        ("request head, every field line distinct", n, ours_requests, (_distinct(n),)),
+        ("response head + 100 B body", n, ours_responses, (RESPONSE, n)),
+        ("chunked request, 16 x 4 KiB", n_chunked, ours_requests, ([CHUNKED] * n_chunked,)),
+    ]
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(rounds):
+        for title, count, fn, args in cases:
+            for name, parser in (("against", other), ("ours", ours)):
+                start = time.process_time()
+                fn(*args, parser=parser)
+                micro = (time.process_time() - start) / count * 1e6
+                best[title, name] = min(best.get((title, name), micro), micro)
+    print(f"microseconds per message, best of {rounds} alternated rounds; against: {path}")
+    for title, _, _, _ in cases:
+        old, new = best[title, "against"], best[title, "ours"]
+        print(f"  {title:<42} against {old:8.2f}   ours {new:8.2f}   x{new / old:5.2f}")
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    if "--against" in sys.argv:
+        against(sys.argv[sys.argv.index("--against") + 1], quick)
+        return
+    n = 2000 if quick else 5000
+    n_chunked = 300 if quick else 800
+    same = [REQUEST] * n
+    distinct = _distinct(n)
     cases = [
         ("request head (11 fields)", n, [
             ("multiproxy", ours_requests, (same,)),
