@@ -41,7 +41,6 @@ from multiproxy.http._parser import (
 )
 from multiproxy.http._rules import end_to_end
 from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, response_head_bytes
-from multiproxy.policy._admission import connection_slot
 
 log = Logger()
 
@@ -331,6 +330,9 @@ class HTTPServerProtocol(Protocol):
         self.factory.connections.add(self)
         # The policy's per-client connection limit: over it, the first
         # request is answered 429 by the subclass (see `over_connection_limit`).
+        # Imported here: multiproxy.policy builds on this package.
+        from multiproxy.policy._admission import connection_slot
+
         self._release_slot, self.over_connection_limit = connection_slot(
             getattr(self.factory, "policy", None), self._peer_host
         )
