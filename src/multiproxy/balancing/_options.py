@@ -24,10 +24,10 @@ class HealthOptions:
     ``--health-interval``, ``--health-timeout``, ``--health-rise``,
     ``--health-fall``), and `health_config` to call from ``postOptions``.
 
-    The proxy declares ``--health-check``, ``--health-path`` and
-    ``--max-failures`` itself, in its own words (failed requests or failed
-    connections), and settles the kind of check before calling
-    `health_config`.
+    The proxy declares ``--health-check`` (default None), ``--health-path``
+    and ``--max-failures`` itself, in its own words (failed requests or
+    failed connections); `health_config` settles the kind of check the same
+    way for every proxy.
     """
 
     optFlags = [
@@ -41,14 +41,25 @@ class HealthOptions:
          "Failed checks in a row that take a backend down.", int],
     ]
 
-    def health_config(self: Any, check: str, path: str) -> HealthConfig:
+    def health_config(self: Any) -> HealthConfig:
         """
-        The `HealthConfig` these options describe, with the kind of ``check``
-        and the ``path`` the proxy settled on.
+        The `HealthConfig` these options describe.  The kind of check is
+        ``--health-check`` if given, else http when ``--health-path`` is
+        given, else tcp; ``--no-health`` overrides both.
 
-        @raise usage.UsageError: for an interval or timeout that is not more
-            than 0, or a count (``--max-failures`` included) below 1.
+        @raise usage.UsageError: for an unknown kind of check, a path that
+            is not ``/...``, an interval or timeout that is not more than 0,
+            or a count (``--max-failures`` included) below 1.
         """
+        check = self["health-check"] or ("http" if self["health-path"] else "tcp")
+        if check not in ("http", "tcp", "none"):
+            raise usage.UsageError(f"--health-check must be tcp, http or none, not {check!r}")
+        if self["no-health"]:
+            check = "none"
+        path = self["health-path"] or "/"
+        if not path.startswith("/") or " " in path:
+            raise usage.UsageError(
+                f"--health-path must start with / and hold no spaces, got {path!r}")
         for key in ("health-interval", "health-timeout"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be more than 0")

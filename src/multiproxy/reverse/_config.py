@@ -470,17 +470,7 @@ class ReverseOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, 
         if self["host-header"] not in ("keep", "backend"):
             raise usage.UsageError(
                 f"--host-header must be keep or backend, not {self['host-header']!r}")
-        check = self["health-check"] or ("http" if self["health-path"] else "tcp")
-        if check not in ("http", "tcp", "none"):
-            raise usage.UsageError(
-                f"--health-check must be tcp, http or none, not {check!r}")
-        if self["no-health"]:
-            check = "none"
-        health_path = self["health-path"] or "/"
-        if not health_path.startswith("/") or " " in health_path:
-            raise usage.UsageError(
-                f"--health-path must start with / and hold no spaces, got {health_path!r}")
-        health = self.health_config(check, health_path)
+        health = self.health_config()
         if self["connect-timeout"] <= 0:
             raise usage.UsageError("--connect-timeout must be more than 0")
         for key in ("response-timeout", "header-timeout", "keepalive-timeout",

@@ -298,7 +298,8 @@ class TCPOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usag
          "Other backends to try when a connect fails.", int],
         ["proxy-protocol", None, None,
          "Send each backend a PROXY protocol header: v1 (text) or v2 (binary)."],
-        ["health-check", None, "tcp", "Active health check: tcp (connect), http or none."],
+        ["health-check", None, None,
+         "Active health check: tcp (connect; the default), http (GET --health-path) or none."],
         ["health-path", None, None, "Path of an HTTP health check (implies --health-check http)."],
         ["max-failures", None, 3,
          "Failed connections in a row that eject a backend (passive health).", int],
@@ -335,21 +336,13 @@ class TCPOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usag
             raise usage.UsageError(
                 f"--proxy-protocol must be v1 or v2, not {self['proxy-protocol']!r}"
             )
-        check = "http" if self["health-path"] else self["health-check"]
-        if self["no-health"]:
-            check = "none"
-        if check not in ("tcp", "http", "none"):
-            raise usage.UsageError(f"--health-check must be tcp, http or none, not {check!r}")
         for key in ("connect-timeout", "header-timeout"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be more than 0")
         for key in ("idle-timeout", "shutdown-timeout", "retries"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative")
-        path = self["health-path"] or "/"
-        if not path.startswith("/") or " " in path:
-            raise usage.UsageError(f"--health-path must start with / and hold no spaces: {path!r}")
-        health = self.health_config(check, path)
+        health = self.health_config()
         tls = self.tls_config()
         config = TCPConfig(
             name=self["name"],
