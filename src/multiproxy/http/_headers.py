@@ -71,8 +71,11 @@ class Headers:
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of field ``name`` (lower case), in order."""
         lower = self._names()
-        if name not in lower:
+        count = lower.count(name)
+        if count == 0:
             return []
+        if count == 1:  # the usual case, without a Python-level loop
+            return [self._pairs[lower.index(name)][1]]
         return [v for (_, v), n in zip(self._pairs, lower) if n == name]
 
     def combined(self, name: bytes) -> bytes | None:
