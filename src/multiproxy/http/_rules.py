@@ -32,25 +32,26 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 _PROTECTED = frozenset({b"content-length", b"host"})
 
 
-# Connection field values seen -> the names they make a proxy drop; bounded.
-_DROPS: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+# (fields always dropped, Connection values) -> the names to drop; bounded.
+_DROPS: dict[tuple[frozenset[bytes], tuple[bytes, ...]], frozenset[bytes]] = {}
 _DROPS_MAX = 1024
 
 
-def end_to_end(headers: Headers) -> Headers:
+def end_to_end(headers: Headers, hop_by_hop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
     """
     A new `Headers` holding only the end-to-end fields of ``headers``:
-    without `HOP_BY_HOP` fields and without the fields named by ``Connection``
+    without the ``hop_by_hop`` fields (a proxy may pass a superset of
+    `HOP_BY_HOP`) and without the fields named by ``Connection``
     (Content-Length and Host are always kept).  Order and repeats are kept.
     """
     connection = headers.get_all(b"connection")
     if not connection:
-        return headers.without(HOP_BY_HOP)
+        return headers.without(hop_by_hop)
     # Nearly every message says "keep-alive" or "close": work each out once.
-    key = tuple(connection)
+    key = (hop_by_hop, tuple(connection))
     drop = _DROPS.get(key)
     if drop is None:
-        drop = HOP_BY_HOP.union(list_tokens(connection)).difference(_PROTECTED)
+        drop = hop_by_hop.union(list_tokens(connection)).difference(_PROTECTED)
         if len(_DROPS) >= _DROPS_MAX:
             _DROPS.clear()
         _DROPS[key] = drop

@@ -104,7 +104,10 @@ def apply_forwarded(
         # The common case: whatever the client sent is dropped, ours appended.
         ours = _fresh_fields(client_host, node, proto, host, settings.x_forwarded,
                              settings.forwarded, settings.by or None)
-        return Headers(headers.without(_FORWARDING_FIELDS).pairs + ours)
+        out = headers.without(_FORWARDING_FIELDS)
+        for name, value in ours:
+            out.add(name, value)
+        return out
     out = headers.copy()
     if settings.x_forwarded:
         _set_x_forwarded(out, client_host or "unknown", proto, host, trusted)

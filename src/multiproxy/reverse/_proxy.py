@@ -38,7 +38,7 @@ from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import IFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead, ResponseHead
-from multiproxy.http._rules import end_to_end
+from multiproxy.http._rules import HOP_BY_HOP, end_to_end
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target
 from multiproxy.policy._admission import Refusal, rate_limited, refusal
@@ -47,6 +47,9 @@ from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
 from multiproxy.reverse._routing import RouteMatch, RouteTable
 
 log = Logger()
+
+# A client must not smuggle an HTTP/2 upgrade's settings past us either.
+_REQUEST_HOP_BY_HOP = HOP_BY_HOP | {b"http2-settings"}
 
 
 
@@ -215,9 +218,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
         """The header fields sent to ``backend`` (framing fields are added later)."""
         head = exchange.request
         factory = self.factory
-        headers = end_to_end(head.headers)
-        # A client must not smuggle an HTTP/2 upgrade's settings past us.
-        headers.remove(b"http2-settings")
+        headers = end_to_end(head.headers, _REQUEST_HOP_BY_HOP)
         headers = apply_forwarded(
             headers,
             client_host=self.client_host,
