@@ -43,7 +43,7 @@ from multiproxy.cache._invalidation import invalidated_keys
 from multiproxy.cache._keys import cache_key, vary_matches
 from multiproxy.cache._status import CacheOutcome
 from multiproxy.cache._storable import refusal
-from multiproxy.cache._store import Fields, StoredResponse, describe_response, unpack_fields
+from multiproxy.cache._store import StoredResponse, describe_response, unpack_fields
 from multiproxy.cache._validation import (
     CONDITIONAL_FIELDS,
     UNSATISFIABLE,
@@ -63,8 +63,9 @@ _AGE_MAX = 2**31
 _NO_DIRECTIVES = RequestDirectives()
 
 
-#: Fields with their lower-case names, ready to extend a `Headers`.
-_Marks = tuple[Fields, tuple[bytes, ...]]
+#: Fields and their lower-case names, ready to be joined into a `Headers`
+#: (memoised: the lists are shared and never changed).
+_Marks = tuple[list[tuple[bytes, bytes]], list[bytes]]
 
 
 # The memos below keep the work a hit repeats out of the hit path: a hot
@@ -80,22 +81,22 @@ def _stored_fields(head: bytes, drop_x_cache: bool) -> _Marks:
     lower-case names; ``drop_x_cache``: without the X-Cache fields it was
     stored with (this cache adds its own).
     """
-    pairs = unpack_fields(head)
-    lower = tuple([n.lower() for n, _ in pairs])
+    pairs = list(unpack_fields(head))
+    lower = [n.lower() for n, _ in pairs]
     if drop_x_cache and b"x-cache" in lower:
         keep = [i for i, n in enumerate(lower) if n != b"x-cache"]
-        pairs = tuple([pairs[i] for i in keep])
-        lower = tuple([lower[i] for i in keep])
+        pairs = [pairs[i] for i in keep]
+        lower = [lower[i] for i in keep]
     return pairs, lower
 
 
 @lru_cache(maxsize=1024)
 def _marks(outcome: CacheOutcome, name: str, x_cache: bool) -> _Marks:
     """The Cache-Status (and X-Cache) fields for ``outcome``."""
-    pairs: Fields = ((b"Cache-Status", outcome.cache_status(name)),)
+    pairs = [(b"Cache-Status", outcome.cache_status(name))]
     if x_cache:
-        pairs += ((b"X-Cache", outcome.x_cache.encode("ascii")),)
-    return pairs, tuple([n.lower() for n, _ in pairs])
+        pairs.append((b"X-Cache", outcome.x_cache.encode("ascii")))
+    return pairs, [n.lower() for n, _ in pairs]
 
 
 @lru_cache(maxsize=4096)
@@ -110,19 +111,17 @@ def _hit(ttl: int, stale: bool, swr: bool, name: str, x_cache: bool) -> tuple[Ca
 def _answer_headers(
     meta: StoredResponse,
     drop_x_cache: bool,
-    extra: list[tuple[bytes, bytes, bytes]],
+    extra: list[tuple[bytes, bytes]],
+    extra_lower: list[bytes],
     marks: _Marks,
 ) -> Headers:
     """
     A fresh `Headers` for an answer from ``meta``: its stored fields, then
-    ``extra`` ((name, value, lower-case name) triples), then ``marks``.
+    ``extra`` (whose lower-case names are ``extra_lower``), then ``marks``.
     """
     pairs, lower = _stored_fields(meta.head, drop_x_cache)
     mark_pairs, mark_lower = marks
-    return Headers(
-        [*pairs, *[(n, v) for n, v, _ in extra], *mark_pairs],
-        [*lower, *[low for _, _, low in extra], *mark_lower],
-    )
+    return Headers(pairs + extra + mark_pairs, lower + extra_lower + mark_lower)
 
 
 _RETRYABLE_ERRORS = frozenset({500, 502, 503, 504})
@@ -633,11 +632,14 @@ class SharedCache:
         if shared.status == 200 and not_modified(plan.method, plan.request_headers, shared):
             return self._not_modified(shared, j.age, outcome)._replace(from_flight=True)
         has_body = plan.method == b"GET" and shared.status not in (204, 304)
-        extra = []
+        extra = [(b"Age", b"%d" % min(int(j.age), _AGE_MAX))]
+        extra_lower = [b"age"]
         if expected_length is not None and shared.status != 204:
-            extra.append((b"Content-Length", b"%d" % expected_length, b"content-length"))
-        extra.append((b"Age", b"%d" % min(int(j.age), _AGE_MAX), b"age"))
-        headers = _answer_headers(shared, self.config.x_cache, extra, self._marks(outcome))
+            extra.insert(0, (b"Content-Length", b"%d" % expected_length))
+            extra_lower.insert(0, b"content-length")
+        headers = _answer_headers(
+            shared, self.config.x_cache, extra, extra_lower, self._marks(outcome)
+        )
         length = (-1 if expected_length is None else expected_length) if has_body else 0
         return Answer(
             shared.status, shared.reason, headers, outcome, body_length=length, from_flight=True
@@ -664,7 +666,8 @@ class SharedCache:
             return self._not_modified(meta, age, outcome, entry)
         status, reason = meta.status, meta.reason
         start, length = 0, meta.body_length
-        extra: list[tuple[bytes, bytes, bytes]] = []
+        extra: list[tuple[bytes, bytes]] = []
+        extra_lower: list[bytes] = []
         range_value = request_headers.get(b"range")
         if (
             range_value is not None
@@ -691,18 +694,17 @@ class SharedCache:
                 start, length = first, last - first + 1
                 status, reason = 206, STATUS_REASONS[206]
                 extra.append(
-                    (
-                        b"Content-Range",
-                        b"bytes %d-%d/%d" % (first, last, meta.body_length),
-                        b"content-range",
-                    )
+                    (b"Content-Range", b"bytes %d-%d/%d" % (first, last, meta.body_length))
                 )
+                extra_lower.append(b"content-range")
         if status != 204:
-            extra.append((b"Content-Length", b"%d" % length, b"content-length"))
-        extra.append((b"Age", b"%d" % min(int(age), _AGE_MAX), b"age"))
+            extra.append((b"Content-Length", b"%d" % length))
+            extra_lower.append(b"content-length")
+        extra.append((b"Age", b"%d" % min(int(age), _AGE_MAX)))
+        extra_lower.append(b"age")
         if marks is None:
             marks = self._marks(outcome)
-        headers = _answer_headers(meta, self.config.x_cache, extra, marks)
+        headers = _answer_headers(meta, self.config.x_cache, extra, extra_lower, marks)
         if method != b"GET" or status == 204:
             length = 0
         return Answer(status, reason, headers, outcome, entry, start, length)
