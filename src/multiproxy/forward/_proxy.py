@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -203,11 +204,10 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         if upstream is None:
             exchange.respond_error(503, f"no upstream available for {intent.host}")
             return
-        default_port = 443 if intent.scheme == "https" else 80
-        host = f"[{intent.host}]" if ":" in intent.host else intent.host
-        authority = host if intent.port == default_port else f"{host}:{intent.port}"
         head = exchange.request
-        headers = self.request_headers(exchange, intent, authority.encode("ascii"))
+        headers = self.request_headers(
+            exchange, intent, _host_value(intent.scheme, intent.host, intent.port)
+        )
         exchange.forward(
             ForwardedRequest(
                 intent=intent,
@@ -274,6 +274,15 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 exchange.respond_error(failure.value.status, str(failure.value))
 
         connecting.addCallbacks(opened, failed)
+
+
+@lru_cache(maxsize=4096)
+def _host_value(scheme: str, host: str, port: int) -> bytes:
+    """The Host field for an origin: ``host[:port]``, the port only if not the default."""
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 443 if scheme == "https" else 80
+    return (host if port == default_port else f"{host}:{port}").encode("ascii")
 
 
 @implementer(IProxy)
