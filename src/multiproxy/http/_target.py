@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from multiproxy._errors import ProtocolError
 
@@ -37,9 +37,8 @@ class UnsupportedScheme(ProtocolError):
     reason = b"Not Implemented"
 
 
-@dataclass(frozen=True, slots=True)
-class AbsoluteTarget:
-    """An absolute-form request target, split up."""
+class AbsoluteTarget(NamedTuple):
+    """An absolute-form request target, split up (built on every request: a named tuple)."""
 
     scheme: str
     """"http" or "https", lower case."""
