@@ -229,6 +229,14 @@ class Reply:
     refetch: bool = False
 
 
+# Looked up once for the hit path: an Enum member read from its class costs
+# about 0.1 us in Python 3.11.
+_ANSWER = Action.ANSWER
+_FRESH = Reuse.FRESH
+_STALE_WHILE_REVALIDATE = Reuse.STALE_WHILE_REVALIDATE
+_VALIDATE = Reuse.VALIDATE
+
+
 @implementer(ICacheEntry)
 class _Rebased:
     """An entry seen with newer metadata (when the store lost it mid-update)."""
@@ -332,15 +340,14 @@ class SharedCache:
                 collapsible=collapsible,
             )
         j = judge(entry.meta, rcc, now)
-        if j.reuse is not Reuse.VALIDATE:
-            swr = j.reuse is Reuse.STALE_WHILE_REVALIDATE
+        reuse = j.reuse
+        if reuse is not _VALIDATE:
+            swr = reuse is _STALE_WHILE_REVALIDATE
             cfg = self.config
-            outcome, marks = _hit(
-                int(j.ttl), j.reuse is not Reuse.FRESH, swr, cfg.name, cfg.x_cache
-            )
+            outcome, marks = _hit(int(j.ttl), reuse is not _FRESH, swr, cfg.name, cfg.x_cache)
             answer = self._answer(entry, method, request_headers, j.age, outcome, now, marks)
             return Plan(
-                Action.ANSWER,
+                _ANSWER,
                 method,
                 url,
                 key,

@@ -40,6 +40,7 @@ from multiproxy.http._parser import RequestHead, ResponseHead
 log = Logger()
 
 _CHUNK = 65536
+_ANSWER = Action.ANSWER  # an Enum member read from its class is slow in Python 3.11
 _VERSION = b"HTTP/1.1"
 
 
@@ -443,7 +444,7 @@ class CachingFetcher:
             return self.inner.fetch(request, sink)
         url = request.intent.target.encode("latin-1")
         plan = self.cache.plan(head.method, url, head.headers)
-        if plan.action is Action.ANSWER:
+        if plan.action is _ANSWER:
             cancel = _serve(plan.answer, sink)
             if plan.revalidate:
                 self._revalidate(request, plan)

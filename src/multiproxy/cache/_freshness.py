@@ -100,6 +100,11 @@ class Reuse(enum.Enum):
     """Forward a conditional request first."""
 
 
+# Looked up once: an Enum member read from its class costs about 0.1 us in
+# Python 3.11, and every hit is judged.
+_FRESH = Reuse.FRESH
+
+
 class Judgement(NamedTuple):
     """
     The outcome of `judge`: what to do, and the age and lifetime behind it.
@@ -138,7 +143,7 @@ def judge(stored: StoredResponse, request: RequestDirectives, now: float) -> Jud
     if request.min_fresh is not None and left < request.min_fresh:
         return Judgement(Reuse.VALIDATE, age, lifetime, "request")
     if left > 0:
-        return Judgement(Reuse.FRESH, age, lifetime, "fresh")
+        return Judgement(_FRESH, age, lifetime, "fresh")
     staleness = -left
     if stored.forbids_stale:
         return Judgement(Reuse.VALIDATE, age, lifetime, "stale")
