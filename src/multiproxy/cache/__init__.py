@@ -26,10 +26,10 @@ from multiproxy.cache._status import CacheOutcome
 from multiproxy.cache._store import CorruptEntry, StoredResponse
 
 __all__ = [
-    "Action",
-    "Answer",
     "CACHE_OPT_FLAGS",
     "CACHE_OPT_PARAMETERS",
+    "Action",
+    "Answer",
     "CacheConfig",
     "CacheOutcome",
     "CollapsedForwarding",

@@ -19,7 +19,7 @@ from multiproxy.cache._store import BytesReader, StoredResponse, meta_size
 class MemoryEntry:
     """A stored response held in memory."""
 
-    __slots__ = ("meta", "body", "cost", "variant")
+    __slots__ = ("body", "cost", "meta", "variant")
 
     def __init__(self, meta: StoredResponse, body: bytes) -> None:
         self.meta = meta
@@ -33,7 +33,7 @@ class MemoryEntry:
 
 @implementer(IEntryWriter)
 class _MemoryWriter:
-    __slots__ = ("_store", "_meta", "_expected", "_chunks", "written", "abandoned", "_limit")
+    __slots__ = ("_chunks", "_expected", "_limit", "_meta", "_store", "abandoned", "written")
 
     def __init__(self, store: MemoryStore, meta: StoredResponse, expected: int | None) -> None:
         self._store = store

@@ -12,12 +12,12 @@ from functools import lru_cache
 from zope.interface import implementer
 
 from multiproxy._errors import MultiproxyError
-from multiproxy.http._dates import format_http_date
 from multiproxy.cache._directives import ResponseDirectives
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._interfaces import IBodyReader
 from multiproxy.cache._keys import VaryValue, variant_id, vary_names, vary_values
 from multiproxy.cache._storable import stored_fields
+from multiproxy.http._dates import format_http_date
 from multiproxy.http._headers import Headers
 
 Fields = tuple[tuple[bytes, bytes], ...]
@@ -208,7 +208,7 @@ def decode_meta(data: bytes) -> StoredResponse:
 class BytesReader:
     """Reads a byte range of an in-memory body, without copying small bodies."""
 
-    __slots__ = ("_data", "_pos", "_end", "length")
+    __slots__ = ("_data", "_end", "_pos", "length")
 
     def __init__(self, data: bytes, start: int = 0, length: int | None = None) -> None:
         end = len(data) if length is None else min(len(data), start + length)

@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from multiproxy.http._dates import parse_http_date
 from multiproxy.cache._directives import parse_response_directives, split_list
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._keys import vary_names
 from multiproxy.cache._storable import is_dropped_on_update
 from multiproxy.cache._store import pack_fields
+from multiproxy.http._dates import parse_http_date
 from multiproxy.http._headers import Headers
 
 if TYPE_CHECKING:
