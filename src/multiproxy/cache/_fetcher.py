@@ -315,6 +315,10 @@ class _UpstreamSink:
     # -- control ----------------------------------------------------------
 
     def _done(self) -> None:
+        # The upstream fetch and the producer wrapper point back at this
+        # sink: dropping them lets reference counting free it, no cycle.
+        self.abort_upstream = _nothing
+        self.producer = None
         done, self.on_done = self.on_done, None
         if done is not None:
             done()

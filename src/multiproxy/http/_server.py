@@ -146,10 +146,15 @@ class Exchange:
         if self.finished:
             self.protocol.exchange_done(self)
 
-    def forward(self, request: ForwardedRequest) -> None:
-        """Send ``request`` upstream through the proxy's fetcher; the answer comes here."""
+    def forward(self, request: ForwardedRequest, fetcher: IFetcher | None = None) -> None:
+        """
+        Send ``request`` upstream through ``fetcher`` (by default the
+        proxy's); the answer comes here.
+        """
         self.record.upstream = getattr(request.upstream, "name", None)
-        self.abort_fetch = self.protocol.factory.fetcher.fetch(request, self)
+        abort = (fetcher or self.protocol.factory.fetcher).fetch(request, self)
+        if not self.finished:  # a cache may have answered already
+            self.abort_fetch = abort
 
     # -- IResponseSink ---------------------------------------------------
 
@@ -218,6 +223,7 @@ class Exchange:
         self.flush()
         self._release_producer()
         self.finished = True
+        self.abort_fetch = None
         self.protocol.report(self)
         # Closing without the framing's end (length not reached, no last
         # chunk) is how HTTP/1.1 says "truncated"; flush what arrived first.
@@ -279,6 +285,9 @@ class Exchange:
     def _finish(self) -> None:
         self._release_producer()
         self.finished = True
+        # The fetch holds this exchange as its sink: dropping the way back
+        # lets reference counting free both at once, no garbage cycle.
+        self.abort_fetch = None
         self.protocol.exchange_done(self)
 
     def client_lost(self) -> None:

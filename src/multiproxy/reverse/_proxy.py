@@ -258,9 +258,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             pool=pool,
             rewrite_host=match.route.host_header == "backend",
         )
-        exchange.record.upstream = backend.name
-        fetcher = self.factory.fetcher_for(match)
-        exchange.abort_fetch = fetcher.fetch(request, exchange)
+        exchange.forward(request, self.factory.fetcher_for(match))
 
     def _no_backend(self, exchange: Exchange, pool: Any) -> None:
         exchange.record.ended = "no-backend"
