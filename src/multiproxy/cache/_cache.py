@@ -499,6 +499,14 @@ class SharedCache:
             outcome = replace(plan.outcome, fwd_status=status)
             return Reply(outcome, headers=self._marked(headers, outcome))
         response_cc = parse_response_directives(headers)
+        why = refusal(
+            plan.method, status, plan.request_headers, plan.request_cc, headers, response_cc
+        )
+        checks_validators = plan.action is Action.VALIDATE and status == 200
+        if why is not None and not checks_validators:
+            # Not storable (no-store, private, ...): nothing more to work out.
+            outcome = replace(plan.outcome, fwd_status=status, stored=False)
+            return Reply(outcome, headers=self._marked(headers, outcome))
         meta = describe_response(
             plan.key,
             status,
@@ -512,9 +520,6 @@ class SharedCache:
             cfg.heuristic_max,
         )
         writer = None
-        why = refusal(
-            plan.method, status, plan.request_headers, plan.request_cc, headers, response_cc
-        )
         if why is None and (
             meta.lifetime > 0
             or has_validator(meta)
@@ -526,11 +531,7 @@ class SharedCache:
             writer = self.store.begin(meta, _content_length(headers))
         outcome = replace(plan.outcome, fwd_status=status, stored=writer is not None)
         shared = meta if writer is not None else None
-        if (
-            plan.action is Action.VALIDATE
-            and status == 200
-            and not_modified(plan.method, plan.request_headers, meta)
-        ):
+        if checks_validators and not_modified(plan.method, plan.request_headers, meta):
             # The client's own validators match the new response.
             answer = self._not_modified(
                 meta,
