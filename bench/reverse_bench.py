@@ -14,6 +14,11 @@ process used per request.  Every proxy runs on one core: multiproxy and
 Twisted are single-threaded, HAProxy runs with ``nbthread 1`` and nginx with
 ``worker_processes 1``, all with keep-alive to the origin.
 
+A reference row, "twisted byte relay", is the floor of any proxy on Twisted:
+a client connection per origin connection, bytes relayed as they arrive, no
+HTTP work at all.  What it costs per request is what Twisted and the system
+calls take before a proxy parses or decides anything.
+
 nginx and HAProxy are looked up on PATH; if missing, the script tries
 ``apt-get install -y`` once (bounded in time) and skips the ones it cannot
 get.  Set BENCH_NO_INSTALL=1 to never install.
@@ -47,6 +52,48 @@ from twisted.web import proxy, server
 site = server.Site(proxy.ReverseProxyResource("127.0.0.1", int(sys.argv[2]), b""))
 site.log = lambda request: None
 reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
+reactor.run()
+"""
+
+
+# The floor of any proxy built on Twisted: each client connection gets its
+# own connection to the origin and bytes are relayed as they come, with
+# multiproxy's immediate sends, and no HTTP work at all (no parsing, no
+# rewriting, no pooling, no timers).  Not a usable proxy: a reference row.
+TWISTED_FLOOR = """
+import sys
+from twisted.internet import protocol, reactor
+from multiproxy._directwrite import no_delay, write_direct
+
+class Upstream(protocol.Protocol):
+    def __init__(self, client):
+        self.client = client
+    def connectionMade(self):
+        no_delay(self.transport)
+        self.client.upstream = self
+        for data in self.client.pending:
+            write_direct(self.transport, data)
+    def dataReceived(self, data):
+        write_direct(self.client.transport, data)
+    def connectionLost(self, reason):
+        self.client.transport.loseConnection()
+
+class Client(protocol.Protocol):
+    def connectionMade(self):
+        no_delay(self.transport)
+        self.upstream, self.pending = None, []
+        protocol.ClientCreator(reactor, Upstream, self).connectTCP("127.0.0.1", int(sys.argv[2]))
+    def dataReceived(self, data):
+        if self.upstream is None:
+            self.pending.append(data)
+        else:
+            write_direct(self.upstream.transport, data)
+    def connectionLost(self, reason):
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+
+factory = protocol.Factory.forProtocol(Client)
+reactor.listenTCP(int(sys.argv[1]), factory, interface="127.0.0.1")
 reactor.run()
 """
 
@@ -118,6 +165,9 @@ def peers(origin: int, root: str) -> dict[str, tuple[int, list[str]]]:
     port = free_port()
     out["twisted ReverseProxyResource"] = (
         port, [PYTHON, "-c", TWISTED_REVERSE, str(port), str(origin)])
+    port = free_port()
+    out["twisted byte relay (floor, no HTTP)"] = (
+        port, [PYTHON, "-c", TWISTED_FLOOR, str(port), str(origin)])
     port = free_port()
     argv = haproxy_argv(port, origin, root)
     if argv is not None:
