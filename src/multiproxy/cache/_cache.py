@@ -259,6 +259,11 @@ def _content_length(headers: Headers) -> int | None:
     return int(first)
 
 
+_DIRECTIVE_FIELDS = frozenset({b"cache-control", b"pragma"})
+# RFC 9111 4.3.2: preconditions for the origin alone.
+_ORIGIN_PRECONDITIONS = frozenset({b"if-match", b"if-unmodified-since"})
+
+
 @dataclass(slots=True)
 class SharedCache:
     """
@@ -279,7 +284,7 @@ class SharedCache:
         key = cache_key(url)
         rcc = (
             parse_request_directives(request_headers)
-            if b"cache-control" in request_headers or b"pragma" in request_headers
+            if request_headers.has_any(_DIRECTIVE_FIELDS)
             else _NO_DIRECTIVES
         )
         if method not in (b"GET", b"HEAD"):
@@ -293,7 +298,7 @@ class SharedCache:
                 CacheOutcome(fwd="method"),
                 upstream_headers=request_headers,
             )
-        if b"if-match" in request_headers or b"if-unmodified-since" in request_headers:
+        if request_headers.has_any(_ORIGIN_PRECONDITIONS):
             # RFC 9111 4.3.2: these preconditions are for the origin alone.
             return Plan(
                 Action.PASS,
@@ -326,7 +331,7 @@ class SharedCache:
             collapsible = (
                 method == b"GET"
                 and not rcc.no_store
-                and not any(name in request_headers for name in CONDITIONAL_FIELDS)
+                and not request_headers.has_any(CONDITIONAL_FIELDS)
             )
             return Plan(
                 Action.FORWARD,
@@ -458,7 +463,7 @@ class SharedCache:
         if plan.action is Action.PASS:
             for key in invalidated_keys(plan.method, plan.url, status, headers):
                 self.store.remove(key)
-            outcome = replace(plan.outcome, fwd_status=status)
+            outcome = plan.outcome.answered(status)
             return Reply(outcome, headers=self._marked(headers, outcome))
         entry = plan.entry
         if plan.action is Action.VALIDATE and status == 304 and entry is not None:
@@ -505,7 +510,7 @@ class SharedCache:
         checks_validators = plan.action is Action.VALIDATE and status == 200
         if why is not None and not checks_validators:
             # Not storable (no-store, private, ...): nothing more to work out.
-            outcome = replace(plan.outcome, fwd_status=status, stored=False)
+            outcome = plan.outcome.answered(status)
             return Reply(outcome, headers=self._marked(headers, outcome))
         meta = describe_response(
             plan.key,
@@ -529,7 +534,7 @@ class SharedCache:
             # A response that is stale at once and cannot be revalidated is
             # not worth the space (RFC 9111 3 allows not storing it).
             writer = self.store.begin(meta, _content_length(headers))
-        outcome = replace(plan.outcome, fwd_status=status, stored=writer is not None)
+        outcome = plan.outcome.answered(status, stored=writer is not None)
         shared = meta if writer is not None else None
         if checks_validators and not_modified(plan.method, plan.request_headers, meta):
             # The client's own validators match the new response.

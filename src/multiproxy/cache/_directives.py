@@ -102,10 +102,12 @@ def parse_directives(headers: Headers) -> dict[bytes, bytes | None | _Invalid]:
     The Cache-Control directives of ``headers``: lower-case name to argument
     (unquoted bytes), None for no argument, or `INVALID`.  First occurrence wins.
     """
+    return _parse_values(headers.get_all(b"cache-control"))
+
+
+def _parse_values(values: list[bytes]) -> dict[bytes, bytes | None | _Invalid]:
     out: dict[bytes, bytes | None | _Invalid] = {}
-    for name, value in headers:
-        if name.lower() != b"cache-control":
-            continue
+    for value in values:
         for member in split_list(value):
             eq = member.find(b"=")
             if eq < 0:
@@ -193,9 +195,28 @@ def _lifetime(arg: bytes | None | _Invalid) -> int:
     return 0 if value is None else value
 
 
+# Cache-Control values already read -> their directives (immutable, so
+# shared); bounded, as the values come from upstreams.
+_RESPONSE_DIRECTIVES: dict[tuple[bytes, ...], ResponseDirectives] = {}
+_RESPONSE_DIRECTIVES_MAX = 1024
+
+
 def parse_response_directives(headers: Headers) -> ResponseDirectives:
     """Read a response's Cache-Control."""
-    d = parse_directives(headers)
+    values = headers.get_all(b"cache-control")
+    if not values:
+        return _EMPTY_RESPONSE
+    key = tuple(values)
+    known = _RESPONSE_DIRECTIVES.get(key)
+    if known is None:
+        known = _response_directives(_parse_values(values))
+        if len(_RESPONSE_DIRECTIVES) >= _RESPONSE_DIRECTIVES_MAX:
+            _RESPONSE_DIRECTIVES.clear()
+        _RESPONSE_DIRECTIVES[key] = known
+    return known
+
+
+def _response_directives(d: dict[bytes, bytes | None | _Invalid]) -> ResponseDirectives:
     if not d:
         return _EMPTY_RESPONSE
     no_cache_fields = _field_names(d[b"no-cache"]) if b"no-cache" in d else None

@@ -48,6 +48,17 @@ class CacheOutcome:
     detail: str | None = None
     stale: bool = False
 
+    def answered(self, fwd_status: int, stored: bool = False) -> CacheOutcome:
+        """
+        This outcome once the upstream answered ``fwd_status`` (``stored``:
+        and the response is being stored); `dataclasses.replace` without its
+        per-call introspection, as every forwarded request needs one.
+        """
+        return CacheOutcome(
+            self.hit, self.fwd, fwd_status, stored, self.collapsed, self.ttl, self.detail,
+            self.stale,
+        )
+
     @property
     def x_cache(self) -> str:
         """HIT, STALE (served stale), REVALIDATED (after a 304) or MISS."""

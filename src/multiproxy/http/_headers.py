@@ -61,6 +61,10 @@ class Headers:
         lower = self._lower
         return Headers(self._pairs, None if lower is None else list(lower))
 
+    def has_any(self, names: frozenset[bytes]) -> bool:
+        """Whether any field is called one of ``names`` (lower case): one C-level pass."""
+        return not names.isdisjoint(self._names())
+
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """The first value of field ``name`` (lower case), or ``default``."""
         lower = self._names()
