@@ -253,3 +253,15 @@ def test_disk_writer_leaves_no_temp_file_behind(tmp_path):
     w2.write(b"1")
     w2.commit()
     assert os.listdir(os.path.join(root, "tmp")) == []
+
+
+def test_with_length_changes_only_the_body_length():
+    import dataclasses
+
+    from multiproxy.cache._store import StoredResponse
+
+    meta = StoredResponse(
+        b"http://h/", 200, b"OK", b"A: b\r\n", ((b"accept", b"x"),), 1.0, 2.0, 3.0, 4, 5.0,
+        no_cache=True, forbids_stale=True, stale_while_revalidate=6, stale_if_error=7,
+    )
+    assert meta.with_length(42) == dataclasses.replace(meta, body_length=42)

@@ -110,9 +110,7 @@ def vary_names(headers: Headers) -> tuple[bytes, ...] | None:
     unique; ``()`` when there is no Vary; None when it contains ``*``.
     """
     names: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() != b"vary":
-            continue
+    for value in headers.get_all(b"vary"):
         for member in value.split(b","):
             member = member.strip(b" \t").lower()
             if member == b"*":

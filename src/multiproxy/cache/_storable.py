@@ -124,7 +124,7 @@ def stored_fields(headers: Headers, cc: ResponseDirectives) -> tuple[tuple[bytes
     drop.update(headers.tokens(b"connection"))
     drop.update(cc.no_cache_fields)
     drop.update(cc.private_fields)
-    return tuple((n, v) for n, v in headers if n.lower() not in drop)
+    return tuple(headers.without(drop))
 
 
 def is_dropped_on_update(name: bytes) -> bool:
