@@ -2,7 +2,7 @@
 """
 Forward proxy throughput and streaming memory, against peers in the same run.
 
-    python3 bench/forward_bench.py [--seconds 8] [--connections 20] [--stream-mib 1024]
+    python3 bench/forward_bench.py [--seconds 8] [--connections 20] [--stream-mib 1024] [--gc-off]
 
 1. Requests/s for 100-byte responses from one nginx origin, 20 keep-alive
    client connections (wrk, absolute-form requests), through:
@@ -49,17 +49,27 @@ reactor.run()
 """
 
 
-def peers(port: int, reactor: str | None = None) -> dict[str, list[str]]:
+def peers(port: int, reactor: str | None = None, gc_off: bool = False) -> dict[str, list[str]]:
     reactor_args = [f"--reactor={reactor}"] if reactor else []
+    multiproxy_args = [
+        *reactor_args, "multiproxy", "--access-log", "none", "forward", "--no-cache",
+        "--listen", f"tcp:{port}:interface=127.0.0.1",
+    ]
     commands = {
         # The peers do not cache, so neither does multiproxy here
         # (bench/cache_bench.py measures the cache).
-        "multiproxy": twistd_argv(
-            *reactor_args, "multiproxy", "--access-log", "none", "forward", "--no-cache",
-            "--listen", f"tcp:{port}:interface=127.0.0.1",
-        ),
-        "twisted.web.proxy": [PYTHON, "-c", TWISTED_PROXY, str(port)],
+        "multiproxy": twistd_argv(*multiproxy_args),
     }
+    if gc_off:
+        # The same proxy with the cyclic garbage collector off: what the
+        # collector costs it (tests/test_garbage.py keeps requests cycle-free).
+        commands["multiproxy, GC off"] = [
+            PYTHON, "-c", "import gc; gc.disable(); from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", *multiproxy_args,
+        ]
+    commands.update({
+        "twisted.web.proxy": [PYTHON, "-c", TWISTED_PROXY, str(port)],
+    })
     if ensure_pip("proxy", "proxy.py"):
         commands["proxy.py"] = [
             PYTHON, "-m", "proxy", "--hostname", "127.0.0.1", "--port", str(port),
@@ -75,7 +85,7 @@ def throughput(args) -> dict[str, float]:
         target = f"http://127.0.0.1:{origin}/100b"
         direct = wrk(target, None, min(args.seconds, 3), args.connections)
         print(f"origin direct (nginx): {direct['rps']:.0f} req/s (for scale)")
-        for name, argv in peers(0, args.reactor).items():
+        for name, argv in peers(0, args.reactor, args.gc_off).items():
             port = free_port()
             argv = [a.replace(":0:", f":{port}:") if "tcp:0:" in a else a for a in argv]
             argv = [str(port) if a == "0" else a for a in argv]
@@ -150,6 +160,8 @@ def main() -> None:
     parser.add_argument("--read-mibps", type=int, default=150)
     parser.add_argument("--stream-timeout", type=float, default=120)
     parser.add_argument("--reactor", help="Twisted reactor for multiproxy (e.g. asyncio)")
+    parser.add_argument("--gc-off", action="store_true",
+                        help="also run multiproxy with the cyclic garbage collector disabled")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-stream", action="store_true")
     args = parser.parse_args()
