@@ -2,7 +2,7 @@
 """
 CPU cost of one cache hit (and one miss) through the forward proxy, without sockets.
 
-    python3 bench/cache_hotpath_bench.py [--requests 20000] [--profile hit|miss]
+    python3 bench/cache_hotpath_bench.py [--requests 20000] [--profile hit|miss|pass|core]
 
 Drives the real ForwardProxy protocol with the shared cache in front of its
 fetcher (wired as `make_forward_proxy` does) and a real pooled
@@ -12,6 +12,10 @@ UpstreamConnection, over in-memory transports, with a fake clock.
   for again and again; nothing goes upstream.
 - miss: a new URL every request; each response comes back on the upstream
   side and is stored.
+- pass: one URL whose response says ``Cache-Control: no-store``: fetched
+  every time, never stored; beside it, "no cache" is the same request and
+  response through a forward proxy without the cache, so the difference is
+  what the cache costs a response it may not keep.
 - core: the cache's own share of a hit: the `CachingFetcher` is handed the
   same forwarded request again and again and answers into a sink that does
   nothing (no parsing, no policy, no response writing).
@@ -58,11 +62,14 @@ RESPONSE = (
 )
 
 
-def setup():
+def setup(cached: bool = True):
     clock = Clock()
     clock.advance(NOW)
     factory = ForwardProxy(clock)
-    factory.fetcher = caching_fetcher_factory(CacheConfig(size=256 << 20), clock)(factory.fetcher)
+    if cached:
+        factory.fetcher = caching_fetcher_factory(CacheConfig(size=256 << 20), clock)(
+            factory.fetcher
+        )
     client = factory.buildProtocol(None)
     client_transport = StringTransport()
     client.makeConnection(client_transport)
@@ -139,6 +146,25 @@ def run_core(n: int) -> float:
     return elapsed / n * 1e6
 
 
+NO_STORE_RESPONSE = RESPONSE.replace(b"max-age=3600", b"no-store")
+
+
+def run_pass(n: int, cached: bool = True) -> float:
+    client, client_transport, upstream, upstream_transport = setup(cached)
+    started = time.process_time()
+    for _ in range(n):
+        client.dataReceived(HIT_REQUEST)
+        upstream_transport.clear()
+        upstream.dataReceived(NO_STORE_RESPONSE)
+        client_transport.clear()
+    elapsed = time.process_time() - started
+    client.dataReceived(HIT_REQUEST)
+    upstream.dataReceived(NO_STORE_RESPONSE)
+    out = client_transport.value()
+    assert out.endswith(BODY) and (b"X-Cache: MISS" in out) == cached, out[:400]
+    return elapsed / n * 1e6
+
+
 def run_miss(n: int) -> float:
     client, client_transport, upstream, upstream_transport = setup()
     requests = [MISS_REQUEST % i for i in range(n + 1)]
@@ -159,11 +185,13 @@ def run_miss(n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--profile", choices=("hit", "miss", "core"))
+    parser.add_argument("--profile", choices=("hit", "miss", "pass", "core"))
     parser.add_argument("--lines", type=int, default=40, help="profile lines to print")
     args = parser.parse_args()
     if args.profile:
-        run = {"hit": run_hit, "miss": run_miss, "core": run_core}[args.profile]
+        run = {"hit": run_hit, "miss": run_miss, "pass": run_pass, "core": run_core}[
+            args.profile
+        ]
         profile = cProfile.Profile()
         profile.enable()
         run(args.requests)
@@ -173,10 +201,16 @@ def main() -> None:
     hit = min(run_hit(args.requests) for _ in range(5))
     miss = min(run_miss(args.requests) for _ in range(5))
     core = min(run_core(args.requests) for _ in range(5))
+    passed = plain = float("inf")
+    for _ in range(5):  # alternated: the two are compared with each other
+        passed = min(passed, run_pass(args.requests))
+        plain = min(plain, run_pass(args.requests, cached=False))
     print(f"hit:  {hit:6.1f} CPU-us per request (best of 5, {args.requests} requests each)")
     print(f"miss: {miss:6.1f} CPU-us per request (stored; best of 5)")
     print(f"miss/hit CPU ratio: {miss / hit:.2f}x")
     print(f"core: {core:6.1f} CPU-us per hit in the cache's own code (of the {hit:.1f})")
+    print(f"pass: {passed:6.1f} CPU-us per no-store response through the cache, "
+          f"{plain:.1f} with no cache ({passed - plain:+.1f})")
 
 
 if __name__ == "__main__":

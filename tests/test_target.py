@@ -132,3 +132,34 @@ def test_is_origin_form():
     assert not is_origin_form(b"http://h/")
     assert not is_origin_form(b"*")
     assert not is_origin_form(b"")
+
+
+def test_the_fast_path_for_known_authorities_agrees_with_the_full_parse():
+    """
+    A target of the usual shape whose authority was checked before is split
+    by one regular expression; every target must get the same answer (or the
+    same error) that way as through the full parse with nothing cached.
+    """
+    import random
+
+    from multiproxy.http import _target
+
+    alphabet = [b"h", b"t", b"p", b"s", b":", b"/", b"?", b"#", b"@", b"[", b"]", b"1",
+                b"a", b".", b"%", b"2", b"0", b"x", b"-", b"H", b" ", b"\x80", b"8"]
+    prefixes = [b"http://", b"https://", b"HTTP://", b"http:/", b"", b"ftp://"]
+    rng = random.Random(1)
+
+    def outcome(target):
+        try:
+            return "ok", _target.parse_absolute_target(target)
+        except ProtocolError as e:
+            return "error", type(e), str(e)
+
+    for _ in range(20000):
+        target = rng.choice(prefixes) + b"".join(
+            rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        first = outcome(target)  # fills the authority cache
+        again = outcome(target)  # may take the fast path
+        _target._AUTHORITIES.clear()
+        cold = outcome(target)
+        assert first == again == cold, target
