@@ -287,3 +287,8 @@ async def test_many_idle_connections_cost_little_and_do_not_block_new_clients():
     assert after["fds"] == base["fds"]
     assert after["timers"] == base["timers"]
     assert after["objects"].get("ForwardProxyProtocol", 0) == 0
+
+
+def test_a_guarded_listener_is_logged_under_the_proxy_s_own_name():
+    guard = AcceptGuard(task.Clock(), max_connections=10)
+    assert guard.wrap(ForwardProxy(task.Clock())).logPrefix() == "ForwardProxy"

@@ -186,6 +186,11 @@ class _CountingFactory(Factory):
         self.wrapped = wrapped
         self.noisy = getattr(wrapped, "noisy", False)
 
+    def logPrefix(self) -> str:
+        # The listening port names its factory ("ForwardProxy starting on 8080").
+        inner = getattr(self.wrapped, "logPrefix", None)
+        return inner() if inner is not None else type(self.wrapped).__name__
+
     def doStart(self) -> None:
         self.wrapped.doStart()
 
