@@ -21,6 +21,7 @@ from multiproxy.balancing._backend import (
     DeadlineEndpoint,
     DirectTCPEndpoint,
     TLSOrigination,
+    host_endpoint,
 )
 from multiproxy.balancing._balancers import (
     BALANCER_NAMES,
@@ -62,6 +63,7 @@ __all__ = [
     "TCPCheck",
     "TLSOrigination",
     "WeightedRoundRobin",
+    "host_endpoint",
     "balancer_from_name",
     "health_from_table",
     "parse_status_line",

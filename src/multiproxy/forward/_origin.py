@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from zope.interface import implementer
 
 from multiproxy._interfaces import IUpstream, IUpstreamChooser
 from multiproxy._values import Intent
+from multiproxy.balancing import host_endpoint
 
 
 @implementer(IUpstream)
@@ -35,7 +36,7 @@ class Origin:
         object.__setattr__(self, "key", (self.scheme, self.host, self.port))
 
     def endpoint(self, reactor):
-        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=self.connect_timeout)
+        endpoint = host_endpoint(reactor, self.host, self.port, self.connect_timeout)
         if self.scheme == "https":
             endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
         return endpoint
