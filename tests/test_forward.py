@@ -312,14 +312,12 @@ async def test_upstream_connections_are_pooled_and_idle_ones_expire(start_forwar
 
 def test_an_ip_literal_origin_is_connected_directly_and_a_name_is_resolved():
     from twisted.internet.endpoints import HostnameEndpoint
-    from twisted.internet.task import Clock
 
     from multiproxy.balancing import DirectTCPEndpoint
     from multiproxy.forward._origin import Origin
 
-    clock = Clock()
     # No resolver thread and no Happy Eyeballs round for an address: a
     # refused connection is answered at once, not at the next 0.3 s attempt.
-    assert isinstance(Origin("http", "127.0.0.1", 80).endpoint(clock), DirectTCPEndpoint)
-    assert isinstance(Origin("http", "::1", 80).endpoint(clock), DirectTCPEndpoint)
-    assert isinstance(Origin("http", "origin.test", 80).endpoint(clock), HostnameEndpoint)
+    assert isinstance(Origin("http", "127.0.0.1", 80).endpoint(reactor), DirectTCPEndpoint)
+    assert isinstance(Origin("http", "::1", 80).endpoint(reactor), DirectTCPEndpoint)
+    assert isinstance(Origin("http", "origin.test", 80).endpoint(reactor), HostnameEndpoint)
