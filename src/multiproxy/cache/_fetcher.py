@@ -289,7 +289,8 @@ class _UpstreamSink:
 
     def flush(self) -> None:
         if self.replaced:
-            self.replacement.flush()
+            if self.replacement is not None:
+                self.replacement.flush()
         elif self.relaying and self.client is not None:
             self.client.flush()
         if self.flight is not None:
