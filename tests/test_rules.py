@@ -66,3 +66,22 @@ def test_end_to_end_returns_a_new_object_and_leaves_the_input_alone():
     result = end_to_end(headers)
     result.add(b"B", b"2")
     assert headers.pairs == [(b"Connection", b"close"), (b"A", b"1")]
+
+
+def test_set_replaces_in_place_keeping_the_spelling_and_drops_repeats():
+    headers = Headers([(b"Host", b"a"), (b"Accept", b"*/*"), (b"HOST", b"b")])
+    headers.set(b"host", b"origin.test")
+    assert list(headers) == [(b"Host", b"origin.test"), (b"Accept", b"*/*")]
+    headers.set(b"X-Forwarded-Proto", b"https")
+    assert list(headers)[-1] == (b"X-Forwarded-Proto", b"https")
+    assert headers.get(b"x-forwarded-proto") == b"https"
+
+
+def test_lookups_answer_the_same_whether_a_field_is_absent_single_or_repeated():
+    headers = Headers([(b"Via", b"1.1 a"), (b"Connection", b"close"), (b"via", b"1.0 b")])
+    assert headers.get(b"referer") is None and headers.get_all(b"referer") == []
+    assert headers.get_all(b"connection") == [b"close"]
+    assert headers.get_all(b"via") == [b"1.1 a", b"1.0 b"]
+    assert headers.has_any(frozenset({b"te", b"via"})) and not headers.has_any(frozenset({b"te"}))
+    assert list(headers.without(frozenset({b"te"}))) == list(headers)
+    assert list(headers.without(frozenset({b"via"}))) == [(b"Connection", b"close")]

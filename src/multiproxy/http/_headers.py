@@ -106,8 +106,9 @@ class Headers:
 
     def set(self, name: bytes, value: bytes) -> None:
         """
-        Replace every field called ``name`` (in any case) with one field
-        ``name: value``, in the place of the first one (appended if none).
+        Replace every field called ``name`` (in any case) with one field:
+        the first one keeps its place and spelling and takes ``value``; with
+        none, ``name: value`` is appended.
         """
         lname = name.lower()
         lower = self._names()
@@ -115,7 +116,7 @@ class Headers:
             self.add(name, value)
             return
         at = lower.index(lname)
-        self._pairs[at] = (name, value)
+        self._pairs[at] = (self._pairs[at][0], value)
         if lname in lower[at + 1 :]:
             pairs = self._pairs
             keep = [i for i, n in enumerate(lower) if i == at or n != lname]
