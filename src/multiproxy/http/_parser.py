@@ -145,10 +145,6 @@ class RequestHead(NamedTuple):
         """Whether the connection may carry another request after this one (RFC 9112 9.3)."""
         return _keep_alive(self.version, self.headers)
 
-    __eq__ = _event_eq
-    __ne__ = _event_ne
-    __hash__ = tuple.__hash__
-
 
 class ResponseHead(NamedTuple):
     """A parsed status line and header section."""
@@ -163,19 +159,11 @@ class ResponseHead(NamedTuple):
         """Whether the connection may carry another response after this one (RFC 9112 9.3)."""
         return _keep_alive(self.version, self.headers)
 
-    __eq__ = _event_eq
-    __ne__ = _event_ne
-    __hash__ = tuple.__hash__
-
 
 class Data(NamedTuple):
     """A piece of message body (transfer coding already removed)."""
 
     data: bytes
-
-    __eq__ = _event_eq
-    __ne__ = _event_ne
-    __hash__ = tuple.__hash__
 
 
 class EndOfMessage(NamedTuple):
@@ -183,10 +171,13 @@ class EndOfMessage(NamedTuple):
 
     trailers: Headers | None = None
 
-    __eq__ = _event_eq
-    __ne__ = _event_ne
-    __hash__ = tuple.__hash__
 
+for _event_type in (RequestHead, ResponseHead, Data, EndOfMessage):
+    # Equality per type (see above); the hash stays a tuple's, consistent with it.
+    _event_type.__eq__ = _event_eq  # type: ignore[method-assign]
+    _event_type.__ne__ = _event_ne  # type: ignore[method-assign]
+    _event_type.__hash__ = tuple.__hash__  # type: ignore[method-assign]
+del _event_type
 
 _END = EndOfMessage()  # the usual end, shared: events are immutable
 
