@@ -19,7 +19,7 @@ IntentKind = Literal["http", "connect", "tcp"]
 Action = Literal["allow", "deny", "authenticate"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Intent:
     """
     What a client asked a proxy for, as far as the proxy has learnt it.
@@ -42,6 +42,32 @@ class Intent:
     headers: Headers | None = None
     user: str | None = None
     groups: frozenset[str] = frozenset()
+
+    def __init__(
+        self,
+        kind: IntentKind,
+        proxy: str,
+        client_host: str,
+        client_port: int,
+        host: str = "",
+        port: int = 0,
+        method: str = "",
+        scheme: str = "",
+        target: str = "",
+        headers: Headers | None = None,
+        user: str | None = None,
+        groups: frozenset[str] = frozenset(),
+    ) -> None:
+        # An Intent is made for every request.  The __init__ a frozen
+        # dataclass generates sets each field through object.__setattr__,
+        # four times the cost of this one update (dataclass keeps an
+        # __init__ the class defines; tests/test_values.py checks that
+        # this one matches the fields).
+        self.__dict__.update(
+            kind=kind, proxy=proxy, client_host=client_host, client_port=client_port,
+            host=host, port=port, method=method, scheme=scheme, target=target,
+            headers=headers, user=user, groups=groups,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,7 @@ class IBodyConsumer(Interface):
         """The request body is complete."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ForwardedRequest:
     """
     A request ready to go upstream.
@@ -99,6 +99,13 @@ class ForwardedRequest:
     upstream: object
     head: RequestHead
     body: RequestBody | None = None
+
+    def __init__(
+        self, intent: Intent, upstream: object, head: RequestHead, body: RequestBody | None = None
+    ) -> None:
+        # Made for every request: one update instead of the four
+        # object.__setattr__ calls of a generated frozen __init__ (as Intent).
+        self.__dict__.update(intent=intent, upstream=upstream, head=head, body=body)
 
     @property
     def idempotent(self) -> bool:

@@ -27,13 +27,9 @@ class Headers:
             caller has them already (they are trusted, not checked).
         """
         self._pairs: list[tuple[bytes, bytes]] = list(pairs)
-        self._lower: list[bytes] | None = lower
-
-    def _names(self) -> list[bytes]:
-        lower = self._lower
-        if lower is None:
-            lower = self._lower = [n.lower() for n, _ in self._pairs]
-        return lower
+        self._lower: list[bytes] = (
+            [n.lower() for n, _ in self._pairs] if lower is None else lower
+        )
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self._pairs)
@@ -42,7 +38,7 @@ class Headers:
         return len(self._pairs)
 
     def __contains__(self, name: bytes) -> bool:
-        return name in self._names()
+        return name in self._lower
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -58,23 +54,22 @@ class Headers:
         return list(self._pairs)
 
     def copy(self) -> Headers:
-        lower = self._lower
-        return Headers(self._pairs, None if lower is None else list(lower))
+        return Headers(self._pairs, self._lower[:])
 
     def has_any(self, names: frozenset[bytes]) -> bool:
         """Whether any field is called one of ``names`` (lower case): one C-level pass."""
-        return not names.isdisjoint(self._names())
+        return not names.isdisjoint(self._lower)
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """The first value of field ``name`` (lower case), or ``default``."""
-        lower = self._names()
+        lower = self._lower
         if name in lower:  # cheaper than catching index()'s ValueError on a miss
             return self._pairs[lower.index(name)][1]
         return default
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of field ``name`` (lower case), in order."""
-        lower = self._names()
+        lower = self._lower
         count = lower.count(name)
         if count == 0:
             return []
@@ -94,15 +89,14 @@ class Headers:
         The elements of a comma-separated list field, lower-cased and stripped,
         empty elements dropped (RFC 9110 5.6.1).
         """
-        if name not in self._names():
+        if name not in self._lower:
             return []
         return list_tokens(self.get_all(name))
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append a field."""
         self._pairs.append((name, value))
-        if self._lower is not None:
-            self._lower.append(name.lower())
+        self._lower.append(name.lower())
 
     def set(self, name: bytes, value: bytes) -> None:
         """
@@ -111,7 +105,7 @@ class Headers:
         none, ``name: value`` is appended.
         """
         lname = name.lower()
-        lower = self._names()
+        lower = self._lower
         if lname not in lower:
             self.add(name, value)
             return
@@ -125,12 +119,12 @@ class Headers:
 
     def remove(self, name: bytes) -> None:
         """Drop every field called ``name`` (lower case)."""
-        if name in self._names():
+        if name in self._lower:
             self.remove_all((name,))
 
     def remove_all(self, names: Iterable[bytes]) -> None:
         """Drop every field whose lower-case name is in ``names``."""
-        lower = self._names()
+        lower = self._lower
         keep = [i for i, n in enumerate(lower) if n not in names]
         if len(keep) != len(lower):
             pairs = self._pairs
@@ -139,7 +133,7 @@ class Headers:
 
     def without(self, names: frozenset[bytes] | set[bytes]) -> Headers:
         """A new `Headers` without the fields whose lower-case name is in ``names``."""
-        names_here = self._names()
+        names_here = self._lower
         if names.isdisjoint(names_here):
             return Headers(self._pairs, names_here[:])
         pairs: list[tuple[bytes, bytes]] = []
