@@ -7,7 +7,9 @@ dispatch per write.  For a proxy that writes one small response head and body
 per request, that is a large share of the work.  `write_direct` sends at once
 when nothing is queued ahead (what asyncio's transports do), and leaves
 anything the kernel did not take to Twisted's own buffer, so ordering,
-backpressure (producers) and error handling stay Twisted's.
+backpressure (producers) and error handling stay Twisted's.  `send_now` is
+its first half, for a caller with something to do (registering a producer)
+before bytes are queued.
 
 It relies on three attributes of ``twisted.internet.abstract.FileDescriptor``
 (``dataBuffer``, ``offset``, ``_tempDataBuffer``); if a Twisted release
@@ -38,8 +40,13 @@ def _supported() -> bool:
 direct_write_supported = _supported()
 
 
-def write_direct(transport: Any, data: bytes) -> None:
-    """Write ``data`` to ``transport``, sending it right away when nothing is queued."""
+def send_now(transport: Any, data: bytes) -> bytes:
+    """
+    Send what the kernel takes of ``data`` right away, when nothing is queued
+    ahead of it; return the rest for ``transport.write`` (all of ``data``
+    when the transport cannot be written to directly or already has bytes
+    waiting, b"" when everything went).
+    """
     if (
         direct_write_supported
         and isinstance(transport, tcp.Connection)
@@ -51,15 +58,19 @@ def write_direct(transport: Any, data: bytes) -> None:
         try:
             sent = transport.socket.send(data)
         except (BlockingIOError, InterruptedError):
-            sent = 0
+            return data
         except OSError:
             # Let Twisted meet the error on its own path and report it as usual.
-            transport.write(data)
-            return
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+            return data
+        return data[sent:] if sent < len(data) else b""
+    return data
+
+
+def write_direct(transport: Any, data: bytes) -> None:
+    """Write ``data`` to ``transport``, sending it right away when nothing is queued."""
+    rest = send_now(transport, data)
+    if rest:
+        transport.write(rest)
 
 
 def no_delay(transport: Any) -> None:

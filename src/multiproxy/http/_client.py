@@ -54,6 +54,7 @@ class UpstreamConnection(Protocol):
         self._sink: IResponseSink | None = None
         self._on_stale: Callable[[], None] | None = None
         self._got_response = False
+        self._in_body = False  # the final response head has come, its body not all
         self._body_sent = True
         self._keep_alive = False
         self._deadline = Deadline(pool.reactor, self._timed_out)
@@ -134,7 +135,6 @@ class UpstreamConnection(Protocol):
 
     def _pump(self) -> None:
         reader = self._reader
-        armed = False  # the body deadline, moved once per batch of bytes
         while self._sink is not None:
             try:
                 event = reader.next_event()
@@ -144,22 +144,22 @@ class UpstreamConnection(Protocol):
                 return
             kind = type(event)
             if kind is Data:
-                if not armed:
-                    armed = True
-                    self._deadline.set("body", self.pool.idle_timeout)
                 self._sink.data(event.data)
             elif kind is ResponseHead:
                 if event.status < 200 and event.status != 101:
                     self._sink.head(event, None)
                     continue
                 self._keep_alive = event.keep_alive and reader.body_framing != "eof"
-                armed = True
-                self._deadline.set("body", self.pool.idle_timeout)
+                self._in_body = True
                 self._sink.head(event, self.transport)
             elif kind is EndOfMessage:
                 self._finish_response()
                 return
             elif event is NEED_DATA:
+                if self._in_body:
+                    # The bytes so far end mid-response (a response read
+                    # whole never needs this): the rest must keep coming.
+                    self._deadline.set("body", self.pool.idle_timeout)
                 self._sink.flush()
                 return
             elif event is CLOSED:
@@ -174,6 +174,7 @@ class UpstreamConnection(Protocol):
     def _finish_response(self) -> None:
         sink, request = self._sink, self._request
         self._sink = None
+        self._in_body = False
         self._deadline.clear()
         self._request = None
         if self._keep_alive:
@@ -196,6 +197,7 @@ class UpstreamConnection(Protocol):
         self._sink = None
         self._request = None
         self._keep_alive = False
+        self._in_body = False
         self._deadline.clear()
         if request is not None:
             if request.body is not None:

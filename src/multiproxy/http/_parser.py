@@ -536,6 +536,11 @@ class _Reader:
         self.body_length = None
 
     @property
+    def buffered(self) -> int:
+        """How many bytes received are not yet read out as events."""
+        return len(self._buf)
+
+    @property
     def failed(self) -> bool:
         """True once the reader has raised a ProtocolError; it then stays failed."""
         return self._state == _FAILED

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._deadline import Deadline
-from multiproxy._directwrite import no_delay, write_direct
+from multiproxy._directwrite import no_delay, send_now, write_direct
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy._values import AccessRecord
 from multiproxy.http._dates import format_http_date
@@ -110,10 +110,12 @@ class Exchange:
 
     It is the `IResponseSink` the upstream side writes into: it rewrites the
     response head for this client (end-to-end fields, ``Via``, framing) and
-    streams the body with the upstream transport registered as the client
-    transport's producer, so a slow client slows the upstream.  The head is
-    held until the first piece of body, the end or a `flush`, so a small
-    response leaves in one send.
+    streams the body.  Once the client transport has to queue bytes (the
+    client reads slower than the upstream sends), the upstream transport is
+    registered as its producer, so a slow client slows the upstream; a
+    response the kernel takes whole never needs that.  The head is held
+    until the first piece of body, the end or a `flush`, so a small response
+    leaves in one send.
     """
 
     def __init__(self, protocol: HTTPServerProtocol, request: RequestHead, record: AccessRecord):
@@ -128,7 +130,8 @@ class Exchange:
         self.abort_fetch: Callable[[], None] | None = None
         self._chunked = False
         self._close_delimited = False
-        self._producer = None
+        self._producer = None  # the upstream's, while the body streams
+        self._registered = False  # whether it is the client transport's producer
         self._transport = protocol.transport
         self._held = b""
 
@@ -183,9 +186,8 @@ class Exchange:
             self.close_after = True
             self._close_delimited = True
         self._held = self._head_bytes(status, response.reason, headers)
-        if producer is not None and framing != "none":
+        if framing != "none":
             self._producer = producer
-            self._transport.registerProducer(producer, True)
 
     def data(self, data: bytes) -> None:
         if self.finished:
@@ -196,20 +198,21 @@ class Exchange:
         if self._held:
             data = self._held + data
             self._held = b""
-        write_direct(self._transport, data)
+        self._write(data)
 
     def end(self) -> None:
         if self.finished:
             return
         if self._chunked:
             self._held += LAST_CHUNK
+        self._producer = None  # nothing more to pause once this is written
         self.flush()
         self._finish()
 
     def flush(self) -> None:
         if self._held:
             held, self._held = self._held, b""
-            write_direct(self._transport, held)
+            self._write(held)
 
     def fail(self, error: UpstreamError) -> None:
         if self.finished:
@@ -277,9 +280,21 @@ class Exchange:
             headers.add(b"Connection", b"keep-alive")
         return response_head_bytes(status, reason, headers)
 
+    def _write(self, data: bytes) -> None:
+        """Send ``data``; what the kernel does not take waits, with backpressure on."""
+        rest = send_now(self._transport, data)
+        if rest:
+            if self._producer is not None and not self._registered:
+                # From now on the transport pauses the upstream whenever
+                # its buffer is full (Twisted checks on each write).
+                self._registered = True
+                self._transport.registerProducer(self._producer, True)
+            self._transport.write(rest)
+
     def _release_producer(self) -> None:
-        if self._producer is not None:
-            self._producer = None
+        self._producer = None
+        if self._registered:
+            self._registered = False
             self._transport.unregisterProducer()
 
     def _finish(self) -> None:
@@ -385,10 +400,13 @@ class HTTPServerProtocol(Protocol):
         if self.tunnel is not None:
             self.tunnel.downstream_data(data)
             return
-        if self._deadline.kind == "keepalive":
-            self._deadline.set("header", self.factory.timeouts.header)
-        self._reader.feed(data)
+        reader = self._reader
+        reader.feed(data)
         self._pump()
+        if self._deadline.kind == "keepalive" and reader.buffered:
+            # Part of a request head arrived (a whole one would have begun
+            # an exchange): from now on it has the header timeout to finish.
+            self._deadline.set("header", self.factory.timeouts.header)
 
     def _pump(self) -> None:
         reader = self._reader
@@ -416,7 +434,7 @@ class HTTPServerProtocol(Protocol):
                 return
 
     def _begin(self, head: RequestHead) -> None:
-        self._cancel_timer()
+        self._deadline.clear()
         factory = self.factory
         headers = head.headers
         referer = headers.get(b"referer")
@@ -575,7 +593,7 @@ class HTTPServerProtocol(Protocol):
         exchange.respond_error(error.status, str(error), close=True)
 
     def _await_request(self) -> None:
-        self._arm("keepalive", self.factory.timeouts.keepalive)
+        self._deadline.set("keepalive", self.factory.timeouts.keepalive)
 
     def _arm(self, kind: str, seconds: float | None) -> None:
         self._deadline.set(kind, seconds)
