@@ -42,7 +42,7 @@ from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, 
 from multiproxy.cache._invalidation import invalidated_keys
 from multiproxy.cache._keys import cache_key, vary_matches
 from multiproxy.cache._status import CacheOutcome
-from multiproxy.cache._storable import refusal
+from multiproxy.cache._storable import refusal, update_refusal
 from multiproxy.cache._store import StoredResponse, describe_response, unpack_fields
 from multiproxy.cache._validation import (
     CONDITIONAL_FIELDS,
@@ -247,6 +247,26 @@ class _Rebased:
 
     def open_body(self, start: int = 0, length: int | None = None) -> IBodyReader:
         return self._entry.open_body(start, length)
+
+
+@implementer(ICacheEntry)
+class _Departing:
+    """
+    An entry that leaves the store once its body is opened (a disk entry's
+    file may be deleted then: the open reader keeps it readable).
+    """
+
+    def __init__(self, entry: ICacheEntry, stored: ICacheEntry, store: ICacheStore) -> None:
+        self._entry = entry
+        self._stored = stored
+        self._store = store
+        self.meta = entry.meta
+
+    def open_body(self, start: int = 0, length: int | None = None) -> IBodyReader:
+        try:
+            return self._entry.open_body(start, length)
+        finally:
+            self._store.remove_entry(self._stored)
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -477,7 +497,7 @@ class SharedCache:
             )
             if meta is None:
                 return Reply(replace(plan.outcome, fwd_status=304), refetch=True)
-            updated = self.store.update(entry, meta) or _Rebased(entry, meta)
+            updated, drop = self._update(entry, meta, plan)
             age = current_age(
                 meta.age_value,
                 meta.date_value,
@@ -489,6 +509,11 @@ class SharedCache:
             answer = self._answer(
                 updated, plan.method, plan.request_headers, age, outcome, response_time
             )
+            if drop:
+                if answer.entry is not None and answer.body_length > 0:
+                    answer = answer._replace(entry=_Departing(updated, entry, self.store))
+                else:
+                    self.store.remove_entry(entry)
             return Reply(outcome, answer=answer)
         if (
             entry is not None
@@ -563,10 +588,27 @@ class SharedCache:
                 cfg.heuristic_fraction,
                 cfg.heuristic_max,
             )
-            if meta is None:
+            if meta is None or self._update(entry, meta, plan)[1]:
                 self.store.remove_entry(entry)
-            else:
-                self.store.update(entry, meta)
+
+    def _update(
+        self, entry: ICacheEntry, meta: StoredResponse, plan: Plan
+    ) -> tuple[ICacheEntry, bool]:
+        """
+        Store ``meta``, the update of ``entry`` by the response to ``plan``'s
+        request, when it may be kept (`update_refusal`).  Returns the entry
+        as updated, and True when it must leave the store instead (the
+        caller removes it, after opening the body it still answers with).
+        """
+        why = update_refusal(
+            meta.status,
+            plan.request_headers,
+            plan.request_cc,
+            parse_response_directives(Headers(meta.headers)),
+        )
+        if why is None:
+            return self.store.update(entry, meta) or _Rebased(entry, meta), False
+        return _Rebased(entry, meta), why == "response"
 
     # -- 3. the upstream could not be reached ----------------------------------
 
