@@ -315,6 +315,30 @@ async def test_304_to_a_no_store_or_authorized_request_does_not_update_the_store
     assert again.x_cache == "REVALIDATED" and raw_origin.count("/n") == 3
     assert raw_origin.last("/n").get("If-None-Match") == '"a"'
 
+
+@pytest_twisted.ensureDeferred
+async def test_304_with_a_strong_etag_freshens_every_stored_response_with_it(
+    client, raw_origin, clock
+):
+    """
+    RFC 9111 4.3.4: all the stored responses with the 304's strong
+    validator are updated, not only the variant that was validated.
+    """
+    fresh = [("Date", raw_origin.date()), ("Cache-Control", "max-age=10"), ("ETag", '"same"'), ("Vary", "Foo")]
+    raw_origin.routes["/v"] = script(
+        (200, fresh, b"one"),
+        (200, fresh, b"two"),
+        (304, [("Cache-Control", "max-age=100"), ("ETag", '"same"'), ("X-Updated", "yes")], b""),
+    )
+    await client("/v", headers={"Foo": "1"})
+    await client("/v", headers={"Foo": "2"})
+    clock.offset += 20
+    validated = await client("/v", headers={"Foo": "1"})
+    assert validated.x_cache == "REVALIDATED" and validated.body == b"one"
+    other = await client("/v", headers={"Foo": "2"})
+    assert other.x_cache == "HIT" and other.body == b"two" and other.get("X-Updated") == "yes"
+    assert raw_origin.count("/v") == 3
+
 # -- cache-tests-style scenarios ----------------------------------------------
 
 

@@ -53,7 +53,9 @@ from multiproxy.cache._validation import (
     if_range_holds,
     not_modified,
     not_modified_fields,
+    parse_etag,
     refresh_from_head,
+    stored_etag,
     validation_headers,
 )
 from multiproxy.http._dates import format_http_date
@@ -498,6 +500,7 @@ class SharedCache:
             if meta is None:
                 return Reply(replace(plan.outcome, fwd_status=304), refetch=True)
             updated, drop = self._update(entry, meta, plan)
+            self._freshen_others(plan, entry, headers, request_time, response_time)
             age = current_age(
                 meta.age_value,
                 meta.date_value,
@@ -590,6 +593,42 @@ class SharedCache:
             )
             if meta is None or self._update(entry, meta, plan)[1]:
                 self.store.remove_entry(entry)
+
+    def _freshen_others(
+        self,
+        plan: Plan,
+        validated: ICacheEntry,
+        headers: Headers,
+        request_time: float,
+        response_time: float,
+    ) -> None:
+        """
+        A 304 with a strong entity-tag also updates the other stored
+        responses (variants) of the URL with that strong tag (RFC 9111 4.3.4).
+        """
+        tag = parse_etag(headers.get(b"etag"))
+        if tag is None or tag.weak:
+            return
+        entries = self.store.lookup(plan.key)
+        if len(entries) < 2:
+            return
+        cfg = self.config
+        for other in entries:
+            if other.meta.variant == validated.meta.variant:
+                continue
+            mine = stored_etag(other.meta)
+            if mine is None or not tag.strong_match(mine):
+                continue
+            meta = freshen(
+                other.meta,
+                headers,
+                request_time,
+                response_time,
+                cfg.heuristic_fraction,
+                cfg.heuristic_max,
+            )
+            if meta is not None and self._update(other, meta, plan)[1]:
+                self.store.remove_entry(other)
 
     def _update(
         self, entry: ICacheEntry, meta: StoredResponse, plan: Plan
