@@ -42,7 +42,7 @@ from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, 
 from multiproxy.cache._invalidation import invalidated_keys
 from multiproxy.cache._keys import cache_key, vary_matches
 from multiproxy.cache._status import CacheOutcome
-from multiproxy.cache._storable import refusal
+from multiproxy.cache._storable import refusal, update_refusal
 from multiproxy.cache._store import StoredResponse, describe_response, unpack_fields
 from multiproxy.cache._validation import (
     CONDITIONAL_FIELDS,
@@ -53,7 +53,9 @@ from multiproxy.cache._validation import (
     if_range_holds,
     not_modified,
     not_modified_fields,
+    parse_etag,
     refresh_from_head,
+    stored_etag,
     validation_headers,
 )
 from multiproxy.http._dates import format_http_date
@@ -247,6 +249,26 @@ class _Rebased:
 
     def open_body(self, start: int = 0, length: int | None = None) -> IBodyReader:
         return self._entry.open_body(start, length)
+
+
+@implementer(ICacheEntry)
+class _Departing:
+    """
+    An entry that leaves the store once its body is opened (a disk entry's
+    file may be deleted then: the open reader keeps it readable).
+    """
+
+    def __init__(self, entry: ICacheEntry, stored: ICacheEntry, store: ICacheStore) -> None:
+        self._entry = entry
+        self._stored = stored
+        self._store = store
+        self.meta = entry.meta
+
+    def open_body(self, start: int = 0, length: int | None = None) -> IBodyReader:
+        try:
+            return self._entry.open_body(start, length)
+        finally:
+            self._store.remove_entry(self._stored)
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -477,7 +499,8 @@ class SharedCache:
             )
             if meta is None:
                 return Reply(replace(plan.outcome, fwd_status=304), refetch=True)
-            updated = self.store.update(entry, meta) or _Rebased(entry, meta)
+            updated, drop = self._update(entry, meta, plan)
+            self._freshen_others(plan, entry, headers, request_time, response_time)
             age = current_age(
                 meta.age_value,
                 meta.date_value,
@@ -489,6 +512,11 @@ class SharedCache:
             answer = self._answer(
                 updated, plan.method, plan.request_headers, age, outcome, response_time
             )
+            if drop:
+                if answer.entry is not None and answer.body_length > 0:
+                    answer = answer._replace(entry=_Departing(updated, entry, self.store))
+                else:
+                    self.store.remove_entry(entry)
             return Reply(outcome, answer=answer)
         if (
             entry is not None
@@ -563,10 +591,63 @@ class SharedCache:
                 cfg.heuristic_fraction,
                 cfg.heuristic_max,
             )
-            if meta is None:
+            if meta is None or self._update(entry, meta, plan)[1]:
                 self.store.remove_entry(entry)
-            else:
-                self.store.update(entry, meta)
+
+    def _freshen_others(
+        self,
+        plan: Plan,
+        validated: ICacheEntry,
+        headers: Headers,
+        request_time: float,
+        response_time: float,
+    ) -> None:
+        """
+        A 304 with a strong entity-tag also updates the other stored
+        responses (variants) of the URL with that strong tag (RFC 9111 4.3.4).
+        """
+        tag = parse_etag(headers.get(b"etag"))
+        if tag is None or tag.weak:
+            return
+        entries = self.store.lookup(plan.key)
+        if len(entries) < 2:
+            return
+        cfg = self.config
+        for other in entries:
+            if other.meta.variant == validated.meta.variant:
+                continue
+            mine = stored_etag(other.meta)
+            if mine is None or not tag.strong_match(mine):
+                continue
+            meta = freshen(
+                other.meta,
+                headers,
+                request_time,
+                response_time,
+                cfg.heuristic_fraction,
+                cfg.heuristic_max,
+            )
+            if meta is not None and self._update(other, meta, plan)[1]:
+                self.store.remove_entry(other)
+
+    def _update(
+        self, entry: ICacheEntry, meta: StoredResponse, plan: Plan
+    ) -> tuple[ICacheEntry, bool]:
+        """
+        Store ``meta``, the update of ``entry`` by the response to ``plan``'s
+        request, when it may be kept (`update_refusal`).  Returns the entry
+        as updated, and True when it must leave the store instead (the
+        caller removes it, after opening the body it still answers with).
+        """
+        why = update_refusal(
+            meta.status,
+            plan.request_headers,
+            plan.request_cc,
+            parse_response_directives(Headers(meta.headers)),
+        )
+        if why is None:
+            return self.store.update(entry, meta) or _Rebased(entry, meta), False
+        return _Rebased(entry, meta), why == "response"
 
     # -- 3. the upstream could not be reached ----------------------------------
 

@@ -114,6 +114,39 @@ def refusal(
     return None
 
 
+def update_refusal(
+    status: int,
+    request_headers: Headers,
+    request_cc: RequestDirectives,
+    merged_cc: ResponseDirectives,
+) -> str | None:
+    """
+    Why a stored response must not take an update (from a 304 or a 200 to
+    HEAD; RFC 9111 3.2, 4.3.4, 4.3.5), or None if it may.
+
+    ``request``: the validating request forbids keeping anything of its
+    response (``no-store``, 5.2.1.5; ``Authorization`` without a directive
+    allowing shared caching, 3.5), so the stored response stays as it was.
+    ``response``: with the update's fields (``merged_cc``) the response is
+    one a shared cache must not store (``no-store``, ``private``, or
+    ``must-understand`` with a status it does not implement; 3), so it
+    must be removed.
+    """
+    if request_cc.no_store or (
+        b"authorization" in request_headers
+        and not (merged_cc.public or merged_cc.must_revalidate or merged_cc.s_maxage is not None)
+    ):
+        return "request"
+    if merged_cc.must_understand:
+        if status not in UNDERSTOOD_STATUSES:
+            return "response"
+    elif merged_cc.no_store:
+        return "response"
+    if merged_cc.private:
+        return "response"
+    return None
+
+
 def stored_fields(headers: Headers, cc: ResponseDirectives) -> tuple[tuple[bytes, bytes], ...]:
     """
     The fields of a response as stored: without connection-specific and

@@ -24,7 +24,7 @@ from multiproxy.cache._freshness import age_value, date_value, freshness_lifetim
 from multiproxy.cache._keys import vary_names
 from multiproxy.cache._storable import is_dropped_on_update
 from multiproxy.cache._store import pack_fields
-from multiproxy.http._dates import parse_http_date
+from multiproxy.http._dates import format_http_date, parse_http_date
 from multiproxy.http._headers import Headers
 
 if TYPE_CHECKING:
@@ -183,12 +183,17 @@ def freshen(
     """
     if not _identifies(meta, new):
         return None
+    if b"date" not in new:
+        # RFC 9110 6.6.1: a response without Date is dated when received, so
+        # the 304's Date (not the stored one) is what the update carries.
+        new = new.copy()
+        new.add(b"Date", format_http_date(response_time))
     fields = merge_fields(meta.headers, new)
     merged = Headers(fields)
     if vary_names(merged) != meta.vary_names:
         return None
     cc = parse_response_directives(merged)
-    date = date_value(new, response_time) if b"date" in new else date_value(merged, response_time)
+    date = date_value(new, response_time)
     return replace(
         meta,
         head=pack_fields(fields),
