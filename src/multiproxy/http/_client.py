@@ -176,6 +176,10 @@ class UpstreamConnection(Protocol):
         self._sink = None
         self._deadline.clear()
         self._request = None
+        if self._keep_alive and self._reader.has_buffered:
+            # Bytes past the response we asked for (one request at a time):
+            # reused, they would answer the next request sent here.
+            self._keep_alive = False
         if self._keep_alive:
             self._reader.start_next()
         if request is not None:

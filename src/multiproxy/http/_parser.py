@@ -536,6 +536,11 @@ class _Reader:
         self.body_length = None
 
     @property
+    def has_buffered(self) -> bool:
+        """True when received bytes wait past the last event (a pipelined message, or junk)."""
+        return bool(self._buf)
+
+    @property
     def failed(self) -> bool:
         """True once the reader has raised a ProtocolError; it then stays failed."""
         return self._state == _FAILED
