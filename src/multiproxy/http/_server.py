@@ -168,6 +168,8 @@ class Exchange:
             if self.request.version == b"HTTP/1.1":
                 if status != 101:
                     interim = end_to_end(response.headers)
+                    # RFC 9110 8.6: never Content-Length in a 1xx.
+                    interim.remove(b"content-length")
                     write_direct(
                         self._transport, response_head_bytes(status, response.reason, interim)
                     )
@@ -182,6 +184,11 @@ class Exchange:
         elif framing == "close":
             self.close_after = True
             self._close_delimited = True
+        elif status == 204:
+            # RFC 9110 8.6: a 204 carries no Content-Length, whatever the
+            # upstream sent (a client trusting it would read the next
+            # response as this one's body).
+            headers.remove(b"content-length")
         self._held = self._head_bytes(status, response.reason, headers)
         if producer is not None and framing != "none":
             self._producer = producer
