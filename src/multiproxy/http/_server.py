@@ -176,6 +176,8 @@ class Exchange:
             return
         self.response_started = True
         self.record.status = status
+        if not self.request_complete and self.body is not None and not self.body.received:
+            self._unsent_body_ends_connection()
         headers = self.protocol.response_headers(self, response)
         framing = self.protocol.response_framing(self, response)
         if framing == "chunked":
@@ -276,6 +278,13 @@ class Exchange:
         self.respond(status, headers, body, close=close)
 
     # -- internals -------------------------------------------------------
+
+    def _unsent_body_ends_connection(self) -> None:
+        # RFC 9110 10.1.1: a client waiting for 100 (Continue) that gets a
+        # final status may never send the body; whatever it sends next would
+        # be read as that body.  Say the connection closes after this answer.
+        if b"100-continue" in self.request.headers.tokens(b"expect"):
+            self.close_after = True
 
     def _head_bytes(self, status: int, reason: bytes, headers: Headers) -> bytes:
         if self.close_after:
