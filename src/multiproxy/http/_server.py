@@ -258,6 +258,9 @@ class Exchange:
             # An unread request body cannot be skipped safely: close after.
             self.close_after = True
         headers.add(b"Content-Length", b"%d" % len(body))
+        if b"date" not in headers:
+            # RFC 9110 6.6.1: the proxy is this answer's origin, and has a clock.
+            headers.add(b"Date", _date_value(self.protocol.factory.reactor.seconds()))
         head = self._head_bytes(status, STATUS_REASONS.get(status, b"Unknown"), headers)
         if body and self.request.method != b"HEAD":
             self.record.bytes_to_client += len(body)

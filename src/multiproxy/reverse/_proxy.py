@@ -39,7 +39,13 @@ from multiproxy.http._exchange import IFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http._rules import HOP_BY_HOP, end_to_end
-from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
+from multiproxy.http._server import (
+    Exchange,
+    HTTPProxyFactory,
+    HTTPServerProtocol,
+    Timeouts,
+    _date_value,
+)
 from multiproxy.http._target import is_origin_form, parse_absolute_target
 from multiproxy.policy._admission import Refusal, rate_limited, refusal
 from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
@@ -287,8 +293,12 @@ class ReverseProxyProtocol(HTTPServerProtocol):
     # -- responses -------------------------------------------------------
 
     def response_headers(self, exchange: Exchange, response: ResponseHead) -> Headers:
-        """End-to-end fields of the backend's response, plus HSTS over TLS."""
+        """End-to-end fields of the backend's response, plus Date if missing and HSTS over TLS."""
         headers = end_to_end(response.headers)
+        if b"date" not in headers:
+            # RFC 9110 6.6.1: a recipient with a clock MUST add Date to a
+            # response it forwards without one.
+            headers.add(b"Date", _date_value(self.factory.reactor.seconds()))
         hsts = self.factory.hsts
         if hsts is not None and self.secure and b"strict-transport-security" not in headers:
             headers.add(b"Strict-Transport-Security", hsts)
