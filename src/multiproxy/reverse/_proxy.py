@@ -131,6 +131,9 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             exchange.respond(200, Headers([(b"Allow", self.allowed_methods)]))
             return
         if is_origin_form(head.target):
+            if b"#" in head.target:
+                # RFC 9112 3.2.1: origin-form is absolute-path [ "?" query ].
+                raise ProtocolError("fragment (#...) not allowed in a request target")
             host_value = head.headers.get(b"host")
             host = host_value.decode("latin-1") if host_value is not None else None
             path = head.target
@@ -233,12 +236,18 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             host=host_value,
             settings=factory.forwarded,
         )
-        if match.route.host_header == "backend":
+        if match.route.host_header == "backend" or host_value is None:
+            # RFC 9112 3.2: an HTTP/1.1 request always has Host, and an
+            # HTTP/1.0 client may have sent none.
             headers.set(b"host", backend_authority(backend))
-        elif host_value is not None:
+        else:
             headers.set(b"host", host_value)
         if factory.via is not None:
             headers.add(b"Via", head.version[5:] + b" " + factory.via)
+        if head.version == b"HTTP/1.0":
+            # RFC 9110 10.1.1: a 100-continue expectation from an HTTP/1.0
+            # client is ignored, so it must not reach an HTTP/1.1 backend.
+            headers.remove(b"expect")
         return headers
 
     def _forward(self, exchange: Exchange, intent: Intent, match: RouteMatch,
@@ -262,7 +271,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             head=RequestHead(head.method, match.target, b"HTTP/1.1", headers),
             body=exchange.body,
             pool=pool,
-            rewrite_host=match.route.host_header == "backend",
+            rewrite_host=match.route.host_header == "backend" or host_value is None,
         )
         exchange.forward(request, self.factory.fetcher_for(match))
 
