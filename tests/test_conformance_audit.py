@@ -285,3 +285,26 @@ async def test_an_unsolicited_101_is_answered_502_at_once(start_forward):
             origin_protocol.transport.abortConnection()
     assert answer.startswith(b"HTTP/1.1 502 ")
     assert b"101" in answer
+
+
+# -- RFC 9110 15.5.6: a 405 lists the methods that are allowed ----------------------
+
+
+def test_the_forward_proxys_405_to_trace_has_allow():
+    fetcher, protocol_, transport = forward_proxy()
+    protocol_.dataReceived(
+        b"TRACE http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n\r\n"
+    )
+    out = transport.value()
+    assert out.startswith(b"HTTP/1.1 405 ")
+    assert b"\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, CONNECT\r\n" in out
+
+
+def test_the_reverse_proxys_405_to_connect_has_allow():
+    fetcher, protocol_, transport = reverse_proxy()
+    protocol_.dataReceived(b"CONNECT site.test:443 HTTP/1.1\r\nHost: site.test:443\r\n\r\n")
+    out = transport.value()
+    assert out.startswith(b"HTTP/1.1 405 ")
+    allow = out.split(b"\r\nAllow: ", 1)[1].split(b"\r\n", 1)[0]
+    assert b"GET" in allow.split(b", ")
+    assert b"CONNECT" not in allow

@@ -277,6 +277,9 @@ class Exchange:
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Cache-Control", b"no-store"),
         ])
+        if status == 405:
+            # RFC 9110 15.5.6: a 405 MUST list the methods that are allowed.
+            headers.add(b"Allow", self.protocol.allowed_methods)
         self.record.extra.setdefault("error", message)
         self.respond(status, headers, body, close=close)
 
