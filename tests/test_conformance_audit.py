@@ -308,3 +308,71 @@ def test_the_reverse_proxys_405_to_connect_has_allow():
     allow = out.split(b"\r\nAllow: ", 1)[1].split(b"\r\n", 1)[0]
     assert b"GET" in allow.split(b", ")
     assert b"CONNECT" not in allow
+
+
+# -- abuse: what a client can make the proxy hold ------------------------------------
+
+
+def test_pipelined_requests_past_one_head_of_backlog_stop_the_reading():
+    # Requests pipelined behind one that waits on its upstream sit in the
+    # reader's buffer; without a bound a client can fill the proxy's memory
+    # (300 MB sent in 0.3 s over loopback was all kept).
+    fetcher, protocol_, transport = forward_proxy()
+    protocol_.dataReceived(GET)
+    assert len(fetcher.fetches) == 1
+    backlog = protocol_.factory.limits.max_head
+    while transport.producerState == "producing" and backlog > 0:
+        protocol_.dataReceived(GET * 100)
+        backlog -= len(GET) * 100
+    assert transport.producerState == "paused"
+    assert len(fetcher.fetches) == 1
+    [(_request, sink)] = fetcher.fetches
+    sink.head(_response(200, (b"Content-Length", b"0")), None)
+    sink.end()
+    # The next request is answered from the backlog; reading resumes, and
+    # pauses again while the backlog is still past the bound.
+    assert len(fetcher.fetches) == 2
+    while len(fetcher.fetches) < 500:
+        _request, sink = fetcher.fetches[-1]
+        sink.head(_response(200, (b"Content-Length", b"0")), None)
+        sink.end()
+        if transport.producerState == "producing":
+            break
+    assert transport.producerState == "producing"
+
+
+def test_a_body_held_complete_before_the_upstream_connects_resumes_the_client():
+    # A body read in full while the upstream was still being chosen (a slow
+    # credential check) past the hold limit paused the client; nothing
+    # resumed it, so the next request on the connection was never read.
+    from multiproxy.http._exchange import RequestBody
+
+    class Producer:
+        paused = False
+
+        def pauseProducing(self):
+            self.paused = True
+
+        def resumeProducing(self):
+            self.paused = False
+
+    class Consumer:
+        transport = StringTransport()
+        received = b""
+        ended = False
+
+        def body_data(self, data):
+            self.received += data
+
+        def body_end(self):
+            self.ended = True
+
+    producer = Producer()
+    body = RequestBody(producer, False, RequestBody.high_water + 10)
+    body.write(b"x" * (RequestBody.high_water + 10))
+    assert producer.paused
+    body.finish()
+    consumer = Consumer()
+    body.attach(consumer)
+    assert consumer.ended and len(consumer.received) == RequestBody.high_water + 10
+    assert not producer.paused

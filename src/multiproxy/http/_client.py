@@ -183,7 +183,7 @@ class UpstreamConnection(Protocol):
         self._sink = None
         self._deadline.clear()
         self._request = None
-        if self._keep_alive and self._reader.has_buffered:
+        if self._keep_alive and self._reader.buffered:
             # Bytes past the response we asked for (one request at a time):
             # reused, they would answer the next request sent here.
             self._keep_alive = False

@@ -536,9 +536,9 @@ class _Reader:
         self.body_length = None
 
     @property
-    def has_buffered(self) -> bool:
-        """True when received bytes wait past the last event (a pipelined message, or junk)."""
-        return bool(self._buf)
+    def buffered(self) -> int:
+        """How many received bytes wait past the last event (pipelined messages, or junk)."""
+        return len(self._buf)
 
     @property
     def failed(self) -> bool:

@@ -348,6 +348,7 @@ class HTTPServerProtocol(Protocol):
         self._peer_port = 0
         self._release_slot: Callable[[], None] | None = None
         self.over_connection_limit = False
+        self._backlog_paused = False  # reading stopped: pipelined requests past the bound
 
     # -- connection life -------------------------------------------------
 
@@ -430,7 +431,15 @@ class HTTPServerProtocol(Protocol):
                 if self._deadline.kind == "client_idle":
                     self._deadline.clear()
                 self.exchange.request_end()
-            elif event is NEED_DATA or event is PAUSED:
+            elif event is NEED_DATA:
+                return
+            elif event is PAUSED:
+                if reader.buffered > self.factory.limits.max_head and not self._backlog_paused:
+                    # Pipelined requests wait in the buffer until this one is
+                    # answered: past one head's worth, stop reading, or a
+                    # client could make the proxy hold any amount.
+                    self._backlog_paused = True
+                    self.transport.pauseProducing()
                 return
             elif event is CLOSED:
                 if self.exchange is None:
@@ -555,6 +564,7 @@ class HTTPServerProtocol(Protocol):
         if exchange.close_after or self._closing:
             self._close()
             return
+        self._resume_backlog()
         self._reader.start_next()
         self._await_request()
         self._pump()
@@ -569,7 +579,13 @@ class HTTPServerProtocol(Protocol):
         """
         self._cancel_timer()
         self.tunnel = tunnel
+        self._resume_backlog()
         return self._reader.take_buffered()
+
+    def _resume_backlog(self) -> None:
+        if self._backlog_paused:
+            self._backlog_paused = False
+            self.transport.resumeProducing()
 
     # -- errors and timeouts -----------------------------------------------
 
