@@ -136,7 +136,7 @@ def test_final_response_after_the_body_began_keeps_reading_it():
 
 
 def test_the_forward_proxys_own_answers_carry_a_date():
-    fetcher, protocol_, transport = forward_proxy()
+    _fetcher, protocol_, transport = forward_proxy()
     protocol_.dataReceived(b"GET /not-absolute HTTP/1.1\r\nHost: origin.test\r\n\r\n")
     out = transport.value()
     assert out.startswith(b"HTTP/1.1 400 ")
@@ -144,7 +144,7 @@ def test_the_forward_proxys_own_answers_carry_a_date():
 
 
 def test_the_reverse_proxys_own_answers_carry_a_date():
-    fetcher, protocol_, transport = reverse_proxy()
+    _fetcher, protocol_, transport = reverse_proxy()
     protocol_.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: site.test\r\n\r\n")
     out = transport.value()
     assert out.startswith(b"HTTP/1.1 200 ")
@@ -178,7 +178,7 @@ def test_reverse_proxy_keeps_the_backends_date():
 def test_reverse_proxy_sends_a_host_for_an_http10_request_without_one():
     # RFC 9112 3.2: every HTTP/1.1 request carries Host, and the proxy
     # speaks HTTP/1.1 to backends whatever the client spoke.
-    fetcher, protocol_, transport = reverse_proxy()
+    fetcher, protocol_, _transport = reverse_proxy()
     protocol_.dataReceived(b"GET /a HTTP/1.0\r\n\r\n")
     [(request, _sink)] = fetcher.fetches
     assert request.head.version == b"HTTP/1.1"
@@ -188,7 +188,7 @@ def test_reverse_proxy_sends_a_host_for_an_http10_request_without_one():
 def test_reverse_proxy_drops_an_http10_clients_expect():
     # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request
     # MUST be ignored, so it must not reach an HTTP/1.1 backend.
-    fetcher, protocol_, transport = reverse_proxy()
+    fetcher, protocol_, _transport = reverse_proxy()
     protocol_.dataReceived(
         b"POST / HTTP/1.0\r\nHost: site.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi"
     )
@@ -291,7 +291,7 @@ async def test_an_unsolicited_101_is_answered_502_at_once(start_forward):
 
 
 def test_the_forward_proxys_405_to_trace_has_allow():
-    fetcher, protocol_, transport = forward_proxy()
+    _fetcher, protocol_, transport = forward_proxy()
     protocol_.dataReceived(
         b"TRACE http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n\r\n"
     )
@@ -301,7 +301,7 @@ def test_the_forward_proxys_405_to_trace_has_allow():
 
 
 def test_the_reverse_proxys_405_to_connect_has_allow():
-    fetcher, protocol_, transport = reverse_proxy()
+    _fetcher, protocol_, transport = reverse_proxy()
     protocol_.dataReceived(b"CONNECT site.test:443 HTTP/1.1\r\nHost: site.test:443\r\n\r\n")
     out = transport.value()
     assert out.startswith(b"HTTP/1.1 405 ")
