@@ -146,7 +146,14 @@ class UpstreamConnection(Protocol):
             if kind is Data:
                 self._sink.data(event.data)
             elif kind is ResponseHead:
-                if event.status < 200 and event.status != 101:
+                if event.status < 200:
+                    if event.status == 101:
+                        # Upgrade is hop-by-hop and never sent from here: a
+                        # switch nobody asked for (RFC 9110 15.2.2).
+                        self._fail(UpstreamError(
+                            "upstream switched protocols (101) without being asked", 502))
+                        self.transport.abortConnection()
+                        return
                     self._sink.head(event, None)
                     continue
                 self._keep_alive = event.keep_alive and reader.body_framing != "eof"
@@ -167,7 +174,7 @@ class UpstreamConnection(Protocol):
                 # connectionLost reports it.
                 return
             elif event is PAUSED:
-                # 101 or a 2xx to CONNECT: the connection is no longer HTTP.
+                # A 2xx to CONNECT: the connection is no longer HTTP.
                 self._keep_alive = False
                 return
 
@@ -177,6 +184,10 @@ class UpstreamConnection(Protocol):
         self._in_body = False
         self._deadline.clear()
         self._request = None
+        if self._keep_alive and self._reader.buffered:
+            # Bytes past the response we asked for (one request at a time):
+            # reused, they would answer the next request sent here.
+            self._keep_alive = False
         if self._keep_alive:
             self._reader.start_next()
         if request is not None:

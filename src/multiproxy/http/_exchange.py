@@ -169,6 +169,11 @@ class RequestBody:
             consumer.body_data(data)
         if self.complete:
             consumer.body_end()
+            if self._paused:
+                # Held past high water, then completed: nothing else resumes
+                # the client, and its next request would never be read.
+                self._paused = False
+                self.producer.resumeProducing()
             return
         consumer.transport.registerProducer(self.producer, True)
         if self._paused:

@@ -537,7 +537,7 @@ class _Reader:
 
     @property
     def buffered(self) -> int:
-        """How many bytes received are not yet read out as events."""
+        """How many received bytes wait past the last event (part of a head, pipelined messages, junk)."""
         return len(self._buf)
 
     @property

@@ -171,12 +171,16 @@ class Exchange:
             if self.request.version == b"HTTP/1.1":
                 if status != 101:
                     interim = end_to_end(response.headers)
+                    # RFC 9110 8.6: never Content-Length in a 1xx.
+                    interim.remove(b"content-length")
                     write_direct(
                         self._transport, response_head_bytes(status, response.reason, interim)
                     )
             return
         self.response_started = True
         self.record.status = status
+        if not self.request_complete and self.body is not None and not self.body.received:
+            self._unsent_body_ends_connection()
         headers = self.protocol.response_headers(self, response)
         framing = self.protocol.response_framing(self, response)
         if framing == "chunked":
@@ -185,6 +189,11 @@ class Exchange:
         elif framing == "close":
             self.close_after = True
             self._close_delimited = True
+        elif status == 204:
+            # RFC 9110 8.6: a 204 carries no Content-Length, whatever the
+            # upstream sent (a client trusting it would read the next
+            # response as this one's body).
+            headers.remove(b"content-length")
         self._held = self._head_bytes(status, response.reason, headers)
         if framing != "none":
             self._producer = producer
@@ -252,6 +261,9 @@ class Exchange:
             # An unread request body cannot be skipped safely: close after.
             self.close_after = True
         headers.add(b"Content-Length", b"%d" % len(body))
+        if b"date" not in headers:
+            # RFC 9110 6.6.1: the proxy is this answer's origin, and has a clock.
+            headers.add(b"Date", _date_value(self.protocol.factory.reactor.seconds()))
         head = self._head_bytes(status, STATUS_REASONS.get(status, b"Unknown"), headers)
         if body and self.request.method != b"HEAD":
             self.record.bytes_to_client += len(body)
@@ -268,10 +280,20 @@ class Exchange:
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Cache-Control", b"no-store"),
         ])
+        if status == 405:
+            # RFC 9110 15.5.6: a 405 MUST list the methods that are allowed.
+            headers.add(b"Allow", self.protocol.allowed_methods)
         self.record.extra.setdefault("error", message)
         self.respond(status, headers, body, close=close)
 
     # -- internals -------------------------------------------------------
+
+    def _unsent_body_ends_connection(self) -> None:
+        # RFC 9110 10.1.1: a client waiting for 100 (Continue) that gets a
+        # final status may never send the body; whatever it sends next would
+        # be read as that body.  Say the connection closes after this answer.
+        if b"100-continue" in self.request.headers.tokens(b"expect"):
+            self.close_after = True
 
     def _head_bytes(self, status: int, reason: bytes, headers: Headers) -> bytes:
         if self.close_after:
@@ -341,6 +363,7 @@ class HTTPServerProtocol(Protocol):
         self._peer_port = 0
         self._release_slot: Callable[[], None] | None = None
         self.over_connection_limit = False
+        self._backlog_paused = False  # reading stopped: pipelined requests past the bound
 
     # -- connection life -------------------------------------------------
 
@@ -426,7 +449,15 @@ class HTTPServerProtocol(Protocol):
                 if self._deadline.kind == "client_idle":
                     self._deadline.clear()
                 self.exchange.request_end()
-            elif event is NEED_DATA or event is PAUSED:
+            elif event is NEED_DATA:
+                return
+            elif event is PAUSED:
+                if reader.buffered > self.factory.limits.max_head and not self._backlog_paused:
+                    # Pipelined requests wait in the buffer until this one is
+                    # answered: past one head's worth, stop reading, or a
+                    # client could make the proxy hold any amount.
+                    self._backlog_paused = True
+                    self.transport.pauseProducing()
                 return
             elif event is CLOSED:
                 if self.exchange is None:
@@ -551,6 +582,8 @@ class HTTPServerProtocol(Protocol):
         if exchange.close_after or self._closing:
             self._close()
             return
+        if self._backlog_paused:
+            self._resume_backlog()
         self._reader.start_next()
         self._await_request()
         self._pump()
@@ -565,7 +598,13 @@ class HTTPServerProtocol(Protocol):
         """
         self._cancel_timer()
         self.tunnel = tunnel
+        self._resume_backlog()
         return self._reader.take_buffered()
+
+    def _resume_backlog(self) -> None:
+        if self._backlog_paused:
+            self._backlog_paused = False
+            self.transport.resumeProducing()
 
     # -- errors and timeouts -----------------------------------------------
 

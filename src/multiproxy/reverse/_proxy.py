@@ -39,7 +39,13 @@ from multiproxy.http._exchange import IFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http._rules import HOP_BY_HOP, end_to_end
-from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
+from multiproxy.http._server import (
+    Exchange,
+    HTTPProxyFactory,
+    HTTPServerProtocol,
+    Timeouts,
+    _date_value,
+)
 from multiproxy.http._target import is_origin_form, parse_absolute_target
 from multiproxy.policy._admission import Refusal, rate_limited, refusal
 from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
@@ -125,6 +131,9 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             exchange.respond(200, Headers([(b"Allow", self.allowed_methods)]))
             return
         if is_origin_form(head.target):
+            if b"#" in head.target:
+                # RFC 9112 3.2.1: origin-form is absolute-path [ "?" query ].
+                raise ProtocolError("fragment (#...) not allowed in a request target")
             host_value = head.headers.get(b"host")
             host = host_value.decode("latin-1") if host_value is not None else None
             path = head.target
@@ -227,12 +236,18 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             host=host_value,
             settings=factory.forwarded,
         )
-        if match.route.host_header == "backend":
+        if match.route.host_header == "backend" or host_value is None:
+            # RFC 9112 3.2: an HTTP/1.1 request always has Host, and an
+            # HTTP/1.0 client may have sent none.
             headers.set(b"host", backend_authority(backend))
-        elif host_value is not None:
+        else:
             headers.set(b"host", host_value)
         if factory.via is not None:
             headers.add(b"Via", head.version[5:] + b" " + factory.via)
+        if head.version == b"HTTP/1.0":
+            # RFC 9110 10.1.1: a 100-continue expectation from an HTTP/1.0
+            # client is ignored, so it must not reach an HTTP/1.1 backend.
+            headers.remove(b"expect")
         return headers
 
     def _forward(self, exchange: Exchange, intent: Intent, match: RouteMatch,
@@ -256,7 +271,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             head=RequestHead(head.method, match.target, b"HTTP/1.1", headers),
             body=exchange.body,
             pool=pool,
-            rewrite_host=match.route.host_header == "backend",
+            rewrite_host=match.route.host_header == "backend" or host_value is None,
         )
         exchange.forward(request, self.factory.fetcher_for(match))
 
@@ -287,8 +302,12 @@ class ReverseProxyProtocol(HTTPServerProtocol):
     # -- responses -------------------------------------------------------
 
     def response_headers(self, exchange: Exchange, response: ResponseHead) -> Headers:
-        """End-to-end fields of the backend's response, plus HSTS over TLS."""
+        """End-to-end fields of the backend's response, plus Date if missing and HSTS over TLS."""
         headers = end_to_end(response.headers)
+        if b"date" not in headers:
+            # RFC 9110 6.6.1: a recipient with a clock MUST add Date to a
+            # response it forwards without one.
+            headers.add(b"Date", _date_value(self.factory.reactor.seconds()))
         hsts = self.factory.hsts
         if hsts is not None and self.secure and b"strict-transport-security" not in headers:
             headers.add(b"Strict-Transport-Security", hsts)
