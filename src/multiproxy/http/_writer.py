@@ -52,6 +52,7 @@ _HTTP11 = b"HTTP/1.1"
 
 _GOOD_TOKENS: set[bytes] = set()
 _GOOD_TOKENS_MAX = 1024
+_GOOD_REASONS: set[bytes] = set()  # reason phrases checked already ("OK"), as many
 
 
 def _is_token(value: bytes) -> bool:
@@ -122,8 +123,11 @@ def response_head_bytes(
     """The bytes of a status line and header section, ending with the empty line."""
     if not 100 <= status <= 999:
         raise UnsafeField(f"refusing to write invalid status code {status!r}")
-    if reason.translate(None, _FIELD_BYTES):
-        raise UnsafeField(f"refusing to write control characters in reason {reason[:40]!r}")
+    if reason not in _GOOD_REASONS:
+        if reason.translate(None, _FIELD_BYTES):
+            raise UnsafeField(f"refusing to write control characters in reason {reason[:40]!r}")
+        if len(_GOOD_REASONS) < _GOOD_TOKENS_MAX:
+            _GOOD_REASONS.add(bytes(reason))
     if version is not _HTTP11 and _VERSION_RE.fullmatch(version) is None:
         raise UnsafeField(f"refusing to write invalid version {version[:20]!r}")
     parts = [version, b" %d " % status, reason, b"\r\n"]
