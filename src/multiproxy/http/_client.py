@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
 from multiproxy._deadline import Deadline
-from multiproxy._directwrite import no_delay, write_direct
+from multiproxy._directwrite import no_delay, send_now
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
 from multiproxy.http._parser import (
@@ -80,7 +80,8 @@ class UpstreamConnection(Protocol):
         self.requests += 1
         self._request = request
         self._sink = sink
-        self._on_stale = on_stale if request.idempotent and self.requests > 1 else None
+        # Whether a replay is safe (request.idempotent) is asked only if it comes to that.
+        self._on_stale = on_stale if self.requests > 1 else None
         self._got_response = False
         self._sent_at = self.pool.reactor.seconds()
         self._reader.expect(request.head.method)
@@ -94,7 +95,9 @@ class UpstreamConnection(Protocol):
                 headers.add(b"Transfer-Encoding", b"chunked")
             else:
                 headers.add(b"Content-Length", b"%d" % (body.length or 0,))
-        write_direct(self.transport, request_head_bytes(head.method, head.target, headers))
+        rest = send_now(self.transport, request_head_bytes(head.method, head.target, headers))
+        if rest:
+            self.transport.write(rest)
         self._body_sent = body is None
         self._deadline.set("response", self.pool.response_timeout)
         if body is not None:
@@ -231,10 +234,6 @@ class UpstreamConnection(Protocol):
             self._fail(UpstreamError(f"upstream stalled for {seconds:g} s mid-response", 504))
             self.transport.abortConnection()
 
-    def pooled(self, seconds: float) -> None:
-        """The connection waits idle in the pool; close it after ``seconds``."""
-        self._deadline.set("pooled", seconds)
-
     # -- end of the connection --------------------------------------------
 
     def connectionLost(self, reason: Failure = None) -> None:
@@ -243,7 +242,8 @@ class UpstreamConnection(Protocol):
         self.pool.forget(self)
         if self._sink is None:
             return
-        if not self._got_response and self._on_stale is not None:
+        if (not self._got_response and self._on_stale is not None
+                and self._request is not None and self._request.idempotent):
             retry, self._on_stale, self._sink, self._request = self._on_stale, None, None, None
             retry()
             return
@@ -370,7 +370,7 @@ class ConnectionPool:
             oldest.transport.loseConnection()
         self._idle.setdefault(conn.key, []).append(conn)
         self._idle_order[conn] = None
-        conn.pooled(self.keepalive_timeout)
+        conn._deadline.set("pooled", self.keepalive_timeout)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """``conn`` is closed: it must never be handed out again."""

@@ -215,7 +215,8 @@ class Exchange:
         if self._chunked:
             self._held += LAST_CHUNK
         self._producer = None  # nothing more to pause once this is written
-        self.flush()
+        if self._held:
+            self.flush()
         self._finish()
 
     def flush(self) -> None:
@@ -320,7 +321,8 @@ class Exchange:
             self._transport.unregisterProducer()
 
     def _finish(self) -> None:
-        self._release_producer()
+        if self._registered:
+            self._release_producer()
         self.finished = True
         # The fetch holds this exchange as its sink: dropping the way back
         # lets reference counting free both at once, no garbage cycle.
@@ -364,6 +366,7 @@ class HTTPServerProtocol(Protocol):
         self._release_slot: Callable[[], None] | None = None
         self.over_connection_limit = False
         self._backlog_paused = False  # reading stopped: pipelined requests past the bound
+        self._eof_received = False  # the client shut its write side
 
     # -- connection life -------------------------------------------------
 
@@ -403,6 +406,7 @@ class HTTPServerProtocol(Protocol):
         if self.tunnel is not None:
             self.tunnel.downstream_eof()
             return
+        self._eof_received = True
         self._reader.feed_eof()
         self._pump()
 
@@ -423,11 +427,14 @@ class HTTPServerProtocol(Protocol):
         if self.tunnel is not None:
             self.tunnel.downstream_data(data)
             return
-        reader = self._reader
-        reader.feed(data)
+        self._reader.feed(data)
+        self._read_requests()
+
+    def _read_requests(self) -> None:
+        """Act on what the reader holds; part of a head left over starts the header timeout."""
         self._pump()
-        if self._deadline.kind == "keepalive" and reader.buffered:
-            # Part of a request head arrived (a whole one would have begun
+        if self._deadline.kind == "keepalive" and self._reader.buffered:
+            # Part of a request head is here (a whole one would have begun
             # an exchange): from now on it has the header timeout to finish.
             self._deadline.set("header", self.factory.timeouts.header)
 
@@ -584,9 +591,11 @@ class HTTPServerProtocol(Protocol):
             return
         if self._backlog_paused:
             self._resume_backlog()
-        self._reader.start_next()
-        self._await_request()
-        self._pump()
+        reader = self._reader
+        reader.start_next()
+        self._deadline.set("keepalive", self.factory.timeouts.keepalive)
+        if reader.buffered or self._eof_received:  # else there is nothing to read yet
+            self._read_requests()
 
     # -- switching to a byte relay (CONNECT, Upgrade) --------------------
 
