@@ -558,9 +558,43 @@ class _Reader:
         try:
             # In the order a proxy meets them most: one head, one or two
             # length-body events, the end of a body-less message, a pause.
+            # The head and length-body steps are written out here rather than
+            # called: a Python call costs as much as the rest of a step.
             if state == _HEAD:
-                return self._read_head()
+                buf = self._buf
+                if buf and buf[0] == 13:  # 13: CR, perhaps empty lines first
+                    self._skip_empty_lines()
+                scanned = self._scanned
+                end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
+                if end < 0:
+                    return self._head_incomplete()
+                limits = self.limits
+                if end + 4 > limits.max_head:
+                    self._check_start_line()
+                    raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
+                if end + 4 == len(buf):  # the head alone, as most requests come: no slice
+                    lines = bytes(buf).split(b"\r\n")
+                    del lines[-2:]
+                    buf.clear()
+                else:
+                    lines = bytes(buf[:end]).split(b"\r\n")
+                    del buf[: end + 4]
+                self._scanned = 0
+                self._empty_lines = 0
+                if len(lines[0]) > limits.max_request_line:
+                    raise self._start_line_error()
+                # The subclass checks the bytes of the lines (_check_head), and only
+                # when the start line or a field line is new.
+                return self._head_event(lines)
             if state == _BODY_LENGTH:
+                remaining = self._remaining
+                buf = self._buf
+                if remaining and remaining >= len(buf) and buf:
+                    # The rest of the buffer is body, as when a body comes whole.
+                    data = bytes(buf)
+                    buf.clear()
+                    self._remaining = remaining - len(data)
+                    return _new_event(Data, (data,))
                 return self._read_length()
             if state == _BODY_NONE:
                 self._state = _DONE
@@ -585,38 +619,6 @@ class _Reader:
         self._buf.clear()
 
     # -- head --------------------------------------------------------------
-
-    def _read_head(self) -> Event:
-        buf = self._buf
-        if not buf:  # the usual call after a message: nothing more yet
-            if self._eof:
-                self._state = _CLOSED
-                return CLOSED
-            return NEED_DATA
-        if buf.startswith(b"\r\n"):
-            self._skip_empty_lines()
-        scanned = self._scanned
-        end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
-        if end < 0:
-            return self._head_incomplete()
-        limits = self.limits
-        if end + 4 > limits.max_head:
-            self._check_start_line()
-            raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
-        if end + 4 == len(buf):  # the head alone, as most requests come: no slice
-            lines = bytes(buf).split(b"\r\n")
-            del lines[-2:]
-            buf.clear()
-        else:
-            lines = bytes(buf[:end]).split(b"\r\n")
-            del buf[: end + 4]
-        self._scanned = 0
-        self._empty_lines = 0
-        if len(lines[0]) > limits.max_request_line:
-            raise self._start_line_error()
-        # The subclass checks the bytes of the lines (_check_head), and only
-        # when the start line or a field line is new.
-        return self._head_event(lines)
 
     def _skip_empty_lines(self) -> None:
         buf = self._buf
@@ -1000,7 +1002,14 @@ class ResponseReader(_Reader):
         self._expected.append(method)
 
     def start_next(self) -> None:
-        _Reader.start_next(self)  # not super(): this runs once per response
+        # _Reader.start_next written out: this runs once per response.
+        if self._state not in (_DONE, _BODY_NONE):
+            raise RuntimeError("start_next() called before the message was complete")
+        self._state = _HEAD
+        self._scanned = 0
+        self._empty_lines = 0
+        self.body_framing = "none"
+        self.body_length = None
         if self._expected:
             self._expected.popleft()
 
