@@ -1039,7 +1039,7 @@ class ResponseReader(_Reader):
         headers = Headers(pairs, lower)
         method = self._expected[0]
         te = b"transfer-encoding" in lower
-        cl = b"content-length" in lower
+        cl = lower.count(b"content-length")
         # Framing fields are checked even where they do not frame anything
         # (HEAD, 204, 304): the proxy forwards them.
         if te:
@@ -1050,7 +1050,18 @@ class ResponseReader(_Reader):
             _check_chunked(_field_values(pairs, lower, b"transfer-encoding"), False)
         length = None
         if cl:
-            length, headers = _length_and_headers(pairs, lower, headers)
+            value = pairs[lower.index(b"content-length")][1]
+            # The usual field, as _length_and_headers checks it first
+            # (written out: most responses come with one).
+            if (
+                cl == 1
+                and value.isdigit()
+                and len(value) <= _MAX_CONTENT_LENGTH_DIGITS
+                and (value[0] != 48 or len(value) == 1)  # 48: b"0"
+            ):
+                length = int(value)
+            else:
+                length, headers = _length_and_headers(pairs, lower, headers)
         head = _new_event(ResponseHead, (version, status, reason, headers))
         if status < 200:
             self.body_framing = "none"
@@ -1068,7 +1079,15 @@ class ResponseReader(_Reader):
         elif te:
             self._begin_body("chunked", None)
         elif length is not None:
-            self._begin_body("length", length)
+            # _begin_body("length", length) written out, for the same reason.
+            self.body_framing = "length"
+            self.body_length = length
+            self._body_seen = 0
+            max_body = self.limits.max_body
+            if max_body is not None and length > max_body:
+                raise BodyTooLarge(f"body of {length} bytes is larger than the limit of {max_body}")
+            self._remaining = length
+            self._state = _BODY_LENGTH if length else _BODY_NONE
         else:
             self._begin_body("eof", None)
         return head
