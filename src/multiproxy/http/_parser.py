@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from itertools import compress
 from typing import Final, NamedTuple, Union
 
 from multiproxy._errors import (
@@ -226,20 +225,23 @@ _CHUNK_EXT_RE = re.compile(
     rb"(?:[ \t]*;[ \t]*[" + _TCHAR + rb"]+(?:[ \t]*=[ \t]*(?:[" + _TCHAR + rb"]+|" + _QUOTED + rb"))?)*"
 )
 
-# Field lines already parsed -> ((name, value), lower-case name, framing?); bounded.
-# Only lines of a section that passed the byte check (_check_section) go in,
-# so a hit also proves the line free of CR, LF and control characters.
-_LINE_CACHE: dict[bytes, tuple[tuple[bytes, bytes], bytes, bool]] = {}
+# Field lines already parsed -> (name, value), and -> lower-case name: two
+# dicts filled and cleared together, so that a head whose lines all repeat
+# gets both lists Headers keeps with one C-level map each.  Bounded.  Only
+# lines of a section that passed the byte check (_check_section) go in, so
+# a hit also proves the line free of CR, LF and control characters.
+_LINE_CACHE: dict[bytes, tuple[bytes, bytes]] = {}
+_LINE_NAMES: dict[bytes, bytes] = {}
 _LINE_CACHE_MAX = 4096
 _LINE_CACHE_MAX_LEN = 256
-_cached_line = _LINE_CACHE.__getitem__
+_cached_pair = _LINE_CACHE.__getitem__
+_cached_name = _LINE_NAMES.__getitem__
 # Status lines already parsed -> (version, status, reason); bounded likewise.
 # A status line matching _STATUS_LINE_RE is free of CR, LF and controls.
 _STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
 _GOOD_HOSTS: set[bytes] = set()
 _NAME_CACHE: dict[bytes, bytes] = {}  # valid field name -> lower case
 
-_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _FRAMING_LOOKALIKES = frozenset({b"content-length", b"transfer-encoding"})
 
 _MAX_EMPTY_LINES = 8
@@ -308,10 +310,6 @@ def _diagnose_section(section: bytes, what: str = "header") -> None:
     raise ProtocolError(f"bare LF in the {what} section (lines must end with CRLF)")
 
 
-_Entry = tuple[tuple[bytes, bytes], bytes, bool]
-"""A parsed field line: ((name, value), lower-case name, is a framing field)."""
-
-
 def _check_section(section: bytes, lines: int, what: str = "header") -> None:
     """Refuse a section of ``lines`` CRLF-ended lines holding a bare CR or LF or a control."""
     # What is left after deleting ordinary bytes must be exactly one CRLF per line.
@@ -325,60 +323,58 @@ def _check_head(start: bytes, lines: list[bytes]) -> None:
     _check_section(b"\r\n".join(lines), len(lines) - 1)
 
 
-def _cached_fields(lines: list[bytes], limits: Limits) -> list[_Entry] | None:
+def _cached_names(lines: list[bytes], limits: Limits) -> list[bytes] | None:
     """
-    The parsed field lines if every one was seen before (most repeat verbatim
-    from one message to the next: User-Agent, Accept...), else None.
+    The lower-case names of field lines if every one was seen before (most
+    repeat verbatim from one message to the next: User-Agent, Accept...),
+    else None; their pairs are then ``list(map(_cached_pair, lines))``.
     """
     if len(lines) > limits.max_fields:
         return None
     try:
-        return list(map(_cached_line, lines))
+        return list(map(_cached_name, lines))
     except KeyError:
         return None
 
 
-def _parse_fields(lines: list[bytes], limits: Limits) -> list[_Entry]:
-    """Parse field lines of a section already through `_check_section`, caching each."""
+def _parse_fields(
+    lines: list[bytes], limits: Limits
+) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """
+    The (name, value) pairs and lower-case names of the field lines of a
+    section already through `_check_section`, caching each line.
+    """
     if len(lines) > limits.max_fields:
         raise HeadTooLarge(f"too many header fields (more than {limits.max_fields})")
     names = _NAME_CACHE
-    cache = _LINE_CACHE
-    out = []
+    pairs = []
+    lower = []
     for line in lines:
-        entry = cache.get(line)
-        if entry is None:
+        pair = _LINE_CACHE.get(line)
+        if pair is None:
             name, colon, value = line.partition(b":")
             if not colon:
                 if line[:1] in b" \t":
                     raise ProtocolError("obsolete line folding (obs-fold) in the header section")
                 raise ProtocolError(f"header field line without a colon: {_show(line)}")
             lname = names.get(name) or _field_name(name)
-            entry = ((name, value.strip(b" \t")), lname, lname in _FRAMING_FIELDS)
+            pair = (name, value.strip(b" \t"))
             if len(line) <= _LINE_CACHE_MAX_LEN:
-                if len(cache) >= _LINE_CACHE_MAX:
-                    cache.clear()  # hostile lines cannot pin it full
-                cache[line] = entry
-        out.append(entry)
-    return out
-
-
-def _headers(known: list[_Entry]) -> tuple[Headers, dict[bytes, list[bytes]]]:
-    """
-    `Headers` from parsed field lines, and the values of Content-Length,
-    Transfer-Encoding and Host gathered by lower-case name.
-    """
-    if not known:
-        return Headers((), []), {}
-    pairs, lower, is_framing = zip(*known)
-    framing: dict[bytes, list[bytes]] = {}
-    for pair, lname, _ in compress(known, is_framing):
-        if lname in framing:
-            framing[lname].append(pair[1])
+                if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
+                    _LINE_CACHE.clear()  # hostile lines cannot pin it full
+                    _LINE_NAMES.clear()
+                _LINE_CACHE[line] = pair
+                _LINE_NAMES[line] = lname
         else:
-            framing[lname] = [pair[1]]
-    # Headers takes the lower-case names we have anyway, sparing its lookups.
-    return Headers(pairs, list(lower)), framing
+            lname = _LINE_NAMES[line]
+        pairs.append(pair)
+        lower.append(lname)
+    return pairs, lower
+
+
+def _field_values(pairs: list[tuple[bytes, bytes]], lower: list[bytes], name: bytes) -> list[bytes]:
+    """The values of the fields called ``name`` (lower case), in order."""
+    return [pair[1] for pair, lname in zip(pairs, lower) if lname == name]
 
 
 def _content_length(values: list[bytes]) -> int:
@@ -405,13 +401,17 @@ def _content_length(values: list[bytes]) -> int:
     return result
 
 
-def _length_and_headers(values: list[bytes], headers: Headers) -> tuple[int, Headers]:
+def _length_and_headers(
+    pairs: list[tuple[bytes, bytes]], lower: list[bytes], headers: Headers
+) -> tuple[int, Headers]:
     """
-    The body length named by the Content-Length ``values`` (`_content_length`),
-    and ``headers`` with those fields normalised to one plain decimal field.
+    The body length named by the Content-Length fields of ``pairs``
+    (`_content_length`), and ``headers`` (made of ``pairs`` and their
+    lower-case names ``lower``) with those fields normalised to one plain
+    decimal field.
     """
-    if len(values) == 1:
-        value = values[0]
+    if lower.count(b"content-length") == 1:
+        value = pairs[lower.index(b"content-length")][1]
         # The usual field: plain digits with no leading zero, nothing to normalise.
         if (
             value.isdigit()
@@ -419,6 +419,7 @@ def _length_and_headers(values: list[bytes], headers: Headers) -> tuple[int, Hea
             and (value[0] != 48 or len(value) == 1)  # 48: b"0"
         ):
             return int(value), headers
+    values = _field_values(pairs, lower, b"content-length")
     length = _content_length(values)
     if len(values) > 1 or values[0] != b"%d" % length:
         headers = _normalise_content_length(headers, length)
@@ -557,9 +558,43 @@ class _Reader:
         try:
             # In the order a proxy meets them most: one head, one or two
             # length-body events, the end of a body-less message, a pause.
+            # The head and length-body steps are written out here rather than
+            # called: a Python call costs as much as the rest of a step.
             if state == _HEAD:
-                return self._read_head()
+                buf = self._buf
+                if buf and buf[0] == 13:  # 13: CR, perhaps empty lines first
+                    self._skip_empty_lines()
+                scanned = self._scanned
+                end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
+                if end < 0:
+                    return self._head_incomplete()
+                limits = self.limits
+                if end + 4 > limits.max_head:
+                    self._check_start_line()
+                    raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
+                if end + 4 == len(buf):  # the head alone, as most requests come: no slice
+                    lines = bytes(buf).split(b"\r\n")
+                    del lines[-2:]
+                    buf.clear()
+                else:
+                    lines = bytes(buf[:end]).split(b"\r\n")
+                    del buf[: end + 4]
+                self._scanned = 0
+                self._empty_lines = 0
+                if len(lines[0]) > limits.max_request_line:
+                    raise self._start_line_error()
+                # The subclass checks the bytes of the lines (_check_head), and only
+                # when the start line or a field line is new.
+                return self._head_event(lines)
             if state == _BODY_LENGTH:
+                remaining = self._remaining
+                buf = self._buf
+                if remaining and remaining >= len(buf) and buf:
+                    # The rest of the buffer is body, as when a body comes whole.
+                    data = bytes(buf)
+                    buf.clear()
+                    self._remaining = remaining - len(data)
+                    return _new_event(Data, (data,))
                 return self._read_length()
             if state == _BODY_NONE:
                 self._state = _DONE
@@ -584,38 +619,6 @@ class _Reader:
         self._buf.clear()
 
     # -- head --------------------------------------------------------------
-
-    def _read_head(self) -> Event:
-        buf = self._buf
-        if not buf:  # the usual call after a message: nothing more yet
-            if self._eof:
-                self._state = _CLOSED
-                return CLOSED
-            return NEED_DATA
-        if buf.startswith(b"\r\n"):
-            self._skip_empty_lines()
-        scanned = self._scanned
-        end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
-        if end < 0:
-            return self._head_incomplete()
-        limits = self.limits
-        if end + 4 > limits.max_head:
-            self._check_start_line()
-            raise HeadTooLarge(f"header section larger than {limits.max_head} bytes")
-        if end + 4 == len(buf):  # the head alone, as most requests come: no slice
-            lines = bytes(buf).split(b"\r\n")
-            del lines[-2:]
-            buf.clear()
-        else:
-            lines = bytes(buf[:end]).split(b"\r\n")
-            del buf[: end + 4]
-        self._scanned = 0
-        self._empty_lines = 0
-        if len(lines[0]) > limits.max_request_line:
-            raise self._start_line_error()
-        # The subclass checks the bytes of the lines (_check_head), and only
-        # when the start line or a field line is new.
-        return self._head_event(lines)
 
     def _skip_empty_lines(self) -> None:
         buf = self._buf
@@ -856,7 +859,7 @@ class _Reader:
         lines = section.split(b"\r\n")
         lines.pop()
         _check_section(section, len(lines), "trailer")
-        trailers, _ = _headers(_parse_fields(lines, self.limits))
+        trailers = Headers(*_parse_fields(lines, self.limits))
         del buf[: end + 4]
         self._scanned = 0
         self._state = _DONE
@@ -879,8 +882,8 @@ class RequestReader(_Reader):
         start = lines[0]
         del lines[0]
         match = _REQUEST_LINE_RE.fullmatch(start)
-        known = _cached_fields(lines, limits)
-        if match is None or known is None:
+        lower = _cached_names(lines, limits)
+        if match is None or lower is None:
             # A matching request line and cached field lines are clean;
             # anything else gets its bytes checked first.
             _check_head(start, lines)
@@ -889,32 +892,34 @@ class RequestReader(_Reader):
         method, target, minor = match.groups()
         # RFC 9110 2.5: a higher minor version is handled as the highest we implement.
         version = b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
-        if known is None:
-            known = _parse_fields(lines, limits)
-        headers, framing = _headers(known)
-        hosts = framing.get(b"host")
-        if hosts is None:
+        if lower is None:
+            pairs, lower = _parse_fields(lines, limits)
+        else:
+            pairs = list(map(_cached_pair, lines))
+        headers = Headers(pairs, lower)
+        hosts = lower.count(b"host")
+        if hosts != 1:
+            if hosts:
+                raise ProtocolError("more than one Host header field")
             if version == b"HTTP/1.1":
                 raise ProtocolError("HTTP/1.1 request without a Host header field")
-        elif len(hosts) > 1:
-            raise ProtocolError("more than one Host header field")
-        elif hosts[0] not in _GOOD_HOSTS:
-            if _HOST_RE.fullmatch(hosts[0]) is None:
-                raise ProtocolError(f"invalid Host header field {_show(hosts[0])}")
-            if len(_GOOD_HOSTS) >= _LINE_CACHE_MAX:
-                _GOOD_HOSTS.clear()
-            _GOOD_HOSTS.add(hosts[0])
-        te = framing.get(b"transfer-encoding")
-        cl = framing.get(b"content-length")
-        if te is not None:
-            if cl is not None:
+        else:
+            host = pairs[lower.index(b"host")][1]
+            if host not in _GOOD_HOSTS:
+                if _HOST_RE.fullmatch(host) is None:
+                    raise ProtocolError(f"invalid Host header field {_show(host)}")
+                if len(_GOOD_HOSTS) >= _LINE_CACHE_MAX:
+                    _GOOD_HOSTS.clear()
+                _GOOD_HOSTS.add(host)
+        if b"transfer-encoding" in lower:
+            if b"content-length" in lower:
                 raise ProtocolError("both Content-Length and Transfer-Encoding in a request")
             if version == b"HTTP/1.0":
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-            _check_chunked(te, True)
+            _check_chunked(_field_values(pairs, lower, b"transfer-encoding"), True)
             self._begin_body("chunked", None)
-        elif cl is not None:
-            length, headers = _length_and_headers(cl, headers)
+        elif b"content-length" in lower:
+            length, headers = _length_and_headers(pairs, lower, headers)
             self._begin_body("length", length)
         else:
             self._state = _BODY_NONE  # body_framing is "none" until a body begins
@@ -997,7 +1002,14 @@ class ResponseReader(_Reader):
         self._expected.append(method)
 
     def start_next(self) -> None:
-        _Reader.start_next(self)  # not super(): this runs once per response
+        # _Reader.start_next written out: this runs once per response.
+        if self._state not in (_DONE, _BODY_NONE):
+            raise RuntimeError("start_next() called before the message was complete")
+        self._state = _HEAD
+        self._scanned = 0
+        self._empty_lines = 0
+        self.body_framing = "none"
+        self.body_length = None
         if self._expected:
             self._expected.popleft()
 
@@ -1007,9 +1019,9 @@ class ResponseReader(_Reader):
         del lines[0]
         # Status lines repeat ("HTTP/1.1 200 OK"): parse each distinct one once.
         status_line = _STATUS_LINES.get(start)
-        known = _cached_fields(lines, limits)
+        lower = _cached_names(lines, limits)
         match = None
-        if status_line is None or known is None:
+        if status_line is None or lower is None:
             _check_head(start, lines)
             if status_line is None:
                 match = _STATUS_LINE_RE.fullmatch(start)
@@ -1020,23 +1032,36 @@ class ResponseReader(_Reader):
         if status_line is None:
             status_line = _status_line(start, match)
         version, status, reason = status_line
-        if known is None:
-            known = _parse_fields(lines, limits)
-        headers, framing = _headers(known)
+        if lower is None:
+            pairs, lower = _parse_fields(lines, limits)
+        else:
+            pairs = list(map(_cached_pair, lines))
+        headers = Headers(pairs, lower)
         method = self._expected[0]
-        te = framing.get(b"transfer-encoding")
-        cl = framing.get(b"content-length")
+        te = b"transfer-encoding" in lower
+        cl = lower.count(b"content-length")
         # Framing fields are checked even where they do not frame anything
         # (HEAD, 204, 304): the proxy forwards them.
-        if te is not None:
-            if cl is not None:
+        if te:
+            if cl:
                 raise ProtocolError("both Content-Length and Transfer-Encoding in a response")
             if version == b"HTTP/1.0":
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
-            _check_chunked(te, False)
+            _check_chunked(_field_values(pairs, lower, b"transfer-encoding"), False)
         length = None
-        if cl is not None:
-            length, headers = _length_and_headers(cl, headers)
+        if cl:
+            value = pairs[lower.index(b"content-length")][1]
+            # The usual field, as _length_and_headers checks it first
+            # (written out: most responses come with one).
+            if (
+                cl == 1
+                and value.isdigit()
+                and len(value) <= _MAX_CONTENT_LENGTH_DIGITS
+                and (value[0] != 48 or len(value) == 1)  # 48: b"0"
+            ):
+                length = int(value)
+            else:
+                length, headers = _length_and_headers(pairs, lower, headers)
         head = _new_event(ResponseHead, (version, status, reason, headers))
         if status < 200:
             self.body_framing = "none"
@@ -1051,10 +1076,18 @@ class ResponseReader(_Reader):
             self._state = _SWITCHED
         elif method == b"HEAD" or status == 204 or status == 304:
             self._begin_body("none", None)
-        elif te is not None:
+        elif te:
             self._begin_body("chunked", None)
         elif length is not None:
-            self._begin_body("length", length)
+            # _begin_body("length", length) written out, for the same reason.
+            self.body_framing = "length"
+            self.body_length = length
+            self._body_seen = 0
+            max_body = self.limits.max_body
+            if max_body is not None and length > max_body:
+                raise BodyTooLarge(f"body of {length} bytes is larger than the limit of {max_body}")
+            self._remaining = length
+            self._state = _BODY_LENGTH if length else _BODY_NONE
         else:
             self._begin_body("eof", None)
         return head
