@@ -475,20 +475,19 @@ class HTTPServerProtocol(Protocol):
         self._deadline.clear()
         factory = self.factory
         headers = head.headers
-        referer = headers.get(b"referer")
-        user_agent = headers.get(b"user-agent")
+        # Positional (kind, proxy, started, client_host, client_port, user,
+        # method, target, version): keyword matching costs more than the record.
         record = AccessRecord(
-            kind="http",
-            proxy=factory.name,
-            started=factory.reactor.seconds(),
-            client_host=self._peer_host,
-            client_port=self._peer_port,
-            method=head.method.decode("latin-1"),
-            target=head.target.decode("latin-1"),
-            version=head.version.decode("latin-1"),
-            referer=None if referer is None else referer.decode("latin-1"),
-            user_agent=None if user_agent is None else user_agent.decode("latin-1"),
+            "http", factory.name, factory.reactor.seconds(), self._peer_host, self._peer_port,
+            None, head.method.decode("latin-1"), head.target.decode("latin-1"),
+            head.version.decode("latin-1"),
         )
+        referer = headers.get(b"referer")
+        if referer is not None:
+            record.referer = referer.decode("latin-1")
+        user_agent = headers.get(b"user-agent")
+        if user_agent is not None:
+            record.user_agent = user_agent.decode("latin-1")
         exchange = Exchange(self, head, record)
         self.exchange = exchange
         framing = self._reader.body_framing

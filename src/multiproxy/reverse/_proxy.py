@@ -183,17 +183,13 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             shown += f":{port}"
         path = head.target if head.target.startswith(b"/") else _path_of(
             head.target.decode("latin-1"))
+        # Positional, as in the forward proxy (keyword matching costs more
+        # than the Intent): kind, proxy, client_host, client_port, host,
+        # port, method, scheme, target, headers.
         return Intent(
-            kind="http",
-            proxy=self.factory.name,
-            client_host=self.client_host,
-            client_port=self.client_port,
-            host=host,
-            port=port,
-            method=head.method.decode("latin-1"),
-            scheme=scheme,
-            target=f"{scheme}://{shown}{path.decode('latin-1')}",
-            headers=head.headers,
+            "http", self.factory.name, self.client_host, self.client_port, host, port,
+            head.method.decode("latin-1"), scheme,
+            f"{scheme}://{shown}{path.decode('latin-1')}", head.headers,
         )
 
     def admit(self, exchange: Exchange, intent: Intent, proceed) -> None:
