@@ -6,7 +6,9 @@ Forward proxy throughput and streaming memory, against peers in the same run.
 
 1. Requests/s for 100-byte responses from one nginx origin, 20 keep-alive
    client connections (wrk, absolute-form requests), through:
-   multiproxy, twisted.web.proxy.Proxy, and proxy.py (one worker).
+   multiproxy, twisted.web.proxy.Proxy, and proxy.py (one worker), with a
+   reference row: bench/_minimal_forward.py, a Twisted forward proxy doing
+   next to no HTTP work (the floor under any proxy built on Twisted).
    Prints each figure and the ratios to multiproxy.
 2. Streams ``--stream-mib`` MiB through multiproxy to a client that reads
    slowly (rate-limited), sampling the proxy's RSS: memory must stay flat.
@@ -49,6 +51,9 @@ reactor.run()
 """
 
 
+MINIMAL = "minimal Twisted forward (floor)"
+
+
 def peers(port: int, reactor: str | None = None, gc_off: bool = False) -> dict[str, list[str]]:
     reactor_args = [f"--reactor={reactor}"] if reactor else []
     multiproxy_args = [
@@ -69,6 +74,10 @@ def peers(port: int, reactor: str | None = None, gc_off: bool = False) -> dict[s
         ]
     commands.update({
         "twisted.web.proxy": [PYTHON, "-c", TWISTED_PROXY, str(port)],
+        # A reference row: Twisted and the kernel with next to no HTTP work
+        # (bench/_minimal_forward.py), the floor under any Twisted proxy.
+        MINIMAL: [PYTHON, os.path.join(os.path.dirname(__file__), "_minimal_forward.py"),
+                  str(port)],
     })
     if ensure_pip("proxy", "proxy.py"):
         commands["proxy.py"] = [
@@ -98,7 +107,7 @@ def throughput(args) -> dict[str, float]:
             results[name] = result["rps"]
             cpu_us = cpu / max(result["requests"], 1) * 1e6
             cpu_cost[name] = cpu_us
-            print(f"{name:20s} {result['rps']:10.0f} req/s  {cpu_us:7.0f} CPU-us/req  "
+            print(f"{name:32s} {result['rps']:10.0f} req/s  {cpu_us:7.0f} CPU-us/req  "
                   f"p50 {result['p50']:>8s}  non-2xx {result['non2xx']}  {result['errors']}")
     base = results.get("multiproxy") or 1.0
     print("\nratios (multiproxy / peer), throughput and CPU cost per request:")
