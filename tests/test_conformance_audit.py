@@ -86,14 +86,15 @@ def test_204_is_forwarded_without_the_upstreams_content_length():
     assert head.endswith(b"\r\n\r\n")
 
 
-def test_interim_response_is_forwarded_without_content_length():
+def test_interim_response_is_forwarded_without_content_length_and_with_via():
     fetcher, protocol_, transport = forward_proxy()
     protocol_.dataReceived(GET)
     [(_request, sink)] = fetcher.fetches
     sink.head(_response(103, (b"Link", b"</a.css>; rel=preload"), (b"Content-Length", b"0"),
                         reason=b"Early Hints"), None)
+    # RFC 9110 7.6.3: a proxy adds Via to every message it forwards, 1xx too.
     assert transport.value() == (
-        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nVia: 1.1 multiproxy\r\n\r\n"
     )
 
 

@@ -111,8 +111,13 @@ async def test_tunnel_half_close_still_delivers_the_answer(start_forward):
         got = await done
     finally:
         await backend.stopListening()
-    assert got.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n")
-    assert got.endswith(b"HELLO TUNNEL")
+    head, _, rest = got.partition(b"\r\n\r\n")
+    status, *fields = head.split(b"\r\n")
+    assert status == b"HTTP/1.1 200 Connection established"
+    # RFC 9110 6.6.1 (Date on a 2xx from a server with a clock); and 9.3.6:
+    # no Content-Length or Transfer-Encoding on a 2xx to CONNECT.
+    assert [f.split(b":")[0] for f in fields] == [b"Date"]
+    assert rest.endswith(b"HELLO TUNNEL")
 
 
 @pytest_twisted.ensureDeferred

@@ -209,7 +209,7 @@ def test_interim_100_continue_is_relayed():
     )
     _, sink = fetcher.fetches[0]
     sink.head(ResponseHead(b"HTTP/1.1", 100, b"Continue", Headers()), None)
-    assert transport.value().startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 100 Continue\r\nVia: 1.1 multiproxy\r\n\r\n")
 
 
 def test_head_response_keeps_content_length_and_sends_no_body():

@@ -173,6 +173,10 @@ class Exchange:
                     interim = end_to_end(response.headers)
                     # RFC 9110 8.6: never Content-Length in a 1xx.
                     interim.remove(b"content-length")
+                    via = self.protocol.factory.via
+                    if via is not None:
+                        # RFC 9110 7.6.3: Via on every message forwarded.
+                        interim.add(b"Via", _via_value(response.version, via))
                     write_direct(
                         self._transport, response_head_bytes(status, response.reason, interim)
                     )
