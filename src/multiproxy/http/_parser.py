@@ -1002,14 +1002,7 @@ class ResponseReader(_Reader):
         self._expected.append(method)
 
     def start_next(self) -> None:
-        # _Reader.start_next written out: this runs once per response.
-        if self._state not in (_DONE, _BODY_NONE):
-            raise RuntimeError("start_next() called before the message was complete")
-        self._state = _HEAD
-        self._scanned = 0
-        self._empty_lines = 0
-        self.body_framing = "none"
-        self.body_length = None
+        _Reader.start_next(self)  # not super(): this runs once per response
         if self._expected:
             self._expected.popleft()
 
