@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 import urllib.parse
 
 import h11
@@ -65,7 +66,9 @@ field_values = st.text(alphabet=VCHARS + " \t", max_size=24).map(
     lambda s: s.encode().strip(b" \t")
 )
 fields = st.lists(st.tuples(field_names, field_values), max_size=5)
-targets = st.text(alphabet=VCHARS, max_size=30).map(lambda s: b"/" + s.encode())
+# Request targets hold URI characters only (RFC 3986; the reader refuses others).
+URI_CHARS = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/?%[]"
+targets = st.text(alphabet=URI_CHARS, max_size=30).map(lambda s: b"/" + s.encode())
 bodies = st.binary(max_size=400)
 
 

@@ -206,8 +206,16 @@ class Limits:
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN_RE = re.compile(rb"[" + _TCHAR + rb"]+")
+# RFC 9112 3.2 / RFC 3986: a request target holds only URI characters
+# (unreserved, sub-delims, ":", "@", "/", "?", "%", and "[" "]" around an
+# IPv6 literal); '"', "#", "<", ">", "\\", "^", "`", "{", "|", "}" are
+# refused, as HAProxy does, so no server behind sees a target a URI parser
+# would read differently.
+_TARGET_CHARS = rb"A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]"
 # Major version 1 only: any other fails here and _bad_request_line names it (505).
-_REQUEST_LINE_RE = re.compile(rb"([" + _TCHAR + rb"]+) ([\x21-\x7e]+) HTTP/1\.([0-9])")
+_REQUEST_LINE_RE = re.compile(
+    rb"([" + _TCHAR + rb"]+) ([" + _TARGET_CHARS + rb"]+) HTTP/1\.([0-9])"
+)
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # Controls other than HTAB, CR and LF; CR and LF are checked by counting.
 _HEAD_CTL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -952,8 +960,11 @@ def _bad_request_line(line: bytes) -> ProtocolError:
     method, target, version = parts
     if _TOKEN_RE.fullmatch(method) is None:
         return ProtocolError(f"invalid method {_show(method)}")
-    if not target or re.fullmatch(rb"[\x21-\x7e]+", target) is None:
-        return ProtocolError(f"invalid request target {_show(target)}")
+    if not target or re.fullmatch(rb"[" + _TARGET_CHARS + rb"]+", target) is None:
+        return ProtocolError(
+            f"invalid request target {_show(target)} (characters outside a URI "
+            "must be percent-encoded)"
+        )
     match = re.fullmatch(rb"HTTP/([0-9])\.([0-9])", version)
     if match is not None and match.group(1) != b"1":
         return UnsupportedVersion(f"{_show(version)} is not supported")
