@@ -419,3 +419,50 @@ def test_idle_upstream_connections_are_capped_in_all_oldest_closed_first():
     assert pool.take_idle(origins[0]) is None
     assert pool.take_idle(origins[2]) is not None
     assert pool.idle_count() == 1
+
+
+def test_client_half_close_mid_exchange_gets_its_answer_then_the_close():
+    # The client sends a request and shuts its write side (readConnectionLost)
+    # while the upstream has not answered: the answer still goes out whole,
+    # then the connection closes instead of waiting for a next request.
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"1")
+    protocol.readConnectionLost()
+    assert not transport.disconnecting
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"one"), None)
+    sink.data(b"one")
+    sink.end()
+    assert transport.value().endswith(b"\r\n\r\none")
+    assert transport.disconnecting
+
+
+def test_client_half_close_after_pipelined_requests_answers_each_then_closes():
+    clock, fetcher, protocol, transport = _connect()
+    protocol.dataReceived(GET % b"1" + GET % b"2")
+    protocol.readConnectionLost()
+    for expected in (b"one", b"two"):
+        _, sink = fetcher.fetches[-1]
+        sink.head(_ok(expected), None)
+        sink.data(expected)
+        sink.end()
+    assert len(fetcher.fetches) == 2
+    out = transport.value()
+    assert out.index(b"one") < out.index(b"two")
+    assert transport.disconnecting
+
+
+def test_keepalive_after_an_answer_waits_without_reading_or_closing():
+    clock, fetcher, protocol, transport = _connect(timeouts=Timeouts(keepalive=5.0))
+    protocol.dataReceived(GET % b"1")
+    for n, body in enumerate((b"one", b"two")):
+        if n:
+            protocol.dataReceived(GET % b"2")  # the connection is still read
+        _, sink = fetcher.fetches[n]
+        sink.head(_ok(body), None)
+        sink.data(body)
+        sink.end()
+        assert not transport.disconnecting
+    assert len(fetcher.fetches) == 2
+    clock.advance(5.1)  # then idle past the keep-alive timeout: closed
+    assert transport.disconnecting
