@@ -466,3 +466,21 @@ def test_keepalive_after_an_answer_waits_without_reading_or_closing():
     assert len(fetcher.fetches) == 2
     clock.advance(5.1)  # then idle past the keep-alive timeout: closed
     assert transport.disconnecting
+
+
+def test_pipelined_backlog_is_paused_again_after_something_else_resumed_reading():
+    # Past one head's worth of pipelined bytes the client is paused; if
+    # another party (a request body's backpressure) resumes the transport,
+    # the next read past the bound pauses it again.
+    clock, fetcher, protocol, transport = _connect()
+    junk = (GET % b"next") * 2000  # well past the 64 KiB bound
+    protocol.dataReceived(GET % b"first" + junk)
+    assert transport.producerState == "paused"
+    transport.resumeProducing()  # e.g. RequestBody.attach resuming its client
+    protocol.dataReceived(GET % b"more")
+    assert transport.producerState == "paused"
+    _, sink = fetcher.fetches[0]
+    sink.head(_ok(b"one"), None)
+    sink.data(b"one")
+    sink.end()  # the first answered: reading resumes for the next request
+    assert len(fetcher.fetches) == 2

@@ -463,10 +463,12 @@ class HTTPServerProtocol(Protocol):
             elif event is NEED_DATA:
                 return
             elif event is PAUSED:
-                if reader.buffered > self.factory.limits.max_head and not self._backlog_paused:
+                if reader.buffered > self.factory.limits.max_head:
                     # Pipelined requests wait in the buffer until this one is
                     # answered: past one head's worth, stop reading, or a
-                    # client could make the proxy hold any amount.
+                    # client could make the proxy hold any amount.  Paused
+                    # again on every read past it, since a request body's
+                    # backpressure may have resumed the transport meanwhile.
                     self._backlog_paused = True
                     self.transport.pauseProducing()
                 return
