@@ -143,11 +143,19 @@ class Headers:
                     at = lower.index(name)
                     del lower[at]
                     del pairs[at]
-        # The lists are new already: skip __init__'s copies.
-        copy = _new(Headers)
-        copy._pairs = pairs
-        copy._lower = lower
-        return copy
+        return adopt(pairs, lower)
+
+
+def adopt(pairs: list[tuple[bytes, bytes]], lower: list[bytes]) -> Headers:
+    """
+    A `Headers` made of these lists themselves, not copies: for a caller
+    that has just built them (the reader, `Headers.without`) and lets them
+    go.  ``lower`` must hold the lower-case names of ``pairs``, in order.
+    """
+    headers = _new(Headers)
+    headers._pairs = pairs
+    headers._lower = lower
+    return headers
 
 
 _new = object.__new__

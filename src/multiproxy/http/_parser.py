@@ -27,7 +27,7 @@ from multiproxy._errors import (
     TargetTooLong,
     UnsupportedFraming,
 )
-from multiproxy.http._headers import Headers
+from multiproxy.http._headers import Headers, adopt
 
 __all__ = [
     "CLOSED",
@@ -904,7 +904,7 @@ class RequestReader(_Reader):
             pairs, lower = _parse_fields(lines, limits)
         else:
             pairs = list(map(_cached_pair, lines))
-        headers = Headers(pairs, lower)
+        headers = adopt(pairs, lower)  # both lists are new: no copies
         hosts = lower.count(b"host")
         if hosts != 1:
             if hosts:
@@ -1040,7 +1040,7 @@ class ResponseReader(_Reader):
             pairs, lower = _parse_fields(lines, limits)
         else:
             pairs = list(map(_cached_pair, lines))
-        headers = Headers(pairs, lower)
+        headers = adopt(pairs, lower)  # both lists are new: no copies
         method = self._expected[0]
         te = b"transfer-encoding" in lower
         cl = lower.count(b"content-length")
