@@ -206,12 +206,13 @@ class Limits:
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN_RE = re.compile(rb"[" + _TCHAR + rb"]+")
-# RFC 9112 3.2 / RFC 3986: a request target holds only URI characters
-# (unreserved, sub-delims, ":", "@", "/", "?", "%", and "[" "]" around an
-# IPv6 literal); '"', "#", "<", ">", "\\", "^", "`", "{", "|", "}" are
-# refused, as HAProxy does, so no server behind sees a target a URI parser
-# would read differently.
-_TARGET_CHARS = rb"A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]"
+# RFC 9112 3.2 / RFC 3986: a request target holds URI characters.  Refused
+# here: '"', "<", ">" (no URI holds them raw; browsers always
+# percent-encode them) and "#" (a fragment is never sent).  Kept, though
+# RFC 3986 excludes them too: "\\", "^", "`", "{", "|", "}", which
+# browsers send unencoded in query strings (the URL Standard's query
+# percent-encode set leaves them), so refusing them would break real sites.
+_TARGET_CHARS = rb"A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]\\^`{|}"
 # Major version 1 only: any other fails here and _bad_request_line names it (505).
 _REQUEST_LINE_RE = re.compile(
     rb"([" + _TCHAR + rb"]+) ([" + _TARGET_CHARS + rb"]+) HTTP/1\.([0-9])"
