@@ -221,7 +221,9 @@ _VECTORS: list[Vector] = [
     Vector("target-port-sign", _target(b"http://origin.test:+80/"), 400, stage="target"),
     # A fragment is never sent in a target (RFC 9112 3.2): the reader refuses '#'.
     Vector("target-fragment", _target(b"http://origin.test/#frag"), 400),
-    Vector("target-backslash-host", _target(b"http://evil.test\\@origin.test/"), 400, stage="target"),
+    # A backslash before the query: read as "/" by some servers (path confusion).
+    Vector("target-backslash-host", _target(b"http://evil.test\\@origin.test/"), 400),
+    Vector("target-backslash-path", _target(b"http://origin.test/public\\..\\admin"), 400),
     Vector("target-scheme-ftp", _target(b"ftp://origin.test/"), 501, stage="target"),
     Vector("target-scheme-file", _target(b"file:///etc/passwd"), 501, stage="target"),
     Vector("target-scheme-relative", _target(b"//origin.test/"), 400, stage="target"),

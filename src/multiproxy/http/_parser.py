@@ -211,7 +211,8 @@ _TOKEN_RE = re.compile(rb"[" + _TCHAR + rb"]+")
 # percent-encode them) and "#" (a fragment is never sent).  Kept, though
 # RFC 3986 excludes them too: "\\", "^", "`", "{", "|", "}", which
 # browsers send unencoded in query strings (the URL Standard's query
-# percent-encode set leaves them), so refusing them would break real sites.
+# percent-encode set leaves them), so refusing them would break real sites;
+# a "\\" before the query is refused in _head_event.
 _TARGET_CHARS = rb"A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]\\^`{|}"
 # Major version 1 only: any other fails here and _bad_request_line names it (505).
 _REQUEST_LINE_RE = re.compile(
@@ -899,6 +900,13 @@ class RequestReader(_Reader):
             if match is None:
                 raise _bad_request_line(start)
         method, target, minor = match.groups()
+        if b"\\" in target and b"\\" in target.partition(b"?")[0]:
+            # Browsers turn "\\" into "/" in a path and never send it; some
+            # servers do the same, so a path with one would reach a backend
+            # as another path than the one the proxy's rules saw.
+            raise ProtocolError(
+                f"backslash in the request path {_show(target)} (send / or %5C)"
+            )
         # RFC 9110 2.5: a higher minor version is handled as the highest we implement.
         version = b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
         if lower is None:
