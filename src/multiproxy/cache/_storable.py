@@ -86,20 +86,14 @@ def refusal(
         return "method"
     if status < 200 or status in (206, 304) or status > 999:
         return "status"
-    if response_cc.must_understand:
-        # RFC 9111 5.2.2.3: with must-understand, no-store is ignored when
-        # the status code is understood.
-        if status not in UNDERSTOOD_STATUSES:
-            return "must-understand"
-    elif response_cc.no_store:
-        return "no-store"
+    why = _directives_forbid(status, response_cc)
+    if why is not None:
+        return why
     if request_cc.no_store:
         return "no-store"
     if response_cc.private:
         return "private"
-    if b"authorization" in request_headers and not (
-        response_cc.public or response_cc.must_revalidate or response_cc.s_maxage is not None
-    ):
+    if _unshared_authorization(request_headers, response_cc):
         return "authorization"
     if vary_names(response_headers) is None:
         return "vary"
@@ -132,19 +126,27 @@ def update_refusal(
     ``must-understand`` with a status it does not implement; 3), so it
     must be removed.
     """
-    if request_cc.no_store or (
-        b"authorization" in request_headers
-        and not (merged_cc.public or merged_cc.must_revalidate or merged_cc.s_maxage is not None)
-    ):
+    if request_cc.no_store or _unshared_authorization(request_headers, merged_cc):
         return "request"
-    if merged_cc.must_understand:
-        if status not in UNDERSTOOD_STATUSES:
-            return "response"
-    elif merged_cc.no_store:
-        return "response"
-    if merged_cc.private:
+    if merged_cc.private or _directives_forbid(status, merged_cc) is not None:
         return "response"
     return None
+
+
+def _directives_forbid(status: int, cc: ResponseDirectives) -> str | None:
+    """``must-understand`` or ``no-store`` if the response's own directives forbid storing it."""
+    if cc.must_understand:
+        # RFC 9111 5.2.2.3: with must-understand, no-store is ignored when
+        # the status code is understood.
+        return None if status in UNDERSTOOD_STATUSES else "must-understand"
+    return "no-store" if cc.no_store else None
+
+
+def _unshared_authorization(request_headers: Headers, cc: ResponseDirectives) -> bool:
+    """RFC 9111 3.5: a response to a request with Authorization is shared only if it says so."""
+    return b"authorization" in request_headers and not (
+        cc.public or cc.must_revalidate or cc.s_maxage is not None
+    )
 
 
 def stored_fields(headers: Headers, cc: ResponseDirectives) -> tuple[tuple[bytes, bytes], ...]:

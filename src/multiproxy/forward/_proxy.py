@@ -29,13 +29,7 @@ from multiproxy.http._exchange import ForwardedRequest, IFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead
 from multiproxy.http._rules import end_to_end
-from multiproxy.http._server import (
-    Exchange,
-    HTTPProxyFactory,
-    HTTPServerProtocol,
-    Timeouts,
-    _date_value,
-)
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
 from multiproxy.policy._admission import (
     Refusal,
@@ -260,8 +254,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             record.status = 200
             self.exchange = None
             # RFC 9110 6.6.1: the proxy is this answer's origin, and has a clock.
-            date = _date_value(self.factory.reactor.seconds())
-            self.transport.write(b"HTTP/1.1 200 Connection established\r\nDate: %s\r\n\r\n" % date)
+            self.transport.write(
+                b"HTTP/1.1 200 Connection established\r\nDate: %s\r\n\r\n" % self.http_date()
+            )
             early = self.become_tunnel(relay)
             if early:
                 relay.downstream_data(early)

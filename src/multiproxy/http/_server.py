@@ -266,9 +266,7 @@ class Exchange:
             # An unread request body cannot be skipped safely: close after.
             self.close_after = True
         headers.add(b"Content-Length", b"%d" % len(body))
-        if b"date" not in headers:
-            # RFC 9110 6.6.1: the proxy is this answer's origin, and has a clock.
-            headers.add(b"Date", _date_value(self.protocol.factory.reactor.seconds()))
+        self.protocol.add_date(headers)  # the proxy is this answer's origin
         head = self._head_bytes(status, STATUS_REASONS.get(status, b"Unknown"), headers)
         if body and self.request.method != b"HEAD":
             self.record.bytes_to_client += len(body)
@@ -559,11 +557,20 @@ class HTTPServerProtocol(Protocol):
         via = self.factory.via
         if via is not None:
             headers.add(b"Via", _via_value(response.version, via))
-        if b"date" not in headers:
-            # RFC 9110 6.6.1: a recipient with a clock MUST add Date to a
-            # response it forwards without one.
-            headers.add(b"Date", _date_value(self.factory.reactor.seconds()))
+        self.add_date(headers)
         return headers
+
+    def add_date(self, headers: Headers) -> None:
+        """
+        RFC 9110 6.6.1: a sender with a clock dates a response that has no
+        Date, whether it forwards the response or makes it.
+        """
+        if b"date" not in headers:
+            headers.add(b"Date", self.http_date())
+
+    def http_date(self) -> bytes:
+        """The current time as an HTTP-date."""
+        return _date_value(self.factory.reactor.seconds())
 
     def response_framing(self, exchange: Exchange, response: ResponseHead) -> str:
         """

@@ -39,13 +39,7 @@ from multiproxy.http._exchange import IFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http._rules import HOP_BY_HOP, end_to_end
-from multiproxy.http._server import (
-    Exchange,
-    HTTPProxyFactory,
-    HTTPServerProtocol,
-    Timeouts,
-    _date_value,
-)
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target
 from multiproxy.policy._admission import Refusal, rate_limited, refusal
 from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
@@ -130,10 +124,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
                 raise ProtocolError("the asterisk-form target is only for OPTIONS")
             exchange.respond(200, Headers([(b"Allow", self.allowed_methods)]))
             return
-        if is_origin_form(head.target):
-            if b"#" in head.target:
-                # RFC 9112 3.2.1: origin-form is absolute-path [ "?" query ].
-                raise ProtocolError("fragment (#...) not allowed in a request target")
+        if is_origin_form(head.target):  # the reader refused any fragment ("#")
             host_value = head.headers.get(b"host")
             host = host_value.decode("latin-1") if host_value is not None else None
             path = head.target
@@ -300,10 +291,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
     def response_headers(self, exchange: Exchange, response: ResponseHead) -> Headers:
         """End-to-end fields of the backend's response, plus Date if missing and HSTS over TLS."""
         headers = end_to_end(response.headers)
-        if b"date" not in headers:
-            # RFC 9110 6.6.1: a recipient with a clock MUST add Date to a
-            # response it forwards without one.
-            headers.add(b"Date", _date_value(self.factory.reactor.seconds()))
+        self.add_date(headers)
         hsts = self.factory.hsts
         if hsts is not None and self.secure and b"strict-transport-security" not in headers:
             headers.add(b"Strict-Transport-Security", hsts)
