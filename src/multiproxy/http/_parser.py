@@ -1063,18 +1063,7 @@ class ResponseReader(_Reader):
             _check_chunked(_field_values(pairs, lower, b"transfer-encoding"), False)
         length = None
         if cl:
-            value = pairs[lower.index(b"content-length")][1]
-            # The usual field, as _length_and_headers checks it first
-            # (written out: most responses come with one).
-            if (
-                cl == 1
-                and value.isdigit()
-                and len(value) <= _MAX_CONTENT_LENGTH_DIGITS
-                and (value[0] != 48 or len(value) == 1)  # 48: b"0"
-            ):
-                length = int(value)
-            else:
-                length, headers = _length_and_headers(pairs, lower, headers)
+            length, headers = _length_and_headers(pairs, lower, headers)
         head = _new_event(ResponseHead, (version, status, reason, headers))
         if status < 200:
             self.body_framing = "none"
@@ -1092,15 +1081,7 @@ class ResponseReader(_Reader):
         elif te:
             self._begin_body("chunked", None)
         elif length is not None:
-            # _begin_body("length", length) written out, for the same reason.
-            self.body_framing = "length"
-            self.body_length = length
-            self._body_seen = 0
-            max_body = self.limits.max_body
-            if max_body is not None and length > max_body:
-                raise BodyTooLarge(f"body of {length} bytes is larger than the limit of {max_body}")
-            self._remaining = length
-            self._state = _BODY_LENGTH if length else _BODY_NONE
+            self._begin_body("length", length)
         else:
             self._begin_body("eof", None)
         return head
