@@ -13,7 +13,7 @@ Forward proxy throughput and streaming memory, against peers in the same run.
    Prints each figure and the ratios to multiproxy.  With ``--rounds N``
    every proxy runs N times, in turn, and the summary gives each ratio's
    median and range over the rounds: on a shared machine one round's ratio
-   can move by 20 %.  twisted.web.proxy opens an upstream connection per
+   can move by 20 % or more.  twisted.web.proxy opens an upstream connection per
    request, so its cost also depends on the kernel's connection handling;
    each round prints how many loopback connections sat in TIME_WAIT when it
    began.
