@@ -128,10 +128,45 @@ def test_http_date_formats_all_parse_to_the_same_time():
         b"Sun, 06 Nov 1994 08:49:37 GMT",
         b"Sunday, 06-Nov-94 08:49:37 GMT",
         b"Sun Nov  6 08:49:37 1994",
-        b"SUN, 06 NOV 1994 08:49:37 gmt",
-        b"Sun, 06-Nov-1994 08:49:37 GMT",
+        b"  Sun, 06 Nov 1994 08:49:37 GMT ",  # surrounding OWS is not part of the value
     ):
         assert parse_http_date(value, now=1.7e9) == expected, value
+    assert parse_http_date(b"Thu Nov 16 08:49:37 1994") == 784111777.0 + 10 * 86400
+
+
+def test_only_the_three_rfc_9110_forms_are_http_dates():
+    # RFC 9110 5.6.7: IMF-fixdate, rfc850-date and asctime-date, case-sensitive,
+    # single SP separators, two-digit day and time fields, the zone GMT.
+    for value in (
+        b"SUN, 06 NOV 1994 08:49:37 gmt",  # case
+        b"Sun, 06 Nov 1994 08:49:37 gmt",
+        b"Sun 06 Nov 1994 08:49:37 GMT",  # missing comma
+        b"Sun,  06 Nov 1994 08:49:37 GMT",  # doubled space
+        b"Sun, 06 Nov  1994 08:49:37 GMT",
+        b"Sun, 06 Nov 1994  08:49:37 GMT",
+        b"Sun, 06-Nov-1994 08:49:37 GMT",  # dashes in IMF-fixdate
+        b"Sun, 06 Nov 1994 8:49:37 GMT",  # one-digit hour
+        b"Sun, 6 Nov 1994 08:49:37 GMT",  # one-digit day
+        b"Sun, 06 Nov 94 08:49:37 GMT",  # two-digit year in IMF-fixdate
+        b"Sun, 06 Nov 1994 08:49:37 UTC",  # zone other than GMT
+        b"Sun, 06 Nov 1994 08:49:37 +0000",
+        b"Sun, 06 Nov 1994 08:49:37 UT",
+        b"Sun, 06 Nov 1994 08:49:37",  # no zone
+        b"Sun, 06 Nov 1994 08:49 GMT",
+        b"Sunday, 06 Nov 1994 08:49:37 GMT",  # long day name in IMF-fixdate
+        b"Sun, 06 November 1994 08:49:37 GMT",
+        b"Sun, 06\tNov 1994 08:49:37 GMT",
+        b"Sun, 06-Nov-94 08:49:37 GMT",  # short day name in RFC 850
+        b"Sunday, 06-Nov-1994 08:49:37 GMT",  # four-digit year in RFC 850
+        b"Sunday, 06 Nov 94 08:49:37 GMT",
+        b"Sunday, 06-Nov-94 08:49:37 UTC",
+        b"Sun Nov 6 08:49:37 1994",  # asctime with an unpadded day
+        b"Sun Nov 06 08:49:37 1994 GMT",
+        b"Sun Nov  6 08:49:37 94",
+        b"Sun, 06 Nov 1994 08:49:37 GMT, Sun, 06 Nov 1994 08:49:37 GMT",
+        b"\xef\xbc\x90",
+    ):
+        assert parse_http_date(value, now=1.7e9) is None, value
 
 
 def test_invalid_dates_are_none():

@@ -178,3 +178,50 @@ def test_describe_adds_date_when_missing_and_drops_hop_by_hop_fields():
     assert names == [b"cache-control", b"x-b", b"date"]
     assert s.field(b"date") == format_http_date(T0)
     assert s.age_value == 3
+
+
+@pytest.mark.parametrize(
+    "expires",
+    [
+        b"0",
+        b"-1",
+        b"Sun 06 Nov 2094 08:49:37 GMT",
+        b"Sun,  06 Nov 2094 08:49:37 GMT",
+        b"Sun, 06-Nov-2094 08:49:37 GMT",
+        b"Sun, 06 Nov 2094 8:49:37 GMT",
+        b"Sun, 06 Nov 94 08:49:37 GMT",
+        b"Sun, 06 Nov 2094 08:49:37 UTC",
+        b"sun, 06 nov 2094 08:49:37 gmt",
+    ],
+)
+def test_an_invalid_expires_is_already_expired(expires):
+    # RFC 9111 5.3: even a far-future date in a form RFC 9110 does not define
+    # is "a time in the past"; a heuristic must not apply either.
+    assert lifetime(expires=expires, last_modified=format_http_date(T0 - 10**6)) == 0
+    s = stored((b"Date", format_http_date(T0)), (b"Expires", expires))
+    assert judge(s, rcc(), T0).reuse is Reuse.VALIDATE
+
+
+def test_expires_in_each_rfc_9110_form_is_fresh():
+    now = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+    for expires, seconds in (
+        (b"Tue, 14 Nov 2023 22:23:20 GMT", 600),
+        (b"Tuesday, 14-Nov-23 22:23:20 GMT", 600),
+        (b"Tue Nov 14 22:23:20 2023", 600),
+    ):
+        assert lifetime(expires=expires) == seconds, expires
+        s = stored((b"Date", format_http_date(now)), (b"Expires", expires))
+        assert judge(s, rcc(), now + 599).reuse is Reuse.FRESH
+        assert judge(s, rcc(), now + 601).reuse is Reuse.VALIDATE
+
+
+def test_expires_on_more_than_one_field_line_is_invalid():
+    later = format_http_date(T0 + 600)
+    h = Headers([(b"Date", format_http_date(T0)), (b"Expires", later), (b"Expires", later)])
+    assert freshness_lifetime(200, h, parse_response_directives(h), T0) == 0
+    s = stored((b"Date", format_http_date(T0)), (b"Expires", later), (b"Expires", later))
+    assert judge(s, rcc(), T0 + 1).reuse is Reuse.VALIDATE
+    # ... while one line is fresh, and max-age still wins over a broken Expires.
+    assert lifetime(expires=later) == 600
+    h = Headers([(b"Cache-Control", b"max-age=60"), (b"Expires", later), (b"Expires", later)])
+    assert freshness_lifetime(200, h, parse_response_directives(h), T0) == 60

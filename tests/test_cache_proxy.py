@@ -477,3 +477,30 @@ async def test_client_leaving_during_a_hit_leaves_the_proxy_healthy(cached_proxy
     assert not fetcher.proxy_factory.connections or all(
         c.exchange is None for c in fetcher.proxy_factory.connections
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_or_repeated_expires_is_never_served_fresh(cached_proxy, scripted):
+    # RFC 9111 5.3 / RFC 9110 5.6.7: far-future dates in forms that are not an
+    # HTTP-date, and an Expires sent twice, mean "already expired".
+    far = "Sun, 06 Nov 2094 08:49:37 GMT"
+    cases = {
+        "dash": [("Expires", "Sun, 06-Nov-2094 08:49:37 GMT")],
+        "nocomma": [("Expires", "Sun 06 Nov 2094 08:49:37 GMT")],
+        "utc": [("Expires", "Sun, 06 Nov 2094 08:49:37 UTC")],
+        "zero": [("Expires", "0")],
+        "twice": [("Expires", far), ("Expires", far)],
+        "valid": [("Expires", far)],
+    }
+    for name, fields in cases.items():
+        scripted.routes[name] = (200, fields + [("ETag", f'"{name}"')], name.encode(), 0)
+    port, _ = cached_proxy()
+    for name in cases:
+        for _ in range(2):
+            status, headers, body = await get(port, url(scripted, name))
+            assert status == 200 and body == name.encode()
+        if name == "valid":
+            assert h(headers)["x-cache"] == "HIT" and scripted.count(name) == 1
+        else:
+            assert h(headers)["x-cache"] != "HIT", name
+            assert scripted.count(name) == 2, name

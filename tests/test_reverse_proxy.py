@@ -555,3 +555,23 @@ size = "1MiB"
     assert "hit" in answers[2][1].get("cache-status", "").lower() or \
         answers[2][1].get("x-cache", "").upper().startswith("HIT")
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_roundrobin_stays_even_when_a_refused_connect_is_retried(backends, proxies):
+    # Three backends, the middle one refusing and never ejected: each request
+    # that reaches it is retried once, and the retry must not advance the
+    # rotation a second time (that gave 6 and 3 of 9).
+    dead = NamedBackend("dead")
+    dead_port = dead.start()
+    await dead.stop()
+    for count in (9, 30):
+        pool = make_pool("web", [backends[0].port, dead_port, backends[1].port],
+                         max_failures=10**6)
+        proxy = proxies({"web": pool})
+        answers = await fetch_many(proxy.port, ["/who"] * count, keepalive=False)
+        assert {s for s, _, _ in answers} == {200}
+        spread = Counter(body for _, _, body in answers)
+        assert set(spread) == {b"b0", b"b1"}
+        assert abs(spread[b"b0"] - spread[b"b1"]) <= 1, spread
+        assert pool.backends[1].failures >= count // 3

@@ -305,6 +305,26 @@ def test_refused_backend_is_skipped_before_the_client_notices(reactor, servers):
 
 
 @pytest_twisted.inlineCallbacks
+def test_roundrobin_stays_even_when_a_refused_connect_is_retried(reactor, servers):
+    # Three backends, the middle one refusing (and never ejected): the connect
+    # retry must not advance the shared rotation a second time.
+    records = Records()
+    a = backend_at(servers(Factory.forProtocol(Echo)))
+    dead = backend_at(free_port(reactor))
+    b = backend_at(servers(Factory.forProtocol(Echo)))
+    pool = BackendPool("test", [a, dead, b], RoundRobin(), reactor, max_failures=10**6)
+    factory = TCPRelayFactory(reactor, pool, name="test", reporters=[records])
+    port = servers(factory)
+    for i in range(9):
+        client = yield connect(reactor, port)
+        client.transport.write(b"ping %d" % i)
+        client.transport.loseWriteConnection()
+        assert (yield client.done) == b"ping %d" % i
+    assert dead.failures >= 3
+    assert {a.requests, b.requests} == {4, 5}, (a.requests, b.requests)
+
+
+@pytest_twisted.inlineCallbacks
 def test_no_reachable_backend_closes_the_client_and_says_why(reactor, servers):
     records = Records()
     factory, port = relay(reactor, servers, [backend_at(free_port(reactor))], records,

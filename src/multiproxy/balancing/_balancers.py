@@ -46,17 +46,42 @@ def _load(candidate: Any) -> float:
 
 @implementer(IBalancer)
 class RoundRobin:
-    """Each candidate in turn, ignoring weights."""
+    """
+    Each candidate in turn, ignoring weights.
+
+    The rotation is a position, not a count: each pick takes the first
+    candidate after the last one picked, in configuration order.  A retry
+    after a failed attempt (the pool's ``choose`` with the failed backend
+    excluded) therefore moves on to the backend after the failed one, and
+    the next request to the one after that: a backend that keeps failing is
+    passed over rather than handing its turn to one neighbour each time, and
+    the healthy ones stay within one request of even.  Counting picks modulo
+    the number of candidates would advance twice per retried request, over
+    a candidate list of changing length.
+    """
 
     name = "roundrobin"
 
     def __init__(self) -> None:
-        self._next = 0
+        self._order: dict[Any, int] = {}  # a key's place in configuration order
+        self._last: int = -1  # the place of the last candidate picked
 
     def pick(self, candidates: Sequence[Any], intent: Intent | None = None) -> Any:
-        chosen = candidates[self._next % len(candidates)]
-        self._next = (self._next + 1) % (1 << 30)
-        return chosen
+        order = self._order
+        places = []
+        for candidate in candidates:
+            key = getattr(candidate, "key", candidate)
+            place = order.get(key)
+            if place is None:
+                place = order[key] = len(order)
+            places.append(place)
+        last = self._last
+        after = [i for i, place in enumerate(places) if place > last]
+        index = min(after, key=places.__getitem__) if after else min(
+            range(len(places)), key=places.__getitem__
+        )
+        self._last = places[index]
+        return candidates[index]
 
 
 @implementer(IBalancer)

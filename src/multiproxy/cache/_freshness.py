@@ -53,7 +53,8 @@ def freshness_lifetime(
     """
     The freshness lifetime a shared cache gives a response (RFC 9111 4.2.1):
     ``s-maxage``, else ``max-age``, else ``Expires`` minus ``Date`` (an
-    invalid Expires is already expired), else a heuristic (4.2.2): a fraction
+    invalid Expires, or one sent as several field lines, is already
+    expired: RFC 9111 5.3), else a heuristic (4.2.2): a fraction
     of the time since ``Last-Modified``, capped, and only for heuristically
     cacheable status codes or with ``public``.
     """
@@ -61,9 +62,11 @@ def freshness_lifetime(
         return float(cc.s_maxage)
     if cc.max_age is not None:
         return float(cc.max_age)
-    expires = headers.get(b"expires")
-    if expires is not None:
-        when = parse_http_date(expires, date)
+    expires = headers.get_all(b"expires")
+    if expires:
+        # Expires is a singleton: more than one field line is as invalid as
+        # a value that is not an HTTP-date, and both mean "already expired".
+        when = parse_http_date(expires[0], date) if len(expires) == 1 else None
         if when is None:
             return 0.0
         return max(0.0, when - date)

@@ -1,10 +1,11 @@
 """
 HTTP-date parsing and formatting (RFC 9110 section 5.6.7).
 
-Recipients must accept the three historical formats (IMF-fixdate, RFC 850
-and asctime); this parser is also forgiving about case, repeated spaces and
-dashes, as RFC 9110 encourages.  Anything it cannot read is None, which the
-freshness rules treat as "a time in the past" where the RFC says so.
+Recipients must accept the three formats (IMF-fixdate, obsolete RFC 850
+and asctime) and nothing else: a missing comma, a doubled space, dashes in
+an IMF-fixdate, a one-digit hour, a zone other than GMT or a different case
+is not an HTTP-date.  Anything else is None, which the freshness rules treat
+as "a time in the past" where RFC 9111 5.3 says so.
 """
 
 from __future__ import annotations
@@ -43,16 +44,22 @@ _MONTH_NAMES = (
     b"Dec",
 )
 
-# IMF-fixdate and RFC 850 (and their sloppy variants): day month year time [zone]
-_DMY = re.compile(
-    rb"^(?:[a-z]{3,9},?[ \t]*)?(\d{1,2})[ \t-]+([a-z]{3})[a-z]*[ \t-]+(\d{4}|\d{2})"
-    rb"[ \t]+(\d{1,2}):(\d{2}):(\d{2})(?:[ \t]*(?:gmt|utc|ut|z|\+0000))?$",
-    re.IGNORECASE,
+_DAY_NAMES = rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_DAY_NAMES_L = rb"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = rb"(\d{2}):(\d{2}):(\d{2})"
+# The grammar is case-sensitive and every separator is exactly one SP.
+#: IMF-fixdate: ``Sun, 06 Nov 1994 08:49:37 GMT``
+_IMF_FIXDATE = re.compile(
+    rb"\A" + _DAY_NAMES + rb", (\d{2}) " + _MONTH + rb" (\d{4}) " + _TIME + rb" GMT\Z"
 )
-# asctime: weekday month day time year
+#: obsolete RFC 850: ``Sunday, 06-Nov-94 08:49:37 GMT``
+_RFC850 = re.compile(
+    rb"\A" + _DAY_NAMES_L + rb", (\d{2})-" + _MONTH + rb"-(\d{2}) " + _TIME + rb" GMT\Z"
+)
+#: asctime: ``Sun Nov  6 08:49:37 1994`` (a one-digit day is padded with SP)
 _ASCTIME = re.compile(
-    rb"^[a-z]{3}[ \t]+([a-z]{3})[ \t]+(\d{1,2})[ \t]+(\d{1,2}):(\d{2}):(\d{2})[ \t]+(\d{4})$",
-    re.IGNORECASE,
+    rb"\A" + _DAY_NAMES + rb" " + _MONTH + rb" (\d{2}| \d) " + _TIME + rb" (\d{4})\Z"
 )
 
 
@@ -60,13 +67,15 @@ def parse_http_date(value: bytes | None, now: float | None = None) -> float | No
     """
     Seconds since the epoch for an HTTP-date, or None if ``value`` is not one.
 
-    ``now`` resolves two-digit years (RFC 9110: a year more than 50 years in
-    the future means the most recent past year with those digits).
+    Exactly the three forms of RFC 9110 5.6.7 are read, case-sensitively;
+    anything else is invalid.  ``now`` resolves the RFC 850 two-digit year
+    (a year more than 50 years in the future means the most recent past
+    year with those digits).
     """
     if value is None:
         return None
     value = value.strip(b" \t")
-    m = _DMY.match(value)
+    m = _IMF_FIXDATE.match(value) or _RFC850.match(value)
     if m is not None:
         day, month, year, hour, minute, second = m.groups()
     else:
@@ -74,9 +83,7 @@ def parse_http_date(value: bytes | None, now: float | None = None) -> float | No
         if m is None:
             return None
         month, day, hour, minute, second, year = m.groups()
-    mon = _MONTHS.get(month.lower())
-    if mon is None:
-        return None
+    mon = _MONTHS[month.lower()]
     y = int(year)
     if len(year) == 2:
         this_year = time.gmtime(time.time() if now is None else now).tm_year
