@@ -29,6 +29,8 @@ __all__ = [
     "DeadlineEndpoint",
     "DirectTCPEndpoint",
     "TLSOrigination",
+    "note_connect_failed",
+    "note_retried",
     "with_deadline",
 ]
 
@@ -62,7 +64,7 @@ class BackendStatus:
     """A backend's state at one moment, for a status page."""
 
     name: str
-    state: str  # "up", "down" (active checks) or "ejected" (passive checks)
+    state: str  # "up", "down" (active checks), "ejected" (passive), "draining", "maint"
     weight: int
     active: int
     requests: int
@@ -71,6 +73,12 @@ class BackendStatus:
     latency: float | None  # seconds, moving average of successful exchanges
     last_latency: float | None
     last_check: str | None  # outcome of the last active check, if any
+    connect_failures: int = 0  # connect attempts that failed (not client requests)
+    retries: int = 0  # attempts here that failed and were tried again
+    redispatches: int = 0  # of those, the ones sent to another backend
+    admin: str = "ready"  # "ready", "drain" or "maint", set by an operator
+    state_seconds: float | None = None  # time in the current state
+    downtime: float = 0.0  # seconds spent down, ejected or in maintenance since start
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -253,6 +261,14 @@ class Backend:
         self.last_check: str | None = None
         self.ejected_until: float | None = None
         self.ejections = 0
+        self.connect_failures = 0
+        self.retries = 0
+        self.redispatches = 0
+        self.admin = "ready"
+        self._state = "up"
+        self._state_since: float | None = None
+        self._down_since: float | None = None
+        self.downtime = 0.0
         self._observers: list[Callable[[Backend, bool], None]] = []
         self._endpoints: dict[int, IStreamClientEndpoint] = {}
         self._tls_creator: Any = None
@@ -295,6 +311,21 @@ class Backend:
         self.active += 1
         self.requests += 1
 
+    def connect_failed(self) -> None:
+        """
+        A connect begun with `started` failed: it counts against the
+        backend's health and in `connect_failures`, but not as a request.
+        """
+        self.requests = max(0, self.requests - 1)
+        self.connect_failures += 1
+        self.finished(False, 0.0)
+
+    def retried(self, elsewhere: bool) -> None:
+        """An attempt here failed and the request was tried again (``elsewhere``: on another backend)."""
+        self.retries += 1
+        if elsewhere:
+            self.redispatches += 1
+
     def finished(self, ok: bool, elapsed: float) -> None:
         self.active = max(0, self.active - 1)
         if ok:
@@ -316,9 +347,19 @@ class Backend:
         """Call ``observer(backend, ok)`` after each `finished`."""
         self._observers.append(observer)
 
+    ADMIN_STATES = ("ready", "drain", "maint")
+    """What an operator may set: in rotation, no new traffic (drain), or out (maint)."""
+
+    def set_admin(self, admin: str, now: float) -> None:
+        """Put the backend in ``admin`` state (one of `ADMIN_STATES`) at ``now``."""
+        if admin not in self.ADMIN_STATES:
+            raise ValueError(f"admin state must be one of {', '.join(self.ADMIN_STATES)}")
+        self.admin = admin
+        self.observe_state(now)
+
     def available(self, now: float) -> bool:
         """Whether new connections may go here at time ``now``."""
-        if not self.checked_up:
+        if self.admin != "ready" or not self.checked_up:
             return False
         if self.ejected_until is None:
             return True
@@ -326,20 +367,69 @@ class Backend:
         return now >= self.ejected_until and self.active == 0
 
     def state(self, now: float) -> str:
+        if self.admin == "maint":
+            return "maint"
         if not self.checked_up:
             return "down"
         if self.ejected_until is not None and now < self.ejected_until:
             return "ejected"
+        if self.admin == "drain":
+            return "draining"
         return "up"
+
+    def observe_state(self, now: float) -> str:
+        """
+        The state at ``now``, noting when it changed and how long the
+        backend has been out of service (call after anything that changes it).
+        """
+        state = self.state(now)
+        if self._state_since is None:
+            self._state_since = now
+        if state != self._state:
+            self._state, self._state_since = state, now
+        out = state in ("down", "ejected", "maint")
+        if out and self._down_since is None:
+            self._down_since = now
+        elif not out and self._down_since is not None:
+            self.downtime += now - self._down_since
+            self._down_since = None
+        return state
 
     def status(self, now: float) -> BackendStatus:
         """A `BackendStatus` snapshot."""
+        state = self.observe_state(now)
+        downtime = self.downtime
+        if self._down_since is not None:
+            downtime += now - self._down_since
         return BackendStatus(
-            name=self.name, state=self.state(now), weight=self.weight, active=self.active,
+            name=self.name, state=state, weight=self.weight, active=self.active,
             requests=self.requests, failures=self.failures,
             consecutive_failures=self.consecutive_failures, latency=self.latency,
             last_latency=self.last_latency, last_check=self.last_check,
+            connect_failures=self.connect_failures, retries=self.retries,
+            redispatches=self.redispatches, admin=self.admin,
+            state_seconds=max(0.0, now - (self._state_since or now)), downtime=downtime,
         )
+
+
+def note_connect_failed(upstream: Any) -> None:
+    """
+    Tell ``upstream`` (begun with ``started``) that its connect failed: a
+    `Backend` counts it apart from requests; any other `IUpstream` just
+    hears ``finished(False, 0)`` (the interface has no more to say).
+    """
+    connect_failed = getattr(upstream, "connect_failed", None)
+    if connect_failed is not None:
+        connect_failed()
+    else:
+        upstream.finished(False, 0.0)
+
+
+def note_retried(upstream: Any, following: Any) -> None:
+    """An attempt on ``upstream`` failed and ``following`` gets the request next."""
+    retried = getattr(upstream, "retried", None)
+    if retried is not None:
+        retried(following is not upstream)
 
 
 def host_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:

@@ -277,6 +277,7 @@ class HealthChecker(Service):
         state = self.states[backend.key]
         if state.record(ok):
             backend.checked_up = state.up
+            backend.observe_state(self.reactor.seconds())
             if state.up:
                 backend.ejected_until = None
                 backend.ejections = 0

@@ -104,7 +104,8 @@ class BackendPool:
             if backend.ejected_until is not None:
                 _log.info("backend {name} of pool {pool} is back after a successful trial",
                           name=backend.name, pool=self.name)
-            backend.ejected_until = None
+                backend.ejected_until = None
+                backend.observe_state(self.clock.seconds())
             backend.ejections = 0
             return
         if backend.consecutive_failures < self.max_failures:
@@ -115,6 +116,7 @@ class BackendPool:
         wait = min(self.backoff * (2 ** backend.ejections), self.max_backoff)
         backend.ejections += 1
         backend.ejected_until = now + wait
+        backend.observe_state(now)
         _log.warn(
             "backend {name} of pool {pool} taken out for {wait:g} s after {n} "
             "consecutive failures",

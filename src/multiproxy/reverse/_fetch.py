@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._errors import UpstreamError
+from multiproxy.balancing._backend import note_connect_failed, note_retried
 from multiproxy.http._client import ConnectionPool, UpstreamConnection
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
 from multiproxy.http._headers import Headers
@@ -158,7 +159,7 @@ class _Delivery:
             # Cancelled because the client left: says nothing about the backend.
             upstream.finished(True, 0.0)
             return
-        upstream.finished(False, 0.0)
+        note_connect_failed(upstream)
         if not failure.check(UpstreamError):
             if not failure.check(defer.CancelledError):
                 log.failure("unexpected error connecting to backend {name}", failure,
@@ -171,6 +172,7 @@ class _Delivery:
         if following is not None:
             log.info("backend {name}: {error}; trying {next}", name=upstream.name,
                      error=str(error), next=following.name)
+            note_retried(upstream, following)
             self.start(following, fresh=False)
             return
         self._give_up(error)
@@ -220,6 +222,7 @@ class _Delivery:
         log.info("replaying {method} on {name} after: {error}",
                  method=request.head.method.decode("latin-1"), name=following.name,
                  error=str(error))
+        note_retried(request.upstream, following)
         self.start(following, fresh=True)
         return True
 

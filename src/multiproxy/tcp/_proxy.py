@@ -22,7 +22,7 @@ from multiproxy._contract import AllowAll
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
 from multiproxy._values import AccessRecord, Decision, Intent
-from multiproxy.balancing._backend import with_deadline
+from multiproxy.balancing._backend import note_connect_failed, note_retried, with_deadline
 from multiproxy.policy._admission import connection_slot, rate_limited
 from multiproxy.tcp._haproxy import find_proxy_header_wrapper
 from multiproxy.tcp._proxyheader import proxy_header
@@ -85,6 +85,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         self.backend: Any = None
         self.outcome: str | None = None
         self.tried: set[Any] = set()
+        self._failed: Any = None  # the backend whose connect just failed, if retrying
         self.connect_time = 0.0
         self.started_at = 0.0
         self._header_timer: Any = None
@@ -165,6 +166,9 @@ class TCPRelayProtocol(RelayServerProtocol):
             self._give_up("connect-failed" if self.tried else "no-backend")
             return
         self.tried.add(backend.key)
+        if self._failed is not None:
+            note_retried(self._failed, backend)
+            self._failed = None
         settings = self.factory.settings
         # One deadline for the connect and, to a TLS backend, its handshake.
         timeout = getattr(backend, "connect_timeout", None) or settings.connect_timeout
@@ -189,7 +193,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         if failure.check(defer.CancelledError) and self.relay.ended is not None:
             return  # the client left while we were connecting: not the backend's fault
         backend.started()
-        backend.finished(False, self.reactor.seconds() - started)
+        note_connect_failed(backend)
         _log.warn(
             "{proxy}: cannot connect to backend {backend}: {why}",
             proxy=self.factory.name, backend=backend.name, why=failure.getErrorMessage(),
@@ -197,6 +201,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         if self.relay.ended is not None:
             return
         if len(self.tried) <= self.factory.settings.retries:
+            self._failed = backend
             self._try_next()
         else:
             self._give_up("connect-failed", failure)
