@@ -39,6 +39,8 @@ class _Origin(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         _Origin.counts[self.path] = _Origin.counts.get(self.path, 0) + 1
+        if self.path.startswith("/slow"):
+            time.sleep(0.6)
         if self.path.startswith("/big"):
             body = hashlib.sha256(b"seed").digest() * (BIG // 32) + b"e" * (BIG % 32)
         else:
@@ -185,6 +187,22 @@ def test_redis_stopped_is_bypassed_and_sharing_resumes_when_it_is_back(proxies, 
         assert text.count("unavailable (") == 1, text
         assert "answers again" in text
         assert "Traceback" not in text
+
+
+def test_concurrent_misses_on_two_hosts_make_one_origin_fetch(proxies, origin):
+    url = f"http://127.0.0.1:{origin}/slow"
+    results = []
+    threads = [
+        threading.Thread(target=lambda p=p: results.append(_get(p, url)))
+        for p in (proxies[0], proxies[1], proxies[0], proxies[1])
+    ]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(10)
+    assert [(s, b) for s, _, b in results] == [(200, b"body of /slow #1")] * 4
+    assert _Origin.counts["/slow"] == 1
 
 
 def test_a_foreign_value_under_the_prefix_is_ignored(proxies, origin, redis):
