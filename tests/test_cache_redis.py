@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from multiproxy.cache._redis import CHUNK_SIZE, decode_record, encode_record
-from multiproxy.cache._redislink import parse_redis_url
+from multiproxy._redislink import parse_redis_url
 from multiproxy.cache._store import StoredResponse
 from tests.redis_server import RedisServer, free_port, redis_available
 
@@ -89,6 +89,10 @@ def _wait_listening(host: str, port: int, process, output) -> None:
 
 @pytest.fixture
 def proxies(redis, tmp_path):
+    yield from _proxies(tmp_path, "--cache-redis", redis.url, "--max-object-size", "16MiB")
+
+
+def _proxies(tmp_path, *options):
     started = []
     for n, host in enumerate(("127.0.0.1", "127.0.0.2")):
         port = free_port(host)
@@ -96,7 +100,7 @@ def proxies(redis, tmp_path):
         with out.open("w") as f:
             process = subprocess.Popen(
                 [*TWISTD, "multiproxy", "forward", "--listen", f"tcp:{port}:interface={host}",
-                 "--cache-redis", redis.url, "--max-object-size", "16MiB"],
+                 *options],
                 stdout=f, stderr=subprocess.STDOUT,
             )
         started.append((host, port, process, out))
@@ -114,7 +118,7 @@ def proxies(redis, tmp_path):
 
 def _get(proxy, url: str) -> tuple[int, str, bytes]:
     host, port = proxy[0], proxy[1]
-    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn = http.client.HTTPConnection(host, port, timeout=10, source_address=("127.0.0.1", 0))
     try:
         conn.request("GET", url)
         response = conn.getresponse()
@@ -241,3 +245,30 @@ def test_twistd_refuses_a_malformed_redis_url():
     )
     assert result.returncode != 0
     assert "--cache-redis: expected redis://HOST:PORT/DB" in result.stdout + result.stderr
+
+
+def _allowed_in_one_window(started, url: str, count: int) -> int:
+    while time.time() % 1.0 > 0.2:  # start just after a one-second window begins
+        time.sleep(0.01)
+    statuses = [_get(started[n % 2], url)[0] for n in range(count)]
+    assert set(statuses) <= {200, 429}
+    return statuses.count(200)
+
+
+def test_the_client_rate_is_one_rate_across_hosts(redis, origin, tmp_path):
+    url = f"http://127.0.0.1:{origin}/rated"
+    shared = _proxies(tmp_path, "--no-cache", "--max-client-rate", "5",
+                      "--limits-redis", redis.url)
+    started = next(shared)
+    try:
+        # Per process, each of the two would let 5 through: 10 in all.
+        assert 5 <= _allowed_in_one_window(started, url, 16) <= 7
+        redis.stop()
+        time.sleep(0.3)
+        _get(started[0], url), _get(started[1], url)  # each notices Redis is gone
+        time.sleep(1.1)
+        assert _allowed_in_one_window(started, url, 16) >= 8  # counted per process again
+        for _, _, _, out in started:
+            assert "client limits are counted per process" in out.read_text()
+    finally:
+        shared.close()

@@ -136,7 +136,7 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
     redis_timeout = reader.number("redis_timeout", d.redis_timeout, minimum=0.001)
     reader.finish()
     if redis is not None:
-        from multiproxy.cache._redislink import parse_redis_url
+        from multiproxy._redislink import parse_redis_url
 
         try:
             parse_redis_url(redis)
@@ -181,7 +181,7 @@ def make_store(config: CacheConfig, reactor=None):
         if reactor is None:
             raise ConfigError("cache.redis: a Redis store needs a reactor")
         from multiproxy.cache._redis import RedisStore
-        from multiproxy.cache._redislink import redis_link
+        from multiproxy._redislink import redis_link
 
         link = redis_link(
             config.redis, reactor, config.redis_connect_timeout, config.redis_timeout, "cache"

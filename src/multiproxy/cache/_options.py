@@ -57,7 +57,7 @@ def cache_from_options(options: Mapping, base: CacheConfig | None = None) -> Cac
     if redis:
         if directory:
             raise usage.UsageError("--cache-redis and --cache-dir: choose one store")
-        from multiproxy.cache._redislink import parse_redis_url
+        from multiproxy._redislink import parse_redis_url
 
         try:
             parse_redis_url(redis)

@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from multiproxy.cache._freshness import current_age
 from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, IEntryWriter
-from multiproxy.cache._redislink import RedisLink
+from multiproxy._redislink import RedisLink
 from multiproxy.cache._store import CorruptEntry, StoredResponse, decode_meta, encode_meta
 
 _log = Logger()
@@ -466,7 +466,7 @@ class RedisStore:
 
     def _poll_memory(self) -> None:
         self._poll = None
-        if self._link._closed:
+        if self._link.closed:
             return
         if self._link.up:
             self._link.call("INFO", "memory").addCallbacks(self._memory, lambda _f: None)
