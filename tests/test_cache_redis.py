@@ -272,3 +272,24 @@ def test_the_client_rate_is_one_rate_across_hosts(redis, origin, tmp_path):
             assert "client limits are counted per process" in out.read_text()
     finally:
         shared.close()
+
+
+def test_the_resp_client_parses_replies_fed_one_byte_at_a_time():
+    pytest.importorskip("hiredis")
+    from twisted.internet.testing import StringTransport
+
+    from multiproxy._redislink import RedisReplyError, RedisUnavailable, RespProtocol
+
+    protocol = RespProtocol()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    got, failed = [], []
+    for command in (("GET", b"k"), ("HGETALL", b"h"), ("SET", b"k", 1), ("GET", b"gone")):
+        protocol.execute(*command).addCallbacks(got.append, failed.append)
+    assert transport.value().startswith(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*2\r\n$7\r\nHGETALL")
+    for byte in b"$3\r\nabc\r\n*2\r\n$1\r\nf\r\n$0\r\n\r\n-WRONGTYPE no\r\n":
+        protocol.dataReceived(bytes([byte]))
+    assert got == [b"abc", [b"f", b""]]
+    assert failed[0].check(RedisReplyError)
+    protocol.connectionLost(None)
+    assert failed[1].check(RedisUnavailable)
