@@ -293,3 +293,37 @@ def test_the_resp_client_parses_replies_fed_one_byte_at_a_time():
     assert failed[0].check(RedisReplyError)
     protocol.connectionLost(None)
     assert failed[1].check(RedisUnavailable)
+
+
+def test_the_client_connection_limit_is_one_count_across_hosts(redis, origin, tmp_path):
+    url = f"http://127.0.0.1:{origin}/counted"
+    shared = _proxies(tmp_path, "--no-cache", "--max-client-connections", "2",
+                      "--limits-redis", redis.url)
+    started = next(shared)
+    held = []
+    try:
+        for _ in range(2):  # two keep-alive connections held open on the first host
+            conn = http.client.HTTPConnection(started[0][0], started[0][1], timeout=10,
+                                              source_address=("127.0.0.1", 0))
+            conn.request("GET", url)
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+            held.append(conn)
+        # The second host learns the fleet's count from its first connection's
+        # increment (admitted: a host may admit one more than the limit) ...
+        assert _get(started[1], url)[0] == 200
+        time.sleep(0.3)
+        # ... and then refuses: per process it would admit two.
+        assert _get(started[1], url)[0] == 429
+        for conn in held:
+            conn.close()
+        held = []
+        time.sleep(0.5)
+        _get(started[1], url)  # refused on stale knowledge, which it refreshes
+        time.sleep(0.3)
+        assert _get(started[1], url)[0] == 200
+    finally:
+        for conn in held:
+            conn.close()
+        shared.close()

@@ -13,7 +13,10 @@ The fleet's rate is counted in fixed windows of ``burst / rate`` seconds
 a client can get up to twice ``burst`` across a window edge, and each host
 may let a few more through while its increments are in flight.
 Connections are an INCR/DECR counter per client whose expiry is renewed on
-every change, so the counts of a host that died without closing its
+every change; a host learns the fleet's count for a client from the
+replies to its own changes, so the first connection a host sees from a
+client is admitted even when the client's connections elsewhere have
+reached the limit (each host may admit one more than the limit), so the counts of a host that died without closing its
 connections are forgotten after ``connection_ttl`` seconds.
 """
 
@@ -108,6 +111,7 @@ class SharedConnectionLimit(ConnectionLimit):
         self.connection_ttl = connection_ttl
         # client key -> [fleet count Redis reported, changes in flight]
         self._fleet: dict[Hashable, list[int]] = {}
+        self._refreshing: set[Hashable] = set()
 
     def acquire(self, client_host: str) -> Callable[[], None] | None:
         if not self.link.up:
@@ -117,12 +121,17 @@ class SharedConnectionLimit(ConnectionLimit):
         key = client_key(client_host, self.ipv6_prefix)
         slot = self._fleet.setdefault(key, [0, 0])
         local = self._counts.get(key, 0)
-        if max(slot[0] + slot[1], local) >= self.per_client:
+        rkey = self.prefix + b"k:" + _key_text(key)
+        if local >= self.per_client:
+            return None
+        if slot[0] + slot[1] >= self.per_client:
+            # Refused on what Redis said last: ask again, or a client whose
+            # connections elsewhere have closed would stay refused here.
+            self._refresh(key, slot, rkey)
             return None
         release_local = super().acquire(client_host)
         if release_local is None:
             return None
-        rkey = self.prefix + b"k:" + _key_text(key)
         self._change(key, slot, rkey, "INCR")
         released = False
 
@@ -135,6 +144,19 @@ class SharedConnectionLimit(ConnectionLimit):
             self._change(key, self._fleet.setdefault(key, [0, 0]), rkey, "DECR")
 
         return release
+
+    def _refresh(self, key: Hashable, slot: list[int], rkey: bytes) -> None:
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+
+        def got(reply) -> None:
+            self._refreshing.discard(key)
+            slot[0] = max(0, int(reply or 0))
+
+        self.link.call("GET", rkey).addCallbacks(
+            got, lambda _f: self._refreshing.discard(key)
+        )
 
     def _change(self, key: Hashable, slot: list[int], rkey: bytes, verb: str) -> None:
         slot[1] += 1 if verb == "INCR" else -1
