@@ -327,3 +327,44 @@ def test_the_client_connection_limit_is_one_count_across_hosts(redis, origin, tm
         for conn in held:
             conn.close()
         shared.close()
+
+
+def test_a_proxy_configured_by_toml_shares_with_one_configured_by_options(redis, origin,
+                                                                            tmp_path):
+    host_port = free_port("127.0.0.2")
+    config = tmp_path / "multiproxy.toml"
+    config.write_text(
+        f"[[forward]]\nlisten = ['tcp:{host_port}:interface=127.0.0.2']\n"
+        f"[forward.cache]\nredis = '{redis.url}'\nredis_prefix = 'fleet:'\n"
+        f"redis_timeout = 0.5\n"
+        f"[policy.limits]\nrequests_per_second = 1000\nredis = '{redis.url}'\n"
+    )
+    out = tmp_path / "toml.log"
+    with out.open("w") as f:
+        process = subprocess.Popen([*TWISTD, "multiproxy", "--config", str(config)],
+                                   stdout=f, stderr=subprocess.STDOUT)
+    try:
+        _wait_listening("127.0.0.2", host_port, process, out)
+        time.sleep(1.0)
+        url = f"http://127.0.0.1:{origin}/toml"
+        toml_proxy = ("127.0.0.2", host_port)
+        assert "stored" in _get(toml_proxy, url)[1]
+        time.sleep(0.2)
+        assert _get(toml_proxy, url)[1].startswith("multiproxy; hit")
+        assert b"fleet:m:" in redis.command(b"KEYS", b"fleet:*")
+        assert b"multiproxy:r:" in redis.command(b"KEYS", b"multiproxy:r:*")
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_a_bad_redis_key_in_the_cache_table_is_refused(tmp_path):
+    from multiproxy._errors import ConfigError
+    from multiproxy._tablereader import TableReader
+    from multiproxy.cache import cache_from_table
+
+    with pytest.raises(ConfigError, match=r"forward\[0\]\.cache\.redis: expected redis://"):
+        cache_from_table(TableReader({"redis": "redis://x:y/0"}, "forward[0].cache"))
+    with pytest.raises(ConfigError, match="cannot be used together with dir"):
+        cache_from_table(TableReader({"redis": "redis://x/0", "dir": str(tmp_path)},
+                                     "forward[0].cache"))
