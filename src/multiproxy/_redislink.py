@@ -296,4 +296,10 @@ def redis_link(url: str, reactor, connect_timeout: float, reply_timeout: float, 
         address = parse_redis_url(url)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    try:
+        import hiredis  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"{url}: sharing through Redis needs hiredis (pip install 'multiproxy[redis]')"
+        ) from None
     return RedisLink(address, reactor, connect_timeout, reply_timeout, purpose=purpose)
