@@ -24,10 +24,7 @@ from multiproxy._redislink import parse_redis_url
 from multiproxy.cache._store import StoredResponse
 from tests.redis_server import RedisServer, free_port, redis_available
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not redis_available(), reason="redis-server is not installed"),
-]
+pytestmark = pytest.mark.integration
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
           "--pidfile="]
@@ -68,6 +65,8 @@ def origin():
 
 @pytest.fixture
 def redis():
+    if not redis_available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
     server = RedisServer()
     server.start()
     yield server
