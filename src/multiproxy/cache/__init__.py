@@ -3,7 +3,7 @@ A shared HTTP cache (RFC 9111) for the forward and reverse proxies.
 
 The decisions (may this be stored? is it fresh? what goes upstream? what is
 answered?) are pure functions over values, gathered in `SharedCache`; the
-stores (`MemoryStore`, `DiskStore`) implement `ICacheStore`; concurrent
+stores (`MemoryStore`, `DiskStore`, `RedisStore`) implement `ICacheStore`; concurrent
 misses are collapsed by `CollapsedForwarding`.  See docs/cache.md.
 """
 
@@ -22,6 +22,7 @@ from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, 
 from multiproxy.cache._keys import cache_key, effective_url
 from multiproxy.cache._memory import MemoryStore
 from multiproxy.cache._options import CACHE_OPT_FLAGS, CACHE_OPT_PARAMETERS, cache_from_options
+from multiproxy.cache._redis import RedisStore
 from multiproxy.cache._status import CacheOutcome
 from multiproxy.cache._store import CorruptEntry, StoredResponse
 
@@ -43,6 +44,7 @@ __all__ = [
     "Judgement",
     "MemoryStore",
     "Plan",
+    "RedisStore",
     "Reply",
     "RequestDirectives",
     "ResponseDirectives",

@@ -71,6 +71,10 @@ class CacheConfig:
     URL share one upstream fetch; at most ``collapse_waiters`` requests wait
     at most ``collapse_timeout`` seconds for the response head.  ``name``
     identifies this cache in Cache-Status; ``x_cache`` adds the X-Cache field.
+    ``redis``: when set (``redis://HOST:PORT/DB``), the store is in that
+    Redis, shared by every process using it with the same ``redis_prefix``;
+    ``redis_connect_timeout`` / ``redis_timeout`` bound how long a request
+    may wait on it before the cache is bypassed.
     """
 
     enabled: bool = True
@@ -85,6 +89,10 @@ class CacheConfig:
     collapse_timeout: float = 10.0
     name: str = "multiproxy"
     x_cache: bool = True
+    redis: str | None = None
+    redis_prefix: str = "multiproxy:"
+    redis_connect_timeout: float = 0.25
+    redis_timeout: float = 0.25
 
 
 def _size(reader: TableReader, name: str, default: int) -> int:
@@ -99,7 +107,8 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
     Read a ``[cache]`` table: ``enabled``, ``size``, ``dir``,
     ``max_object_size``, ``heuristic_fraction``, ``heuristic_max``,
     ``stale_if_unreachable``, ``collapse``, ``collapse_waiters``,
-    ``collapse_timeout``, ``name``, ``x_cache``.  Unknown keys are refused
+    ``collapse_timeout``, ``name``, ``x_cache``, ``redis``, ``redis_prefix``,
+    ``redis_connect_timeout``, ``redis_timeout``.  Unknown keys are refused
     (`TableReader.finish` is called).
 
     @raise ConfigError: naming the key that is wrong.
@@ -119,7 +128,22 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
     collapse_timeout = reader.number("collapse_timeout", d.collapse_timeout, minimum=0)
     name = reader.string("name", d.name)
     x_cache = reader.boolean("x_cache", d.x_cache)
+    redis = reader.string("redis", "") or None
+    redis_prefix = reader.string("redis_prefix", d.redis_prefix)
+    redis_connect_timeout = reader.number(
+        "redis_connect_timeout", d.redis_connect_timeout, minimum=0.001
+    )
+    redis_timeout = reader.number("redis_timeout", d.redis_timeout, minimum=0.001)
     reader.finish()
+    if redis is not None:
+        from multiproxy._redislink import parse_redis_url
+
+        try:
+            parse_redis_url(redis)
+        except ValueError as e:
+            raise reader.error("redis", str(e)) from None
+        if directory is not None:
+            raise reader.error("redis", "cannot be used together with dir (choose one store)")
     if enabled and size <= 0:
         raise reader.error(
             "size", "must be more than 0 bytes (use enabled = false to switch the cache off)"
@@ -141,11 +165,35 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
         collapse_timeout=float(collapse_timeout),
         name=name,
         x_cache=x_cache,
+        redis=redis,
+        redis_prefix=redis_prefix,
+        redis_connect_timeout=float(redis_connect_timeout),
+        redis_timeout=float(redis_timeout),
     )
 
 
-def make_store(config: CacheConfig):
-    """The `ICacheStore` a config asks for: on disk when ``directory`` is set, else in memory."""
+def make_store(config: CacheConfig, reactor=None):
+    """
+    The `ICacheStore` a config asks for: in Redis when ``redis`` is set (this
+    needs ``reactor``), on disk when ``directory`` is set, else in memory.
+    """
+    if config.redis:
+        if reactor is None:
+            raise ConfigError("cache.redis: a Redis store needs a reactor")
+        from multiproxy.cache._redis import RedisStore
+        from multiproxy._redislink import redis_link
+
+        link = redis_link(
+            config.redis, reactor, config.redis_connect_timeout, config.redis_timeout, "cache"
+        )
+        return RedisStore(
+            link,
+            prefix=config.redis_prefix.encode("utf-8"),
+            max_size=config.size,
+            max_object_size=config.max_object_size,
+            stale_window=config.stale_if_unreachable,
+            lock_timeout=min(config.collapse_timeout, 5.0) or 5.0,
+        )
     if config.directory:
         from multiproxy.cache._disk import DiskStore
 

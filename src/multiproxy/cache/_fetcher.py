@@ -33,6 +33,7 @@ from multiproxy.cache._cache import Action, Answer, Plan, SharedCache
 from multiproxy.cache._collapse import CollapsedForwarding, Flight
 from multiproxy.cache._config import CacheConfig, make_store
 from multiproxy.cache._interfaces import IBodyReader
+from multiproxy.cache._keys import cache_key
 from multiproxy.cache._store import CorruptEntry
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
 from multiproxy.http._parser import RequestHead, ResponseHead
@@ -78,6 +79,11 @@ class _AnswerPump:
                     log.warn("cache: {error}", error=e)
                     self._sink.fail(UpstreamError("the cached copy is damaged", 502))
                     return
+                if chunk is None:
+                    # An asynchronous store's next chunk is on its way.
+                    self._reader.wait(self._arrived)
+                    self._sink.flush()
+                    return
                 if not chunk:
                     self._stop()
                     self._sink.end()
@@ -87,6 +93,10 @@ class _AnswerPump:
                 self._sink.flush()  # paused: send what the sink holds
         finally:
             self._pumping = False
+
+    def _arrived(self) -> None:
+        if not self._paused and not self._done:
+            self._pump()
 
     def _stop(self) -> None:
         self._done = True
@@ -132,7 +142,8 @@ def _serve(answer: Answer, sink: IResponseSink) -> Callable[[], None]:
         sink.head(head, None)
         sink.end()
         return _nothing
-    if reader.length <= _CHUNK:
+    ready = getattr(reader, "ready", None)
+    if reader.length <= _CHUNK and (ready is None or ready()):
         try:
             body = _read_small(reader)
         except (CorruptEntry, OSError) as e:
@@ -417,6 +428,106 @@ class _Waiter:
             self.cancel_own()
 
 
+class _RemoteFlight:
+    """
+    A miss that may be collapsed with other hosts' through the store's lock:
+    the lock holder fetches; the others look the key up again every
+    `_REMOTE_POLL` seconds until the response is stored (a HIT), the lock
+    is free again (the holder gave up or died: fetch), or the lock's
+    timeout has passed (fetch anyway).
+    """
+
+    def __init__(
+        self,
+        fetcher: CachingFetcher,
+        request: ForwardedRequest,
+        plan: Plan,
+        sink: IResponseSink,
+        flight: Flight,
+    ) -> None:
+        self.fetcher = fetcher
+        self.request = request
+        self.plan = plan
+        self.sink = sink
+        self.flight: Flight | None = flight
+        self.cancel_own: Callable[[], None] | None = None
+        self.gone = False
+        self.deadline = 0.0
+        self.call = None
+
+    def start(self) -> None:
+        store = self.fetcher.cache.store
+        self.deadline = self.fetcher.reactor.seconds() + store.lock_timeout
+        self._try_lock()
+
+    def _try_lock(self) -> None:
+        d = self.fetcher._lock(self.plan.key)
+        d.addCallback(self._locked).addErrback(
+            lambda f: log.failure("cache: collapsing a miss across hosts failed", f)
+        )
+
+    def _locked(self, mine: bool) -> None:
+        if self.gone:
+            if mine:
+                self.fetcher.cache.store.unlock(self.plan.key)
+            return
+        if mine or self.fetcher.reactor.seconds() >= self.deadline:
+            self._fetch(mine)
+            return
+        self.call = self.fetcher.reactor.callLater(_REMOTE_POLL, self._look_again)
+
+    def _fetch(self, locked: bool) -> None:
+        key = self.plan.key
+        store = self.fetcher.cache.store
+        on_done = (lambda: store.unlock(key)) if locked else None
+        upstream = self.fetcher._forward(self.request, self.plan, self.sink, self.flight, on_done)
+        self.flight = None
+        self.cancel_own = upstream.client_gone
+
+    def _look_again(self) -> None:
+        self.call = None
+        if self.gone:
+            return
+        loading = self.fetcher._prepare(self.plan.key)
+        if loading is None:
+            self._fetch(False)  # the store went away: an ordinary fetch
+            return
+        loading.addCallback(self._looked).addErrback(
+            lambda f: log.failure("cache: collapsing a miss across hosts failed", f)
+        )
+
+    def _looked(self, _result) -> None:
+        if self.gone:
+            return
+        head = self.request.head
+        url = self.request.intent.target.encode("latin-1")
+        plan = self.fetcher.cache.plan(head.method, url, head.headers)
+        if plan.action is _ANSWER:
+            self._release_waiters()
+            self.cancel_own = _serve(plan.answer, self.sink)
+            return
+        self.plan = plan
+        self._try_lock()
+
+    def _release_waiters(self) -> None:
+        flight, self.flight = self.flight, None
+        if flight is not None:
+            flight.head(None)  # local waiters look up again, and find it
+
+    def cancel(self) -> None:
+        self.gone = True
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+        if self.cancel_own is not None:
+            self.cancel_own()
+        else:
+            self._release_waiters()
+
+
+_REMOTE_POLL = 0.05
+
+
 @implementer(IFetcher)
 class CachingFetcher:
     """
@@ -436,6 +547,11 @@ class CachingFetcher:
         self.reactor = reactor
         self.collapsing = collapsing
         self._revalidating: set[bytes] = set()
+        # An asynchronous store (Redis) loads a key before the plan looks it up,
+        # and can say which host fetches a miss.
+        store = cache.store
+        self._prepare = getattr(store, "prepare", None)
+        self._lock = getattr(store, "lock", None)
 
     def fetch(self, request: ForwardedRequest, sink: IResponseSink) -> Callable[[], None]:
         return self._fetch(request, sink, collapse=True)
@@ -447,6 +563,37 @@ class CachingFetcher:
         if request.body is not None and head.method in (b"GET", b"HEAD"):
             # A GET with content has no defined meaning; never mix it with stored answers.
             return self.inner.fetch(request, sink)
+        if self._prepare is not None and head.method in (b"GET", b"HEAD"):
+            loading = self._prepare(cache_key(request.intent.target.encode("latin-1")))
+            if loading is not None:
+                return self._after_loading(loading, request, sink, collapse)
+        return self._planned(request, sink, collapse)
+
+    def _after_loading(
+        self, loading, request: ForwardedRequest, sink: IResponseSink, collapse: bool
+    ) -> Callable[[], None]:
+        """Plan once the store has loaded the key (at most its reply timeout)."""
+        cancel: list[Callable[[], None] | None] = [None]
+        gone = [False]
+
+        def loaded(_result) -> None:
+            if not gone[0]:
+                cancel[0] = self._planned(request, sink, collapse)
+
+        def stop() -> None:
+            gone[0] = True
+            if cancel[0] is not None:
+                cancel[0]()
+
+        loading.addCallback(loaded).addErrback(
+            lambda f: log.failure("cache: planning a request failed", f)
+        )
+        return stop
+
+    def _planned(
+        self, request: ForwardedRequest, sink: IResponseSink, collapse: bool
+    ) -> Callable[[], None]:
+        head = request.head
         url = request.intent.target.encode("latin-1")
         plan = self.cache.plan(head.method, url, head.headers)
         if plan.action is _ANSWER:
@@ -469,6 +616,10 @@ class CachingFetcher:
                     return waiter.cancel
             else:
                 flight = self.collapsing.lead(plan.key)
+                if self._lock is not None:
+                    remote = _RemoteFlight(self, request, plan, sink, flight)
+                    remote.start()
+                    return remote.cancel
         return self._forward(request, plan, sink, flight).client_gone
 
     def _forward(
@@ -533,7 +684,9 @@ def caching_fetcher_factory(
     """
     if not config.enabled:
         return None
-    store = make_store(config)
+    store = make_store(config, reactor)
+    if config.redis and hasattr(reactor, "addSystemEventTrigger"):
+        reactor.addSystemEventTrigger("before", "shutdown", store.close)
     cache = SharedCache(store, config, clock=reactor.seconds)
     collapsing = None
     if config.collapse and config.collapse_waiters > 0:

@@ -8,6 +8,14 @@ body chunks as they arrive and makes the entry visible only on `commit`,
 so a half-written response is never served.  Reading streams too:
 `ICacheEntry.open_body` returns an `IBodyReader` that yields the body in
 chunks.  Every call is synchronous and quick; nothing here needs a reactor.
+
+A store on the network (Redis) keeps that contract with two additions the
+fetcher looks for: ``prepare(key)`` returns a Deferred (or None) that fires
+once ``lookup(key)`` can answer from what it loaded, and its body readers
+may return None from ``read`` ("not yet") and then call back whatever was
+given to ``wait(callback)`` when the next chunk has arrived; ``ready()``
+says whether the whole range is already at hand.  ``lock(key)`` /
+``unlock(key)`` let the hosts sharing it collapse misses.
 """
 
 from __future__ import annotations

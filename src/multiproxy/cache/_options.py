@@ -1,6 +1,7 @@
 """
 Command-line options for the cache, for a twistd plugin's ``Options``:
-``--cache-size``, ``--cache-dir``, ``--max-object-size`` and ``--no-cache``.
+``--cache-size``, ``--cache-dir``, ``--cache-redis``, ``--max-object-size``
+and ``--no-cache``.
 
 Add `CACHE_OPT_PARAMETERS` to the Options' ``optParameters`` and
 `CACHE_OPT_FLAGS` to its ``optFlags``, then call `cache_from_options` in
@@ -19,6 +20,8 @@ from multiproxy.cache._config import CacheConfig, parse_size
 CACHE_OPT_PARAMETERS = [
     ["cache-size", None, None, "Byte budget of the shared HTTP cache, e.g. 64MiB or 2GB."],
     ["cache-dir", None, None, "Keep the HTTP cache on disk in this directory (survives restarts)."],
+    ["cache-redis", None, None,
+     "Keep the HTTP cache in Redis, shared across hosts: redis://HOST:PORT/DB."],
     ["max-object-size", None, None, "Largest response the HTTP cache stores, e.g. 8MiB."],
 ]
 
@@ -50,6 +53,18 @@ def cache_from_options(options: Mapping, base: CacheConfig | None = None) -> Cac
     directory = options.get("cache-dir")
     if directory:
         changes["directory"] = directory
+    redis = options.get("cache-redis")
+    if redis:
+        if directory:
+            raise usage.UsageError("--cache-redis and --cache-dir: choose one store")
+        from multiproxy._redislink import parse_redis_url
+
+        try:
+            parse_redis_url(redis)
+        except ValueError as e:
+            raise usage.UsageError(f"--cache-redis: {e}") from None
+        changes["redis"] = redis
+        changes["directory"] = None
     if options.get("no-cache"):
         changes["enabled"] = False
     return replace(config, **changes) if changes else config

@@ -72,17 +72,38 @@ class LimitSettings:
     ipv6_prefix: int = 64
     max_clients: int = 100_000
     exempt: NetworkSet | None = None
+    redis: str | None = None
+    redis_prefix: str = "multiproxy:"
+    redis_connect_timeout: float = 0.25
+    redis_timeout: float = 0.25
 
-    def connection_limit(self) -> ConnectionLimit | None:
+    def connection_limit(self, link=None) -> ConnectionLimit | None:
+        """The connection limit; counted across the fleet through ``link`` (a `RedisLink`) if given."""
         if self.connections_per_client is None:
             return None
+        if link is not None:
+            from multiproxy.policy._sharedlimits import SharedConnectionLimit
+
+            return SharedConnectionLimit(
+                self.connections_per_client, link=link, prefix=self.redis_prefix.encode(),
+                ipv6_prefix=self.ipv6_prefix, exempt=self.exempt,
+            )
         return ConnectionLimit(
             self.connections_per_client, ipv6_prefix=self.ipv6_prefix, exempt=self.exempt,
         )
 
-    def request_rate_limit(self, *, clock: Clock) -> RequestRateLimit | None:
+    def request_rate_limit(self, *, clock: Clock, link=None) -> RequestRateLimit | None:
+        """The request rate limit; counted across the fleet through ``link`` if given."""
         if self.requests_per_second is None:
             return None
+        if link is not None:
+            from multiproxy.policy._sharedlimits import SharedRequestRate
+
+            return SharedRequestRate(
+                self.requests_per_second, self.burst, clock=clock, link=link,
+                prefix=self.redis_prefix.encode(), ipv6_prefix=self.ipv6_prefix,
+                max_clients=self.max_clients, exempt=self.exempt,
+            )
         return RequestRateLimit(
             self.requests_per_second, self.burst, clock=clock, ipv6_prefix=self.ipv6_prefix,
             max_clients=self.max_clients, exempt=self.exempt,
@@ -263,6 +284,11 @@ def limits_from_table(reader: TableReader) -> LimitSettings:
     if burst is not None and burst < 1:
         raise reader.error("burst", f"must be at least 1, got {burst}")
     exempt = reader.strings("exempt", None)
+    redis = reader.string("redis", "") or None
+    if redis is not None:
+        from multiproxy._redislink import parse_redis_url
+
+        reader.convert("redis", redis, parse_redis_url)
     settings = LimitSettings(
         connections_per_client=connections or None,
         requests_per_second=rate,
@@ -270,6 +296,10 @@ def limits_from_table(reader: TableReader) -> LimitSettings:
         ipv6_prefix=reader.integer("ipv6_prefix", 64, minimum=1, maximum=128),
         max_clients=reader.integer("max_clients", 100_000, minimum=1),
         exempt=reader.convert("exempt", exempt, parse_clients) if exempt is not None else None,
+        redis=redis,
+        redis_prefix=reader.string("redis_prefix", "multiproxy:"),
+        redis_connect_timeout=float(reader.number("redis_connect_timeout", 0.25, minimum=0.001)),
+        redis_timeout=float(reader.number("redis_timeout", 0.25, minimum=0.001)),
     )
     reader.finish()
     return settings

@@ -21,6 +21,12 @@ from multiproxy.policy._ratelimit import ConnectionLimit, RequestRateLimit
 __all__ = ["PolicyHolder"]
 
 
+def _parse(url: str):
+    from multiproxy._redislink import parse_redis_url
+
+    return parse_redis_url(url)
+
+
 @implementer(IAccessControl)
 class PolicyHolder:
     """
@@ -41,8 +47,11 @@ class PolicyHolder:
         self, settings: PolicySettings, *, clock: Callable[[], float],
         load: Callable[[], PolicySettings] | None = None,
         run_blocking: RunBlocking | None = None, source: str = "the configuration",
+        reactor=None,
     ) -> None:
         self._clock = clock
+        self._reactor = reactor
+        self._limits_link = None
         self._load = load
         self._run_blocking = run_blocking
         self.source = source
@@ -102,16 +111,24 @@ class PolicyHolder:
             if auth is not None else None
         )
         limits = settings.limits
-        connection_limit = limits.connection_limit() if limits is not None else None
+        link = self._link_for(limits)
+        connection_limit = limits.connection_limit(link) if limits is not None else None
         old = self.connection_limit
         if (connection_limit is not None and old is not None
+                and type(old) is type(connection_limit)
+                and getattr(old, "link", None) is link
                 and old.ipv6_prefix == connection_limit.ipv6_prefix):
             old.per_client = connection_limit.per_client
             old.exempt = connection_limit.exempt
             connection_limit = old
-        rate_limit = limits.request_rate_limit(clock=self._clock) if limits is not None else None
+        rate_limit = (
+            limits.request_rate_limit(clock=self._clock, link=link)
+            if limits is not None else None
+        )
         old_rate = self.request_rate_limit
-        if rate_limit is not None and old_rate is not None and (
+        if rate_limit is not None and old_rate is not None and type(old_rate) is type(
+            rate_limit
+        ) and getattr(old_rate, "link", None) is link and (
             (old_rate.rate, old_rate.burst, old_rate.ipv6_prefix, old_rate.max_clients)
             == (rate_limit.rate, rate_limit.burst, rate_limit.ipv6_prefix, rate_limit.max_clients)
         ):
@@ -121,6 +138,25 @@ class PolicyHolder:
         self.authenticator = authenticator
         self.connection_limit = connection_limit
         self.request_rate_limit = rate_limit
+
+    def _link_for(self, limits):
+        """The `RedisLink` the limits share their counts through (None: per process)."""
+        url = limits.redis if limits is not None else None
+        old = self._limits_link
+        if old is not None and (url is None or str(old.address) != str(
+            _parse(url)
+        )):
+            old.close()
+            self._limits_link = old = None
+        if url is None or self._reactor is None:
+            return None
+        if old is None:
+            from multiproxy._redislink import redis_link
+
+            self._limits_link = redis_link(
+                url, self._reactor, limits.redis_connect_timeout, limits.redis_timeout, "limits"
+            )
+        return self._limits_link
 
     def reload(self) -> bool:
         """

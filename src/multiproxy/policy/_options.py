@@ -44,6 +44,8 @@ class ClientPolicyOptions:
         ["max-client-rate", None, 0,
          "Most requests per second per client address (a TCP relay: connections), answered "
          "429 past it (a TCP relay closes the connection; 0 = no limit).", float],
+        ["limits-redis", None, None,
+         "Count the client limits across hosts in this Redis: redis://HOST:PORT/DB."],
     ]
 
     def _add(self: Any, key: str, value: str) -> None:
@@ -71,6 +73,7 @@ class ClientPolicyOptions:
             "--htpasswd": self.get("htpasswd"), "--anonymous": self.get("anonymous"),
             "--max-client-connections": self["max-client-connections"],
             "--max-client-rate": self["max-client-rate"],
+            "--limits-redis": self["limits-redis"],
         }
         if path is not None:
             for option, value in standalone.items():
@@ -82,6 +85,18 @@ class ClientPolicyOptions:
         if self["max-client-connections"] < 0 or self["max-client-rate"] < 0:
             raise usage.UsageError("--max-client-connections and --max-client-rate must not be "
                                    "negative (0 means no limit)")
+        if self["limits-redis"] and not (
+            self["max-client-connections"] or self["max-client-rate"]
+        ):
+            raise usage.UsageError("--limits-redis needs --max-client-connections or "
+                                   "--max-client-rate")
+        if self["limits-redis"]:
+            from multiproxy._redislink import parse_redis_url
+
+            try:
+                parse_redis_url(self["limits-redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--limits-redis: {e}") from None
         if path is None and not any(lists.values()) and not any(standalone.values()):
             return None
         try:
@@ -111,6 +126,7 @@ class ClientPolicyOptions:
             limits = LimitSettings(
                 connections_per_client=self["max-client-connections"] or None,
                 requests_per_second=self["max-client-rate"] or None,
+                redis=self["limits-redis"] or None,
             )
         return PolicySettings(
             RuleSet((), default=default, clock=time.time),

@@ -32,6 +32,7 @@ def make_policy_holder(source: PolicySource, reactor: Any) -> PolicyHolder:
         source.settings, clock=reactor.seconds,
         load=source.load if source.path is not None else None,
         run_blocking=run_blocking, source=source.path or "the command line",
+        reactor=reactor if hasattr(reactor, "connectTCP") else None,
     )
 
 
