@@ -273,3 +273,51 @@ def test_sighup_swaps_backends_and_a_broken_file_is_refused_without_failures(tmp
     assert {body for at, body in load.bodies if at > swapped} == {b"second"}
     assert sum(1 for at, _ in load.bodies if at > refused) > 5
     assert len(re.findall(r"reload refused", master.log())) == 1
+
+
+def test_tls_unix_and_ssl_listeners_are_served_by_workers(tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "site.key"))
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "both.pem"))
+    origin = _origin(b"hello")
+    tls_port, ssl_port, sock = _free_port(), _free_port(), tmp_path / "p.sock"
+    (tmp_path / "m.toml").write_text(
+        f'workers = 2\n[log]\naccess = false\n[[reverse]]\nname = "site"\n'
+        f'listen = ["unix:{sock}", "ssl:{ssl_port}:interface=127.0.0.1:privateKey=both.pem"]\n'
+        f'tls_listen = ["tcp:{tls_port}:interface=127.0.0.1"]\n'
+        f'[reverse.tls]\ndefault = "localhost"\n'
+        f'certs = [{{ cert = "site.pem", key = "site.key" }}]\n'
+        f'[[reverse.routes]]\npool = "web"\n[reverse.pools.web]\n'
+        f'backends = ["http://127.0.0.1:{origin.server_address[1]}"]\n')
+    master = _Master(tmp_path, "--config", "m.toml")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    try:
+        master.serving(2)
+        for port in (tls_port, ssl_port):
+            for _ in range(10):
+                connection = http.client.HTTPSConnection("localhost", port, context=context,
+                                                         timeout=10)
+                connection.request("GET", "/", headers={"Connection": "close"})
+                assert connection.getresponse().read() == b"hello"
+                connection.close()
+        for _ in range(10):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(10)
+                client.connect(str(sock))
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := client.recv(65536):
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"hello")
+    finally:
+        status = master.stop()
+        origin.shutdown()
+    assert status in (0, -signal.SIGTERM), master.log()
+    assert not sock.exists()  # the master removes its socket file when it stops

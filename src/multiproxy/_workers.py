@@ -473,9 +473,9 @@ class WorkerMaster(Service):
         d = self._retire(list(self.workers))
 
         def close(_):
-            for port in self.ports.values():
-                port.stopListening()
+            closing = [defer.maybeDeferred(port.stopListening) for port in self.ports.values()]
             self.ports.clear()
+            return defer.DeferredList(closing)
 
         return d.addCallback(close)
 
