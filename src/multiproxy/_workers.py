@@ -162,10 +162,20 @@ class AdoptingReactor:
     socket fails: workers never bind.
     """
 
+    accepts_per_wakeup = 1
+    """
+    How many connections a worker accepts each time the shared socket is
+    readable (0: Twisted's adaptive default, up to 100 and more).  Every
+    worker wakes for a connection; with one accept each, a burst is spread
+    over the workers instead of being swallowed by the first one awake
+    (docs/performance.md, "Workers").
+    """
+
     def __init__(self, reactor: Any, listeners: dict[str, tuple[int, int]]) -> None:
         self._reactor = reactor
         self._listeners = listeners
         self.connections = 0
+        self.served = 0
         directlyProvides(self, providedBy(reactor))
 
     def __getattr__(self, name: str) -> Any:
@@ -176,6 +186,8 @@ class AdoptingReactor:
             raise error.CannotListenError(None, key, "the master holds no socket for it")
         fd, family = self._listeners[key]
         port = self._reactor.adoptStreamPort(fd, family, _CountingFactory(factory, self))
+        if self.accepts_per_wakeup:
+            _cap_accepts(port, self.accepts_per_wakeup)
         if family == socket.AF_UNIX:
             # The socket file belongs to the master: a draining worker must not unlink it.
             port._bindPath = b"\0"
@@ -194,6 +206,17 @@ class AdoptingReactor:
         return self._adopt(_unix_key(address), factory)
 
 
+def _cap_accepts(port: Any, limit: int) -> None:
+    """Make ``port`` accept at most ``limit`` connections per readiness event."""
+    read = port.doRead
+
+    def do_read():
+        port.numberAccepts = limit  # Twisted raises it after every full batch
+        return read()
+
+    port.doRead = do_read
+
+
 class _CountingFactory:
     """Delegates to a factory, counting the connections it builds that are still open."""
 
@@ -210,7 +233,7 @@ class _CountingFactory:
             return None
         counter = self._counter
         counter.connections += 1
-        counter.served = getattr(counter, "served", 0) + 1
+        counter.served += 1
         lost = protocol.connectionLost
 
         def connection_lost(reason):
@@ -545,7 +568,7 @@ def worker_main(spec_text: str) -> int:
             if adopting.connections <= 0 or reactor.seconds() >= deadline:
                 log.info("worker {index} (pid {pid}) stopped after {served} connections",
                          index=spec["index"], pid=os.getpid(),
-                         served=getattr(adopting, "served", 0))
+                         served=adopting.served)
                 return None
             from twisted.internet.task import deferLater
 
