@@ -321,3 +321,16 @@ def test_tls_unix_and_ssl_listeners_are_served_by_workers(tmp_path):
         origin.shutdown()
     assert status in (0, -signal.SIGTERM), master.log()
     assert not sock.exists()  # the master removes its socket file when it stops
+
+
+def test_a_disk_cache_with_several_workers_is_refused_before_listening(tmp_path):
+    port = _free_port()
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+         "--pidfile=", "multiproxy", "--workers", "2", "forward", "--cache-dir",
+         str(tmp_path / "cache"), "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode != 0
+    assert "cannot be shared by 2 worker processes" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

@@ -67,6 +67,12 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
         else:
             self.workers = self.configuration.workers
+        from multiproxy._workers import check_worker_configuration
+
+        try:
+            check_worker_configuration(self.configuration, self.workers)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _read_configuration(self) -> None:
         if self["config"] is not None:

@@ -84,6 +84,24 @@ class _Unserved(Factory):
         return "Master socket"
 
 
+def check_worker_configuration(configuration: Any, count: int) -> None:
+    """
+    Refuse what several workers cannot share: a disk cache directory (the
+    store keeps its index in memory and clears ``tmp/`` when it starts, so
+    two processes on one directory would corrupt each other).
+    """
+    if count <= 1:
+        return
+    for _, config in configuration.proxies:
+        cache = getattr(config, "cache", None)
+        directory = getattr(cache, "directory", None)
+        if directory:
+            raise ConfigError(
+                f"{getattr(config, 'name', 'proxy')}: cache.dir (--cache-dir) {directory!r} "
+                f"cannot be shared by {count} worker processes (the disk store keeps its index "
+                f"in memory); run with workers = 1 or use the memory cache")
+
+
 def _tcp_key(port: int, interface: str) -> str:
     return json.dumps(["tcp", port, interface])
 
@@ -332,6 +350,7 @@ class WorkerMaster(Service):
         self.argv = list(argv)
         self.load = load
         self.count = count
+        check_worker_configuration(configuration, count)
         self.ports: dict[str, Any] = {}
         self.used = bind_listeners(reactor, configuration, self.ports)
         self.shutdown_timeout = _shutdown_timeout(configuration)
@@ -413,6 +432,7 @@ class WorkerMaster(Service):
         before = set(self.ports)
         try:
             configuration, count = self.load()
+            check_worker_configuration(configuration, count)
             used = bind_listeners(self.reactor, configuration, self.ports)
         except ConfigError as e:
             for key in set(self.ports) - before:
