@@ -52,6 +52,8 @@ class Configuration:
     access_log: str | None = "-"
     policy: object = None
     """A `multiproxy.policy.PolicySource` shared by every proxy, or None (allow all)."""
+    workers: int = 1
+    """Worker processes (top-level ``workers``; see `multiproxy._workers`)."""
 
 
 def read_configuration(data: dict, source: str = "") -> Configuration:
@@ -74,6 +76,11 @@ def read_configuration(data: dict, source: str = "") -> Configuration:
         raise log.error("access", 'expected a file path, "-" for stdout, or false')
     log.finish()
     policy = _read_policy(reader, source)
+    workers = 1
+    if reader.has("workers"):
+        from multiproxy._workers import parse_workers
+
+        workers = parse_workers(reader.raw("workers"), "workers")
     try:
         reader.finish()
     except ConfigError as e:
@@ -87,7 +94,7 @@ def read_configuration(data: dict, source: str = "") -> Configuration:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"two proxies are named {name!r}; give each a distinct name")
-    return Configuration(tuple(proxies), access_log, policy)
+    return Configuration(tuple(proxies), access_log, policy, workers)
 
 
 def _read_policy(reader: TableReader, source: str):

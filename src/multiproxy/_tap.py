@@ -29,7 +29,7 @@ from multiproxy.tcp._config import TCPOptions
 class Options(usage.Options):
     """Options of ``twistd multiproxy``."""
 
-    synopsis = "[--config FILE.toml] [forward|reverse|tcp [options]]"
+    synopsis = "[--workers N|auto] [--config FILE.toml] [forward|reverse|tcp [options]]"
     longdesc = (
         "A multi-protocol proxy. With no arguments: a forward HTTP proxy on "
         "127.0.0.1:8080. Use a subcommand for one proxy with command-line "
@@ -39,6 +39,8 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file (instead of a subcommand)."],
         ["access-log", None, "-", "Access log file for a subcommand's proxy ('-' = stdout, "
          "'none' = off)."],
+        ["workers", None, None, "Worker processes serving the listeners ('auto' = one per "
+         "core; default 1, or the file's top-level workers)."],
     ]
     subCommands = [
         ["forward", None, ForwardOptions, "Forward HTTP proxy (the default)."],
@@ -49,11 +51,30 @@ class Options(usage.Options):
 
     def parseOptions(self, options=None) -> None:
         argv = sys.argv[1:] if options is None else list(options)
+        self.argv = argv
         names = {sub[0] for sub in self.subCommands}
         self._explicit_subcommand = any(arg in names for arg in argv)
         super().parseOptions(options)
 
     def postOptions(self) -> None:
+        self._read_configuration()
+        if self["workers"] is not None:
+            from multiproxy._workers import parse_workers
+
+            try:
+                self.workers = parse_workers(self["workers"])
+            except ConfigError as e:
+                raise usage.UsageError(str(e)) from None
+        else:
+            self.workers = self.configuration.workers
+        from multiproxy._workers import check_worker_configuration
+
+        try:
+            check_worker_configuration(self.configuration, self.workers)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _read_configuration(self) -> None:
         if self["config"] is not None:
             if self._explicit_subcommand:
                 raise usage.UsageError(
@@ -74,12 +95,32 @@ def makeService(options: Options):
     """Build the service ``twistd`` runs (the reactor is imported only here)."""
     from twisted.internet import reactor
 
+    if options.workers > 1:
+        return make_worker_master(options, reactor)
     try:
         service = make_services(options.configuration, reactor)
     except ConfigError as e:
         raise usage.UsageError(str(e)) from None
     tune_garbage_collector()
     return service
+
+
+def make_worker_master(options: Options, reactor):
+    """The master of ``--workers N``: binds every listener now, serves none."""
+    from multiproxy._workers import WorkerMaster
+
+    def load():
+        fresh = Options()
+        try:
+            fresh.parseOptions(options.argv)
+        except usage.UsageError as e:
+            raise ConfigError(str(e)) from None
+        return fresh.configuration, fresh.workers
+
+    try:
+        return WorkerMaster(reactor, options.argv, load, options.configuration, options.workers)
+    except ConfigError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def tune_garbage_collector() -> None:
