@@ -60,7 +60,7 @@ _log = Logger()
 _STATUS = {"ok": 200, "bad-request": 400, "unsupported": 400, "auth-failed": 407,
            "auth-required": 407, "denied": 403, "connection-limit": 429, "rate-limited": 429,
            "handshake-timeout": 408, "connect-failed": 502, "connect-timeout": 504,
-           "error": 500}
+           "error": 500, "client-closed": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +322,10 @@ class SocksProxyProtocol(Protocol):
         if release is not None:
             release()
         if self.outcome is None:
-            self.outcome = "bad-request" if self.parser.state != "done" else "client-closed"
+            # A client that leaves before sending anything (a port probe) did
+            # nothing wrong; one that leaves mid-handshake sent a truncated request.
+            self.outcome = ("client-closed" if self.parser.state in ("start", "done")
+                            else "bad-request")
         ended = how if self.outcome == "ok" else self.outcome
         self._report(relay, ended)
 
