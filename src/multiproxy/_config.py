@@ -34,12 +34,14 @@ def proxy_kinds() -> dict[str, ProxyKind]:
     """The kinds of proxy a configuration file may hold, by table name."""
     from multiproxy.forward._config import forward_config_from_table, make_forward_service
     from multiproxy.reverse import make_reverse_service, reverse_config_from_table
+    from multiproxy.socks._config import make_socks_service, socks_config_from_table
     from multiproxy.tcp._config import make_tcp_service, tcp_config_from_table
 
     kinds = [
         ProxyKind("forward", forward_config_from_table, make_forward_service),
         ProxyKind("reverse", reverse_config_from_table, make_reverse_service),
         ProxyKind("tcp", tcp_config_from_table, make_tcp_service),
+        ProxyKind("socks", socks_config_from_table, make_socks_service),
     ]
     return {kind.name: kind for kind in kinds}
 
@@ -88,7 +90,7 @@ def read_configuration(data: dict, source: str = "") -> Configuration:
     if not proxies:
         raise ConfigError(
             f"{source or 'configuration'}: no proxy defined; add a [[forward]], "
-            f"[[reverse]] or [[tcp]] table"
+            f"[[reverse]], [[tcp]] or [[socks]] table"
         )
     names = [getattr(config, "name", "") for _, config in proxies]
     for name in names:

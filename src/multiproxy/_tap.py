@@ -23,13 +23,14 @@ from multiproxy._config import (
 from multiproxy._errors import ConfigError
 from multiproxy.forward._config import ForwardOptions
 from multiproxy.reverse import ReverseOptions
+from multiproxy.socks._config import SocksOptions
 from multiproxy.tcp._config import TCPOptions
 
 
 class Options(usage.Options):
     """Options of ``twistd multiproxy``."""
 
-    synopsis = "[--workers N|auto] [--config FILE.toml] [forward|reverse|tcp [options]]"
+    synopsis = "[--workers N|auto] [--config FILE.toml] [forward|reverse|tcp|socks [options]]"
     longdesc = (
         "A multi-protocol proxy. With no arguments: a forward HTTP proxy on "
         "127.0.0.1:8080. Use a subcommand for one proxy with command-line "
@@ -46,6 +47,7 @@ class Options(usage.Options):
         ["forward", None, ForwardOptions, "Forward HTTP proxy (the default)."],
         ["reverse", None, ReverseOptions, "Reverse HTTP proxy in front of backends."],
         ["tcp", None, TCPOptions, "TCP relay: a layer-4 port forwarder and balancer."],
+        ["socks", None, SocksOptions, "SOCKS5 / SOCKS4a proxy (CONNECT)."],
     ]
     defaultSubCommand = "forward"
 

@@ -1,0 +1,151 @@
+"""
+Configuring a SOCKS proxy: from ``twistd multiproxy socks`` options or a
+``[[socks]]`` TOML table.  Both produce one `SocksConfig`, checked before
+anything listens; `make_socks_service` turns it into a running service.
+
+The access policy is the one every proxy shares: the command line takes the
+forward proxy's policy options (`multiproxy.policy._options.PolicyOptions`:
+``--deny-host``, ``--htpasswd``, ``--policy FILE``, ...), a file its
+``[policy]`` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from multiproxy._accept import AcceptGuard, GuardedEndpoint
+from multiproxy._errors import ConfigError
+from multiproxy._tablereader import TableReader
+from multiproxy.policy._options import PolicyOptions
+from multiproxy.socks._proxy import SocksProxy, SocksSettings
+
+__all__ = [
+    "DEFAULT_SOCKS_LISTEN",
+    "SocksConfig",
+    "SocksOptions",
+    "make_socks_service",
+    "socks_config_from_table",
+]
+
+DEFAULT_SOCKS_LISTEN = "tcp:1080:interface=127.0.0.1"
+_SETTINGS = SocksSettings()
+
+
+@dataclass(frozen=True)
+class SocksConfig:
+    """Everything needed to run one SOCKS proxy."""
+
+    name: str = "socks"
+    listen: tuple[str, ...] = (DEFAULT_SOCKS_LISTEN,)
+    settings: SocksSettings = SocksSettings()
+
+
+def _check(config: SocksConfig) -> SocksConfig:
+    from twisted.internet.testing import MemoryReactor
+
+    if not config.listen:
+        raise ConfigError(f"socks proxy {config.name!r}: no listener; give listen, e.g. tcp:1080")
+    for description in config.listen:
+        try:
+            serverFromString(MemoryReactor(), description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"socks proxy {config.name!r}: listener {description!r} is not a server "
+                f"endpoint ({e}); write e.g. tcp:1080:interface=127.0.0.1"
+            ) from None
+    return config
+
+
+def socks_config_from_table(reader: TableReader) -> SocksConfig:
+    """Read one ``[[socks]]`` table; unknown keys and bad values are refused."""
+    name = reader.string("name", "socks")
+    listen = tuple(reader.strings("listen", [DEFAULT_SOCKS_LISTEN]))
+    if not listen:
+        raise reader.error("listen", "needs at least one endpoint, e.g. 'tcp:1080'")
+    settings = SocksSettings(
+        handshake_timeout=reader.number("handshake_timeout", _SETTINGS.handshake_timeout,
+                                        minimum=0.001),
+        connect_timeout=reader.number("connect_timeout", _SETTINGS.connect_timeout,
+                                      minimum=0.001),
+        idle_timeout=reader.optional_number("idle_timeout")
+        if reader.has("idle_timeout") else _SETTINGS.idle_timeout,
+    )
+    return _check(SocksConfig(name, listen, settings))
+
+
+class SocksOptions(PolicyOptions, usage.Options):
+    """``twistd multiproxy socks``: a SOCKS5 / SOCKS4a proxy."""
+
+    synopsis = "[--listen ENDPOINT ...] [options]"
+    longdesc = (
+        "Run a SOCKS proxy: SOCKS5 (RFC 1928) CONNECT to IPv4, IPv6 and host-name "
+        "destinations, with username/password authentication (RFC 1929, --htpasswd), "
+        "and SOCKS4/SOCKS4a. With no options it listens on " + DEFAULT_SOCKS_LISTEN + "."
+    )
+    optParameters = [
+        ["name", None, "socks", "Name of this proxy in logs."],
+        ["handshake-timeout", None, _SETTINGS.handshake_timeout,
+         "Seconds a client has to finish the SOCKS handshake.", float],
+        ["connect-timeout", None, _SETTINGS.connect_timeout,
+         "Seconds to connect to a destination, name lookup included (reply 0x06 after).",
+         float],
+        ["idle-timeout", None, _SETTINGS.idle_timeout,
+         "Seconds a tunnel may be idle before it is closed (0 = never).", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Twisted server endpoint to listen on (repeatable), e.g. tcp:1080:interface=127.0.0.1."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        for key in ("handshake-timeout", "connect-timeout"):
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be more than 0")
+        if self["idle-timeout"] < 0:
+            raise usage.UsageError("--idle-timeout must not be negative (0 means no limit)")
+        config = SocksConfig(
+            name=self["name"],
+            listen=tuple(self["listen"]) or (DEFAULT_SOCKS_LISTEN,),
+            settings=SocksSettings(
+                handshake_timeout=self["handshake-timeout"],
+                connect_timeout=self["connect-timeout"],
+                idle_timeout=self["idle-timeout"] or None,
+            ),
+        )
+        try:
+            self.config = _check(config)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        # --policy FILE, --deny-host, --htpasswd, --max-client-* (multiproxy.policy)
+        self.policy_source = self.read_policy()
+
+
+def make_socks_service(
+    config: SocksConfig, reactor: Any, reporters: Any = (), policy: Any = None,
+    guard: AcceptGuard | None = None,
+) -> MultiService:
+    """A service listening on every endpoint of ``config``."""
+    config = _check(config)
+    factory = SocksProxy(reactor, name=config.name, policy=policy, reporters=reporters,
+                         settings=config.settings)
+    service = MultiService()
+    service.factory = factory
+    service.setName(config.name)
+    for description in config.listen:
+        endpoint = serverFromString(reactor, description)
+        if guard is not None:
+            endpoint = GuardedEndpoint(endpoint, guard)
+        listener = StreamServerEndpointService(endpoint, factory)
+        listener._raiseSynchronously = True  # a port in use stops start-up with its reason
+        listener.setServiceParent(service)
+    return service
