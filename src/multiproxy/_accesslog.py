@@ -4,7 +4,8 @@ Access logs in Combined Log Format.
 Each line is Apache/nginx "combined" (so existing tools parse it), followed
 by multiproxy's own fields as ``key=value`` pairs: duration in seconds, the
 upstream, the cache outcome, the policy rule that decided, and how the
-exchange ended.  Lines are buffered and flushed at least once a second.
+exchange ended; a CONNECT tunnel adds the bytes it read and, when its first
+flight was peeked at, the TLS ``sni=`` name and ``alpn=`` protocols.  Lines are buffered and flushed at least once a second.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def format_record(record: AccessRecord) -> str:
     )
     if record.kind != "http":
         line += f" in={record.bytes_from_client}"
+    extra = record.extra
+    if "sni" in extra:
+        # A CONNECT tunnel's TLS server name and ALPN, as its ClientHello gave them.
+        line += f" sni={_token(extra['sni'])}"
+        if "alpn" in extra:
+            line += f" alpn={_token(extra['alpn'])}"
     return line
 
 

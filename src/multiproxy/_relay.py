@@ -36,7 +36,8 @@ What it does
   Only for callers that will not touch the transports until the relay ends.
 - **One ending.**  ``on_end(relay, how)`` is called exactly once, with
   ``how`` one of `ENDINGS`: "done", "client-closed", "upstream-closed",
-  "idle-timeout" or "error" (also `Relay.reason`, the `Failure` if any).
+  "idle-timeout", "error" (also `Relay.reason`, the `Failure` if any) or
+  "denied" (a policy ended it after it started, e.g. on a tunnel's SNI).
 
 Using it from a protocol that owns the client transport
 =======================================================
@@ -102,7 +103,7 @@ EARLY_LIMIT = 64 * 1024
 SPLICE_THRESHOLD = 32 * 1024
 """A read this large means bulk traffic: time to move the bytes with splice(2)."""
 
-ENDINGS = ("done", "client-closed", "upstream-closed", "idle-timeout", "error")
+ENDINGS = ("done", "client-closed", "upstream-closed", "idle-timeout", "error", "denied")
 """The ways a relay can end, as passed to ``on_end``."""
 
 _log = Logger()
@@ -316,6 +317,16 @@ class Relay:
         else:
             self._down_valve.release()
             self._splice_armed = self.splice and splice_capable(self.downstream, transport)
+
+    def enable_splice(self) -> None:
+        """
+        Allow ``splice(2)`` from now on for a relay made with ``splice=False``
+        (a tunnel whose first bytes had to be read in Python first).
+        """
+        self.splice = True
+        transport = self.upstream_transport
+        if transport is not None and self.ended is None and not self._down_eof:
+            self._splice_armed = splice_capable(self.downstream, transport)
 
     def _switch_to_pump(self) -> None:
         # Called from the reactor (never from inside a transport's doRead), so

@@ -22,7 +22,7 @@ from multiproxy.cache import (
     cache_from_table,
 )
 from multiproxy.cache._fetcher import caching_fetcher_factory
-from multiproxy.forward._proxy import XFF_MODES, ForwardProxy, ForwardSettings
+from multiproxy.forward._proxy import NON_TLS_RULES, XFF_MODES, ForwardProxy, ForwardSettings
 from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
     limits_from_table,
@@ -81,11 +81,23 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
         via=via_value,
         x_forwarded_for=reader.string("x_forwarded_for", "add", choices=XFF_MODES),
         connect_ports=frozenset(ports),
+        **_tunnel_settings_from_table(reader),
     )
     limits = limits_from_table(reader)
     timeouts = timeouts_from_table(reader)
     cache = cache_from_table(reader.table_of("cache"))
     return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache)
+
+
+def _tunnel_settings_from_table(reader: TableReader) -> dict:
+    """The CONNECT tunnel's ClientHello keys: ``sni_peek``, ``sni_must_match``, ``non_tls``."""
+    values = {}
+    for key in ("sni_peek", "sni_must_match"):
+        values[key] = reader.boolean(key, getattr(ForwardSettings(), key))
+    values["non_tls"] = reader.string("non_tls", "allow", choices=NON_TLS_RULES)
+    if values["sni_must_match"] and not values["sni_peek"]:
+        raise reader.error("sni_must_match", "needs sni_peek = true (the SNI must be read)")
+    return values
 
 
 class ForwardOptions(PolicyOptions, usage.Options):
@@ -98,6 +110,10 @@ class ForwardOptions(PolicyOptions, usage.Options):
     )
     optFlags = [
         ["no-via", None, "Do not add a Via header (RFC 9110 7.6.3)."],
+        ["no-sni-peek", None,
+         "Relay CONNECT tunnels without reading their TLS ClientHello (no SNI rules or log)."],
+        ["sni-must-match", None,
+         "Refuse a CONNECT tunnel whose TLS SNI name is not the CONNECT host (domain fronting)."],
     ] + CACHE_OPT_FLAGS
     optParameters = [
         ["name", None, "forward", "Name of this proxy in logs."],
@@ -106,6 +122,8 @@ class ForwardOptions(PolicyOptions, usage.Options):
          "What to do with X-Forwarded-For: add (append the client address), leave, delete."],
         ["connect-ports", None, "443",
          "Comma-separated destination ports CONNECT tunnels may reach."],
+        ["non-tls", None, "allow",
+         "A CONNECT tunnel that does not start with TLS: allow or deny."],
         ["max-head-size", None, _LIMITS.max_head,
          "Largest request head in bytes; larger heads get 431.", int],
         ["max-request-line", None, _LIMITS.max_request_line,
@@ -147,6 +165,10 @@ class ForwardOptions(PolicyOptions, usage.Options):
                 raise usage.UsageError(f"--{key} must not be negative (0 means no limit)")
         if self["connect-timeout"] == 0:
             raise usage.UsageError("--connect-timeout must be more than 0")
+        if self["non-tls"] not in NON_TLS_RULES:
+            raise usage.UsageError(f"--non-tls must be allow or deny, not {self['non-tls']!r}")
+        if self["sni-must-match"] and self["no-sni-peek"]:
+            raise usage.UsageError("--sni-must-match needs the SNI: drop --no-sni-peek")
         via = None if self["no-via"] else self["via-name"].encode("ascii", "replace")
         if via is not None and (not via or b" " in via):
             raise usage.UsageError("--via-name must be a single word, e.g. multiproxy")
@@ -157,7 +179,9 @@ class ForwardOptions(PolicyOptions, usage.Options):
             name=self["name"],
             listen=listen,
             settings=ForwardSettings(
-                via=via, x_forwarded_for=self["x-forwarded-for"], connect_ports=ports
+                via=via, x_forwarded_for=self["x-forwarded-for"], connect_ports=ports,
+                sni_peek=not self["no-sni-peek"], sni_must_match=bool(self["sni-must-match"]),
+                non_tls=self["non-tls"],
             ),
             limits=Limits(
                 max_head=self["max-head-size"],

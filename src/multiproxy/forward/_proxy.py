@@ -11,7 +11,7 @@ in `multiproxy.http`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from twisted.logger import Logger
@@ -24,6 +24,8 @@ from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay
 from multiproxy._values import Decision, Intent
 from multiproxy.forward._origin import DirectChooser
+from multiproxy.forward._peek import HelloGate
+from multiproxy.forward._sni import ClientHello, NotTLS
 from multiproxy.http._client import ConnectionPool, UpstreamFetcher
 from multiproxy.http._exchange import ForwardedRequest, IFetcher
 from multiproxy.http._headers import Headers
@@ -44,6 +46,7 @@ from multiproxy.policy._hosts import normalise_host
 log = Logger()
 
 XFF_MODES = ("add", "leave", "delete")
+NON_TLS_RULES = ("allow", "deny")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,14 @@ class ForwardSettings:
     """"add" appends the client address, "leave" passes it on, "delete" removes it."""
     connect_ports: frozenset[int] = frozenset({443})
     """Destination ports a CONNECT tunnel may reach."""
+    sni_peek: bool = True
+    """Read a tunnel's TLS ClientHello and apply the policy to its SNI name too."""
+    sni_must_match: bool = False
+    """Refuse a tunnel whose SNI name is not the CONNECT host (domain fronting)."""
+    non_tls: str = "allow"
+    """What happens to a tunnel that does not start with TLS: "allow" or "deny"."""
+    hello_timeout: float | None = 10.0
+    """Seconds from a tunnel's first byte to a complete ClientHello."""
 
 
 class ForwardProxyProtocol(HTTPServerProtocol):
@@ -239,8 +250,10 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             self.report(exchange)
 
         reactor = self.factory.reactor
-        # Bulk tunnel traffic moves by splice(2) where both sides are plain TCP.
-        relay = Relay(reactor, self.transport, idle_timeout=timeouts.tunnel_idle, splice=True)
+        peek = self.factory.settings.sni_peek
+        # Bulk tunnel traffic moves by splice(2) where both sides are plain
+        # TCP; when peeking, only once the ClientHello has been judged.
+        relay = Relay(reactor, self.transport, idle_timeout=timeouts.tunnel_idle, splice=not peek)
         connecting = relay.connect(UpstreamEndpoint(reactor, upstream, timeouts.connect))
         exchange.abort_fetch = lambda: relay.end("client-closed")
 
@@ -258,8 +271,10 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 b"HTTP/1.1 200 Connection established\r\nDate: %s\r\n\r\n" % self.http_date()
             )
             early = self.become_tunnel(relay)
+            if peek:
+                self.tunnel = self.hello_gate(exchange, intent, relay)
             if early:
-                relay.downstream_data(early)
+                self.tunnel.downstream_data(early)
 
         def failed(failure):
             if not exchange.finished:
@@ -267,6 +282,63 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 exchange.respond_error(failure.value.status, str(failure.value))
 
         connecting.addCallbacks(opened, failed)
+
+    def hello_gate(self, exchange: Exchange, intent: Intent, relay: Relay) -> HelloGate:
+        """The `HelloGate` that judges a tunnel's first flight before it is relayed."""
+        settings = self.factory.settings
+
+        def passed(relay: Relay) -> None:
+            if self.tunnel is gate:
+                self.tunnel = relay  # the client's bytes go straight to the relay now
+            relay.enable_splice()
+
+        gate = HelloGate(
+            self.factory.reactor, relay,
+            lambda answer: self.judge_hello(exchange, intent, answer),
+            passed, timeout=settings.hello_timeout,
+        )
+        return gate
+
+    def judge_hello(
+        self, exchange: Exchange, intent: Intent, answer: ClientHello | NotTLS | None
+    ) -> str | None:
+        """
+        Judge a tunnel's first flight (a `ClientHello`, `NotTLS`, or None when
+        the client sent nothing): None lets it through, else the reason it is
+        refused.  The policy judges the SNI name as it judged the CONNECT host.
+        """
+        settings = self.factory.settings
+        record = exchange.record
+        if not isinstance(answer, ClientHello):
+            record.extra["sni"] = "-"
+            if settings.non_tls == "deny":
+                record.extra["error"] = "the tunnel does not start with TLS"
+                return record.extra["error"]
+            return None
+        name = answer.server_name
+        record.extra["sni"] = name or "-"
+        if answer.alpn:
+            record.extra["alpn"] = ",".join(answer.alpn)
+        if name is None:
+            return None
+        try:
+            name = normalise_host(name)
+        except ValueError as e:
+            record.extra["error"] = f"bad SNI name: {e}"
+            return record.extra["error"]
+        if settings.sni_must_match and name != intent.host:
+            record.extra["error"] = f"SNI name {name} is not the CONNECT host {intent.host}"
+            return record.extra["error"]
+        if name == intent.host:
+            return None  # already judged
+        decision = self.factory.policy.decide(
+            replace(intent, host=name, target=f"{name}:{intent.port}")
+        )
+        if decision.action != "allow":
+            record.rule = decision.rule
+            record.extra["error"] = f"SNI name {name} is denied by the policy"
+            return record.extra["error"]
+        return None
 
 
 @lru_cache(maxsize=4096)
