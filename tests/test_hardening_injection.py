@@ -30,7 +30,7 @@ _QUOTED = r'"(?:[^"\\\x00-\x1f\x7f]|\\x[0-9A-F]{2}|\\\\|\\u[0-9a-f]{4}|\\U[0-9a-
 COMBINED = re.compile(
     r"(?P<host>\S+) - (?P<user>\S+) \[[^\]]+\] (?P<request>" + _QUOTED + r") "
     r"(?P<status>\d{3}|-) (?P<size>\d+|-) (?P<referer>" + _QUOTED + r") (?P<agent>" + _QUOTED + r")"
-    r" rt=\S+ up=\S+ cache=\S+ rule=\S+ end=\S+( in=\d+)?"
+    r" rt=\S+ up=\S+ cache=\S+ rule=\S+ end=\S+( in=\d+)?( sni=\S+( alpn=\S+)?)?"
 )
 
 
