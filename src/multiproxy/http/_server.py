@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._contract import report_all
 from multiproxy._deadline import Deadline
 from multiproxy._directwrite import no_delay, send_now, write_direct
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
@@ -96,11 +97,7 @@ class HTTPProxyFactory(Factory):
         self.connections: set[HTTPServerProtocol] = set()
 
     def report(self, record: AccessRecord) -> None:
-        for reporter in self.reporters:
-            try:
-                reporter.report(record)
-            except Exception:
-                log.failure("reporter {reporter!r} failed", reporter=reporter)
+        report_all(self.reporters, record)
 
 
 @implementer(IResponseSink)

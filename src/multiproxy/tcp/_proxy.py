@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._contract import AllowAll
+from multiproxy._contract import AllowAll, report_all
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
 from multiproxy._values import AccessRecord, Decision, Intent
@@ -242,11 +242,7 @@ class TCPRelayProtocol(RelayServerProtocol):
             rule=self.decision.rule if self.decision is not None else None,
             ended=ended,
         )
-        for reporter in self.factory.reporters:
-            try:
-                reporter.report(record)
-            except Exception:
-                _log.failure("reporter {reporter!r} failed", reporter=reporter)
+        report_all(self.factory.reporters, record)
 
 
 @implementer(IProxy)
