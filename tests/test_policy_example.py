@@ -53,7 +53,7 @@ async def test_example_blocks_social_sites_in_work_hours_except_for_signed_in_st
     try:
         out, err, code = await curl("-x", proxy, "-w", " %{http_code}",
                                     "http://www.facebook.com/headers")
-        assert out.endswith(b" 403")
+        assert out.endswith(b" 407")
         assert b"Social media is blocked during work hours" in out
 
         out, err, code = await curl("-x", proxy, "-U", "alice:wonderland",

@@ -164,7 +164,7 @@ async def test_work_hours_rule_follows_the_injected_clock(start_forward, origin)
     url = f"http://localhost:{origin}/bytes/4"
 
     out, err, code = await curl("-x", proxy_url(port), "-w", " %{http_code}", url)
-    assert out.endswith(b" 403") and b"blocked during work hours" in out
+    assert out.endswith(b" 407") and b"blocked during work hours" in out
 
     out, err, code = await curl("-x", proxy_url(port), "--proxy-user", "alice:wonderland", url)
     assert out == b"xxxx"  # authenticated users are exempt

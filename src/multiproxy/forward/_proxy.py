@@ -35,10 +35,12 @@ from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtoc
 from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
 from multiproxy.policy._admission import (
     Refusal,
+    decide,
     judge,
     needs_credential_check,
     rate_limited,
     refusal,
+    sign_in_blocked,
     upstream_fields,
 )
 from multiproxy.policy._hosts import normalise_host
@@ -140,7 +142,12 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             return
         credentials = exchange.request.headers.get(b"proxy-authorization")
         if not needs_credential_check(policy, credentials):
-            self._judged((intent, policy.decide(intent)), exchange, proceed)
+            self._judged((intent, decide(policy, intent)), exchange, proceed)
+            return
+        wait = sign_in_blocked(policy, intent.client_host)
+        if wait is not None:
+            # Too many failed sign-ins from here: the password is not even checked.
+            self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
             return
         judged = judge(policy, intent, credentials)
         judged.addCallback(self._judged, exchange, proceed)

@@ -29,8 +29,8 @@ from multiproxy.policy._denypage import (
 )
 
 __all__ = [
-    "IAccessControl", "Refusal", "anonymity_of", "connection_slot", "judge",
-    "needs_credential_check", "rate_limited",
+    "IAccessControl", "Refusal", "anonymity_of", "connection_slot", "decide", "judge",
+    "needs_credential_check", "rate_limited", "sign_in_blocked",
     "refusal", "upstream_fields",
 ]
 
@@ -48,6 +48,11 @@ class IAccessControl(IPolicy):
     request_rate_limit = Attribute("A `RequestRateLimit`, or None.")
     anonymity = Attribute("`AnonymityOptions` for forwarded requests, or None.")
     deny_template = Attribute("The refusal page template (str).")
+    sign_in_failures = Attribute(
+        "A `SignInFailures` counting wrong credentials per client, or None.")
+
+    def sign_in_could_allow(intent):
+        """Whether signing in could get this refused anonymous ``intent`` allowed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,38 @@ def rate_limited(policy: object, client_host: str) -> int | None:
     return limit.retry_after(client_host)
 
 
+def sign_in_blocked(policy: object, client_host: str) -> int | None:
+    """
+    None if ``client_host`` may have its proxy credentials checked, else the
+    seconds to wait: it failed to sign in too often (answer 429 without
+    looking at the password).
+    """
+    access = _access(policy)
+    failures = getattr(access, "sign_in_failures", None) if access is not None else None
+    if failures is None:
+        return None
+    return failures.blocked(client_host)
+
+
+def decide(policy: IPolicy, intent: Intent) -> Decision:
+    """
+    ``policy.decide(intent)``, except that a refusal which signing in could
+    turn into an allow becomes an ``authenticate`` decision (the proxy then
+    answers 407 with ``Proxy-Authenticate``, as Squid challenges when the
+    deciding ACL needs a user) when the policy checks credentials.
+    """
+    decision = policy.decide(intent)
+    if decision.action != "deny" or intent.user is not None:
+        return decision
+    access = _access(policy)
+    if access is None or access.authenticator is None:
+        return decision
+    could_allow = getattr(access, "sign_in_could_allow", None)
+    if could_allow is None or not could_allow(intent):
+        return decision
+    return Decision("authenticate", decision.rule, decision.message)
+
+
 def needs_credential_check(policy: object, credentials: bytes | None) -> bool:
     """
     Whether `judge` has credentials to check; when it has not, the caller may
@@ -121,10 +158,15 @@ def judge(
     access = _access(policy)
     authenticator = access.authenticator if access is not None else None
     if authenticator is None or credentials is None:
-        return defer.succeed((intent, policy.decide(intent)))
+        return defer.succeed((intent, decide(policy, intent)))
 
     def checked(user) -> tuple[Intent, Decision]:
-        known = intent if user is None else replace(intent, user=user.name, groups=user.groups)
+        if user is None:
+            failures = getattr(access, "sign_in_failures", None)
+            if failures is not None:
+                failures.record(intent.client_host)
+            return intent, decide(policy, intent)
+        known = replace(intent, user=user.name, groups=user.groups)
         return known, policy.decide(known)
 
     return authenticator.authenticate(credentials).addCallback(checked)

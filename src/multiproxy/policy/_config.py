@@ -50,6 +50,9 @@ class AuthSettings:
     realm: str = "multiproxy"
     cache_seconds: float = 300.0
     cache_size: int = 10_000
+    max_failures: int = 10
+    """Failed sign-ins a client address may make per ``failure_window`` before 429."""
+    failure_window: float = 60.0
 
     def authenticator(
         self, *, clock: Clock, run_blocking: RunBlocking | None = None,
@@ -231,6 +234,8 @@ def auth_from_table(reader: TableReader) -> AuthSettings:
         realm=reader.string("realm", "multiproxy"),
         cache_seconds=reader.number("cache_seconds", 300.0, minimum=0),
         cache_size=reader.integer("cache_size", 10_000, minimum=1),
+        max_failures=reader.integer("max_failures", 10, minimum=1),
+        failure_window=reader.number("failure_window", 60.0, minimum=1),
     )
     reader.finish()
     return settings

@@ -16,7 +16,7 @@ from multiproxy.policy._admission import IAccessControl
 from multiproxy.policy._anonymity import AnonymityOptions
 from multiproxy.policy._auth import ProxyAuthenticator, RunBlocking
 from multiproxy.policy._config import PolicySettings, load_policy_file
-from multiproxy.policy._ratelimit import ConnectionLimit, RequestRateLimit
+from multiproxy.policy._ratelimit import ConnectionLimit, RequestRateLimit, SignInFailures
 
 __all__ = ["PolicyHolder"]
 
@@ -58,6 +58,7 @@ class PolicyHolder:
         self.connection_limit: ConnectionLimit | None = None
         self.request_rate_limit: RequestRateLimit | None = None
         self.authenticator: ProxyAuthenticator | None = None
+        self.sign_in_failures: SignInFailures | None = None
         self.swap(settings)
 
     @classmethod
@@ -97,6 +98,10 @@ class PolicyHolder:
     def decide(self, intent: Intent) -> Decision:
         return self._settings.rules.decide(intent)
 
+    def sign_in_could_allow(self, intent: Intent) -> bool:
+        """Whether signing in could get this refused anonymous intent allowed (see `RuleSet`)."""
+        return self._settings.rules.sign_in_could_allow(intent)
+
     def swap(self, settings: PolicySettings) -> None:
         """
         Put ``settings`` in force.  The authenticator is rebuilt (so its cache
@@ -134,8 +139,18 @@ class PolicyHolder:
         ):
             old_rate.exempt = rate_limit.exempt
             rate_limit = old_rate
+        failures = None
+        if auth is not None:
+            failures = self.sign_in_failures
+            if failures is None or (failures.limit, failures.window) != (
+                auth.max_failures, auth.failure_window
+            ):
+                failures = SignInFailures(
+                    auth.max_failures, auth.failure_window, clock=self._clock,
+                )
         self._settings = settings
         self.authenticator = authenticator
+        self.sign_in_failures = failures
         self.connection_limit = connection_limit
         self.request_rate_limit = rate_limit
 

@@ -180,6 +180,26 @@ class RuleSet:
                 return rule.decision
         return self.default
 
+    def sign_in_could_allow(self, intent: Intent) -> bool:
+        """
+        Whether signing in could turn this anonymous intent's refusal into an
+        allow (so the proxy challenges with 407 rather than showing the deny
+        page): an ``allow`` rule on ``authenticated``, ``users`` or ``groups``
+        earlier than the deciding rule would match once the client is known,
+        or the deciding rule itself is ``authenticated = false``.
+        """
+        if intent.user is not None:
+            return False
+        rules = self.rules
+        context = MatchContext(intent, self.clock)
+        for position in self._index.candidates(intent.host):
+            rule = rules[position]
+            if rule.action == "allow" and rule.matches_once_signed_in(context):
+                return True
+            if rule.matches(context):
+                return rule.authenticated is False and rule.action != "allow"
+        return False
+
     def __len__(self) -> int:
         return len(self.rules)
 

@@ -1,5 +1,6 @@
 """
-Per-client limits: concurrent connections and requests per second.
+Per-client limits: concurrent connections, requests per second and failed
+proxy sign-ins per minute.
 
 Clients are counted by address; IPv6 clients by their /64 by default (one
 host usually owns a whole /64, and could otherwise dodge a limit by hopping
@@ -18,7 +19,7 @@ from typing import Hashable
 
 from multiproxy.policy._networks import NetworkSet, client_address
 
-__all__ = ["ConnectionLimit", "RequestRateLimit", "client_key"]
+__all__ = ["ConnectionLimit", "RequestRateLimit", "SignInFailures", "client_key"]
 
 
 def client_key(client_host: str, ipv6_prefix: int = 64) -> Hashable:
@@ -170,3 +171,57 @@ class RequestRateLimit:
             if buckets[key][1] > horizon:
                 break
             del buckets[key]
+
+
+class SignInFailures:
+    """
+    Failed proxy sign-ins per client address: at most ``limit`` in any
+    ``window`` seconds.  A client over the limit is answered 429 with
+    ``Retry-After`` and its credentials are not checked at all until the
+    oldest failure leaves the window, so a password cannot be guessed faster
+    than ``limit`` tries a ``window``.  Memory is bounded by ``max_clients``
+    (the client whose last failure is oldest is forgotten first).
+    """
+
+    def __init__(
+        self, limit: int = 10, window: float = 60.0, *, clock: Callable[[], float],
+        ipv6_prefix: int = 64, max_clients: int = 100_000,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("the sign-in failure limit must be at least 1")
+        self.limit = limit
+        self.window = float(window)
+        self.ipv6_prefix = ipv6_prefix
+        self.max_clients = max_clients
+        self._clock = clock
+        self._failures: OrderedDict[Hashable, list[float]] = OrderedDict()
+
+    def _recent(self, client_host: str) -> tuple[Hashable, list[float]]:
+        key = client_key(client_host, self.ipv6_prefix)
+        times = self._failures.get(key, [])
+        cutoff = self._clock() - self.window
+        while times and times[0] <= cutoff:
+            times.pop(0)
+        if not times:
+            self._failures.pop(key, None)
+        return key, times
+
+    def record(self, client_host: str) -> None:
+        """Count one failed sign-in (wrong or malformed credentials)."""
+        key, times = self._recent(client_host)
+        times.append(self._clock())
+        self._failures[key] = times
+        self._failures.move_to_end(key)
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+
+    def blocked(self, client_host: str) -> int | None:
+        """None if ``client_host`` may try to sign in, else the seconds to wait."""
+        _, times = self._recent(client_host)
+        if len(times) < self.limit:
+            return None
+        return max(1, math.ceil(times[0] + self.window - self._clock()))
+
+    def count(self, client_host: str) -> int:
+        """Failures of ``client_host`` within the window."""
+        return len(self._recent(client_host)[1])

@@ -181,6 +181,40 @@ class Rule:
             proxies=_names(proxies, "proxy") if proxies is not None else None,
         )
 
+    @property
+    def needs_user(self) -> bool:
+        """Whether this rule only matches a signed-in user (``authenticated``, ``users``, ``groups``)."""
+        return bool(self.authenticated) or self.users is not None or self.groups is not None
+
+    def matches_once_signed_in(self, context: MatchContext) -> bool:
+        """
+        Whether this rule would match the anonymous intent in ``context`` if
+        the client signed in as some user it names: every condition but the
+        user ones holds.  Only meaningful for rules that `needs_user`.
+        """
+        if not self.needs_user or self.action == "authenticate":
+            return False
+        intent = context.intent
+        if self.kinds is not None and intent.kind not in self.kinds:
+            return False
+        if self.proxies is not None and intent.proxy not in self.proxies:
+            return False
+        if self.methods is not None and intent.method.upper() not in self.methods:
+            return False
+        if self.ports is not None and intent.port not in self.ports:
+            return False
+        if self.clients is not None and context.client not in self.clients:
+            return False
+        if self.hosts is not None and not self.hosts.matches(intent.host):
+            return False
+        if self.url_regex is not None and not any(
+            u.search(intent.target) for u in self.url_regex
+        ):
+            return False
+        if self.window is not None and not self.window.contains(context.now):
+            return False
+        return True
+
     def matches(self, context: MatchContext) -> bool:
         """Whether every condition of this rule holds for the intent in ``context``."""
         intent = context.intent
