@@ -111,9 +111,11 @@ class SocksError(Exception):
 
 def socks5_reply(code: int, host: str = "0.0.0.0", port: int = 0) -> bytes:
     """A SOCKS5 reply with ``code`` and the bound address (an IP literal)."""
-    address = ipaddress.ip_address(host)
-    atyp = b"\x01" if address.version == 4 else b"\x04"
-    return b"\x05" + bytes((code, 0)) + atyp + address.packed + port.to_bytes(2, "big")
+    if ":" in host:
+        atyp, packed = b"\x04", ipaddress.IPv6Address(host).packed
+    else:
+        atyp, packed = b"\x01", ipaddress.IPv4Address(host).packed
+    return b"\x05" + bytes((code, 0)) + atyp + packed + port.to_bytes(2, "big")
 
 
 def socks4_reply(granted: bool, host: str = "0.0.0.0", port: int = 0) -> bytes:
