@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
-from multiproxy._contract import AllowAll
+from multiproxy._contract import AllowAll, check_plugins
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay
@@ -395,4 +395,6 @@ class ForwardProxy(HTTPProxyFactory):
         )
         self.policy = policy or AllowAll()
         self.chooser = chooser or DirectChooser(timeouts.connect)
+        check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
+                      reporters=self.reporters)
         self.settings = settings

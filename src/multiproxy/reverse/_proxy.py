@@ -30,9 +30,9 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from multiproxy._contract import AllowAll, check
+from multiproxy._contract import AllowAll, check_plugins
 from multiproxy._errors import ProtocolError
-from multiproxy._interfaces import IPolicy, IProxy, IReporter, IUpstreamChooser
+from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._values import Intent
 from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import IFetcher
@@ -365,13 +365,12 @@ class ReverseProxy(HTTPProxyFactory):
             # responses (RFC 9110 7.6.3), which ``response_headers`` does not.
             via=via,
         )
-        for pool_name, pool in pools.items():
-            check(IUpstreamChooser, pool, f"{name}: backend pool {pool_name}")
-        for reporter in self.reporters:
-            check(IReporter, reporter, f"{name}: reporter")
+        self.policy = policy or AllowAll()
+        check_plugins(name, policy=self.policy, reporters=self.reporters,
+                      choosers={f"backend pool {pool_name}": pool
+                                for pool_name, pool in pools.items()})
         self.cached_fetcher = cached_fetcher
         self.chooser = RouteChooser(routes, pools)
-        self.policy = check(IPolicy, policy or AllowAll(), f"{name}: policy")
         self.forwarded = forwarded
         self.hsts = hsts
         self.redirect_https = redirect_https

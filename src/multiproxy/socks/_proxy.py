@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
-from multiproxy._contract import AllowAll, report_all
+from multiproxy._contract import AllowAll, check_plugins, report_all
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay
 from multiproxy._values import AccessRecord, Decision, Intent
@@ -388,6 +388,8 @@ class SocksProxy(Factory):
         self.policy = policy if policy is not None else AllowAll()
         self.chooser = chooser if chooser is not None else DirectChooser(settings.connect_timeout)
         self.reporters = tuple(reporters)
+        check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
+                      reporters=self.reporters)
         self.settings = settings
         self.connections: set[SocksProxyProtocol] = set()
 

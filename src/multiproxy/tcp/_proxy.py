@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._contract import AllowAll, report_all
+from multiproxy._contract import AllowAll, check_plugins, report_all
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
 from multiproxy._values import AccessRecord, Decision, Intent
@@ -271,6 +271,8 @@ class TCPRelayFactory(Factory):
         self.name = name
         self.policy = policy if policy is not None else AllowAll()
         self.reporters = tuple(reporters)
+        check_plugins(name, policy=self.policy, choosers={"chooser": chooser},
+                      reporters=self.reporters)
         self.settings = settings
         self.connections: set[TCPRelayProtocol] = set()
 
