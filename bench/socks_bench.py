@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _harness import free_port, running, twistd_argv  # noqa: E402
+from _harness import cpu_seconds, free_port, running, twistd_argv  # noqa: E402
 
 SMALL = 100
 
@@ -118,16 +118,19 @@ def load(kind: str, proxy: int, origin: int, seconds: float, clients: int, out) 
     out.put((sum(counts), sum(errors)))
 
 
-def measure(kind: str, proxy: int, origin: int, args) -> float:
+def measure(kind: str, proxy: int, origin: int, pid: int, args) -> tuple[float, float]:
+    """Tunnels per second, and the proxy process's CPU microseconds per tunnel."""
     queue: multiprocessing.Queue = multiprocessing.Queue()
+    cpu_before = cpu_seconds(pid)
     process = multiprocessing.Process(
         target=load, args=(kind, proxy, origin, args.duration, args.clients, queue))
     process.start()
     done, errors = queue.get(timeout=args.duration + 30)
     process.join()
+    cpu = cpu_seconds(pid) - cpu_before
     if errors:
         print(f"  {kind}: {errors} failed tunnels", file=sys.stderr)
-    return done / args.duration
+    return done / args.duration, cpu * 1e6 / max(done, 1)
 
 
 def main() -> None:
@@ -149,23 +152,31 @@ def main() -> None:
                           "--listen", f"tcp:{forward_port}:interface=127.0.0.1",
                           "--connect-ports", str(origin))
     results: dict[str, list[float]] = {"socks": [], "connect": []}
+    cpu: dict[str, list[float]] = {"socks": [], "connect": []}
     try:
-        with running(socks, socks_port, env=env, cwd=ROOT), \
-                running(forward, forward_port, env=env, cwd=ROOT):
+        with running(socks, socks_port, env=env, cwd=ROOT) as socks_process, \
+                running(forward, forward_port, env=env, cwd=ROOT) as forward_process:
             for round_number in range(args.rounds):
-                order = [("socks", socks_port), ("connect", forward_port)]
+                order = [("socks", socks_port, socks_process.pid),
+                         ("connect", forward_port, forward_process.pid)]
                 if round_number % 2:
                     order.reverse()
-                for kind, port in order:
-                    rate = measure(kind, port, origin, args)
+                for kind, port, pid in order:
+                    rate, cpu_us = measure(kind, port, origin, pid, args)
                     results[kind].append(rate)
-                    print(f"round {round_number + 1}: {kind:8s} {rate:8.0f} tunnels/s")
+                    cpu[kind].append(cpu_us)
+                    print(f"round {round_number + 1}: {kind:8s} {rate:8.0f} tunnels/s "
+                          f"{cpu_us:6.0f} CPU-us/tunnel")
     finally:
         origin_process.terminate()
     socks_rate = statistics.median(results["socks"])
     connect_rate = statistics.median(results["connect"])
+    socks_cpu = statistics.median(cpu["socks"])
+    connect_cpu = statistics.median(cpu["connect"])
     print(f"median: socks {socks_rate:.0f}/s, forward CONNECT {connect_rate:.0f}/s, "
           f"ratio {socks_rate / connect_rate:.2f}x (target >= 1.0x)")
+    print(f"median CPU per tunnel: socks {socks_cpu:.0f} us, forward CONNECT {connect_cpu:.0f} us, "
+          f"ratio {connect_cpu / socks_cpu:.2f}x (connect/socks; above 1 means SOCKS is cheaper)")
 
 
 if __name__ == "__main__":

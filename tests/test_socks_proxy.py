@@ -391,3 +391,31 @@ def test_a_bad_socks_table_is_refused_naming_the_key():
         read_configuration({"socks": [{"listen": ["tcp:1080"], "colour": "blue"}]})
     with pytest.raises(ConfigError, match="connect_timeout"):
         read_configuration({"socks": [{"connect_timeout": -1}]})
+
+
+def _memory_socks(settings: SocksSettings = SocksSettings()):
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    clock = MemoryReactorClock()
+    protocol = SocksProxy(clock, chooser=_BlackholeChooser(), settings=settings).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return clock, protocol, transport
+
+
+def test_a_pipelined_request_gets_the_method_and_the_reply_in_one_write():
+    clock, protocol, transport = _memory_socks(SocksSettings(connect_timeout=1))
+    protocol.dataReceived(GREET + b"\x05\x01\x00\x03\x0bexample.com\x00\x50")
+    assert transport.value() == b""  # the method choice waits for the connect's outcome
+    clock.advance(1)
+    assert transport.value() == b"\x05\x00" + socks5_reply(6)
+
+
+def test_a_client_that_waits_gets_the_method_at_once():
+    clock, protocol, transport = _memory_socks()
+    protocol.dataReceived(GREET)
+    assert transport.value() == b"\x05\x00"
+    protocol.dataReceived(b"\x05\x01\x00\x03\x0bexample.com")  # a partial request
+    assert transport.value() == b"\x05\x00"
+    clock.advance(10)  # the handshake timeout answers the half-sent request
+    assert transport.value() == b"\x05\x00" + socks5_reply(1)

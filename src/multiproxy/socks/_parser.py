@@ -128,8 +128,12 @@ def socks4_reply(granted: bool, host: str = "0.0.0.0", port: int = 0) -> bytes:
     return bytes((0, code)) + port.to_bytes(2, "big") + packed
 
 
+# The failure replies, made once: every parsed request names one in advance.
+_FAILURES5 = {code: socks5_reply(code) for code in range(1, 9)}
+
+
 def _reply5(code: int) -> bytes:
-    return socks5_reply(code)
+    return _FAILURES5[code]
 
 
 _SOCKS4_FAILURE = socks4_reply(False)

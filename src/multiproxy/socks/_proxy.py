@@ -112,6 +112,7 @@ class SocksProxyProtocol(Protocol):
         self._timer: Any = None
         self._release_slot: Any = None
         self._over_limit = False
+        self._held = b""
 
     # -- connection events ---------------------------------------------------------
 
@@ -163,6 +164,8 @@ class SocksProxyProtocol(Protocol):
             if isinstance(event, Greeting):
                 if self._greeted(event):
                     self._feed(b"")  # a request sent with the greeting
+                    if self.request is None:
+                        self._send(b"")  # the client waits for the method before going on
                 return
             elif isinstance(event, Credentials):
                 self._check_credentials(event)
@@ -183,7 +186,9 @@ class SocksProxyProtocol(Protocol):
         if method == NO_ACCEPTABLE_METHOD:
             self._fail("auth-required", answer)
             return False
-        self.transport.write(answer)
+        # Held until the request's answer when the request came with the
+        # greeting (pipelined): one write to the client instead of two.
+        self._held = answer
         return True
 
     def _authenticator(self) -> Any:
@@ -213,7 +218,7 @@ class SocksProxyProtocol(Protocol):
             self._fail("auth-failed", answer)
             return
         self.user = user
-        self.transport.write(answer)
+        self._send(answer)
         self._feed(b"")
 
     def _requested(self, request: ConnectRequest) -> None:
@@ -269,9 +274,9 @@ class SocksProxyProtocol(Protocol):
         bound = relay.upstream_transport.getHost()
         host, port = str(getattr(bound, "host", "0.0.0.0")), int(getattr(bound, "port", 0))
         if self.request.version == 5:
-            self.transport.write(socks5_reply(REPLY_SUCCEEDED, host, port))
+            self._send(socks5_reply(REPLY_SUCCEEDED, host, port))
         else:
-            self.transport.write(socks4_reply(True, host if ":" not in host else "0.0.0.0", port))
+            self._send(socks4_reply(True, host if ":" not in host else "0.0.0.0", port))
         self.outcome = "ok"
         rest = self.parser.rest
         if rest:
@@ -301,9 +306,14 @@ class SocksProxyProtocol(Protocol):
             return
         self.outcome = ended
         self._stop_timer()
-        if reply:
-            self.transport.write(reply)
+        self._send(reply)
         self.relay.end("error", abort=False)
+
+    def _send(self, reply: bytes) -> None:
+        """Write ``reply`` to the client, after the method choice if one is held."""
+        data, self._held = self._held + reply, b""
+        if data:
+            self.transport.write(data)
 
     def _handshake_timeout(self) -> None:
         self._timer = None
