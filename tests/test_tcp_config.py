@@ -55,7 +55,7 @@ def test_idle_timeout_zero_means_none():
         (BASE + ["--health-check", "ping"], "--health-check must be tcp, http or none"),
         (BASE + ["--health-fall", "0"], "--health-fall must be at least 1"),
         (["--listen", "tcp:9000", "--backend", "nonsense:x"], "not a client endpoint"),
-        (["--listen", "bogus:9000", "--backend", "tcp:a:1"], "not a server endpoint"),
+        (["--listen", "bogus:9000", "--backend", "tcp:a:1"], "bad endpoint .bogus:9000.: Unknown endpoint type"),
         (BASE + ["--tls-listen", "tcp:9443"], "tls_listen needs certificates"),
         (BASE + ["--backend", "tcp:host=127.0.0.1:port=5432"], "listed twice"),
     ],

@@ -7,6 +7,8 @@ The shared contract (`IProxy`, `IPolicy`, `IUpstreamChooser`, `IUpstream`,
 `multiproxy.forward`, `multiproxy.reverse` and `multiproxy.tcp`.
 """
 
+__version__ = "0.1.0"
+
 from multiproxy._contract import AllowAll, check
 from multiproxy._errors import ConfigError, MultiproxyError, ProtocolError, UpstreamError
 from multiproxy._interfaces import (
@@ -35,5 +37,6 @@ __all__ = [
     "MultiproxyError",
     "ProtocolError",
     "UpstreamError",
+    "__version__",
     "check",
 ]

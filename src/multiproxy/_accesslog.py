@@ -1,15 +1,22 @@
 """
-Access logs in Combined Log Format.
+Access logs, one line per finished request, tunnel or connection.
 
-Each line is Apache/nginx "combined" (so existing tools parse it), followed
-by multiproxy's own fields as ``key=value`` pairs: duration in seconds, the
-upstream, the cache outcome, the policy rule that decided, and how the
-exchange ended; a CONNECT tunnel adds the bytes it read and, when its first
-flight was peeked at, the TLS ``sni=`` name and ``alpn=`` protocols.  Lines are buffered and flushed at least once a second.
+The ``combined`` format is Apache/nginx "combined" (so existing tools parse
+it), followed by multiproxy's own fields as ``key=value`` pairs: duration in
+seconds, the upstream, the cache outcome, the policy rule that decided, how
+the exchange ended and why a refused request was refused; a CONNECT tunnel
+adds the bytes it read and, when its first flight was peeked at, the TLS
+``sni=`` name and ``alpn=`` protocols.  The ``json`` format writes the same
+fields as one JSON object per line, for log pipelines that parse JSON.
+
+Lines are buffered and flushed at least once a second.  `AccessLog.reopen`
+(on SIGUSR1 under twistd) opens the file again by name, so logrotate can
+move it away.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import IO
@@ -69,23 +76,71 @@ def format_record(record: AccessRecord) -> str:
         line += f" sni={_token(extra['sni'])}"
         if "alpn" in extra:
             line += f" alpn={_token(extra['alpn'])}"
+    if "reason" in extra:
+        line += f" reason={_quote(extra['reason'])}"
     return line
+
+
+def format_record_json(record: AccessRecord) -> str:
+    """The fields of `format_record` as one JSON object (without the newline)."""
+    fields: dict[str, object] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.started))
+        + f".{int(record.started % 1 * 1000):03d}Z",
+        "proxy": record.proxy,
+        "kind": record.kind,
+        "client": record.client_host,
+        "client_port": record.client_port,
+        "user": record.user,
+        "method": record.method if record.kind != "tcp" else None,
+        "target": record.target,
+        "version": record.version if record.kind != "tcp" else None,
+        "status": record.status or None,
+        "bytes_sent": record.bytes_to_client,
+        "bytes_received": record.bytes_from_client,
+        "referer": record.referer,
+        "user_agent": record.user_agent,
+        "duration": round(record.duration, 6),
+        "upstream": record.upstream,
+        "upstream_bytes_sent": record.bytes_to_upstream,
+        "upstream_bytes_received": record.bytes_from_upstream,
+        "cache": record.cache,
+        "rule": record.rule,
+        "end": record.ended,
+    }
+    fields.update(record.extra)
+    # ensure_ascii: control characters and non-ASCII are escaped, never raw.
+    return json.dumps(fields, separators=(",", ":"))
+
+
+FORMATS = {"combined": format_record, "json": format_record_json}
+"""The access-log formats, by the name ``--access-log-format`` takes."""
 
 
 @implementer(IReporter)
 class AccessLog:
-    """An `IReporter` writing Combined Log Format lines to a file or stdout ("-")."""
+    """
+    An `IReporter` writing one line per record to a file or stdout ("-").
 
-    def __init__(self, reactor, path: str = "-", flush_interval: float = 1.0) -> None:
+    ``format`` is a name of `FORMATS`: ``combined`` (the default) or ``json``.
+    """
+
+    def __init__(self, reactor, path: str = "-", flush_interval: float = 1.0,
+                 format: str = "combined") -> None:
         self.reactor = reactor
         self.path = path
-        self._file: IO[str] = sys.stdout if path == "-" else open(path, "a", buffering=65536)
+        self._format = FORMATS[format]
+        # stdout is looked up once: twistd later replaces sys.stdout with its
+        # logging file, and the real stdout is not ours to close.
+        self._file: IO[str] = sys.stdout if path == "-" else self._open()
         self._flush_interval = flush_interval
         self._flush_call = None
 
+    def _open(self) -> IO[str]:
+        return open(self.path, "a", buffering=65536)
+
     def report(self, record: AccessRecord) -> None:
         try:
-            self._file.write(format_record(record) + "\n")
+            self._file.write(self._format(record) + "\n")
         except (OSError, ValueError):
             return
         if self._flush_call is None:
@@ -98,9 +153,46 @@ class AccessLog:
         except (OSError, ValueError):
             pass
 
+    def reopen(self) -> None:
+        """
+        Open the log file again by its name (after logrotate moved it).
+
+        Lines written so far go to the old file; if the file cannot be
+        opened, logging goes on into the old one and the error is raised.
+        """
+        if self.path == "-":
+            return
+        new = self._open()
+        self.flush()
+        old, self._file = self._file, new
+        old.close()
+
     def close(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self.flush()
-        if self._file is not sys.stdout:
+        if self.path != "-":
             self._file.close()
+
+
+class AccessLogOptions:
+    """
+    A mix-in for a `twisted.python.usage.Options`: ``--access-log`` and
+    ``--access-log-format``, taken before the subcommand or after it (a
+    value after it wins).  Unset here, they are None.
+    """
+
+    optParameters = [
+        ["access-log", None, None,
+         "Access log file ('-' = stdout, the default; 'none' = off)."],
+        ["access-log-format", None, None,
+         f"Access log format: {' or '.join(FORMATS)} (default combined)."],
+    ]
+
+    def check_access_log_format(self) -> None:
+        """Refuse an unknown ``--access-log-format`` with the names allowed."""
+        from twisted.python.usage import UsageError
+
+        chosen = self["access-log-format"]  # type: ignore[index]
+        if chosen is not None and chosen not in FORMATS:
+            raise UsageError(f"--access-log-format must be {' or '.join(FORMATS)}, not {chosen!r}")

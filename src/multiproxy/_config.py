@@ -13,12 +13,17 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
 
 from multiproxy._accept import AcceptGuard
-from multiproxy._accesslog import AccessLog
+from multiproxy._accesslog import FORMATS, AccessLog
 from multiproxy._errors import ConfigError
+from multiproxy._signals import SIGUSR1, on_signal
 from multiproxy._tablereader import TableReader
+
+_log = Logger()
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class Configuration:
     """A `multiproxy.policy.PolicySource` shared by every proxy, or None (allow all)."""
     workers: int = 1
     """Worker processes (top-level ``workers``; see `multiproxy._workers`)."""
+    access_log_format: str = "combined"
+    """A name of `multiproxy._accesslog.FORMATS` (``[log] format``)."""
 
 
 def read_configuration(data: dict, source: str = "") -> Configuration:
@@ -76,6 +83,7 @@ def read_configuration(data: dict, source: str = "") -> Configuration:
         access_log = access
     else:
         raise log.error("access", 'expected a file path, "-" for stdout, or false')
+    access_log_format = log.string("format", "combined", choices=tuple(FORMATS))
     log.finish()
     policy = _read_policy(reader, source)
     workers = 1
@@ -96,7 +104,7 @@ def read_configuration(data: dict, source: str = "") -> Configuration:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"two proxies are named {name!r}; give each a distinct name")
-    return Configuration(tuple(proxies), access_log, policy, workers)
+    return Configuration(tuple(proxies), access_log, policy, workers, access_log_format)
 
 
 def _read_policy(reader: TableReader, source: str):
@@ -124,36 +132,67 @@ def load_configuration(path: str) -> Configuration:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def make_reporters(reactor, access_log: str | None) -> tuple:
+def make_reporters(reactor, access_log: str | None, access_log_format: str = "combined") -> tuple:
     """The reporters every proxy of a process shares."""
     if access_log is None:
         return ()
     try:
-        return (AccessLog(reactor, access_log),)
+        return (AccessLog(reactor, access_log, format=access_log_format),)
     except OSError as e:
         raise ConfigError(f"cannot open access log {access_log}: {e.strerror}") from None
 
 
-class ReportersService(Service):
-    """Closes (and so flushes) the shared reporters when the process stops."""
+class ProcessService(MultiService):
+    """
+    Every proxy of a process, and the reporters they share.
 
-    def __init__(self, reporters: tuple) -> None:
+    Stopping it stops the proxies first and waits for them to drain, so every
+    request that finishes while draining is reported; then the reporters are
+    closed (and so flushed).  SIGUSR1 reopens the access log files.
+    """
+
+    def __init__(self, reactor, reporters: tuple) -> None:
+        super().__init__()
+        self.reactor = reactor
         self.reporters = reporters
+        self._stop_reopening: Callable[[], None] = lambda: None
+
+    def startService(self) -> None:
+        super().startService()
+        if any(hasattr(r, "reopen") for r in self.reporters):
+            self._stop_reopening = on_signal(SIGUSR1, self.reactor, self.reopen)
+
+    def reopen(self) -> None:
+        """Open every reporter's file again by name (after logrotate moved it)."""
+        for reporter in self.reporters:
+            reopen = getattr(reporter, "reopen", None)
+            if reopen is None:
+                continue
+            try:
+                reopen()
+            except OSError as e:
+                _log.error("cannot reopen access log {path}: {error}; still writing to the old file",
+                           path=getattr(reporter, "path", "?"), error=e.strerror)
 
     def stopService(self):
-        super().stopService()
+        self._stop_reopening()
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(self._close_reporters)
+        return d
+
+    def _close_reporters(self, result):
         for reporter in self.reporters:
             close = getattr(reporter, "close", None)
             if close is not None:
                 close()
+        return result
 
 
 def make_services(configuration: Configuration, reactor) -> MultiService:
     """One service running every proxy of ``configuration``."""
-    top = MultiService()
-    reporters = make_reporters(reactor, configuration.access_log)
-    # Added first, so it stops last: after every listener has closed.
-    ReportersService(reporters).setServiceParent(top)
+    reporters = make_reporters(reactor, configuration.access_log,
+                               configuration.access_log_format)
+    top = ProcessService(reactor, reporters)
     # One guard per process: file descriptors are a per-process resource.
     extra: dict = {"guard": AcceptGuard(reactor)}
     if configuration.policy is not None:

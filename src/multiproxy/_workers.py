@@ -33,7 +33,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import directlyProvides, providedBy
 
@@ -366,9 +366,9 @@ class WorkerMaster(Service):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        from multiproxy._sighup import on_sighup
+        from multiproxy._signals import SIGHUP, on_signal
 
-        self._stop_sighup = on_sighup(self.reactor, self.reload)
+        self._stop_sighup = on_signal(SIGHUP, self.reactor, self.reload)
         for index in range(self.count):
             self._spawn(index, self.generation)
         _log.info("master {pid} started {count} workers", pid=os.getpid(), count=self.count)

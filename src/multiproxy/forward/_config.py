@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from multiproxy._accesslog import AccessLogOptions
 from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
+from multiproxy._proxyservice import (
+    ProxyService,
+    add_listen_option,
+    listen_from_table,
+    parse_listen,
+)
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
@@ -36,6 +40,8 @@ from multiproxy.policy._options import PolicyOptions
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 _TIMEOUTS = Timeouts()
 _LIMITS = Limits()
+SHUTDOWN_TIMEOUT = 30.0
+"""Seconds requests and tunnels in progress get to finish on shutdown (as the reverse proxy's)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class ForwardConfig:
     extras: dict = field(default_factory=dict)
     cache: CacheConfig = CacheConfig()
     """The shared HTTP cache in front of the upstream side (``[forward.cache]``)."""
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT
+    """Seconds requests and tunnels in progress may take to finish on shutdown."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -68,7 +76,7 @@ def parse_ports(text: str) -> frozenset[int]:
 def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     """Read one ``[[forward]]`` table; unknown keys and bad values are refused."""
     name = reader.string("name", "forward")
-    listen = tuple(reader.strings("listen", [DEFAULT_LISTEN]))
+    listen = listen_from_table(reader, "listen", [DEFAULT_LISTEN])
     if not listen:
         raise reader.error("listen", "needs at least one endpoint, e.g. 'tcp:8080'")
     via_value = via_from_table(reader)
@@ -86,7 +94,9 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     limits = limits_from_table(reader)
     timeouts = timeouts_from_table(reader)
     cache = cache_from_table(reader.table_of("cache"))
-    return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache)
+    shutdown = reader.number("shutdown_timeout", SHUTDOWN_TIMEOUT, minimum=0)
+    return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache,
+                         shutdown_timeout=shutdown)
 
 
 def _tunnel_settings_from_table(reader: TableReader) -> dict:
@@ -100,7 +110,7 @@ def _tunnel_settings_from_table(reader: TableReader) -> dict:
     return values
 
 
-class ForwardOptions(PolicyOptions, usage.Options):
+class ForwardOptions(AccessLogOptions, PolicyOptions, usage.Options):
     """``twistd multiproxy forward``: a forward HTTP proxy (the default)."""
 
     synopsis = "[options]"
@@ -136,6 +146,8 @@ class ForwardOptions(PolicyOptions, usage.Options):
          "Seconds to wait for the upstream's response head (504 after).", float],
         ["tunnel-idle-timeout", None, _TIMEOUTS.tunnel_idle,
          "Seconds a CONNECT tunnel may be idle before it is closed.", float],
+        ["shutdown-timeout", None, SHUTDOWN_TIMEOUT,
+         "Seconds requests and tunnels in progress may take to finish on shutdown.", float],
     ] + HTTP_CLIENT_OPT_PARAMETERS + CACHE_OPT_PARAMETERS
 
     def __init__(self) -> None:
@@ -144,7 +156,7 @@ class ForwardOptions(PolicyOptions, usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
-        self["listen"].append(description)
+        add_listen_option(self, "listen", description)
 
     def postOptions(self) -> None:
         try:
@@ -163,6 +175,8 @@ class ForwardOptions(PolicyOptions, usage.Options):
                     "response-timeout", "tunnel-idle-timeout"):
             if self[key] < 0:
                 raise usage.UsageError(f"--{key} must not be negative (0 means no limit)")
+        if self["shutdown-timeout"] < 0:
+            raise usage.UsageError("--shutdown-timeout must not be negative")
         if self["connect-timeout"] == 0:
             raise usage.UsageError("--connect-timeout must be more than 0")
         if self["non-tls"] not in NON_TLS_RULES:
@@ -197,6 +211,7 @@ class ForwardOptions(PolicyOptions, usage.Options):
                 tunnel_idle=self["tunnel-idle-timeout"] or None,
             ),
             cache=cache_from_options(self),
+            shutdown_timeout=self["shutdown-timeout"],
         )
 
 
@@ -220,21 +235,6 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
     return factory
 
 
-class ProxyService(MultiService):
-    """A proxy's listeners as one service; stopping it closes idle upstream connections."""
-
-    def __init__(self, factory) -> None:
-        super().__init__()
-        self.factory = factory
-
-    def stopService(self):
-        d = super().stopService()
-        pool = getattr(self.factory, "pool", None)
-        if pool is not None:
-            pool.close_idle()
-        return d
-
-
 def make_forward_service(
     config: ForwardConfig, reactor, reporters=(), policy=None, guard: AcceptGuard | None = None
 ) -> ProxyService:
@@ -243,16 +243,14 @@ def make_forward_service(
     accepting pauses before the process runs out of file descriptors.
     """
     factory = make_forward_proxy(config, reactor, reporters, policy)
-    service = ProxyService(factory)
+    service = ProxyService(reactor, factory, config.shutdown_timeout)
     service.setName(config.name)
     for description in config.listen:
         try:
-            endpoint = serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{config.name}: bad listen endpoint {description!r}: {e}") from None
+            endpoint = parse_listen(reactor, description)
+        except ValueError as e:
+            raise ConfigError(f"{config.name}: listen: {e}") from None
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
-        listener = StreamServerEndpointService(endpoint, factory)
-        listener._raiseSynchronously = True  # as strports does: a busy port stops start-up
-        listener.setServiceParent(service)
+        service.add_listener(endpoint)
     return service

@@ -95,9 +95,27 @@ class HTTPProxyFactory(Factory):
         self.reporters = tuple(reporters)
         self.via = via
         self.connections: set[HTTPServerProtocol] = set()
+        self.draining = False
 
     def report(self, record: AccessRecord) -> None:
         report_all(self.reporters, record)
+
+    def drain(self) -> None:
+        """
+        Begin a graceful shutdown: idle client connections close now, busy
+        ones after their current response; tunnels run on until they end.
+        """
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.exchange is None and conn.tunnel is None:
+                conn.transport.loseConnection()
+            elif conn.exchange is not None:
+                conn.exchange.close_after = True
+
+    def close_all(self) -> None:
+        """Cut every client connection still open (after the shutdown deadline)."""
+        for conn in list(self.connections):
+            conn.transport.abortConnection()
 
 
 @implementer(IResponseSink)
@@ -591,6 +609,8 @@ class HTTPServerProtocol(Protocol):
         """The response is complete; move on to the next request when the request is too."""
         if exchange is not self.exchange:
             return
+        if self.factory.draining:
+            exchange.close_after = True
         if not exchange.request_complete and not exchange.close_after:
             return  # keep reading the body; request_end brings us back here
         self.exchange = None

@@ -12,7 +12,7 @@ from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from multiproxy._sighup import on_sighup
+from multiproxy._signals import SIGHUP, on_signal
 from multiproxy.policy._config import PolicySource
 from multiproxy.policy._holder import PolicyHolder
 
@@ -53,7 +53,7 @@ class PolicyService(Service):
     def startService(self) -> None:
         super().startService()
         if self.holder.reloadable:
-            self._stop_listening = on_sighup(self.reactor, self.reload)
+            self._stop_listening = on_signal(SIGHUP, self.reactor, self.reload)
 
     def stopService(self):
         stop, self._stop_listening = self._stop_listening, None

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
+from multiproxy._accesslog import AccessLogOptions
 from multiproxy._errors import ConfigError
+from multiproxy._proxyservice import add_listen_option, listen_from_table
 from multiproxy._tablereader import TableReader
 from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
@@ -212,9 +214,10 @@ def check_config(config: ReverseConfig) -> ReverseConfig:
 def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
     """Read one ``[[reverse]]`` table; unknown keys and bad values are refused."""
     name = reader.string("name", "reverse")
-    listen = tuple(reader.strings("listen", [] if reader.has("tls_listen") else [DEFAULT_LISTEN]))
-    tls_listen = tuple(reader.strings("tls_listen", []))
-    status_listen = tuple(reader.strings("status_listen", []))
+    listen = listen_from_table(reader, "listen",
+                               [] if reader.has("tls_listen") else [DEFAULT_LISTEN])
+    tls_listen = listen_from_table(reader, "tls_listen", [])
+    status_listen = listen_from_table(reader, "status_listen", [])
     tls_table = reader.table_of("tls")
     tls = tls_from_table(tls_table) if tls_table.table else None
 
@@ -375,7 +378,8 @@ def _hsts_from_value(reader: TableReader, value: object) -> bytes | None:
 # -- command line --------------------------------------------------------------------------------
 
 
-class ReverseOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usage.Options):
+class ReverseOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCertificateOptions,
+                     usage.Options):
     """
     ``twistd multiproxy reverse``: a reverse HTTP proxy in front of backends
     (with the client-side policy options: ``--policy FILE``,
@@ -433,15 +437,15 @@ class ReverseOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, 
 
     def opt_listen(self, description: str) -> None:
         """Plain HTTP listener (repeatable), a Twisted endpoint: tcp:8000:interface=127.0.0.1."""
-        self["listen"].append(description)
+        add_listen_option(self, "listen", description)
 
     def opt_tls_listen(self, description: str) -> None:
         """HTTPS listener (repeatable) using --tls-cert/--tls-dir: tcp:8443:interface=127.0.0.1."""
-        self["tls-listen"].append(description)
+        add_listen_option(self, "tls-listen", description)
 
     def opt_status_listen(self, description: str) -> None:
         """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
-        self["status-listen"].append(description)
+        add_listen_option(self, "status-listen", description)
 
     def opt_backend(self, url: str) -> None:
         """Backend URL (repeatable): http://host:port or https://host:port."""

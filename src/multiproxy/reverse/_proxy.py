@@ -297,11 +297,6 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             headers.add(b"Strict-Transport-Security", hsts)
         return headers
 
-    def exchange_done(self, exchange: Exchange) -> None:
-        if self.factory.draining:
-            exchange.close_after = True
-        super().exchange_done(exchange)
-
 
 def _wants_websocket(head: RequestHead) -> bool:
     return (head.method == b"GET" and b"upgrade" in head.headers.tokens(b"connection")
@@ -375,22 +370,9 @@ class ReverseProxy(HTTPProxyFactory):
         self.hsts = hsts
         self.redirect_https = redirect_https
         self.https_port = https_port
-        self.draining = False
 
     def fetcher_for(self, match: RouteMatch) -> IFetcher:
         """The fetcher for a route: the cache in front of it when the route asks for it."""
         if match.route.cache and self.cached_fetcher is not None:
             return self.cached_fetcher
         return self.fetcher
-
-    def drain(self) -> None:
-        """
-        Begin a graceful shutdown: idle client connections close now, busy
-        ones after their current response.
-        """
-        self.draining = True
-        for conn in list(self.connections):
-            if conn.exchange is None and conn.tunnel is None:
-                conn.transport.loseConnection()
-            elif conn.exchange is not None:
-                conn.exchange.close_after = True

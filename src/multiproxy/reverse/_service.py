@@ -11,14 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet import defer, task
-from twisted.internet.endpoints import serverFromString
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
-from multiproxy._sighup import on_sighup
+from multiproxy._proxyservice import ProxyService, parse_listen
+from multiproxy._signals import SIGHUP, on_signal
 from multiproxy._tls import ServerTLS, tls_server_endpoint
 from multiproxy.balancing import (
     Backend,
@@ -117,35 +116,22 @@ def make_reverse_proxy(
     return factory, pools, checkers
 
 
-class ReverseService(MultiService):
+class ReverseService(ProxyService):
     """
     A reverse proxy's listeners, health checks and status page as one service.
 
-    Stopping it is graceful: the listeners stop accepting, idle client
-    connections close, requests in flight get up to ``shutdown_timeout``
-    seconds to finish, then whatever is left is cut.  ``reload`` (also on
+    Stopping it is graceful (see `ProxyService`); ``reload`` (also on
     SIGHUP) reads the TLS certificates again.
     """
 
     def __init__(self, reactor: Any, factory: ReverseProxy, pools: dict[str, BackendPool],
                  shutdown_timeout: float, server_tls: ServerTLS | None = None,
                  reload_on_sighup: bool = True) -> None:
-        super().__init__()
-        self.reactor = reactor
-        self.factory = factory
+        super().__init__(reactor, factory, shutdown_timeout)
         self.pools = pools
-        self.shutdown_timeout = shutdown_timeout
         self.server_tls = server_tls
         self.reload_on_sighup = reload_on_sighup
-        self.listeners: list[Service] = []
         self._stop_sighup: Any = None
-
-    def add_listener(self, service: Service) -> None:
-        """A service that accepts client connections (stopped first on shutdown)."""
-        # As strports.service does: a port that cannot be bound fails start-up.
-        service._raiseSynchronously = True  # type: ignore[attr-defined]
-        service.setServiceParent(self)
-        self.listeners.append(service)
 
     def reload(self) -> None:
         """Reload the TLS certificates; on failure the old ones stay in force."""
@@ -160,36 +146,13 @@ class ReverseService(MultiService):
     def startService(self) -> None:
         super().startService()
         if self.reload_on_sighup and self.server_tls is not None:
-            self._stop_sighup = on_sighup(self.reactor, self.reload)
+            self._stop_sighup = on_signal(SIGHUP, self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred:
-        Service.stopService(self)
         stop, self._stop_sighup = self._stop_sighup, None
         if stop is not None:
             stop()
-        others = [s for s in self if s not in self.listeners]
-        d = defer.gatherResults(
-            [defer.maybeDeferred(s.stopService) for s in self.listeners], consumeErrors=True)
-        d.addBoth(lambda _: self.drain())
-        d.addBoth(lambda _: defer.gatherResults(
-            [defer.maybeDeferred(s.stopService) for s in others], consumeErrors=True))
-        d.addBoth(lambda _: self.factory.pool.close_idle())
-        return d
-
-    @defer.inlineCallbacks
-    def drain(self):  # type: ignore[no-untyped-def]
-        """Let in-flight requests finish, up to ``shutdown_timeout``; then cut the rest."""
-        factory = self.factory
-        factory.drain()
-        deadline = self.reactor.seconds() + self.shutdown_timeout
-        while factory.connections and self.reactor.seconds() < deadline:
-            yield task.deferLater(self.reactor, 0.05, lambda: None)
-        left = list(factory.connections)
-        if left:
-            log.warn("{name}: {n} connections still busy after {t:g} s; closing them",
-                     name=factory.name, n=len(left), t=self.shutdown_timeout)
-        for conn in left:
-            conn.transport.abortConnection()
+        return super().stopService()
 
 
 def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
@@ -212,12 +175,11 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
         return endpoint if guard is None else GuardedEndpoint(endpoint, guard)
 
     for description in config.listen:
-        service.add_listener(StreamServerEndpointService(
-            guarded(_endpoint(reactor, config.name, "listen", description)), factory))
+        service.add_listener(guarded(_endpoint(reactor, config.name, "listen", description)))
     for description in config.tls_listen:
         endpoint = tls_server_endpoint(
             _endpoint(reactor, config.name, "tls_listen", description), server_tls, reactor)
-        service.add_listener(StreamServerEndpointService(guarded(endpoint), factory))
+        service.add_listener(guarded(endpoint))
     for checker in checkers:
         checker.setServiceParent(service)
     if config.status_listen:
@@ -232,6 +194,6 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
 
 def _endpoint(reactor: Any, name: str, key: str, description: str) -> Any:
     try:
-        return serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{name}: bad {key} endpoint {description!r}: {e}") from None
+        return parse_listen(reactor, description)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {key}: {e}") from None

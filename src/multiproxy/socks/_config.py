@@ -14,13 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from multiproxy._accesslog import AccessLogOptions
 from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
+from multiproxy._proxyservice import (
+    ProxyService,
+    add_listen_option,
+    check_listen,
+    listen_from_table,
+    parse_listen,
+)
 from multiproxy._tablereader import TableReader
 from multiproxy.policy._options import PolicyOptions
 from multiproxy.socks._proxy import SocksProxy, SocksSettings
@@ -35,6 +40,7 @@ __all__ = [
 
 DEFAULT_SOCKS_LISTEN = "tcp:1080:interface=127.0.0.1"
 _SETTINGS = SocksSettings()
+SHUTDOWN_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -44,20 +50,19 @@ class SocksConfig:
     name: str = "socks"
     listen: tuple[str, ...] = (DEFAULT_SOCKS_LISTEN,)
     settings: SocksSettings = SocksSettings()
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT
+    """Seconds tunnels in progress may take to finish on shutdown."""
 
 
 def _check(config: SocksConfig) -> SocksConfig:
-    from twisted.internet.testing import MemoryReactor
-
     if not config.listen:
         raise ConfigError(f"socks proxy {config.name!r}: no listener; give listen, e.g. tcp:1080")
     for description in config.listen:
         try:
-            serverFromString(MemoryReactor(), description)
-        except (ValueError, KeyError, TypeError) as e:
+            check_listen(description)
+        except ValueError as e:
             raise ConfigError(
-                f"socks proxy {config.name!r}: listener {description!r} is not a server "
-                f"endpoint ({e}); write e.g. tcp:1080:interface=127.0.0.1"
+                f"socks proxy {config.name!r}: listen: {e}; write e.g. tcp:1080:interface=127.0.0.1"
             ) from None
     return config
 
@@ -65,7 +70,7 @@ def _check(config: SocksConfig) -> SocksConfig:
 def socks_config_from_table(reader: TableReader) -> SocksConfig:
     """Read one ``[[socks]]`` table; unknown keys and bad values are refused."""
     name = reader.string("name", "socks")
-    listen = tuple(reader.strings("listen", [DEFAULT_SOCKS_LISTEN]))
+    listen = listen_from_table(reader, "listen", [DEFAULT_SOCKS_LISTEN])
     if not listen:
         raise reader.error("listen", "needs at least one endpoint, e.g. 'tcp:1080'")
     settings = SocksSettings(
@@ -76,10 +81,11 @@ def socks_config_from_table(reader: TableReader) -> SocksConfig:
         idle_timeout=reader.optional_number("idle_timeout")
         if reader.has("idle_timeout") else _SETTINGS.idle_timeout,
     )
-    return _check(SocksConfig(name, listen, settings))
+    shutdown = reader.number("shutdown_timeout", SHUTDOWN_TIMEOUT, minimum=0)
+    return _check(SocksConfig(name, listen, settings, shutdown))
 
 
-class SocksOptions(PolicyOptions, usage.Options):
+class SocksOptions(AccessLogOptions, PolicyOptions, usage.Options):
     """``twistd multiproxy socks``: a SOCKS5 / SOCKS4a proxy."""
 
     synopsis = "[--listen ENDPOINT ...] [options]"
@@ -97,6 +103,8 @@ class SocksOptions(PolicyOptions, usage.Options):
          float],
         ["idle-timeout", None, _SETTINGS.idle_timeout,
          "Seconds a tunnel may be idle before it is closed (0 = never).", float],
+        ["shutdown-timeout", None, SHUTDOWN_TIMEOUT,
+         "Seconds tunnels in progress may take to finish on shutdown.", float],
     ]
 
     def __init__(self) -> None:
@@ -105,7 +113,7 @@ class SocksOptions(PolicyOptions, usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:1080:interface=127.0.0.1."""
-        self["listen"].append(description)
+        add_listen_option(self, "listen", description)
 
     def postOptions(self) -> None:
         for key in ("handshake-timeout", "connect-timeout"):
@@ -113,6 +121,8 @@ class SocksOptions(PolicyOptions, usage.Options):
                 raise usage.UsageError(f"--{key} must be more than 0")
         if self["idle-timeout"] < 0:
             raise usage.UsageError("--idle-timeout must not be negative (0 means no limit)")
+        if self["shutdown-timeout"] < 0:
+            raise usage.UsageError("--shutdown-timeout must not be negative")
         config = SocksConfig(
             name=self["name"],
             listen=tuple(self["listen"]) or (DEFAULT_SOCKS_LISTEN,),
@@ -121,6 +131,7 @@ class SocksOptions(PolicyOptions, usage.Options):
                 connect_timeout=self["connect-timeout"],
                 idle_timeout=self["idle-timeout"] or None,
             ),
+            shutdown_timeout=self["shutdown-timeout"],
         )
         try:
             self.config = _check(config)
@@ -133,19 +144,16 @@ class SocksOptions(PolicyOptions, usage.Options):
 def make_socks_service(
     config: SocksConfig, reactor: Any, reporters: Any = (), policy: Any = None,
     guard: AcceptGuard | None = None,
-) -> MultiService:
-    """A service listening on every endpoint of ``config``."""
+) -> ProxyService:
+    """A service listening on every endpoint of ``config``; stopping it is graceful."""
     config = _check(config)
     factory = SocksProxy(reactor, name=config.name, policy=policy, reporters=reporters,
                          settings=config.settings)
-    service = MultiService()
-    service.factory = factory
+    service = ProxyService(reactor, factory, config.shutdown_timeout)
     service.setName(config.name)
     for description in config.listen:
-        endpoint = serverFromString(reactor, description)
+        endpoint = parse_listen(reactor, description)
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
-        listener = StreamServerEndpointService(endpoint, factory)
-        listener._raiseSynchronously = True  # a port in use stops start-up with its reason
-        listener.setServiceParent(service)
+        service.add_listener(endpoint)
     return service

@@ -16,16 +16,20 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
+from multiproxy._accesslog import AccessLogOptions
 from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
+from multiproxy._proxyservice import (
+    ProxyService,
+    add_listen_option,
+    listen_from_table,
+    parse_listen,
+)
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import ServerTLS, tls_server_endpoint
 from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
@@ -171,11 +175,8 @@ def _check_server_description(description: str, where: str) -> None:
 
     try:
         server_endpoint(MemoryReactor(), description)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(
-            f"{where}: listener {description!r} is not a server endpoint ({e}); "
-            f"write e.g. tcp:9000:interface=127.0.0.1"
-        ) from None
+    except ValueError as e:
+        raise ConfigError(f"{where}: listen: {e}; write e.g. tcp:9000:interface=127.0.0.1") from None
 
 
 def server_endpoint(reactor: Any, description: str, tls: Any = None) -> IStreamServerEndpoint:
@@ -188,12 +189,19 @@ def server_endpoint(reactor: Any, description: str, tls: Any = None) -> IStreamS
     as HAProxy sends it.
     """
     proxied = description.startswith("haproxy:")
-    endpoint = serverFromString(reactor, description[len("haproxy:"):] if proxied else description)
+    endpoint = parse_listen(reactor, description[len("haproxy:"):] if proxied else description)
     if proxied:
         endpoint = proxy_header_endpoint(endpoint)
     if tls is not None:
         endpoint = tls_server_endpoint(endpoint, tls)
     return endpoint
+
+
+def check_tcp_listen(description: str) -> None:
+    """Refuse (ValueError) a listener `server_endpoint` does not take; nothing listens."""
+    from twisted.internet.testing import MemoryReactor
+
+    server_endpoint(MemoryReactor(), description)
 
 
 # -- TOML ----------------------------------------------------------------------------
@@ -202,8 +210,8 @@ def server_endpoint(reactor: Any, description: str, tls: Any = None) -> IStreamS
 def tcp_config_from_table(reader: TableReader) -> TCPConfig:
     """Read one ``[[tcp]]`` table; unknown keys and bad values are refused."""
     name = reader.string("name", "tcp")
-    listen = tuple(reader.strings("listen", []))
-    tls_listen = tuple(reader.strings("tls_listen", []))
+    listen = listen_from_table(reader, "listen", [], check=check_tcp_listen)
+    tls_listen = listen_from_table(reader, "tls_listen", [], check=check_tcp_listen)
     tls_table = reader.table_of("tls")
     tls = tls_from_table(tls_table) if tls_table.table else None
     backends = _backends_from_value(reader)
@@ -270,7 +278,8 @@ def _backends_from_value(reader: TableReader) -> tuple[TCPBackendConfig, ...]:
 # -- command line ----------------------------------------------------------------------
 
 
-class TCPOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usage.Options):
+class TCPOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCertificateOptions,
+                     usage.Options):
     """``twistd multiproxy tcp``: a layer-4 relay in front of TCP backends."""
 
     synopsis = "--listen ENDPOINT --backend ENDPOINT [--backend ENDPOINT ...] [options]"
@@ -315,11 +324,11 @@ class TCPOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usag
 
     def opt_listen(self, description: str) -> None:
         """Listener (repeatable), a Twisted server endpoint: tcp:9000:interface=127.0.0.1."""
-        self["listen"].append(description)
+        add_listen_option(self, "listen", description, check_tcp_listen)
 
     def opt_tls_listen(self, description: str) -> None:
         """TLS listener (repeatable) using --tls-cert/--tls-dir: tcp:9443:interface=127.0.0.1."""
-        self["tls-listen"].append(description)
+        add_listen_option(self, "tls-listen", description, check_tcp_listen)
 
     def opt_backend(self, description: str) -> None:
         """Backend (repeatable), a Twisted client endpoint: tcp:host=127.0.0.1:port=5432."""
@@ -373,11 +382,10 @@ class TCPOptions(ClientPolicyOptions, HealthOptions, TLSCertificateOptions, usag
 # -- service ---------------------------------------------------------------------------
 
 
-class TCPService(MultiService):
+class TCPService(ProxyService):
     """
-    A TCP relay's listeners and health checks.  Stopping it stops
-    accepting at once, lets open connections run up to ``shutdown_timeout``
-    seconds, then closes the rest.
+    A TCP relay's listeners and health checks; stopping it is graceful
+    (see `ProxyService`): open connections run up to ``shutdown_timeout``.
 
     @ivar factory: the `TCPRelayFactory`.
     @ivar pool: its `BackendPool` (for a status page).
@@ -385,36 +393,8 @@ class TCPService(MultiService):
 
     def __init__(self, reactor: Any, factory: TCPRelayFactory, pool: BackendPool,
                  shutdown_timeout: float) -> None:
-        super().__init__()
-        self.reactor = reactor
-        self.factory = factory
+        super().__init__(reactor, factory, shutdown_timeout)
         self.pool = pool
-        self.shutdown_timeout = shutdown_timeout
-
-    def stopService(self) -> defer.Deferred:
-        stopped = defer.maybeDeferred(super().stopService)
-        stopped.addCallback(lambda _: self._drain())
-        return stopped
-
-    def _drain(self) -> defer.Deferred | None:
-        if not self.factory.connections:
-            return None
-        done: defer.Deferred = defer.Deferred()
-        deadline = self.reactor.seconds() + self.shutdown_timeout
-
-        def poll() -> None:
-            if not self.factory.connections:
-                done.callback(None)
-            elif self.reactor.seconds() >= deadline:
-                _log.info("{name}: closing {n} connections at shutdown",
-                          name=self.factory.name, n=len(self.factory.connections))
-                self.factory.close_all()
-                done.callback(None)
-            else:
-                self.reactor.callLater(min(0.1, self.shutdown_timeout or 0.1), poll)
-
-        poll()
-        return done
 
 
 def make_tcp_service(
@@ -449,9 +429,7 @@ def make_tcp_service(
             raise ConfigError(f"{config.name}: bad listen endpoint {description!r}: {e}") from None
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
-        listener = StreamServerEndpointService(endpoint, factory)
-        listener._raiseSynchronously = True  # a port in use stops start-up with its reason
-        listener.setServiceParent(service)
+        service.add_listener(endpoint)
     if health.check != "none":
         check = TCPCheck() if health.check == "tcp" else HTTPCheck(
             health.path, health.host, health.expect

@@ -280,6 +280,9 @@ class TCPRelayFactory(Factory):
         protocol = TCPRelayProtocol(self)
         return protocol
 
+    def drain(self) -> None:
+        """Begin a graceful shutdown: a relay has no idle state, so each runs until it ends."""
+
     def close_all(self) -> None:
         """End every relay in progress (after a shutdown deadline)."""
         for protocol in list(self.connections):
