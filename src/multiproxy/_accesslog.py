@@ -190,9 +190,14 @@ class AccessLogOptions:
     ]
 
     def check_access_log_format(self) -> None:
-        """Refuse an unknown ``--access-log-format`` with the names allowed."""
+        """
+        Refuse an unknown ``--access-log-format``, given here or after the
+        subcommand, with the names allowed.
+        """
         from twisted.python.usage import UsageError
 
-        chosen = self["access-log-format"]  # type: ignore[index]
-        if chosen is not None and chosen not in FORMATS:
-            raise UsageError(f"--access-log-format must be {' or '.join(FORMATS)}, not {chosen!r}")
+        for options in (self, getattr(self, "subOptions", None)):
+            chosen = None if options is None else options.get("access-log-format")
+            if chosen is not None and chosen not in FORMATS:
+                raise UsageError(
+                    f"--access-log-format must be {' or '.join(FORMATS)}, not {chosen!r}")
