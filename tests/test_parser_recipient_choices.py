@@ -193,7 +193,7 @@ async def test_response_trailers_are_dropped(site):
 
 @pytest_twisted.ensureDeferred
 async def test_malformed_trailer_section_is_refused(site):
-    origin, port = site
+    _, port = site
     response = await raw_exchange(
         port, b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
               b"0\r\nX-Bad : 1\r\n\r\n")

@@ -157,7 +157,7 @@ def test_every_backend_refusing_is_a_503_failure_with_retry_after():
 
 
 def test_request_without_a_backend_gets_one_from_its_pool_or_a_no_backend_failure():
-    fetcher, connections, request, (a, b, c), sink = setup()
+    fetcher, connections, request, (a, _, _), sink = setup()
     fetcher.fetch(replace(request, upstream=None), sink)
     assert connections.pending and connections.pending[0][0] is a
     empty = FakePool([])

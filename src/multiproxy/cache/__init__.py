@@ -41,6 +41,7 @@ from multiproxy.cache._store import CorruptEntry, StoredResponse
 __all__ = [
     "CACHE_OPT_FLAGS",
     "CACHE_OPT_PARAMETERS",
+    "GATEWAY_TARGETS",
     "Action",
     "Answer",
     "CacheConfig",
@@ -49,7 +50,6 @@ __all__ = [
     "CollapsedForwarding",
     "CorruptEntry",
     "DiskStore",
-    "GATEWAY_TARGETS",
     "Flight",
     "IBodyReader",
     "ICacheEntry",

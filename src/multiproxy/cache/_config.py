@@ -218,8 +218,8 @@ def make_store(config: CacheConfig, reactor=None):
     if config.redis:
         if reactor is None:
             raise ConfigError("cache.redis: a Redis store needs a reactor")
-        from multiproxy.cache._redis import RedisStore
         from multiproxy._redislink import redis_link
+        from multiproxy.cache._redis import RedisStore
 
         link = redis_link(
             config.redis, reactor, config.redis_connect_timeout, config.redis_timeout, "cache"

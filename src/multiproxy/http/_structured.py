@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 from decimal import Decimal
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from multiproxy._errors import MultiproxyError
 
@@ -30,7 +30,7 @@ class Token(str):
     __slots__ = ()
 
 
-BareItem = Union[int, Decimal, str, Token, bytes, bool]
+BareItem = int | Decimal | str | Token | bytes | bool
 Parameters = dict[str, BareItem]
 
 
@@ -48,7 +48,7 @@ class InnerList(NamedTuple):
     params: Parameters
 
 
-Member = Union[Item, InnerList]
+Member = Item | InnerList
 
 _LCALPHA = frozenset("abcdefghijklmnopqrstuvwxyz")
 _ALPHA = _LCALPHA | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -64,7 +64,7 @@ _INTEGER_MAX = 999_999_999_999_999
 class _Input:
     """The input string and a position in it (the algorithm consumes characters)."""
 
-    __slots__ = ("text", "pos")
+    __slots__ = ("pos", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
