@@ -129,7 +129,8 @@ class ReverseConfig:
     @ivar status_listen: listeners for the status page (never the proxy's).
     @ivar shutdown_timeout: seconds in-flight requests get on shutdown.
     @ivar cache: the shared cache for routes with ``cache`` set (None: the
-        defaults, if any route asks for it).
+        defaults, if any route asks for it, with ``GATEWAY_TARGETS`` as the
+        target list).
     """
 
     name: str = "reverse"
