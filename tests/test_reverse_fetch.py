@@ -5,6 +5,8 @@ no sockets.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet import defer
 
 from multiproxy._errors import UpstreamError
@@ -139,18 +141,30 @@ def test_refused_connect_moves_to_the_next_backend_with_its_host():
     assert sink.events == []
 
 
-def test_every_backend_refusing_gives_503_with_retry_after():
+def test_every_backend_refusing_is_a_503_failure_with_retry_after():
+    # A failure rather than a 503 response: a cache in front must know the
+    # origin was not reached (the client still sees 503 with Retry-After).
     fetcher, connections, request, backends, sink = setup()
     fetcher.fetch(request, sink)
     for _ in range(3):
         connections.refuse()
     assert connections.pending == []
-    kind, response = sink.events[0]
-    assert (kind, response.status) == ("head", 503)
-    assert response.headers.get(b"retry-after") == b"4"
-    assert b"no backend of pool web could be reached" in sink.events[1][1]
-    assert sink.events[-1] == ("end",)
+    [(kind, error)] = sink.events
+    assert (kind, error.status, error.retry_after, error.ended) == ("fail", 503, 4,
+                                                                    "connect-failed")
+    assert "no backend of pool web could be reached" in str(error)
     assert [b.results for b in backends] == [[False], [False], [False]]
+
+
+def test_request_without_a_backend_gets_one_from_its_pool_or_a_no_backend_failure():
+    fetcher, connections, request, (a, _, _), sink = setup()
+    fetcher.fetch(replace(request, upstream=None), sink)
+    assert connections.pending and connections.pending[0][0] is a
+    empty = FakePool([])
+    fetcher.fetch(replace(request, upstream=None, pool=empty), sink)
+    [(kind, error)] = sink.events
+    assert (kind, error.status, error.ended) == ("fail", 503, "no-backend")
+    assert "no healthy backend in pool web" in str(error)
 
 
 def test_max_attempts_bounds_the_failover():

@@ -118,7 +118,6 @@ def test_a_tunnel_past_the_shutdown_timeout_is_cut_and_the_process_ends(tmp_path
                     "--access-log", "none")
     try:
         wait_until(lambda: listening(port))
-
         tunnel = socket.create_connection(("127.0.0.1", port), timeout=10)
         tunnel.sendall(f"CONNECT 127.0.0.1:{origin} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert tunnel.recv(100).startswith(b"HTTP/1.1 200")

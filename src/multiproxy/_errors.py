@@ -62,10 +62,28 @@ class UpstreamError(MultiproxyError):
     """Reaching or talking to the upstream failed; `status` is what the client sees."""
 
     status: int = 502
+    retry_after: int | None = None
+    """Seconds for the answer's ``Retry-After``, when there is a sensible one."""
+    ended: str = "upstream-error"
+    """How the access log says the exchange ended."""
 
     def __init__(self, message: str, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PoolUnavailable(UpstreamError):
+    """
+    No backend of a reverse proxy's pool could take the request: all are
+    ejected (``ended`` is ``no-backend``) or none could be connected to
+    (``connect-failed``).  The answer is 503 with ``Retry-After``; a cache
+    in front may answer from storage instead.
+    """
+
+    def __init__(self, message: str, retry_after: int, ended: str) -> None:
+        super().__init__(message, 503)
+        self.retry_after = retry_after
+        self.ended = ended
 
 
 STATUS_REASONS: dict[int, bytes] = {

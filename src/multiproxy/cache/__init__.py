@@ -9,7 +9,14 @@ misses are collapsed by `CollapsedForwarding`.  See docs/cache.md.
 
 from multiproxy.cache._cache import Action, Answer, Plan, Reply, SharedCache
 from multiproxy.cache._collapse import CollapsedForwarding, Flight, Waiter
-from multiproxy.cache._config import CacheConfig, cache_from_table, make_store, parse_size
+from multiproxy.cache._config import (
+    GATEWAY_TARGETS,
+    CacheConfig,
+    cache_from_table,
+    make_store,
+    parse_size,
+    parse_targets,
+)
 from multiproxy.cache._directives import (
     RequestDirectives,
     ResponseDirectives,
@@ -21,7 +28,12 @@ from multiproxy.cache._freshness import Judgement, Reuse, current_age, freshness
 from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, IEntryWriter
 from multiproxy.cache._keys import cache_key, effective_url
 from multiproxy.cache._memory import MemoryStore
-from multiproxy.cache._options import CACHE_OPT_FLAGS, CACHE_OPT_PARAMETERS, cache_from_options
+from multiproxy.cache._options import (
+    CACHE_OPT_FLAGS,
+    CACHE_OPT_PARAMETERS,
+    CacheTargetOptions,
+    cache_from_options,
+)
 from multiproxy.cache._redis import RedisStore
 from multiproxy.cache._status import CacheOutcome
 from multiproxy.cache._store import CorruptEntry, StoredResponse
@@ -29,10 +41,12 @@ from multiproxy.cache._store import CorruptEntry, StoredResponse
 __all__ = [
     "CACHE_OPT_FLAGS",
     "CACHE_OPT_PARAMETERS",
+    "GATEWAY_TARGETS",
     "Action",
     "Answer",
     "CacheConfig",
     "CacheOutcome",
+    "CacheTargetOptions",
     "CollapsedForwarding",
     "CorruptEntry",
     "DiskStore",
@@ -63,4 +77,5 @@ __all__ = [
     "parse_request_directives",
     "parse_response_directives",
     "parse_size",
+    "parse_targets",
 ]

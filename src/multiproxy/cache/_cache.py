@@ -77,16 +77,16 @@ _Marks = tuple[list[tuple[bytes, bytes]], list[bytes]]
 
 
 @lru_cache(maxsize=2048)
-def _stored_fields(head: bytes, drop_x_cache: bool) -> _Marks:
+def _stored_fields(head: bytes, drop: frozenset[bytes]) -> _Marks:
     """
     The fields of a stored ``head`` as an answer carries them, with their
-    lower-case names; ``drop_x_cache``: without the X-Cache fields it was
-    stored with (this cache adds its own).
+    lower-case names; without the fields named in ``drop`` (the X-Cache it
+    was stored with, as this cache adds its own; targeted fields it strips).
     """
     pairs = list(unpack_fields(head))
     lower = [n.lower() for n, _ in pairs]
-    if drop_x_cache and b"x-cache" in lower:
-        keep = [i for i, n in enumerate(lower) if n != b"x-cache"]
+    if drop and not drop.isdisjoint(lower):
+        keep = [i for i, n in enumerate(lower) if n not in drop]
         pairs = [pairs[i] for i in keep]
         lower = [lower[i] for i in keep]
     return pairs, lower
@@ -112,16 +112,17 @@ def _hit(ttl: int, stale: bool, swr: bool, name: str, x_cache: bool) -> tuple[Ca
 
 def _answer_headers(
     meta: StoredResponse,
-    drop_x_cache: bool,
+    drop: frozenset[bytes],
     extra: list[tuple[bytes, bytes]],
     extra_lower: list[bytes],
     marks: _Marks,
 ) -> Headers:
     """
-    A fresh `Headers` for an answer from ``meta``: its stored fields, then
-    ``extra`` (whose lower-case names are ``extra_lower``), then ``marks``.
+    A fresh `Headers` for an answer from ``meta``: its stored fields but
+    those in ``drop``, then ``extra`` (whose lower-case names are
+    ``extra_lower``), then ``marks``.
     """
-    pairs, lower = _stored_fields(meta.head, drop_x_cache)
+    pairs, lower = _stored_fields(meta.head, drop)
     mark_pairs, mark_lower = marks
     return Headers(pairs + extra + mark_pairs, lower + extra_lower + mark_lower)
 
@@ -298,6 +299,18 @@ class SharedCache:
     store: ICacheStore
     config: CacheConfig = field(default_factory=CacheConfig)
     clock: Callable[[], float] = time.time
+    #: The target list as lower-case field names (RFC 9213 2.2).
+    targets: tuple[bytes, ...] = field(init=False, default=())
+    #: Fields left out of answers from storage.
+    _drop: frozenset[bytes] = field(init=False, default=frozenset())
+    #: Fields removed from every response sent on (strip_targets).
+    _strip: tuple[bytes, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.targets = tuple(t.lower().encode("ascii") for t in cfg.targets)
+        self._strip = self.targets if cfg.strip_targets else ()
+        self._drop = frozenset(([b"x-cache"] if cfg.x_cache else []) + list(self._strip))
 
     # -- 1. a request arrives -------------------------------------------------
 
@@ -496,6 +509,7 @@ class SharedCache:
                 response_time,
                 cfg.heuristic_fraction,
                 cfg.heuristic_max,
+                self.targets,
             )
             if meta is None:
                 return Reply(replace(plan.outcome, fwd_status=304), refetch=True)
@@ -531,7 +545,7 @@ class SharedCache:
                 self._refresh_from_head(plan, headers, request_time, response_time)
             outcome = replace(plan.outcome, fwd_status=status)
             return Reply(outcome, headers=self._marked(headers, outcome))
-        response_cc = parse_response_directives(headers)
+        response_cc = parse_response_directives(headers, self.targets)
         why = refusal(
             plan.method, status, plan.request_headers, plan.request_cc, headers, response_cc
         )
@@ -590,6 +604,7 @@ class SharedCache:
                 response_time,
                 cfg.heuristic_fraction,
                 cfg.heuristic_max,
+                self.targets,
             )
             if meta is None or self._update(entry, meta, plan)[1]:
                 self.store.remove_entry(entry)
@@ -626,6 +641,7 @@ class SharedCache:
                 response_time,
                 cfg.heuristic_fraction,
                 cfg.heuristic_max,
+                self.targets,
             )
             if meta is not None and self._update(other, meta, plan)[1]:
                 self.store.remove_entry(other)
@@ -643,7 +659,7 @@ class SharedCache:
             meta.status,
             plan.request_headers,
             plan.request_cc,
-            parse_response_directives(Headers(meta.headers)),
+            parse_response_directives(Headers(meta.headers), self.targets),
         )
         if why is None:
             return self.store.update(entry, meta) or _Rebased(entry, meta), False
@@ -713,7 +729,7 @@ class SharedCache:
         ):
             return None
         if b"authorization" in plan.request_headers:
-            cc = parse_response_directives(Headers(shared.headers))
+            cc = parse_response_directives(Headers(shared.headers), self.targets)
             if not (cc.public or cc.must_revalidate or cc.s_maxage is not None):
                 return None
         now = self.clock()
@@ -731,9 +747,7 @@ class SharedCache:
         if expected_length is not None and shared.status != 204:
             extra.insert(0, (b"Content-Length", b"%d" % expected_length))
             extra_lower.insert(0, b"content-length")
-        headers = _answer_headers(
-            shared, self.config.x_cache, extra, extra_lower, self._marks(outcome)
-        )
+        headers = _answer_headers(shared, self._drop, extra, extra_lower, self._marks(outcome))
         length = (-1 if expected_length is None else expected_length) if has_body else 0
         return Answer(
             shared.status, shared.reason, headers, outcome, body_length=length, from_flight=True
@@ -798,7 +812,7 @@ class SharedCache:
         extra_lower.append(b"age")
         if marks is None:
             marks = self._marks(outcome)
-        headers = _answer_headers(meta, self.config.x_cache, extra, extra_lower, marks)
+        headers = _answer_headers(meta, self._drop, extra, extra_lower, marks)
         if method != b"GET" or status == 204:
             length = 0
         return Answer(status, reason, headers, outcome, entry, start, length)
@@ -827,5 +841,8 @@ class SharedCache:
 
     def _marked(self, headers: Headers, outcome: CacheOutcome) -> Headers:
         out = headers.copy()
+        if self._strip:
+            # RFC 9213 3: configured to, because nothing downstream uses them.
+            out.remove_all(self._strip)
         self._mark(out, outcome)
         return out

@@ -55,6 +55,33 @@ def parse_size(value: object) -> int:
     )
 
 
+#: The target list of a gateway (reverse proxy) cache by default (RFC 9213 3).
+GATEWAY_TARGETS = ("CDN-Cache-Control",)
+
+_FIELD_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def parse_targets(names: object) -> tuple[str, ...]:
+    """
+    A target list (RFC 9213 2.2): field names, most specific first.
+
+    @raise ValueError: a name that is not a field name, Cache-Control
+        itself, or a name given twice.
+    """
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f'expected a list of field names, e.g. ["CDN-Cache-Control"], got {names!r}')
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not _FIELD_NAME.match(name):
+            raise ValueError(f"{name!r} is not a field name")
+        if name.lower() == "cache-control":
+            raise ValueError("Cache-Control is what a targeted field replaces, not a target")
+        if name.lower() in seen:
+            raise ValueError(f"{name} is given twice")
+        seen.add(name.lower())
+    return tuple(names)
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     """
@@ -74,7 +101,11 @@ class CacheConfig:
     ``redis``: when set (``redis://HOST:PORT/DB``), the store is in that
     Redis, shared by every process using it with the same ``redis_prefix``;
     ``redis_connect_timeout`` / ``redis_timeout`` bound how long a request
-    may wait on it before the cache is bypassed.
+    may wait on it before the cache is bypassed.  ``targets``: the targeted
+    cache-control fields (RFC 9213) this cache obeys, most specific first
+    (a forward cache has none unless given; a reverse proxy's cache
+    defaults to `GATEWAY_TARGETS`); ``strip_targets`` removes them from the
+    responses it sends, for when nothing downstream uses them.
     """
 
     enabled: bool = True
@@ -93,6 +124,8 @@ class CacheConfig:
     redis_prefix: str = "multiproxy:"
     redis_connect_timeout: float = 0.25
     redis_timeout: float = 0.25
+    targets: tuple[str, ...] = ()
+    strip_targets: bool = False
 
 
 def _size(reader: TableReader, name: str, default: int) -> int:
@@ -102,18 +135,19 @@ def _size(reader: TableReader, name: str, default: int) -> int:
     return reader.convert(name, reader.raw(name), parse_size)
 
 
-def cache_from_table(reader: TableReader) -> CacheConfig:
+def cache_from_table(reader: TableReader, targets: tuple[str, ...] = ()) -> CacheConfig:
     """
     Read a ``[cache]`` table: ``enabled``, ``size``, ``dir``,
     ``max_object_size``, ``heuristic_fraction``, ``heuristic_max``,
     ``stale_if_unreachable``, ``collapse``, ``collapse_waiters``,
     ``collapse_timeout``, ``name``, ``x_cache``, ``redis``, ``redis_prefix``,
-    ``redis_connect_timeout``, ``redis_timeout``.  Unknown keys are refused
-    (`TableReader.finish` is called).
+    ``redis_connect_timeout``, ``redis_timeout``, ``targets``,
+    ``strip_targets``.  ``targets`` is the target list when the table does
+    not give one.  Unknown keys are refused (`TableReader.finish` is called).
 
     @raise ConfigError: naming the key that is wrong.
     """
-    d = CacheConfig()
+    d = CacheConfig(targets=targets)
     enabled = reader.boolean("enabled", d.enabled)
     size = _size(reader, "size", d.size)
     directory = reader.string("dir", "") or None
@@ -134,6 +168,8 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
         "redis_connect_timeout", d.redis_connect_timeout, minimum=0.001
     )
     redis_timeout = reader.number("redis_timeout", d.redis_timeout, minimum=0.001)
+    target_list = reader.convert("targets", reader.raw("targets", list(d.targets)), parse_targets)
+    strip_targets = reader.boolean("strip_targets", d.strip_targets)
     reader.finish()
     if redis is not None:
         from multiproxy._redislink import parse_redis_url
@@ -169,6 +205,8 @@ def cache_from_table(reader: TableReader) -> CacheConfig:
         redis_prefix=redis_prefix,
         redis_connect_timeout=float(redis_connect_timeout),
         redis_timeout=float(redis_timeout),
+        targets=target_list,
+        strip_targets=strip_targets,
     )
 
 
@@ -180,8 +218,8 @@ def make_store(config: CacheConfig, reactor=None):
     if config.redis:
         if reactor is None:
             raise ConfigError("cache.redis: a Redis store needs a reactor")
-        from multiproxy.cache._redis import RedisStore
         from multiproxy._redislink import redis_link
+        from multiproxy.cache._redis import RedisStore
 
         link = redis_link(
             config.redis, reactor, config.redis_connect_timeout, config.redis_timeout, "cache"

@@ -7,12 +7,26 @@ appears more than once counts by its first occurrence (section 4.2.1 allows
 "the first occurrence").  A ``max-age`` or ``s-maxage`` whose argument is not
 a delta-seconds makes the response stale rather than being ignored, so a
 garbled lifetime never makes a response fresher than its sender meant.
+
+Targeted fields (RFC 9213) such as ``CDN-Cache-Control`` carry the same
+directives as a Structured Field Dictionary (RFC 8941).  A cache with a
+target list uses the first of its fields that is present, valid and not
+empty instead of Cache-Control (and Expires): see
+`parse_response_directives`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import TYPE_CHECKING
+
+from multiproxy.http._structured import (
+    InnerList,
+    StructuredFieldError,
+    field_text,
+    parse_dictionary,
+)
 
 if TYPE_CHECKING:
     from multiproxy.http._headers import Headers
@@ -153,6 +167,9 @@ class ResponseDirectives:
     ``no_cache`` / ``private`` are True only in their unqualified form; the
     qualified forms list field names in ``no_cache_fields`` /
     ``private_fields`` (those fields are dropped before storing).
+    ``target`` is the lower-case name of the targeted field (RFC 9213) the
+    directives were read from, or None when they come from Cache-Control;
+    with a target, Expires is ignored too (RFC 9213 2.2).
     """
 
     max_age: int | None = None
@@ -170,6 +187,7 @@ class ResponseDirectives:
     immutable: bool = False
     stale_while_revalidate: int | None = None
     stale_if_error: int | None = None
+    target: bytes | None = None
 
     @property
     def explicit_freshness(self) -> bool:
@@ -201,8 +219,21 @@ _RESPONSE_DIRECTIVES: dict[tuple[bytes, ...], ResponseDirectives] = {}
 _RESPONSE_DIRECTIVES_MAX = 1024
 
 
-def parse_response_directives(headers: Headers) -> ResponseDirectives:
-    """Read a response's Cache-Control."""
+def parse_response_directives(
+    headers: Headers, targets: tuple[bytes, ...] = ()
+) -> ResponseDirectives:
+    """
+    Read a response's cache directives as a cache with target list
+    ``targets`` (lower-case field names, most specific first) does: from the
+    first targeted field that is present, a valid Structured Field
+    Dictionary and not empty (RFC 9213 2.2), else from Cache-Control.
+    """
+    for name in targets:
+        values = headers.get_all(name)
+        if values:
+            targeted = _targeted(name, values)
+            if targeted is not None:
+                return targeted
     values = headers.get_all(b"cache-control")
     if not values:
         return _EMPTY_RESPONSE
@@ -214,6 +245,59 @@ def parse_response_directives(headers: Headers) -> ResponseDirectives:
             _RESPONSE_DIRECTIVES.clear()
         _RESPONSE_DIRECTIVES[key] = known
     return known
+
+
+# Targeted field values already read -> their directives, or None when the
+# field is invalid or empty (bounded, as for Cache-Control).
+_TARGETED: dict[tuple[bytes, ...], ResponseDirectives | None] = {}
+
+
+def _targeted(name: bytes, values: list[bytes]) -> ResponseDirectives | None:
+    """The directives of targeted field ``name``, or None if it is to be ignored."""
+    key = (name, *values)
+    if key in _TARGETED:
+        return _TARGETED[key]
+    d = targeted_directives(values)
+    known = None if not d else replace(_response_directives(d), target=name)
+    if len(_TARGETED) >= _RESPONSE_DIRECTIVES_MAX:
+        _TARGETED.clear()
+    _TARGETED[key] = known
+    return known
+
+
+def targeted_directives(values: list[bytes]) -> dict[bytes, bytes | None | _Invalid] | None:
+    """
+    The directives of a targeted field's lines ``values`` in the shape
+    `parse_directives` gives, or None when the field is not a valid
+    Structured Field Dictionary (RFC 9213 2.1: then it is ignored).
+
+    Members map back to Cache-Control arguments (RFC 9213 2.1): Boolean
+    true is a directive without argument, an Integer or a Token its text, a
+    String its content; parameters are ignored.  A value no cache directive
+    can have (a Decimal, ``?0``, a Byte Sequence, an Inner List) is not
+    consumed (2.1 says it SHOULD NOT be) and counts as malformed: the
+    directive is present with `INVALID`, so ``max-age=1.5`` makes the
+    response stale and ``no-store=?0`` still forbids storing, rather than
+    either being read more leniently than it was written.
+    """
+    try:
+        members = parse_dictionary(field_text(values))
+    except StructuredFieldError:
+        return None
+    out: dict[bytes, bytes | None | _Invalid] = {}
+    for key, member in members.items():
+        arg: bytes | None | _Invalid
+        value = None if isinstance(member, InnerList) else member.value
+        if value is True:
+            arg = None
+        elif isinstance(value, bool) or value is None or isinstance(value, (Decimal, bytes)):
+            arg = INVALID
+        elif isinstance(value, int):
+            arg = b"%d" % value
+        else:
+            arg = value.encode("ascii")
+        out[key.encode("ascii")] = arg
+    return out
 
 
 def _response_directives(d: dict[bytes, bytes | None | _Invalid]) -> ResponseDirectives:

@@ -56,13 +56,14 @@ def freshness_lifetime(
     invalid Expires, or one sent as several field lines, is already
     expired: RFC 9111 5.3), else a heuristic (4.2.2): a fraction
     of the time since ``Last-Modified``, capped, and only for heuristically
-    cacheable status codes or with ``public``.
+    cacheable status codes or with ``public``.  When ``cc`` comes from a
+    targeted field, Expires is ignored (RFC 9213 2.2).
     """
     if cc.s_maxage is not None:
         return float(cc.s_maxage)
     if cc.max_age is not None:
         return float(cc.max_age)
-    expires = headers.get_all(b"expires")
+    expires = headers.get_all(b"expires") if cc.target is None else None
     if expires:
         # Expires is a singleton: more than one field line is as invalid as
         # a value that is not an HTTP-date, and both mean "already expired".

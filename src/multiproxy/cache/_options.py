@@ -1,11 +1,11 @@
 """
 Command-line options for the cache, for a twistd plugin's ``Options``:
-``--cache-size``, ``--cache-dir``, ``--cache-redis``, ``--max-object-size``
-and ``--no-cache``.
+``--cache-size``, ``--cache-dir``, ``--cache-redis``, ``--max-object-size``,
+``--cache-target`` (repeatable), ``--cache-strip-targets`` and ``--no-cache``.
 
 Add `CACHE_OPT_PARAMETERS` to the Options' ``optParameters`` and
-`CACHE_OPT_FLAGS` to its ``optFlags``, then call `cache_from_options` in
-``postOptions``.
+`CACHE_OPT_FLAGS` to its ``optFlags``, derive the Options from
+`CacheTargetOptions`, then call `cache_from_options` in ``postOptions``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from twisted.python import usage
 
-from multiproxy.cache._config import CacheConfig, parse_size
+from multiproxy.cache._config import CacheConfig, parse_size, parse_targets
 
 CACHE_OPT_PARAMETERS = [
     ["cache-size", None, None, "Byte budget of the shared HTTP cache, e.g. 64MiB or 2GB."],
@@ -27,7 +27,17 @@ CACHE_OPT_PARAMETERS = [
 
 CACHE_OPT_FLAGS = [
     ["no-cache", None, "Switch the shared HTTP cache off."],
+    ["cache-strip-targets", None,
+     "Remove the cache's targeted fields (--cache-target) from the responses sent on."],
 ]
+
+
+class CacheTargetOptions:
+    """The repeatable ``--cache-target`` option, for an ``Options`` class to derive from."""
+
+    def opt_cache_target(self, name: str) -> None:
+        """Targeted cache-control field the cache obeys (repeatable, most specific first)."""
+        self.setdefault("cache-target", []).append(name)  # type: ignore[attr-defined]
 
 
 def cache_from_options(options: Mapping, base: CacheConfig | None = None) -> CacheConfig:
@@ -65,6 +75,14 @@ def cache_from_options(options: Mapping, base: CacheConfig | None = None) -> Cac
             raise usage.UsageError(f"--cache-redis: {e}") from None
         changes["redis"] = redis
         changes["directory"] = None
+    targets = options.get("cache-target")
+    if targets:
+        try:
+            changes["targets"] = parse_targets(list(targets))
+        except ValueError as e:
+            raise usage.UsageError(f"--cache-target: {e}") from None
+    if options.get("cache-strip-targets"):
+        changes["strip_targets"] = True
     if options.get("no-cache"):
         changes["enabled"] = False
     return replace(config, **changes) if changes else config

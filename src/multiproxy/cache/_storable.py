@@ -101,7 +101,7 @@ def refusal(
         response_cc.public
         or response_cc.max_age is not None
         or response_cc.s_maxage is not None
-        or b"expires" in response_headers
+        or (b"expires" in response_headers and response_cc.target is None)
         or status in HEURISTIC_STATUSES
     ):
         return "no-freshness"

@@ -130,15 +130,16 @@ def has_validator(meta: StoredResponse) -> bool:
     )
 
 
-def merge_fields(stored: Fields, new: Headers) -> Fields:
+def merge_fields(stored: Fields, new: Headers, targets: tuple[bytes, ...] = ()) -> Fields:
     """
     The stored fields updated with those of a newer response (RFC 9111 3.2):
     each field the new response has replaces the stored one, except
     connection-specific fields, framing, Content-Range and the fields a
-    qualified no-cache / private of the new response names.
+    qualified no-cache / private of the new response names (read as a
+    cache with target list ``targets`` reads them).
     """
     drop = set(new.tokens(b"connection"))
-    cc = parse_response_directives(new)
+    cc = parse_response_directives(new, targets)
     drop.update(cc.no_cache_fields)
     drop.update(cc.private_fields)
     incoming = [
@@ -175,11 +176,13 @@ def freshen(
     response_time: float,
     heuristic_fraction: float = 0.1,
     heuristic_max: float = 86400.0,
+    targets: tuple[bytes, ...] = (),
 ) -> StoredResponse | None:
     """
     ``meta`` updated with a 304's fields ``new`` and the times of the
     validation exchange, or None when the 304 does not identify it (or
-    changes what the response varies on).
+    changes what the response varies on).  ``targets``: the cache's
+    target list (RFC 9213), for reading the merged directives.
     """
     if not _identifies(meta, new):
         return None
@@ -188,11 +191,11 @@ def freshen(
         # the 304's Date (not the stored one) is what the update carries.
         new = new.copy()
         new.add(b"Date", format_http_date(response_time))
-    fields = merge_fields(meta.headers, new)
+    fields = merge_fields(meta.headers, new, targets)
     merged = Headers(fields)
     if vary_names(merged) != meta.vary_names:
         return None
-    cc = parse_response_directives(merged)
+    cc = parse_response_directives(merged, targets)
     date = date_value(new, response_time)
     return replace(
         meta,
@@ -218,6 +221,7 @@ def refresh_from_head(
     response_time: float,
     heuristic_fraction: float = 0.1,
     heuristic_max: float = 86400.0,
+    targets: tuple[bytes, ...] = (),
 ) -> StoredResponse | None:
     """
     A stored GET response updated by a 200 response to HEAD (RFC 9111
@@ -237,7 +241,9 @@ def refresh_from_head(
     length = new.get(b"content-length")
     if length is not None and (not length.strip().isdigit() or int(length) != meta.body_length):
         return None
-    return freshen(meta, new, request_time, response_time, heuristic_fraction, heuristic_max)
+    return freshen(
+        meta, new, request_time, response_time, heuristic_fraction, heuristic_max, targets
+    )
 
 
 def not_modified(method: bytes, request_headers: Headers, meta: StoredResponse) -> bool:

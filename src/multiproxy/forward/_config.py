@@ -22,6 +22,7 @@ from multiproxy.cache import (
     CACHE_OPT_FLAGS,
     CACHE_OPT_PARAMETERS,
     CacheConfig,
+    CacheTargetOptions,
     cache_from_options,
     cache_from_table,
 )
@@ -110,7 +111,7 @@ def _tunnel_settings_from_table(reader: TableReader) -> dict:
     return values
 
 
-class ForwardOptions(AccessLogOptions, PolicyOptions, usage.Options):
+class ForwardOptions(AccessLogOptions, PolicyOptions, CacheTargetOptions, usage.Options):
     """``twistd multiproxy forward``: a forward HTTP proxy (the default)."""
 
     synopsis = "[options]"

@@ -247,8 +247,8 @@ class Exchange:
         if self.finished:
             return
         if not self.response_started:
-            self.record.ended = "upstream-error"
-            self.respond_error(error.status, str(error))
+            self.record.ended = error.ended
+            self.respond_error(error.status, str(error), retry_after=error.retry_after)
             return
         # Mid-body: the client must see a truncated response as truncated.
         self.record.ended = "upstream-truncated"
@@ -289,8 +289,13 @@ class Exchange:
         write_direct(self._transport, head)
         self._finish()
 
-    def respond_error(self, status: int, message: str, *, close: bool = False) -> None:
-        """Answer with ``status`` and a short plain-text body that names the cause."""
+    def respond_error(
+        self, status: int, message: str, *, close: bool = False, retry_after: int | None = None
+    ) -> None:
+        """
+        Answer with ``status`` and a short plain-text body that names the
+        cause (and ``Retry-After`` when ``retry_after`` is given).
+        """
         if self.abort_fetch is not None and not self.response_started:
             self.abort_fetch = None
         body = f"{status} {STATUS_REASONS.get(status, b'Error').decode()}: {message}\n".encode()
@@ -301,6 +306,8 @@ class Exchange:
         if status == 405:
             # RFC 9110 15.5.6: a 405 MUST list the methods that are allowed.
             headers.add(b"Allow", self.protocol.allowed_methods)
+        if retry_after is not None:
+            headers.add(b"Retry-After", b"%d" % retry_after)
         self.record.extra.setdefault("error", message)
         self.respond(status, headers, body, close=close)
 

@@ -22,7 +22,7 @@ from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_tab
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.balancing._options import HealthOptions
-from multiproxy.cache import CacheConfig, cache_from_table
+from multiproxy.cache import GATEWAY_TARGETS, CacheConfig, cache_from_table
 from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
     limits_from_table,
@@ -131,7 +131,8 @@ class ReverseConfig:
     @ivar status_listen: listeners for the status page (never the proxy's).
     @ivar shutdown_timeout: seconds in-flight requests get on shutdown.
     @ivar cache: the shared cache for routes with ``cache`` set (None: the
-        defaults, if any route asks for it).
+        defaults, if any route asks for it, with ``GATEWAY_TARGETS`` as the
+        target list).
     """
 
     name: str = "reverse"
@@ -241,7 +242,8 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
     limits = limits_from_table(reader)
     timeouts = timeouts_from_table(reader)
     cache_table = reader.table_of("cache")
-    cache = cache_from_table(cache_table) if cache_table.table else None
+    # A reverse proxy's cache is a gateway cache: CDN-Cache-Control is for it.
+    cache = cache_from_table(cache_table, GATEWAY_TARGETS) if cache_table.table else None
     config = ReverseConfig(
         name=name,
         listen=listen,

@@ -15,8 +15,11 @@ protocol and, when that goes wrong before any response head:
 - a backend that does not answer in time gives 504, and is not retried
   (the request may still be running there).
 
-When every backend of the pool failed to connect, the client gets 503 with
-``Retry-After``.  A reused keep-alive connection that the backend had closed
+When every backend of the pool failed to connect, or a request comes without
+a backend because the pool has no healthy one (a route with the cache on
+lets its requests through, as the cache may answer them), the sink is told
+`PoolUnavailable`: the client gets 503 with ``Retry-After``, unless a
+cache in front serves a stored response instead.  A reused keep-alive connection that the backend had closed
 is replaced by a fresh one to the same backend (that race is not a failure).
 """
 
@@ -31,14 +34,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._errors import UpstreamError
+from multiproxy._errors import PoolUnavailable, UpstreamError
 from multiproxy.balancing._backend import note_connect_failed, note_retried
 from multiproxy.http._client import ConnectionPool, UpstreamConnection
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
-from multiproxy.http._headers import Headers
 from multiproxy.http._parser import RequestHead, ResponseHead
 
 log = Logger()
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +100,22 @@ class BalancingFetcher:
         self.max_attempts = max_attempts
 
     def fetch(self, request: ForwardedRequest, sink: IResponseSink) -> Callable[[], None]:
-        """Start the exchange; returns a callable that abandons it."""
+        """
+        Start the exchange; returns a callable that abandons it.  A request
+        without an upstream is given one from its pool, if it has a healthy one.
+        """
         delivery = _Delivery(self, request, sink)
-        delivery.start(request.upstream, fresh=False)
+        upstream = request.upstream
+        if upstream is None:
+            upstream = delivery._next_backend()
+            if upstream is None:
+                pool = getattr(request, "pool", None)
+                name = getattr(pool, "name", "?")
+                retry = pool.retry_after() if pool is not None else 1
+                sink.fail(PoolUnavailable(f"no healthy backend in pool {name}", retry,
+                                          "no-backend"))
+                return _nothing
+        delivery.start(upstream, fresh=False)
         return delivery.abandon
 
 
@@ -188,20 +207,13 @@ class _Delivery:
         if pool is None:
             self.sink.fail(error)
             return
-        # Every backend we could try failed to connect: the pool is down.
-        retry_after = pool.retry_after()
+        # Every backend we could try failed to connect: the pool is down.  A
+        # failure, not a 503 response, so a cache in front knows the origin
+        # was not reached (and may serve stale, RFC 9111 4.2.4).
         name = getattr(pool, "name", "?")
-        body = (f"503 Service Unavailable: no backend of pool {name} could be reached "
-                f"(last: {error})\n").encode()
-        headers = Headers([
-            (b"Content-Type", b"text/plain; charset=utf-8"),
-            (b"Cache-Control", b"no-store"),
-            (b"Retry-After", b"%d" % retry_after),
-            (b"Content-Length", b"%d" % len(body)),
-        ])
-        self.sink.head(ResponseHead(b"HTTP/1.1", 503, b"Service Unavailable", headers), None)
-        self.sink.data(body)
-        self.sink.end()
+        self.sink.fail(PoolUnavailable(
+            f"no backend of pool {name} could be reached (last: {error})",
+            pool.retry_after(), "connect-failed"))
 
     # -- outcomes of a sent request ----------------------------------------
 

@@ -211,7 +211,12 @@ class ReverseProxyProtocol(HTTPServerProtocol):
 
     def request_headers(self, exchange: Exchange, intent: Intent, match: RouteMatch,
                         host_value: bytes | None, backend: Any) -> Headers:
-        """The header fields sent to ``backend`` (framing fields are added later)."""
+        """
+        The header fields sent to ``backend`` (framing fields are added
+        later).  ``backend`` is None when the pool has no healthy backend
+        and the route's cache may answer: a backend's own Host is then set
+        when one is chosen.
+        """
         head = exchange.request
         factory = self.factory
         headers = end_to_end(head.headers, _REQUEST_HOP_BY_HOP)
@@ -226,7 +231,8 @@ class ReverseProxyProtocol(HTTPServerProtocol):
         if match.route.host_header == "backend" or host_value is None:
             # RFC 9112 3.2: an HTTP/1.1 request always has Host, and an
             # HTTP/1.0 client may have sent none.
-            headers.set(b"host", backend_authority(backend))
+            if backend is not None:
+                headers.set(b"host", backend_authority(backend))
         else:
             headers.set(b"host", host_value)
         if factory.via is not None:
@@ -241,12 +247,17 @@ class ReverseProxyProtocol(HTTPServerProtocol):
                  host_value: bytes | None) -> None:
         pool = self.factory.chooser.pools[match.pool]
         backend = pool.choose(intent)
-        if backend is None:
+        head = exchange.request
+        websocket = _wants_websocket(head) and exchange.body is None
+        fetcher = self.factory.fetcher_for(match)
+        if backend is None and (websocket or fetcher is self.factory.fetcher):
             self._no_backend(exchange, pool)
             return
+        # With the cache on, a request goes on without a backend: a stored
+        # response may answer it (a fresh one always, a stale one when the
+        # serve-stale rules allow), else the fetcher says no backend is up.
         headers = self.request_headers(exchange, intent, match, host_value, backend)
-        head = exchange.request
-        if _wants_websocket(head) and exchange.body is None:
+        if websocket:
             from multiproxy.reverse._upgrade import start_upgrade
 
             start_upgrade(self, exchange, intent, pool, backend,
@@ -260,7 +271,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             pool=pool,
             rewrite_host=match.route.host_header == "backend" or host_value is None,
         )
-        exchange.forward(request, self.factory.fetcher_for(match))
+        exchange.forward(request, fetcher)
 
     def _no_backend(self, exchange: Exchange, pool: Any) -> None:
         exchange.record.ended = "no-backend"

@@ -28,7 +28,7 @@ from multiproxy.balancing import (
     TLSOrigination,
     balancer_from_name,
 )
-from multiproxy.cache import CacheConfig
+from multiproxy.cache import GATEWAY_TARGETS, CacheConfig
 from multiproxy.cache._fetcher import caching_fetcher_factory
 from multiproxy.http._exchange import IFetcher
 from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig
@@ -95,7 +95,8 @@ def make_reverse_proxy(
         if checker is not None:
             checkers.append(checker)
     if cache is None and any(r.cache for r in config.routes):
-        cache = caching_fetcher_factory(config.cache or CacheConfig(), reactor)
+        cache = caching_fetcher_factory(
+            config.cache or CacheConfig(targets=GATEWAY_TARGETS), reactor)
     factory = ReverseProxy(
         reactor,
         routes=config.route_table(),
