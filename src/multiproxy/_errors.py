@@ -59,13 +59,24 @@ class UnsupportedFraming(ProtocolError):
 
 
 class UpstreamError(MultiproxyError):
-    """Reaching or talking to the upstream failed; `status` is what the client sees."""
+    """
+    Reaching or talking to the upstream failed; `status` is what the client
+    sees, `kind` one word for counting (one of `UPSTREAM_ERROR_KINDS`).
+    """
 
     status: int = 502
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    def __init__(self, message: str, status: int = 502, kind: str = "error") -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
+
+
+UPSTREAM_ERROR_KINDS = (
+    "connect-refused", "connect-timeout", "dns", "connect", "tls", "response-timeout",
+    "stalled", "closed", "invalid-response", "error",
+)
+"""Kinds of `UpstreamError`: where reaching or talking to the upstream went wrong."""
 
 
 STATUS_REASONS: dict[int, bytes] = {

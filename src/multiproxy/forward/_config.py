@@ -32,6 +32,7 @@ from multiproxy.http._config import (
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.policy._options import PolicyOptions
+from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 _TIMEOUTS = Timeouts()
@@ -50,6 +51,8 @@ class ForwardConfig:
     extras: dict = field(default_factory=dict)
     cache: CacheConfig = CacheConfig()
     """The shared HTTP cache in front of the upstream side (``[forward.cache]``)."""
+    status_listen: tuple[str, ...] = ()
+    """Listeners for the status page and metrics (never the proxy's own)."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -86,7 +89,9 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     limits = limits_from_table(reader)
     timeouts = timeouts_from_table(reader)
     cache = cache_from_table(reader.table_of("cache"))
-    return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache)
+    status_listen = tuple(reader.strings("status_listen", []))
+    return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache,
+                         status_listen=status_listen)
 
 
 def _tunnel_settings_from_table(reader: TableReader) -> dict:
@@ -141,10 +146,15 @@ class ForwardOptions(PolicyOptions, usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["status-listen"] = []
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
         self["listen"].append(description)
+
+    def opt_status_listen(self, description: str) -> None:
+        """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
+        self["status-listen"].append(description)
 
     def postOptions(self) -> None:
         try:
@@ -197,6 +207,7 @@ class ForwardOptions(PolicyOptions, usage.Options):
                 tunnel_idle=self["tunnel-idle-timeout"] or None,
             ),
             cache=cache_from_options(self),
+            status_listen=tuple(self["status-listen"]),
         )
 
 
@@ -242,6 +253,9 @@ def make_forward_service(
     A service listening on every endpoint of ``config``; with ``guard``,
     accepting pauses before the process runs out of file descriptors.
     """
+    counters = TrafficCounters() if config.status_listen else None
+    if counters is not None:
+        reporters = (*reporters, counters)
     factory = make_forward_proxy(config, reactor, reporters, policy)
     service = ProxyService(factory)
     service.setName(config.name)
@@ -255,4 +269,20 @@ def make_forward_service(
         listener = StreamServerEndpointService(endpoint, factory)
         listener._raiseSynchronously = True  # as strports does: a busy port stops start-up
         listener.setServiceParent(service)
+    if config.status_listen:
+        site = StatusSite(reactor, config.name, kind="forward", counters=counters,
+                          readings=lambda: forward_readings(factory))
+        add_status_listeners(service, reactor, config.name, config.status_listen, site)
     return service
+
+
+def forward_readings(factory: ForwardProxy) -> list[Reading]:
+    """What the forward proxy's status page reads live: connections and tunnels."""
+    return [
+        Reading("connections_open", "multiproxy_client_connections", "gauge",
+                "Client connections open now.", len(factory.connections)),
+        Reading("tunnels_open", "multiproxy_tunnels_open", "gauge",
+                "CONNECT tunnels relaying now.", factory.tunnels_open),
+        Reading("tunnels_total", "multiproxy_tunnels_total", "counter",
+                "CONNECT tunnels established since start.", factory.tunnels_opened),
+    ]

@@ -228,6 +228,7 @@ class Exchange:
     def fail(self, error: UpstreamError) -> None:
         if self.finished:
             return
+        self.record.upstream_error = getattr(error, "kind", "error")
         if not self.response_started:
             self.record.ended = "upstream-error"
             self.respond_error(error.status, str(error))
