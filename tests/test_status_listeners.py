@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
+import subprocess
 import tomllib
 
 import bcrypt
@@ -18,7 +20,7 @@ import pytest_twisted
 from loopback import curl, raw_exchange
 from prometheus_client.parser import text_string_to_metric_families
 from reverse_peers import NamedBackend
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 from multiproxy._config import make_services, read_configuration
 
@@ -313,3 +315,52 @@ check = "none"
         assert b"s3cret-token" not in page
     finally:
         await other.stop()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# Typed into the live page as a person would: the token, then the drain button of "one".
+_CLICK = """
+<script>
+document.querySelector('input[name=token]').value = 's3cret-token';
+document.querySelector('tr[data-backend="one"] button[value="drain"]').click();
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+@pytest_twisted.ensureDeferred
+async def test_drain_button_in_headless_chromium_drains_the_backend(backend, running, tmp_path):
+    port, status = free_port(), free_port()
+    running(f"""
+[log]
+access = false
+[[reverse]]
+listen = "tcp:{port}:interface=127.0.0.1"
+status_listen = "tcp:{status}:interface=127.0.0.1"
+status_token = "s3cret-token"
+backends = [{{ url = "http://127.0.0.1:{backend.port}", name = "one" }}]
+[reverse.health]
+check = "none"
+""")
+    page, _, _ = await curl(f"http://127.0.0.1:{status}/")
+    # The live page, with its buttons' relative /admin targets resolved to the listener.
+    html = page.decode().replace("<head>", f'<head><base href="http://127.0.0.1:{status}/">', 1)
+    probe = tmp_path / "click.html"
+    probe.write_text(html.replace("</body>", _CLICK + "</body>"))
+
+    def browse():
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", "--no-proxy-server", f"--user-data-dir={tmp_path / 'p'}",
+             "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=60)
+
+    result = await threads.deferToThread(browse)
+    for _ in range(100):
+        one = (await status_doc(status))["pools"][0]["backends"][0]
+        if one["admin"] == "drain":
+            break
+        await pause()
+    assert (one["state"], one["admin"]) == ("draining", "drain"), result.stderr[-1500:]
