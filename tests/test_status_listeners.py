@@ -73,7 +73,7 @@ def metrics(text: bytes) -> dict[tuple[str, tuple], float]:
 
 async def fetch(proxy: int, url: str, *args: str) -> tuple[int, int]:
     """(status, body size) of one request through the forward proxy with curl."""
-    out, err, code = await curl("-x", f"http://127.0.0.1:{proxy}", "-o", "/dev/null",
+    out, _, _ = await curl("-x", f"http://127.0.0.1:{proxy}", "-o", "/dev/null",
                                 "-w", "%{http_code} %{size_download}", *args, url)
     status, size = out.decode().split()
     return int(status), int(size)
@@ -355,7 +355,7 @@ check = "none"
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--no-first-run", "--no-proxy-server", f"--user-data-dir={tmp_path / 'p'}",
              "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-            capture_output=True, text=True, timeout=60)
+            check=False, capture_output=True, text=True, timeout=60)
 
     result = await threads.deferToThread(browse)
     for _ in range(100):

@@ -34,10 +34,10 @@ _FORM_LIMIT = 8192
 class _NoTransport:
     """Stands in for an upstream transport: a form this small needs no backpressure."""
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
         pass
 
-    def unregisterProducer(self) -> None:  # noqa: N802
+    def unregisterProducer(self) -> None:
         pass
 
 

@@ -384,10 +384,10 @@ def _pool_table(pool: PoolStatus, admin: bool) -> str:
     rows = [
         f'<table class="pool" data-pool="{esc(pool.name)}">',
         f'<caption>{esc(pool.name)}<span class="sum">{summary}</span></caption>',
-        "<thead><tr><th class=\"name\">backend</th><th>state</th><th>for</th><th>down</th>"
-        "<th>active</th><th>requests</th><th>failures</th><th>connect fails</th>"
-        "<th>retries</th><th>redisp.</th><th>latency</th><th>weight</th>"
-        f"<th class=\"name\">last check</th>{admin_head}</tr></thead><tbody>",
+        ("<thead><tr><th class=\"name\">backend</th><th>state</th><th>for</th><th>down</th>"
+         "<th>active</th><th>requests</th><th>failures</th><th>connect fails</th>"
+         "<th>retries</th><th>redisp.</th><th>latency</th><th>weight</th>"
+         f"<th class=\"name\">last check</th>{admin_head}</tr></thead><tbody>"),
     ]
     for b in pool.backends:
         state = b.state if b.state in STATES else "down"
