@@ -195,3 +195,17 @@ def test_bad_tcp_status_listen_is_refused_before_listening() -> None:
     with pytest.raises(ConfigError, match="'nonsense:1' is not a server endpoint"):
         load('[[tcp]]\nlisten = "tcp:9000"\nbackends = ["tcp:host=h:port=1"]\n'
              'status_listen = "nonsense:1"')
+
+
+def test_a_long_check_message_is_cut_in_its_cell_and_whole_in_the_title() -> None:
+    from multiproxy.balancing import BackendStatus
+    from multiproxy.status import PoolStatus
+
+    message = "connection refused: " + "x" * 300
+    b = BackendStatus(name="b", state="down", weight=1, active=0, requests=0, failures=0,
+                      consecutive_failures=0, latency=None, last_latency=None,
+                      last_check=message)
+    page = render_html(StatusSnapshot("r", (PoolStatus("p", (b,)),), taken_at=0)).decode()
+    assert f'title="{message}"' in page
+    cell = page.split(f'title="{message}">', 1)[1].split("</td>", 1)[0]
+    assert len(cell) == 80 and cell.endswith("\u2026")

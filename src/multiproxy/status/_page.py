@@ -286,7 +286,7 @@ th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right;white-space:nowra
 th{background:#e8e8ee}
 tfoot td{background:#f0f0f4;font-weight:600}
 td.name,th.name,td.check{text-align:left}
-td.check{white-space:normal;max-width:22em;overflow-wrap:anywhere;font-size:.9em}
+td.check{white-space:normal;min-width:12em;max-width:24em;overflow-wrap:anywhere;font-size:.9em}
 tr.up td.state{background:#2e9e44;color:#fff;font-weight:600}
 tr.down td.state{background:#d33;color:#fff;font-weight:600}
 tr.ejected td.state,tr.draining td.state{background:#e0a000;color:#fff;font-weight:600}
@@ -403,7 +403,7 @@ def _pool_table(pool: PoolStatus, admin: bool) -> str:
             f"<td>{b.active}</td><td>{b.requests}</td><td>{b.failures}</td>"
             f"<td>{b.connect_failures}</td><td>{b.retries}</td><td>{b.redispatches}</td>"
             f"<td>{latency}</td><td>{b.weight}</td>"
-            f'<td class="check" title="{esc(check)}">{esc(check)}</td>'
+            f'<td class="check" title="{esc(check)}">{esc(_shortened(check))}</td>'
         )
         if admin:
             where = f"/admin?pool={quote(pool.name, safe='')}&amp;backend={quote(b.name, safe='')}"
@@ -426,6 +426,11 @@ def _pool_table(pool: PoolStatus, admin: bool) -> str:
         f'<td colspan="{span}"></td></tr></tfoot></table>'
     )
     return "\n".join(rows)
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """A long health-check message cut for its cell (the whole text is the cell's title)."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
 def _uptime(snapshot: StatusSnapshot) -> float | None:
