@@ -364,3 +364,36 @@ check = "none"
             break
         await pause()
     assert (one["state"], one["admin"]) == ("draining", "drain"), result.stderr[-1500:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_socks_status_counts_tunnels_and_bytes(backend, running):
+    port, status = free_port(), free_port()
+    running(f"""
+[log]
+access = false
+[[socks]]
+name = "sox"
+listen = "tcp:{port}:interface=127.0.0.1"
+status_listen = "tcp:{status}:interface=127.0.0.1"
+""")
+    sizes = []
+    for _ in range(2):
+        out, err, code = await curl("--socks5-hostname", f"127.0.0.1:{port}", "-o", "/dev/null",
+                                    "-w", "%{size_header} %{size_download}",
+                                    f"http://127.0.0.1:{backend.port}/bytes/500")
+        assert code == 0, err
+        sizes.append(tuple(int(n) for n in out.split()))
+    assert [body for _, body in sizes] == [500, 500]
+    for _ in range(100):
+        doc = await status_doc(status)
+        if doc["traffic"]["finished"] == 2 and doc["connections_open"] == 0:
+            break
+        await pause()
+    assert doc["kind"] == "socks" and doc["traffic"]["finished"] == 2
+    # A SOCKS tunnel carries the origin's response heads too.
+    assert doc["traffic"]["sent_bytes"] == sum(head + body for head, body in sizes)
+    out, _, _ = await curl(f"http://127.0.0.1:{status}/metrics")
+    m = metrics(out)
+    assert m[("multiproxy_sent_bytes_total", (("proxy", "sox"),))] == doc["traffic"]["sent_bytes"]
+    assert m[("multiproxy_client_connections", (("proxy", "sox"),))] == 0

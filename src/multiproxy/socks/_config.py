@@ -24,6 +24,7 @@ from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.policy._options import PolicyOptions
 from multiproxy.socks._proxy import SocksProxy, SocksSettings
+from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
 __all__ = [
     "DEFAULT_SOCKS_LISTEN",
@@ -44,6 +45,8 @@ class SocksConfig:
     name: str = "socks"
     listen: tuple[str, ...] = (DEFAULT_SOCKS_LISTEN,)
     settings: SocksSettings = SocksSettings()
+    status_listen: tuple[str, ...] = ()
+    """Listeners for the status page and metrics (docs/status.md)."""
 
 
 def _check(config: SocksConfig) -> SocksConfig:
@@ -51,7 +54,7 @@ def _check(config: SocksConfig) -> SocksConfig:
 
     if not config.listen:
         raise ConfigError(f"socks proxy {config.name!r}: no listener; give listen, e.g. tcp:1080")
-    for description in config.listen:
+    for description in config.listen + config.status_listen:
         try:
             serverFromString(MemoryReactor(), description)
         except (ValueError, KeyError, TypeError) as e:
@@ -76,7 +79,8 @@ def socks_config_from_table(reader: TableReader) -> SocksConfig:
         idle_timeout=reader.optional_number("idle_timeout")
         if reader.has("idle_timeout") else _SETTINGS.idle_timeout,
     )
-    return _check(SocksConfig(name, listen, settings))
+    status_listen = tuple(reader.strings("status_listen", []))
+    return _check(SocksConfig(name, listen, settings, status_listen))
 
 
 class SocksOptions(PolicyOptions, usage.Options):
@@ -102,6 +106,11 @@ class SocksOptions(PolicyOptions, usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["status-listen"] = []
+
+    def opt_status_listen(self, description: str) -> None:
+        """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
+        self["status-listen"].append(description)
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:1080:interface=127.0.0.1."""
@@ -121,6 +130,7 @@ class SocksOptions(PolicyOptions, usage.Options):
                 connect_timeout=self["connect-timeout"],
                 idle_timeout=self["idle-timeout"] or None,
             ),
+            status_listen=tuple(self["status-listen"]),
         )
         try:
             self.config = _check(config)
@@ -136,6 +146,9 @@ def make_socks_service(
 ) -> MultiService:
     """A service listening on every endpoint of ``config``."""
     config = _check(config)
+    counters = TrafficCounters() if config.status_listen else None
+    if counters is not None:
+        reporters = (*reporters, counters)
     factory = SocksProxy(reactor, name=config.name, policy=policy, reporters=reporters,
                          settings=config.settings)
     service = MultiService()
@@ -148,4 +161,10 @@ def make_socks_service(
         listener = StreamServerEndpointService(endpoint, factory)
         listener._raiseSynchronously = True  # a port in use stops start-up with its reason
         listener.setServiceParent(service)
+    if config.status_listen:
+        site = StatusSite(reactor, config.name, kind="socks", counters=counters,
+                          readings=lambda: [Reading(
+                              "connections_open", "multiproxy_client_connections", "gauge",
+                              "Client connections open now.", len(factory.connections))])
+        add_status_listeners(service, reactor, config.name, config.status_listen, site)
     return service
