@@ -19,6 +19,7 @@ PACKAGES = [
     "multiproxy.http",
     "multiproxy.policy",
     "multiproxy.reverse",
+    "multiproxy.status",
     "multiproxy.tcp",
 ]
 

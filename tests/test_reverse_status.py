@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from multiproxy.balancing import Backend, BackendPool, BackendStatus, RoundRobin
-from multiproxy.reverse._status import (
+from multiproxy.status import (
     HTML_TYPE,
     JSON_TYPE,
     PROMETHEUS_TYPE,
@@ -24,7 +24,7 @@ from multiproxy.reverse._status import (
     pool_status,
     render_html,
     render_json,
-    render_prometheus,
+    render_metrics,
     status_page,
 )
 
@@ -62,8 +62,10 @@ def test_json_has_every_backend_field_in_order() -> None:
     api = doc["pools"][0]
     assert api["up"] == 1 and api["balance"] == "roundrobin"
     assert api["backends"][0] == {
-        "name": "b1", "state": "up", "weight": 1, "active": 2, "requests": 100, "failures": 1,
-        "consecutive_failures": 0, "latency_ms": 3.25, "last_latency_ms": 3.25,
+        "name": "b1", "state": "up", "admin": "ready", "weight": 1, "active": 2,
+        "requests": 100, "failures": 1, "connect_failures": 0, "retries": 0,
+        "redispatches": 0, "consecutive_failures": 0, "latency_ms": 3.25,
+        "last_latency_ms": 3.25, "state_s": None, "downtime_s": 0.0,
         "last_check": "HTTP 200 in 2 ms",
     }
     assert api["backends"][1]["latency_ms"] is None
@@ -73,7 +75,7 @@ _SAMPLE = re.compile(r'^([a-z_]+)\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\} (\S+)$')
 
 
 def test_prometheus_exposition_is_well_formed() -> None:
-    text = render_prometheus(snapshot()).decode()
+    text = render_metrics(snapshot()).decode()
     assert text.endswith("\n")
     declared: dict[str, str] = {}
     samples = []
@@ -93,13 +95,17 @@ def test_prometheus_exposition_is_well_formed() -> None:
     assert declared["multiproxy_backend_requests_total"] == "counter"
     assert ("multiproxy_backend_up", 'proxy="web",pool="api",backend="b1"', "1") in samples
     assert ("multiproxy_backend_up", 'proxy="web",pool="api",backend="b2"', "0") in samples
-    assert ("multiproxy_backend_latency_milliseconds", 'proxy="web",pool="api",backend="b2"',
+    assert ("multiproxy_backend_latency_seconds", 'proxy="web",pool="api",backend="b2"',
             "NaN") in samples
+    assert ("multiproxy_backend_latency_seconds", 'proxy="web",pool="api",backend="b1"',
+            "0.00325") in samples
+    assert ("multiproxy_backend_state", 'proxy="web",pool="api",backend="b2",state="down"',
+            "1") in samples
     assert ("multiproxy_pool_backends_up", 'proxy="web",pool="api"', "1") in samples
 
 
 def test_prometheus_label_values_are_escaped() -> None:
-    text = render_prometheus(snapshot()).decode()
+    text = render_metrics(snapshot()).decode()
     assert 'pool="odd \\"name\\"\\n<x>"' in text
 
 
@@ -135,9 +141,9 @@ def test_pool_status_reads_a_backend_pool() -> None:
     assert [(x.name, x.state, x.requests, x.failures) for x in status.backends] == [
         ("127.0.0.1:9001", "up", 1, 0), ("127.0.0.1:9002", "ejected", 1, 1)]
     assert status.up == 1
-    text = render_prometheus(StatusSnapshot("web", (status,))).decode()
-    assert 'multiproxy_backend_latency_milliseconds{proxy="web",pool="api",' \
-        'backend="127.0.0.1:9001"} 4.0' in text
+    text = render_metrics(StatusSnapshot("web", (status,))).decode()
+    assert 'multiproxy_backend_latency_seconds{proxy="web",pool="api",' \
+        'backend="127.0.0.1:9001"} 0.004' in text
 
 
 def test_status_page_routes_paths_to_formats() -> None:

@@ -52,11 +52,26 @@ def _as_upstream_error(failure: Failure, name: str, timeout: float):
     if failure.check(UpstreamError):
         return failure
     if failure.check(defer.CancelledError, error.TimeoutError):
-        raise UpstreamError(f"timed out connecting to {name} after {timeout:g} s", 504)
+        raise UpstreamError(f"timed out connecting to {name} after {timeout:g} s", 504,
+                            "connect-timeout")
     if failure.check(error.DNSLookupError):
-        raise UpstreamError(f"cannot resolve host {name}", 502)
+        raise UpstreamError(f"cannot resolve host {name}", 502, "dns")
     if failure.check(error.ConnectionRefusedError):
-        raise UpstreamError(f"connection refused by {name}", 502)
+        raise UpstreamError(f"connection refused by {name}", 502, "connect-refused")
     if failure.check(error.ConnectError, OSError):
-        raise UpstreamError(f"cannot connect to {name}: {failure.getErrorMessage()}", 502)
+        raise UpstreamError(f"cannot connect to {name}: {failure.getErrorMessage()}", 502,
+                            "connect")
     return failure
+
+
+def connect_failure_kind(failure: Failure) -> str:
+    """The `UpstreamError` kind a failed connect counts as (``connect-refused``, ...)."""
+    if failure.check(UpstreamError):
+        return failure.value.kind
+    if failure.check(defer.CancelledError, error.TimeoutError):
+        return "connect-timeout"
+    if failure.check(error.DNSLookupError):
+        return "dns"
+    if failure.check(error.ConnectionRefusedError):
+        return "connect-refused"
+    return "connect"

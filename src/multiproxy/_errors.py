@@ -59,7 +59,10 @@ class UnsupportedFraming(ProtocolError):
 
 
 class UpstreamError(MultiproxyError):
-    """Reaching or talking to the upstream failed; `status` is what the client sees."""
+    """
+    Reaching or talking to the upstream failed; `status` is what the client
+    sees, `kind` one word for counting (one of `UPSTREAM_ERROR_KINDS`).
+    """
 
     status: int = 502
     retry_after: int | None = None
@@ -67,9 +70,17 @@ class UpstreamError(MultiproxyError):
     ended: str = "upstream-error"
     """How the access log says the exchange ended."""
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    def __init__(self, message: str, status: int = 502, kind: str = "error") -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
+
+
+UPSTREAM_ERROR_KINDS = (
+    "connect-refused", "connect-timeout", "dns", "connect", "tls", "response-timeout",
+    "stalled", "closed", "invalid-response", "error",
+)
+"""Kinds of `UpstreamError`: where reaching or talking to the upstream went wrong."""
 
 
 class PoolUnavailable(UpstreamError):

@@ -41,9 +41,7 @@ class ProxyService(MultiService):
 
     def add_listener(self, endpoint: Any, factory: Any = None) -> None:
         """Accept client connections on ``endpoint`` (stopped first on shutdown)."""
-        service = StreamServerEndpointService(endpoint, factory or self.factory)
-        # As strports.service does: a port that cannot be bound fails start-up.
-        service._raiseSynchronously = True  # type: ignore[attr-defined]
+        service = listening_service(endpoint, factory or self.factory)
         service.setServiceParent(self)
         self.listeners.append(service)
 
@@ -78,6 +76,14 @@ class ProxyService(MultiService):
         pool = getattr(self.factory, "pool", None)
         if pool is not None:
             pool.close_idle()
+
+
+def listening_service(endpoint: Any, factory: Any) -> StreamServerEndpointService:
+    """A service listening on ``endpoint`` with ``factory``; a port in use fails start-up."""
+    service = StreamServerEndpointService(endpoint, factory)
+    # As strports.service does: a port that cannot be bound fails start-up.
+    service._raiseSynchronously = True  # type: ignore[attr-defined]
+    return service
 
 
 def parse_listen(reactor: Any, description: str) -> Any:

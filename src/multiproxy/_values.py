@@ -117,3 +117,5 @@ class AccessRecord:
     cache: str | None = None
     ended: str = "ok"
     extra: dict[str, str] = field(default_factory=dict)
+    upstream_error: str | None = None
+    """The `UpstreamError` kind when the upstream failed (``connect-refused``, ...)."""

@@ -666,7 +666,7 @@ class CachingFetcher:
         if isinstance(error, UpstreamError):
             status = self.cache.unreachable_status(plan, error.status)
             if status != error.status:
-                error = UpstreamError(str(error), status)
+                error = UpstreamError(str(error), status, error.kind)
         else:
             error = UpstreamError(str(error), 502)
         sink.fail(error)

@@ -37,6 +37,7 @@ from multiproxy.http._config import (
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.policy._options import PolicyOptions
+from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 _TIMEOUTS = Timeouts()
@@ -59,6 +60,8 @@ class ForwardConfig:
     """The shared HTTP cache in front of the upstream side (``[forward.cache]``)."""
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
     """Seconds requests and tunnels in progress may take to finish on shutdown."""
+    status_listen: tuple[str, ...] = ()
+    """Listeners for the status page and metrics (never the proxy's own)."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -96,8 +99,9 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     timeouts = timeouts_from_table(reader)
     cache = cache_from_table(reader.table_of("cache"))
     shutdown = reader.number("shutdown_timeout", SHUTDOWN_TIMEOUT, minimum=0)
+    status_listen = listen_from_table(reader, "status_listen", [])
     return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache,
-                         shutdown_timeout=shutdown)
+                         shutdown_timeout=shutdown, status_listen=status_listen)
 
 
 def _tunnel_settings_from_table(reader: TableReader) -> dict:
@@ -154,10 +158,15 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, CacheTargetOptions, usage.
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["status-listen"] = []
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
         add_listen_option(self, "listen", description)
+
+    def opt_status_listen(self, description: str) -> None:
+        """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
+        add_listen_option(self, "status-listen", description)
 
     def postOptions(self) -> None:
         try:
@@ -213,6 +222,7 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, CacheTargetOptions, usage.
             ),
             cache=cache_from_options(self),
             shutdown_timeout=self["shutdown-timeout"],
+            status_listen=tuple(self["status-listen"]),
         )
 
 
@@ -243,6 +253,9 @@ def make_forward_service(
     A service listening on every endpoint of ``config``; with ``guard``,
     accepting pauses before the process runs out of file descriptors.
     """
+    counters = TrafficCounters() if config.status_listen else None
+    if counters is not None:
+        reporters = (*reporters, counters)
     factory = make_forward_proxy(config, reactor, reporters, policy)
     service = ProxyService(reactor, factory, config.shutdown_timeout)
     service.setName(config.name)
@@ -254,4 +267,20 @@ def make_forward_service(
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
         service.add_listener(endpoint)
+    if config.status_listen:
+        site = StatusSite(reactor, config.name, kind="forward", counters=counters,
+                          readings=lambda: forward_readings(factory))
+        add_status_listeners(service, reactor, config.name, config.status_listen, site)
     return service
+
+
+def forward_readings(factory: ForwardProxy) -> list[Reading]:
+    """What the forward proxy's status page reads live: connections and tunnels."""
+    return [
+        Reading("connections_open", "multiproxy_client_connections", "gauge",
+                "Client connections open now.", len(factory.connections)),
+        Reading("tunnels_open", "multiproxy_tunnels_open", "gauge",
+                "CONNECT tunnels relaying now.", factory.tunnels_open),
+        Reading("tunnels_total", "multiproxy_tunnels_total", "counter",
+                "CONNECT tunnels established since start.", factory.tunnels_opened),
+    ]

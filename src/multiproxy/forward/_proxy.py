@@ -150,6 +150,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
             return
         judged = judge(policy, intent, credentials)
+        judged.addCallback(_note_sign_in, exchange)
         judged.addCallback(self._judged, exchange, proceed)
         judged.addErrback(self._judge_failed, exchange)
 
@@ -251,6 +252,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         timeouts = self.factory.timeouts
 
         def ended(relay: Relay, how: str) -> None:
+            self.factory.tunnels_open -= 1
             record.ended = how
             record.bytes_from_client += relay.bytes_from_downstream
             record.bytes_to_client += relay.bytes_from_upstream
@@ -269,6 +271,8 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 return
             exchange.abort_fetch = None
             relay.on_end = ended
+            self.factory.tunnels_open += 1
+            self.factory.tunnels_opened += 1
             exchange.finished = True
             exchange.response_started = True
             record.status = 200
@@ -286,6 +290,8 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         def failed(failure):
             if not exchange.finished:
                 exchange.abort_fetch = None
+                record.ended = "upstream-error"
+                record.upstream_error = getattr(failure.value, "kind", "error")
                 exchange.respond_error(failure.value.status, str(failure.value))
 
         connecting.addCallbacks(opened, failed)
@@ -348,6 +354,15 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         return None
 
 
+def _note_sign_in(result: tuple[Intent, Decision], exchange: Exchange
+                  ) -> tuple[Intent, Decision]:
+    """Mark the record of a request whose proxy credentials were checked and refused."""
+    intent, _ = result
+    if intent.user is None:
+        exchange.record.extra["auth"] = "failed"
+    return result
+
+
 @lru_cache(maxsize=4096)
 def _host_value(scheme: str, host: str, port: int) -> bytes:
     """The Host field for an origin: ``host[:port]``, the port only if not the default."""
@@ -398,3 +413,7 @@ class ForwardProxy(HTTPProxyFactory):
         check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
                       reporters=self.reporters)
         self.settings = settings
+        self.tunnels_open = 0
+        """CONNECT tunnels relaying now."""
+        self.tunnels_opened = 0
+        """CONNECT tunnels established since start."""

@@ -142,7 +142,8 @@ class UpstreamConnection(Protocol):
             try:
                 event = reader.next_event()
             except ProtocolError as e:
-                self._fail(UpstreamError(f"invalid response from upstream: {e}", 502))
+                self._fail(UpstreamError(f"invalid response from upstream: {e}", 502,
+                                           "invalid-response"))
                 self.transport.abortConnection()
                 return
             kind = type(event)
@@ -154,7 +155,8 @@ class UpstreamConnection(Protocol):
                         # Upgrade is hop-by-hop and never sent from here: a
                         # switch nobody asked for (RFC 9110 15.2.2).
                         self._fail(UpstreamError(
-                            "upstream switched protocols (101) without being asked", 502))
+                            "upstream switched protocols (101) without being asked", 502,
+                            "invalid-response"))
                         self.transport.abortConnection()
                         return
                     self._sink.head(event, None)
@@ -227,11 +229,13 @@ class UpstreamConnection(Protocol):
             self.transport.loseConnection()
         elif kind == "response":
             seconds = self.pool.response_timeout
-            self._fail(UpstreamError(f"upstream sent no response within {seconds:g} s", 504))
+            self._fail(UpstreamError(f"upstream sent no response within {seconds:g} s", 504,
+                                     "response-timeout"))
             self.transport.abortConnection()
         else:
             seconds = self.pool.idle_timeout
-            self._fail(UpstreamError(f"upstream stalled for {seconds:g} s mid-response", 504))
+            self._fail(UpstreamError(f"upstream stalled for {seconds:g} s mid-response", 504,
+                                     "stalled"))
             self.transport.abortConnection()
 
     # -- end of the connection --------------------------------------------
@@ -254,10 +258,12 @@ class UpstreamConnection(Protocol):
                 message = "upstream closed the connection mid-response"
             else:
                 message = "upstream closed the connection without answering"
+            kind = "closed"
             tls = _tls_failure(reason)
             if tls is not None:
                 message = f"TLS handshake with the upstream failed: {tls}"
-            self._fail(UpstreamError(message, 502))
+                kind = "tls"
+            self._fail(UpstreamError(message, 502, kind))
 
 
 def _tls_failure(reason: Failure | None) -> str | None:

@@ -246,6 +246,7 @@ class Exchange:
     def fail(self, error: UpstreamError) -> None:
         if self.finished:
             return
+        self.record.upstream_error = getattr(error, "kind", "error")
         if not self.response_started:
             self.record.ended = error.ended
             self.respond_error(error.status, str(error), retry_after=error.retry_after)

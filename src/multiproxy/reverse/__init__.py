@@ -28,8 +28,7 @@ from multiproxy.reverse._service import (
     make_reverse_proxy,
     make_reverse_service,
 )
-from multiproxy.reverse._status import PoolStatus, StatusSnapshot, pool_status
-from multiproxy.reverse._statuslistener import StatusSite
+from multiproxy.status import PoolStatus, StatusSite, StatusSnapshot, pool_status
 
 __all__ = [
     "BackendConfig",

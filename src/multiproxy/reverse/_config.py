@@ -129,6 +129,8 @@ class ReverseConfig:
     @ivar hsts: the ``Strict-Transport-Security`` value added to responses
         sent over TLS, or None.
     @ivar status_listen: listeners for the status page (never the proxy's).
+    @ivar status_token: the token a POST to the status listener's ``/admin``
+        must carry to drain, maintain or ready a backend; None: no admin.
     @ivar shutdown_timeout: seconds in-flight requests get on shutdown.
     @ivar cache: the shared cache for routes with ``cache`` set (None: the
         defaults, if any route asks for it, with ``GATEWAY_TARGETS`` as the
@@ -147,6 +149,7 @@ class ReverseConfig:
     https_port: int = 443
     hsts: bytes | None = None
     status_listen: tuple[str, ...] = ()
+    status_token: str | None = None
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     shutdown_timeout: float = 30.0
@@ -196,6 +199,14 @@ def check_config(config: ReverseConfig) -> ReverseConfig:
         )
     if not config.routes:
         raise ConfigError(f"reverse proxy {config.name!r}: no route")
+    if config.status_token is not None:
+        problem = status_token_problem(config.status_token)
+        if problem:
+            raise ConfigError(f"reverse proxy {config.name!r}: status_token {problem}")
+        if not config.status_listen:
+            raise ConfigError(
+                f"reverse proxy {config.name!r}: status_token needs a status listener; "
+                f"add status_listen (--status-listen), e.g. tcp:8404:interface=127.0.0.1")
     cached = [r.name for r in config.routes if r.cache]
     if cached and config.cache is not None and not config.cache.enabled:
         raise ConfigError(
@@ -209,6 +220,15 @@ def check_config(config: ReverseConfig) -> ReverseConfig:
     return config
 
 
+def status_token_problem(token: str) -> str | None:
+    """What is wrong with an admin token (None when it will do)."""
+    if len(token) < 8:
+        return "is too short: use at least 8 characters"
+    if not token.isascii() or not token.isprintable() or " " in token:
+        return "must be printable ASCII without spaces"
+    return None
+
+
 # -- TOML ----------------------------------------------------------------------------------------
 
 
@@ -219,6 +239,11 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
                                [] if reader.has("tls_listen") else [DEFAULT_LISTEN])
     tls_listen = listen_from_table(reader, "tls_listen", [])
     status_listen = listen_from_table(reader, "status_listen", [])
+    status_token = reader.string("status_token", None)
+    if status_token is not None:
+        problem = status_token_problem(status_token)
+        if problem:
+            raise reader.error("status_token", problem)
     tls_table = reader.table_of("tls")
     tls = tls_from_table(tls_table) if tls_table.table else None
 
@@ -257,6 +282,7 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
         https_port=reader.integer("https_port", 443, minimum=1, maximum=65535),
         hsts=hsts,
         status_listen=status_listen,
+        status_token=status_token,
         limits=limits,
         timeouts=timeouts,
         shutdown_timeout=reader.number("shutdown_timeout", 30.0, minimum=0),
@@ -427,6 +453,8 @@ class ReverseOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCe
          "Seconds to wait for a backend's response head (504 after).", float],
         ["shutdown-timeout", None, 30.0,
          "Seconds in-flight requests may take to finish on shutdown.", float],
+        ["status-token", None, None,
+         "Token for admin actions (drain, maint, ready) by POST to the status listener's /admin."],
     ] + HTTP_CLIENT_OPT_PARAMETERS
 
     def __init__(self) -> None:
@@ -522,6 +550,7 @@ class ReverseOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCe
             https_port=self["https-port"],
             hsts=f"max-age={self['hsts']}".encode() if self["hsts"] else None,
             status_listen=tuple(self["status-listen"]),
+            status_token=self["status-token"],
             limits=Limits(max_body=self["max-body-size"] or None),
             timeouts=Timeouts(
                 header=self["header-timeout"] or None,

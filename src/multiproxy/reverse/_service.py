@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -33,7 +32,7 @@ from multiproxy.cache._fetcher import caching_fetcher_factory
 from multiproxy.http._exchange import IFetcher
 from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig
 from multiproxy.reverse._proxy import ReverseProxy
-from multiproxy.reverse._statuslistener import StatusSite
+from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
 log = Logger()
 
@@ -164,6 +163,9 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
     listens.  ``cache`` puts a given shared cache in front of the routes
     with ``cache`` set (default: one made from ``config.cache``).
     """
+    counters = TrafficCounters() if config.status_listen else None
+    if counters is not None:
+        reporters = (*reporters, counters)
     factory, pools, checkers = make_reverse_proxy(config, reactor, reporters, policy=policy,
                                                   cache=cache)
     server_tls = None
@@ -184,13 +186,16 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
     for checker in checkers:
         checker.setServiceParent(service)
     if config.status_listen:
-        site = StatusSite(reactor, config.name, lambda: list(pools.values()))
-        for description in config.status_listen:
-            status = StreamServerEndpointService(
-                _endpoint(reactor, config.name, "status_listen", description), site)
-            status._raiseSynchronously = True  # type: ignore[attr-defined]
-            status.setServiceParent(service)
+        site = StatusSite(reactor, config.name, lambda: list(pools.values()), kind="reverse",
+                          counters=counters, token=config.status_token,
+                          readings=lambda: _reverse_readings(factory))
+        add_status_listeners(service, reactor, config.name, config.status_listen, site)
     return service
+
+
+def _reverse_readings(factory: ReverseProxy) -> list[Reading]:
+    return [Reading("connections_open", "multiproxy_client_connections", "gauge",
+                    "Client connections open now.", len(factory.connections))]
 
 
 def _endpoint(reactor: Any, name: str, key: str, description: str) -> Any:

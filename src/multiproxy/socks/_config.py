@@ -29,6 +29,7 @@ from multiproxy._proxyservice import (
 from multiproxy._tablereader import TableReader
 from multiproxy.policy._options import PolicyOptions
 from multiproxy.socks._proxy import SocksProxy, SocksSettings
+from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
 __all__ = [
     "DEFAULT_SOCKS_LISTEN",
@@ -52,12 +53,14 @@ class SocksConfig:
     settings: SocksSettings = SocksSettings()
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
     """Seconds tunnels in progress may take to finish on shutdown."""
+    status_listen: tuple[str, ...] = ()
+    """Listeners for the status page and metrics (docs/status.md)."""
 
 
 def _check(config: SocksConfig) -> SocksConfig:
     if not config.listen:
         raise ConfigError(f"socks proxy {config.name!r}: no listener; give listen, e.g. tcp:1080")
-    for description in config.listen:
+    for description in config.listen + config.status_listen:
         try:
             check_listen(description)
         except ValueError as e:
@@ -82,7 +85,8 @@ def socks_config_from_table(reader: TableReader) -> SocksConfig:
         if reader.has("idle_timeout") else _SETTINGS.idle_timeout,
     )
     shutdown = reader.number("shutdown_timeout", SHUTDOWN_TIMEOUT, minimum=0)
-    return _check(SocksConfig(name, listen, settings, shutdown))
+    status_listen = listen_from_table(reader, "status_listen", [])
+    return _check(SocksConfig(name, listen, settings, shutdown, status_listen))
 
 
 class SocksOptions(AccessLogOptions, PolicyOptions, usage.Options):
@@ -110,6 +114,11 @@ class SocksOptions(AccessLogOptions, PolicyOptions, usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["status-listen"] = []
+
+    def opt_status_listen(self, description: str) -> None:
+        """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
+        add_listen_option(self, "status-listen", description)
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:1080:interface=127.0.0.1."""
@@ -132,6 +141,7 @@ class SocksOptions(AccessLogOptions, PolicyOptions, usage.Options):
                 idle_timeout=self["idle-timeout"] or None,
             ),
             shutdown_timeout=self["shutdown-timeout"],
+            status_listen=tuple(self["status-listen"]),
         )
         try:
             self.config = _check(config)
@@ -147,6 +157,9 @@ def make_socks_service(
 ) -> ProxyService:
     """A service listening on every endpoint of ``config``; stopping it is graceful."""
     config = _check(config)
+    counters = TrafficCounters() if config.status_listen else None
+    if counters is not None:
+        reporters = (*reporters, counters)
     factory = SocksProxy(reactor, name=config.name, policy=policy, reporters=reporters,
                          settings=config.settings)
     service = ProxyService(reactor, factory, config.shutdown_timeout)
@@ -156,4 +169,10 @@ def make_socks_service(
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
         service.add_listener(endpoint)
+    if config.status_listen:
+        site = StatusSite(reactor, config.name, kind="socks", counters=counters,
+                          readings=lambda: [Reading(
+                              "connections_open", "multiproxy_client_connections", "gauge",
+                              "Client connections open now.", len(factory.connections))])
+        add_status_listeners(service, reactor, config.name, config.status_listen, site)
     return service

@@ -46,6 +46,7 @@ from multiproxy.balancing import (
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.balancing._options import HealthOptions
 from multiproxy.policy._options import ClientPolicyOptions
+from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 from multiproxy.tcp._haproxy import proxy_header_endpoint
 from multiproxy.tcp._proxy import TCPRelayFactory, TCPSettings
 
@@ -108,6 +109,7 @@ class TCPConfig:
         terminate TLS with their own certificate).
     @ivar tls_listen: listeners that terminate TLS with the SNI-chosen
         certificates of ``tls`` (after the PROXY header, with ``haproxy:``).
+    @ivar status_listen: listeners for the status page and metrics.
     """
 
     name: str = "tcp"
@@ -118,6 +120,7 @@ class TCPConfig:
     balance: str = "roundrobin"
     settings: TCPSettings = TCPSettings()
     health: HealthConfig = HealthConfig()
+    status_listen: tuple[str, ...] = ()
     shutdown_timeout: float = 10.0
 
 
@@ -147,7 +150,7 @@ def check_tcp_config(config: TCPConfig) -> TCPConfig:
         balancer_from_name(config.balance)
     except ValueError as e:
         raise ConfigError(f"{where}: balance: {e}") from None
-    for description in config.listen + config.tls_listen:
+    for description in config.listen + config.tls_listen + config.status_listen:
         _check_server_description(description, where)
     for backend in config.backends:
         _check_client_description(backend.address, where)
@@ -233,9 +236,11 @@ def tcp_config_from_table(reader: TableReader) -> TCPConfig:
     health_table = reader.table_of("health")
     health = health_from_table(health_table)
     shutdown = reader.number("shutdown_timeout", 10.0, minimum=0)
+    status_listen = listen_from_table(reader, "status_listen", [])
     config = TCPConfig(
         name=name, listen=listen, tls_listen=tls_listen, tls=tls, backends=backends,
         balance=balance, settings=settings, health=health, shutdown_timeout=shutdown,
+        status_listen=status_listen,
     )
     return check_tcp_config(config)
 
@@ -321,6 +326,11 @@ class TCPOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCertif
         self["listen"] = []
         self["tls-listen"] = []
         self["backend"] = []
+        self["status-listen"] = []
+
+    def opt_status_listen(self, description: str) -> None:
+        """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
+        add_listen_option(self, "status-listen", description)
 
     def opt_listen(self, description: str) -> None:
         """Listener (repeatable), a Twisted server endpoint: tcp:9000:interface=127.0.0.1."""
@@ -370,6 +380,7 @@ class TCPOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCertif
             ),
             health=health,
             shutdown_timeout=self["shutdown-timeout"],
+            status_listen=tuple(self["status-listen"]),
         )
         try:
             self.config = check_tcp_config(config)
@@ -410,6 +421,9 @@ def make_tcp_service(
         max_failures=health.max_failures, backoff=health.backoff,
         max_backoff=health.max_backoff,
     )
+    counters = TrafficCounters() if config.status_listen else None
+    if counters is not None:
+        reporters = (*reporters, counters)
     factory = TCPRelayFactory(
         reactor, pool, name=config.name, policy=policy, reporters=reporters,
         settings=config.settings,
@@ -438,4 +452,18 @@ def make_tcp_service(
             reactor, backends, check, interval=health.interval, timeout=health.timeout,
             rise=health.rise, fall=health.fall,
         ).setServiceParent(service)
+    if config.status_listen:
+        site = StatusSite(reactor, config.name, lambda: (pool,), kind="tcp", counters=counters,
+                          readings=lambda: tcp_readings(factory))
+        add_status_listeners(service, reactor, config.name, config.status_listen, site)
     return service
+
+
+def tcp_readings(factory: TCPRelayFactory) -> list[Reading]:
+    """What the TCP relay's status page reads live: connections open and accepted."""
+    return [
+        Reading("connections_open", "multiproxy_client_connections", "gauge",
+                "Client connections open now.", len(factory.connections)),
+        Reading("connections_total", "multiproxy_connections_total", "counter",
+                "Client connections accepted since start.", factory.accepted),
+    ]

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._connect import connect_failure_kind
 from multiproxy._contract import AllowAll, check_plugins, report_all
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
@@ -92,10 +93,12 @@ class TCPRelayProtocol(RelayServerProtocol):
         self._ip_addresses: tuple[tuple[str, int], tuple[str, int]] | None = None
         self._release_slot: Any = None
         self._header_wrapper: Any = None
+        self.upstream_error: str | None = None
 
     def connectionMade(self) -> None:
         self.started_at = self.reactor.seconds()
         self.factory.connections.add(self)
+        self.factory.accepted += 1
         super().connectionMade()
 
     def start_relay(self, relay: Relay) -> None:
@@ -200,6 +203,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         )
         if self.relay.ended is not None:
             return
+        self.upstream_error = connect_failure_kind(failure)
         if len(self.tried) <= self.factory.settings.retries:
             self._failed = backend
             self._try_next()
@@ -241,6 +245,7 @@ class TCPRelayProtocol(RelayServerProtocol):
             duration=max(0.0, self.reactor.seconds() - self.started_at),
             rule=self.decision.rule if self.decision is not None else None,
             ended=ended,
+            upstream_error=self.upstream_error if ended == "connect-failed" else None,
         )
         report_all(self.factory.reporters, record)
 
@@ -275,6 +280,8 @@ class TCPRelayFactory(Factory):
                       reporters=self.reporters)
         self.settings = settings
         self.connections: set[TCPRelayProtocol] = set()
+        self.accepted = 0
+        """Client connections accepted since start."""
 
     def buildProtocol(self, addr: Any) -> TCPRelayProtocol:
         protocol = TCPRelayProtocol(self)
