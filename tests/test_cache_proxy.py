@@ -6,6 +6,7 @@ http.client) against a local origin whose responses set the headers under test.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 
@@ -16,6 +17,7 @@ from loopback import curl, http_client_request
 from twisted.internet import defer, reactor, task, threads
 from twisted.web import resource, server
 
+from multiproxy._accesslog import format_record_json
 from multiproxy.cache import CacheConfig, DiskStore, SharedCache
 from multiproxy.cache._fetcher import CachingFetcher, caching_fetcher_factory
 
@@ -148,6 +150,26 @@ async def test_second_request_is_a_hit_with_age_and_logged(cached_proxy, scripte
     assert b"\r\nage: " in out2.lower()
     assert scripted.count("a") == 1
     assert [r.cache for r in reporter.records] == ["MISS", "HIT"]
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_reporters_see_upstream_bytes_for_a_fetch_and_none_for_a_hit(
+    cached_proxy, scripted, reporter
+):
+    body = b"b" * 1000
+    scripted.routes["b"] = (200, [("Cache-Control", "max-age=3600")], body, 0)
+    port, _ = cached_proxy()
+    for _ in range(2):
+        out, err, code = await curl("-x", f"http://127.0.0.1:{port}", url(scripted, "b"))
+        assert (code, out) == (0, body), err
+    fetched, hit = (json.loads(format_record_json(r)) for r in reporter.records)
+    assert (fetched["cache"], hit["cache"]) == ("MISS", "HIT")
+    # The origin's head and body as they came off the socket, the request as sent.
+    assert len(body) < fetched["upstream_bytes_received"] < len(body) + 400
+    assert fetched["upstream_bytes_sent"] > len(b"GET /b HTTP/1.1\r\nHost: \r\n\r\n")
+    assert hit["upstream_bytes_received"] == hit["upstream_bytes_sent"] == 0
+    assert hit["bytes_sent"] == fetched["bytes_sent"] == len(body)
 
 
 @pytest_twisted.ensureDeferred

@@ -44,6 +44,9 @@ async def test_curl_https_through_connect_tunnel(start_forward, tls_origin, repo
     # Both requests went through one tunnel; the record shows bytes both ways.
     assert len(tunnel) == 1 or all(r.status == 200 for r in tunnel)
     assert tunnel[0].status == 200 and tunnel[0].bytes_to_client > 107
+    # The relay's bytes are the upstream's too: what the origin sent, and what it was sent.
+    assert 107 < tunnel[0].bytes_from_upstream <= tunnel[0].bytes_to_client
+    assert 0 < tunnel[0].bytes_to_upstream <= tunnel[0].bytes_from_client
 
 
 @pytest_twisted.ensureDeferred
@@ -58,12 +61,19 @@ async def test_connect_to_port_not_allowed_gets_403(forward, tls_origin):
 
 
 @pytest_twisted.ensureDeferred
-async def test_connect_to_refused_port_gets_502(start_forward):
+async def test_connect_to_refused_port_gets_502_logged_as_an_upstream_error(
+    start_forward, reporter
+):
     proxy, _ = start_forward(settings=ForwardSettings(connect_ports=frozenset({1})))
     answer = await raw_exchange(
         proxy, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: close\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 502 ")
+    # Logged as an upstream error, as a GET to the same port is.
+    await wait_for(lambda: reporter.records)
+    [record] = reporter.records
+    assert (record.kind, record.status, record.ended) == ("connect", 502, "upstream-error")
+    assert record.upstream_error and record.extra["reason"]
 
 
 @pytest_twisted.ensureDeferred

@@ -128,7 +128,7 @@ async def test_sni_must_match_refuses_domain_fronting(start_forward, tls_origin,
     assert code != 0 and b"hello over tls" not in out
     record = await tunnel_record(reporter)
     assert record.ended == "denied"
-    assert "not the CONNECT host" in record.extra["error"]
+    assert "not the CONNECT host" in record.extra["reason"]
 
 
 @pytest_twisted.ensureDeferred
@@ -163,7 +163,7 @@ async def test_non_tls_tunnel_is_closed_when_denied(start_forward, echo_origin, 
     assert b"PLAIN" not in answer
     record = await tunnel_record(reporter)
     assert record.ended == "denied"
-    assert record.extra["error"] == "the tunnel does not start with TLS"
+    assert record.extra["reason"] == "the tunnel does not start with TLS"
 
 
 @pytest_twisted.ensureDeferred

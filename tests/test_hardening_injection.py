@@ -31,6 +31,7 @@ COMBINED = re.compile(
     r"(?P<host>\S+) - (?P<user>\S+) \[[^\]]+\] (?P<request>" + _QUOTED + r") "
     r"(?P<status>\d{3}|-) (?P<size>\d+|-) (?P<referer>" + _QUOTED + r") (?P<agent>" + _QUOTED + r")"
     r" rt=\S+ up=\S+ cache=\S+ rule=\S+ end=\S+( in=\d+)?( sni=\S+( alpn=\S+)?)?"
+    r"( reason=" + _QUOTED + ")?"
 )
 
 
@@ -146,6 +147,41 @@ async def test_access_log_lines_stay_one_line_each_for_hostile_requests(
     # The forged quote is escaped, so "forged" stays inside the agent field.
     assert any("forged" in agent for agent in agents)
     assert b'"forged' not in text
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_requests_are_logged_with_their_request_line_and_reason(
+    start_forward, recorder, tmp_path
+):
+    from twisted.internet import reactor
+
+    path = tmp_path / "access.log"
+    log = AccessLog(reactor, str(path))
+    port, _ = start_forward(chooser=to_recorder(recorder), reporters=(log,))
+    refused = [
+        b"GET http://origin.test/two HTTP/1.1\r\nHost: origin.test\r\nHost: other.test\r\n\r\n",
+        b"POST http://origin.test/both HTTP/1.1\r\nHost: origin.test\r\n"
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET http://origin.test/cr HTTP/1.1\r\nHost: origin.test\r\nX: a\rb\r\n\r\n",
+        b"GET /no-line\x01 HTTP/1.1\r\nHost: origin.test\r\n\r\n",
+    ]
+    for data in refused:
+        answer = await raw_exchange(port, data, timeout=5)
+        assert status_of(answer) == 400
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(refused)
+    for line in lines:
+        assert COMBINED.fullmatch(line), line
+    assert lines[0].split("] ", 1)[1].startswith('"GET http://origin.test/two HTTP/1.1" 400 ')
+    assert lines[0].endswith(' end=bad-request reason="more than one Host header field"')
+    assert '"POST http://origin.test/both HTTP/1.1" 400 ' in lines[1]
+    assert 'reason="both Content-Length and Transfer-Encoding in a request"' in lines[1]
+    assert '"GET http://origin.test/cr HTTP/1.1" 400 ' in lines[2]
+    assert 'reason="bare CR in the header section"' in lines[2]
+    # No valid request line: nothing of it is claimed, the reason still is.
+    assert '"- - HTTP/1.1" 400 ' in lines[3] and " end=bad-request reason=" in lines[3]
 
 
 _TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=40)

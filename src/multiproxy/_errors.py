@@ -18,10 +18,15 @@ class ConfigError(MultiproxyError):
 
 
 class ProtocolError(MultiproxyError):
-    """A peer broke the HTTP/1.x grammar or a limit; `status` is what to answer."""
+    """
+    A peer broke the HTTP/1.x grammar or a limit; `status` is what to answer.
+    ``request_line`` is the (method, target, version) of a request refused
+    after its request line was read, else None.
+    """
 
     status: int = 400
     reason: bytes = b"Bad Request"
+    request_line: tuple[bytes, bytes, bytes] | None = None
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)

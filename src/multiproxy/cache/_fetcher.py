@@ -650,7 +650,8 @@ class CachingFetcher:
         background = self.cache.background_plan(plan)
         head = RequestHead(b"GET", request.head.target, request.head.version, request.head.headers)
         self._forward(
-            replace(request, head=head, body=None),
+            # The client's record is answered already: this fetch is the cache's.
+            replace(request, head=head, body=None, record=None),
             background,
             None,
             None,

@@ -222,8 +222,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         headers = self.request_headers(
             exchange, intent, _host_value(intent.scheme, intent.host, intent.port)
         )
-        exchange.forward(ForwardedRequest(  # intent, upstream, head, body
-            intent, upstream, RequestHead(head.method, path, b"HTTP/1.1", headers), exchange.body
+        exchange.forward(ForwardedRequest(  # intent, upstream, head, body, record
+            intent, upstream, RequestHead(head.method, path, b"HTTP/1.1", headers), exchange.body,
+            exchange.record,
         ))
 
     # -- CONNECT tunnels ---------------------------------------------------
@@ -256,6 +257,8 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             record.ended = how
             record.bytes_from_client += relay.bytes_from_downstream
             record.bytes_to_client += relay.bytes_from_upstream
+            record.bytes_to_upstream += relay.bytes_from_downstream
+            record.bytes_from_upstream += relay.bytes_from_upstream
             self.report(exchange)
 
         reactor = self.factory.reactor
@@ -325,8 +328,8 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         if not isinstance(answer, ClientHello):
             record.extra["sni"] = "-"
             if settings.non_tls == "deny":
-                record.extra["error"] = "the tunnel does not start with TLS"
-                return record.extra["error"]
+                record.extra["reason"] = "the tunnel does not start with TLS"
+                return record.extra["reason"]
             return None
         name = answer.server_name
         record.extra["sni"] = name or "-"
@@ -337,11 +340,11 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         try:
             name = normalise_host(name)
         except ValueError as e:
-            record.extra["error"] = f"bad SNI name: {e}"
-            return record.extra["error"]
+            record.extra["reason"] = f"bad SNI name: {e}"
+            return record.extra["reason"]
         if settings.sni_must_match and name != intent.host:
-            record.extra["error"] = f"SNI name {name} is not the CONNECT host {intent.host}"
-            return record.extra["error"]
+            record.extra["reason"] = f"SNI name {name} is not the CONNECT host {intent.host}"
+            return record.extra["reason"]
         if name == intent.host:
             return None  # already judged
         decision = self.factory.policy.decide(
@@ -349,8 +352,8 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         )
         if decision.action != "allow":
             record.rule = decision.rule
-            record.extra["error"] = f"SNI name {name} is denied by the policy"
-            return record.extra["error"]
+            record.extra["reason"] = f"SNI name {name} is denied by the policy"
+            return record.extra["reason"]
         return None
 
 

@@ -12,6 +12,7 @@ nothing (such as a cache) stands in front of the upstream.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
@@ -36,6 +37,9 @@ from multiproxy.http._parser import (
 )
 from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, request_head_bytes
 
+if TYPE_CHECKING:
+    from multiproxy._values import AccessRecord
+
 log = Logger()
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -52,6 +56,7 @@ class UpstreamConnection(Protocol):
         self._reader = ResponseReader(pool.limits)
         self._request: ForwardedRequest | None = None
         self._sink: IResponseSink | None = None
+        self._record: AccessRecord | None = None  # the request's, counting the bytes
         self._on_stale: Callable[[], None] | None = None
         self._got_response = False
         self._in_body = False  # the final response head has come, its body not all
@@ -95,9 +100,13 @@ class UpstreamConnection(Protocol):
                 headers.add(b"Transfer-Encoding", b"chunked")
             else:
                 headers.add(b"Content-Length", b"%d" % (body.length or 0,))
-        rest = send_now(self.transport, request_head_bytes(head.method, head.target, headers))
+        head_bytes = request_head_bytes(head.method, head.target, headers)
+        rest = send_now(self.transport, head_bytes)
         if rest:
             self.transport.write(rest)
+        self._record = record = request.record
+        if record is not None:
+            record.bytes_to_upstream += len(head_bytes)
         self._body_sent = body is None
         self._deadline.set("response", self.pool.response_timeout)
         if body is not None:
@@ -105,13 +114,16 @@ class UpstreamConnection(Protocol):
 
     def body_data(self, data: bytes) -> None:
         if self._request is not None and self._request.body.chunked:
-            self.transport.write(chunk_bytes(data))
-        else:
-            self.transport.write(data)
+            data = chunk_bytes(data)
+        self.transport.write(data)
+        if self._record is not None:
+            self._record.bytes_to_upstream += len(data)
 
     def body_end(self) -> None:
         if self._request is not None and self._request.body.chunked:
             self.transport.write(LAST_CHUNK)
+            if self._record is not None:
+                self._record.bytes_to_upstream += len(LAST_CHUNK)
         self._body_sent = True
         if self._request is None:
             self._maybe_idle()
@@ -133,6 +145,8 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
             return
         self._got_response = True
+        if self._record is not None:
+            self._record.bytes_from_upstream += len(data)
         self._reader.feed(data)
         self._pump()
 

@@ -21,7 +21,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IPushProducer
 
-    from multiproxy._values import Intent
+    from multiproxy._values import AccessRecord, Intent
     from multiproxy.http._parser import RequestHead
 
 
@@ -92,20 +92,26 @@ class ForwardedRequest:
     ``head`` is what will be sent: origin-form target, end-to-end headers
     already rewritten by the proxy (framing fields are derived from ``body``).
     ``upstream`` is an `IUpstream`; ``body`` is None when the request has no
-    content.
+    content.  ``record``, when given, is the `AccessRecord` whose
+    ``bytes_to_upstream`` and ``bytes_from_upstream`` the upstream connection
+    adds the bytes it really sends and receives to (none for an answer from
+    the cache; heads and framing included).
     """
 
     intent: Intent
     upstream: object
     head: RequestHead
     body: RequestBody | None = None
+    record: AccessRecord | None = None
 
     def __init__(
-        self, intent: Intent, upstream: object, head: RequestHead, body: RequestBody | None = None
+        self, intent: Intent, upstream: object, head: RequestHead,
+        body: RequestBody | None = None, record: AccessRecord | None = None,
     ) -> None:
-        # Made for every request: one update instead of the four
+        # Made for every request: one update instead of the five
         # object.__setattr__ calls of a generated frozen __init__ (as Intent).
-        self.__dict__.update(intent=intent, upstream=upstream, head=head, body=body)
+        self.__dict__.update(intent=intent, upstream=upstream, head=head, body=body,
+                             record=record)
 
     @property
     def idempotent(self) -> bool:

@@ -888,18 +888,31 @@ class RequestReader(_Reader):
     _start_line_too_long = TargetTooLong
 
     def _head_event(self, lines: list[bytes]) -> Event:
-        limits = self.limits
         start = lines[0]
         del lines[0]
         match = _REQUEST_LINE_RE.fullmatch(start)
-        lower = _cached_names(lines, limits)
-        if match is None or lower is None:
-            # A matching request line and cached field lines are clean;
-            # anything else gets its bytes checked first.
+        if match is None:
             _check_head(start, lines)
-            if match is None:
-                raise _bad_request_line(start)
+            raise _bad_request_line(start)
         method, target, minor = match.groups()
+        # RFC 9110 2.5: a higher minor version is handled as the highest we implement.
+        version = b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
+        try:
+            return self._request_head(start, method, target, version, lines)
+        except ProtocolError as e:
+            # The access log shows what the client asked for, and why it was refused.
+            e.request_line = (method, target, version)
+            raise
+
+    def _request_head(
+        self, start: bytes, method: bytes, target: bytes, version: bytes, lines: list[bytes]
+    ) -> Event:
+        """The head of a request whose request line matched: fields and framing checked."""
+        limits = self.limits
+        lower = _cached_names(lines, limits)
+        if lower is None:
+            # Cached field lines are clean; anything else gets its bytes checked first.
+            _check_head(start, lines)
         if b"\\" in target and b"\\" in target.partition(b"?")[0]:
             # Browsers turn "\\" into "/" in a path and never send it; some
             # servers do the same, so a path with one would reach a backend
@@ -907,8 +920,6 @@ class RequestReader(_Reader):
             raise ProtocolError(
                 f"backslash in the request path {_show(target)} (send / or %5C)"
             )
-        # RFC 9110 2.5: a higher minor version is handled as the highest we implement.
-        version = b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
         if lower is None:
             pairs, lower = _parse_fields(lines, limits)
         else:

@@ -309,7 +309,7 @@ class Exchange:
             headers.add(b"Allow", self.protocol.allowed_methods)
         if retry_after is not None:
             headers.add(b"Retry-After", b"%d" % retry_after)
-        self.record.extra.setdefault("error", message)
+        self.record.extra.setdefault("reason", message)
         self.respond(status, headers, body, close=close)
 
     # -- internals -------------------------------------------------------
@@ -663,6 +663,9 @@ class HTTPServerProtocol(Protocol):
                     started=self.factory.reactor.seconds(),
                     client_host=self._peer_host, client_port=self._peer_port,
                 )
+                if error.request_line is not None:
+                    record.method, record.target, record.version = (
+                        part.decode("latin-1") for part in error.request_line)
                 exchange = Exchange(self, _BAD_REQUEST_HEAD, record)
                 self.exchange = exchange
             else:

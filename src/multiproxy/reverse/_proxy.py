@@ -268,6 +268,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             upstream=backend,
             head=RequestHead(head.method, match.target, b"HTTP/1.1", headers),
             body=exchange.body,
+            record=exchange.record,
             pool=pool,
             rewrite_host=match.route.host_header == "backend" or host_value is None,
         )
@@ -277,7 +278,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
         exchange.record.ended = "no-backend"
         retry = pool.retry_after()
         body = f"503 Service Unavailable: no healthy backend in pool {pool.name}\n".encode()
-        exchange.record.extra.setdefault("error", f"no healthy backend in pool {pool.name}")
+        exchange.record.extra.setdefault("reason", f"no healthy backend in pool {pool.name}")
         exchange.respond(503, Headers([
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Cache-Control", b"no-store"),

@@ -161,6 +161,8 @@ class _Upgrade:
         record.ended = "websocket-" + how
         record.bytes_from_client += relay.bytes_from_downstream
         record.bytes_to_client += relay.bytes_from_upstream
+        record.bytes_to_upstream += relay.bytes_from_downstream
+        record.bytes_from_upstream += relay.bytes_from_upstream
         self._settle(how != "error")
         self.protocol.report(self.exchange)
 
@@ -200,7 +202,9 @@ class _UpgradeUpstream(Protocol):
 
     def send(self, head: RequestHead, timeout: float | None) -> None:
         self.reader.expect(head.method)
-        self.transport.write(request_head_bytes(head.method, head.target, head.headers))
+        head_bytes = request_head_bytes(head.method, head.target, head.headers)
+        self.transport.write(head_bytes)
+        self.upgrade.exchange.record.bytes_to_upstream += len(head_bytes)
         if timeout:
             self._timer = self.upgrade.reactor.callLater(timeout, self._timed_out)
 
@@ -208,7 +212,10 @@ class _UpgradeUpstream(Protocol):
         """From now on this connection belongs to ``relay``; returns bytes already read."""
         self.relay = relay
         self.done = True
-        return self.reader.take_buffered()
+        leftover = self.reader.take_buffered()
+        # Counted again by the relay, which is given them.
+        self.upgrade.exchange.record.bytes_from_upstream -= len(leftover)
+        return leftover
 
     def close(self) -> None:
         self.done = True
@@ -235,6 +242,7 @@ class _UpgradeUpstream(Protocol):
         if self.done:
             return
         self.got_bytes = True
+        self.upgrade.exchange.record.bytes_from_upstream += len(data)
         self.reader.feed(data)
         self._pump()
 
