@@ -207,13 +207,21 @@ async def test_killed_backend_no_idempotent_client_sees_an_error(backends, proxi
 
 
 @pytest_twisted.ensureDeferred
-async def test_refused_connect_is_retried_on_another_backend_even_for_post(backends, proxies):
+async def test_refused_connect_is_retried_on_another_backend_even_for_post(
+    backends, proxies, reporter
+):
     dead = NamedBackend("dead")
     port = dead.start()
     await dead.stop()
-    proxy = proxies({"web": make_pool("web", [port, backends[0].port])})
+    pool = make_pool("web", [port, backends[0].port])
+    proxy = proxies({"web": pool})
     answers = await fetch_many(proxy.port, ["/echo"] * 4, method="POST", body=b"payload")
     assert [(s, body) for s, _, body in answers] == [(200, b"payload")] * 4
+    # Each line names the backend that answered, not the one that refused first.
+    assert [r.upstream for r in reporter.records] == ["web-1"] * 4
+    refused, answered = pool.backends
+    assert answered.responses == {"2xx": 4} and answered.bytes_out > 4 * len(b"payload")
+    assert (refused.responses, refused.bytes_in, refused.connect_failures) == ({}, 0, 2)
 
 
 @pytest_twisted.ensureDeferred

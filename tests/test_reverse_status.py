@@ -66,7 +66,8 @@ def test_json_has_every_backend_field_in_order() -> None:
         "requests": 100, "failures": 1, "connect_failures": 0, "retries": 0,
         "redispatches": 0, "consecutive_failures": 0, "latency_ms": 3.25,
         "last_latency_ms": 3.25, "state_s": None, "downtime_s": 0.0,
-        "last_check": "HTTP 200 in 2 ms",
+        "bytes_in": 0, "bytes_out": 0, "responses": {}, "session_rate": 0.0,
+        "session_rate_max": 0.0, "last_check": "HTTP 200 in 2 ms",
     }
     assert api["backends"][1]["latency_ms"] is None
 

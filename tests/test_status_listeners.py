@@ -228,7 +228,11 @@ check = "none"
     assert doc["connections_total"] == 2 and doc["connections_open"] == 0
     assert doc["traffic"]["received_bytes"] == 2 * len(request)
     assert doc["traffic"]["sent_bytes"] == sum(len(r) for r in replies)
-    assert doc["pools"][0]["backends"][0]["requests"] == 2
+    relayed = doc["pools"][0]["backends"][0]
+    assert relayed["requests"] == 2
+    assert (relayed["bytes_in"], relayed["bytes_out"]) == (2 * len(request),
+                                                           sum(len(r) for r in replies))
+    assert relayed["responses"] == {}  # no HTTP status for a relayed connection
 
     out, _, _ = await curl(f"http://127.0.0.1:{status}/metrics")
     m = metrics(out)
@@ -315,6 +319,56 @@ check = "none"
         assert b"s3cret-token" not in page
     finally:
         await other.stop()
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_reverse_status_shows_per_backend_bytes_responses_and_session_rates(
+    backend, running
+):
+    port, status = free_port(), free_port()
+    running(f"""
+[log]
+access = false
+[[reverse]]
+name = "site"
+listen = "tcp:{port}:interface=127.0.0.1"
+status_listen = "tcp:{status}:interface=127.0.0.1"
+backends = [{{ url = "http://127.0.0.1:{backend.port}", name = "one" }}]
+[reverse.health]
+check = "none"
+""")
+    urls = [f"http://127.0.0.1:{port}/bytes/5000"] * 3 + [f"http://127.0.0.1:{port}/status/404"]
+    out, err, code = await curl("-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+                                "-o", "/dev/null", *urls)
+    assert code == 0, err
+    # Past one sampling interval the rates have been read at least twice.
+    await task.deferLater(reactor, 1.3, lambda: None)
+    doc = await status_doc(status)
+    one = doc["pools"][0]["backends"][0]
+    assert one["responses"] == {"2xx": 3, "4xx": 1}
+    # Heads included: more than the bodies the backend sent, a head per request sent to it.
+    assert 3 * 5000 < one["bytes_out"] < 3 * 5000 + 4 * 400
+    assert 4 * len(b"GET /bytes/5000 HTTP/1.1\r\n\r\n") < one["bytes_in"] < 4 * 600
+    # Four requests in about a second, whichever side of a sample they fell.
+    assert 1 <= one["session_rate_max"] <= 4.5 and one["session_rate"] <= one["session_rate_max"]
+    assert 1 <= doc["session_rate_max"] <= 4.5
+
+    out, _, _ = await curl(f"http://127.0.0.1:{status}/metrics")
+    m = metrics(out)
+    labels = (("backend", "one"), ("pool", "default"), ("proxy", "site"))
+    by_class = {dict(k[1])["class"]: v for k, v in m.items()
+                if k[0] == "multiproxy_backend_responses_total"}
+    assert by_class == {"2xx": 3, "4xx": 1}
+    assert m[("multiproxy_backend_received_bytes_total", labels)] == one["bytes_out"]
+    assert m[("multiproxy_backend_sent_bytes_total", labels)] == one["bytes_in"]
+    assert m[("multiproxy_backend_session_rate_max", labels)] >= 1
+    assert m[("multiproxy_session_rate_max", (("proxy", "site"),))] >= 1
+
+    page, _, _ = await curl(f"http://127.0.0.1:{status}/")
+    for column in (b"<th>max rate</th>", b"<th>2xx</th>", b"<th>5xx</th>", b"<th>bytes out</th>"):
+        assert column in page
+    assert f'title="{one["bytes_out"]} bytes"'.encode() in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -11,15 +11,19 @@ import tomllib
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import task
 
 from multiproxy._config import read_configuration
 from multiproxy._errors import ConfigError
 from multiproxy._tap import Options
 from multiproxy._values import AccessRecord
+from multiproxy.balancing import Backend, BackendPool, RoundRobin
 from multiproxy.status import (
     AdminCommand,
     AdminRefused,
     MetricFamily,
+    RateMeter,
+    StatusSite,
     StatusSnapshot,
     TrafficCounters,
     read_admin_request,
@@ -210,3 +214,49 @@ def test_a_long_check_message_is_cut_in_its_cell_and_whole_in_the_title() -> Non
     assert f'title="{message}"' in page
     cell = page.split(f'title="{message}">', 1)[1].split("</td>", 1)[0]
     assert len(cell) == 80 and cell.endswith("\u2026")
+
+
+def test_rate_meter_reads_events_per_second_between_samples_and_keeps_the_most() -> None:
+    meter = RateMeter()
+    meter.sample(100.0, 0)
+    assert (meter.current, meter.most) == (0.0, 0.0)
+    meter.sample(101.0, 30)
+    meter.sample(102.0, 40)
+    assert (meter.current, meter.most) == (10.0, 30.0)
+    meter.sample(102.0, 50)  # no time passed: nothing to divide by, the total is kept
+    meter.sample(104.0, 50)
+    assert (meter.current, meter.most) == (0.0, 30.0)
+    meter.sample(105.0, 3)  # the total went down (a reset): never a negative rate
+    assert meter.current == 0.0
+
+
+def test_backend_counts_bytes_both_ways_and_responses_by_class() -> None:
+    backend = Backend("b", host="127.0.0.1", port=80)
+    for status, sent, received in [(200, 100, 1000), (204, 90, 120), (503, 80, 200),
+                                   (0, 50, 0), (101, 70, 500)]:
+        backend.exchanged(status, sent, received)
+    status = backend.status(0.0)
+    assert (status.bytes_in, status.bytes_out) == (390, 1820)
+    assert status.responses == (("1xx", 1), ("2xx", 2), ("5xx", 1))
+
+
+def test_status_site_samples_the_proxy_and_every_backend_once_a_second() -> None:
+    clock = task.Clock()
+    pool = BackendPool("api", [Backend("b", host="127.0.0.1", port=80)], RoundRobin(), clock)
+    counters = TrafficCounters()
+    site = StatusSite(clock, "web", lambda: [pool], counters=counters)
+    site.doStart()
+    for _ in range(6):
+        pool.backends[0].started()
+        counters.report(AccessRecord(kind="http", proxy="web", started=0.0,
+                                     client_host="127.0.0.1", status=200))
+    clock.advance(1.0)
+    snap = site.snapshot()
+    assert (snap.session_rate, snap.session_rate_max) == (6.0, 6.0)
+    assert (snap.pools[0].backends[0].session_rate, snap.pools[0].backends[0].session_rate_max
+            ) == (6.0, 6.0)
+    clock.advance(1.0)
+    backend = site.snapshot().pools[0].backends[0]
+    assert (backend.session_rate, backend.session_rate_max) == (0.0, 6.0)
+    site.doStop()
+    assert not clock.getDelayedCalls()

@@ -30,12 +30,15 @@ __all__ = [
     "DirectTCPEndpoint",
     "TLSOrigination",
     "note_connect_failed",
+    "note_exchanged",
     "note_retried",
     "with_deadline",
 ]
 
 LATENCY_SMOOTHING = 0.3
 """Weight of the newest sample in the latency moving average."""
+
+_STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,11 @@ class BackendStatus:
     admin: str = "ready"  # "ready", "drain" or "maint", set by an operator
     state_seconds: float | None = None  # time in the current state
     downtime: float = 0.0  # seconds spent down, ejected or in maintenance since start
+    bytes_in: int = 0  # bytes sent to the backend (requests, relayed client bytes)
+    bytes_out: int = 0  # bytes the backend sent (responses, relayed bytes)
+    responses: tuple[tuple[str, int], ...] = ()  # by status class ("2xx", ...), sorted
+    session_rate: float = 0.0  # requests or connections per second, last interval
+    session_rate_max: float = 0.0  # the most seen since start
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -269,6 +277,9 @@ class Backend:
         self._state_since: float | None = None
         self._down_since: float | None = None
         self.downtime = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.responses: dict[str, int] = {}
         self._observers: list[Callable[[Backend, bool], None]] = []
         self._endpoints: dict[int, IStreamClientEndpoint] = {}
         self._tls_creator: Any = None
@@ -325,6 +336,18 @@ class Backend:
         self.retries += 1
         if elsewhere:
             self.redispatches += 1
+
+    def exchanged(self, status: int, sent: int, received: int) -> None:
+        """
+        A request or connection here is over: ``sent`` bytes went to the
+        backend, ``received`` came back, and it answered ``status`` (0: no
+        HTTP status, as for a relayed connection or a response that never came).
+        """
+        self.bytes_in += sent
+        self.bytes_out += received
+        if 100 <= status <= 599:
+            klass = _STATUS_CLASSES[status // 100]
+            self.responses[klass] = self.responses.get(klass, 0) + 1
 
     def finished(self, ok: bool, elapsed: float) -> None:
         self.active = max(0, self.active - 1)
@@ -409,6 +432,8 @@ class Backend:
             connect_failures=self.connect_failures, retries=self.retries,
             redispatches=self.redispatches, admin=self.admin,
             state_seconds=max(0.0, now - (self._state_since or now)), downtime=downtime,
+            bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+            responses=tuple(sorted(self.responses.items())),
         )
 
 
@@ -423,6 +448,16 @@ def note_connect_failed(upstream: Any) -> None:
         connect_failed()
     else:
         upstream.finished(False, 0.0)
+
+
+def note_exchanged(upstream: Any, status: int, sent: int, received: int) -> None:
+    """
+    Tell ``upstream`` the bytes and status of a finished request or
+    connection (`Backend.exchanged`); any other `IUpstream` keeps no counts.
+    """
+    exchanged = getattr(upstream, "exchanged", None)
+    if exchanged is not None:
+        exchanged(status, sent, received)
 
 
 def note_retried(upstream: Any, following: Any) -> None:

@@ -12,7 +12,6 @@ nothing (such as a cache) stands in front of the upstream.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
@@ -24,6 +23,7 @@ from multiproxy._connect import UpstreamEndpoint
 from multiproxy._deadline import Deadline
 from multiproxy._directwrite import no_delay, send_now
 from multiproxy._errors import ProtocolError, UpstreamError
+from multiproxy.balancing._backend import note_exchanged
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
 from multiproxy.http._parser import (
     CLOSED,
@@ -36,9 +36,6 @@ from multiproxy.http._parser import (
     ResponseReader,
 )
 from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, request_head_bytes
-
-if TYPE_CHECKING:
-    from multiproxy._values import AccessRecord
 
 log = Logger()
 
@@ -56,7 +53,8 @@ class UpstreamConnection(Protocol):
         self._reader = ResponseReader(pool.limits)
         self._request: ForwardedRequest | None = None
         self._sink: IResponseSink | None = None
-        self._record: AccessRecord | None = None  # the request's, counting the bytes
+        # This request's traffic, told to its record and upstream when it ends.
+        self._sent = self._received = self._status = 0
         self._on_stale: Callable[[], None] | None = None
         self._got_response = False
         self._in_body = False  # the final response head has come, its body not all
@@ -104,9 +102,7 @@ class UpstreamConnection(Protocol):
         rest = send_now(self.transport, head_bytes)
         if rest:
             self.transport.write(rest)
-        self._record = record = request.record
-        if record is not None:
-            record.bytes_to_upstream += len(head_bytes)
+        self._sent, self._received, self._status = len(head_bytes), 0, 0
         self._body_sent = body is None
         self._deadline.set("response", self.pool.response_timeout)
         if body is not None:
@@ -116,14 +112,12 @@ class UpstreamConnection(Protocol):
         if self._request is not None and self._request.body.chunked:
             data = chunk_bytes(data)
         self.transport.write(data)
-        if self._record is not None:
-            self._record.bytes_to_upstream += len(data)
+        self._sent += len(data)
 
     def body_end(self) -> None:
         if self._request is not None and self._request.body.chunked:
             self.transport.write(LAST_CHUNK)
-            if self._record is not None:
-                self._record.bytes_to_upstream += len(LAST_CHUNK)
+            self._sent += len(LAST_CHUNK)
         self._body_sent = True
         if self._request is None:
             self._maybe_idle()
@@ -134,7 +128,7 @@ class UpstreamConnection(Protocol):
         request, self._request = self._request, None
         if request is not None:
             # The client left; that says nothing against the upstream.
-            request.upstream.finished(True, self.pool.reactor.seconds() - self._sent_at)
+            self._settle(request, True)
         self.transport.abortConnection()
 
     # -- receiving -------------------------------------------------------
@@ -145,8 +139,7 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
             return
         self._got_response = True
-        if self._record is not None:
-            self._record.bytes_from_upstream += len(data)
+        self._received += len(data)
         self._reader.feed(data)
         self._pump()
 
@@ -176,6 +169,7 @@ class UpstreamConnection(Protocol):
                     self._sink.head(event, None)
                     continue
                 self._keep_alive = event.keep_alive and reader.body_framing != "eof"
+                self._status = event.status
                 self._in_body = True
                 self._sink.head(event, self.transport)
             elif kind is EndOfMessage:
@@ -210,7 +204,7 @@ class UpstreamConnection(Protocol):
         if self._keep_alive:
             self._reader.start_next()
         if request is not None:
-            request.upstream.finished(True, self.pool.reactor.seconds() - self._sent_at)
+            self._settle(request, True)
         sink.end()
         self._maybe_idle()
 
@@ -232,9 +226,23 @@ class UpstreamConnection(Protocol):
         if request is not None:
             if request.body is not None:
                 request.body.detach()
-            request.upstream.finished(False, self.pool.reactor.seconds() - self._sent_at)
+            self._settle(request, False)
         if sink is not None:
             sink.fail(err)
+
+    def _settle(self, request: ForwardedRequest, ok: bool) -> None:
+        """
+        ``request`` is over on this connection: its upstream hears how it
+        went (health, latency) and, with its record, the bytes that really
+        crossed (heads and chunk framing included) and the status.
+        """
+        upstream = request.upstream
+        upstream.finished(ok, self.pool.reactor.seconds() - self._sent_at)
+        note_exchanged(upstream, self._status, self._sent, self._received)
+        record = request.record
+        if record is not None:
+            record.bytes_to_upstream += self._sent
+            record.bytes_from_upstream += self._received
 
     # -- timers ----------------------------------------------------------
 

@@ -141,6 +141,8 @@ class _Delivery:
         request = self.request
         if isinstance(request, ReverseRequest):
             request = self.request = request.to(upstream)
+        if request.record is not None:
+            request.record.upstream = upstream.name  # the log names the backend that answered
         self.tried.add(upstream.key)
         self.attempts += 1
         upstream.started()

@@ -23,6 +23,7 @@ from multiproxy._connect import UpstreamEndpoint
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy._relay import Relay
 from multiproxy._values import Intent
+from multiproxy.balancing._backend import note_exchanged
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import (
     NEED_DATA,
@@ -115,6 +116,10 @@ class _Upgrade:
         if not self.settled and self.backend is not None:
             self.settled = True
             self.backend.finished(ok, self.reactor.seconds() - self.started_at)
+            # Only the attempt that connected has sent or read anything.
+            record = self.exchange.record
+            note_exchanged(self.backend, record.status, record.bytes_to_upstream,
+                           record.bytes_from_upstream)
 
     # -- the backend's answer ---------------------------------------------
 

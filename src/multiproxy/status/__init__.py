@@ -24,6 +24,7 @@ from multiproxy.status._page import (
     render_metrics,
     status_page,
 )
+from multiproxy.status._rates import RateMeter
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -34,6 +35,7 @@ __all__ = [
     "AdminRefused",
     "MetricFamily",
     "PoolStatus",
+    "RateMeter",
     "Reading",
     "Sample",
     "StatusPage",

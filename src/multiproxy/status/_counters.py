@@ -100,8 +100,15 @@ class TrafficCounters:
         self._auth_failures = 0
         self._endings: Counter[str] = Counter()
         self._upstream: Counter[str] = Counter()
+        self._finished = 0
+
+    @property
+    def finished(self) -> int:
+        """Exchanges counted so far (what session rates are sampled from)."""
+        return self._finished
 
     def report(self, record: AccessRecord) -> None:
+        self._finished += 1
         self._requests[(record.kind, status_class(record.status))] += 1
         self._received += record.bytes_from_client
         self._sent += record.bytes_to_client

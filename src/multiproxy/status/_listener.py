@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from multiproxy._errors import ConfigError
@@ -24,6 +25,7 @@ from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtoc
 from multiproxy.status._admin import AdminCommand, AdminRefused, read_admin_request
 from multiproxy.status._counters import TrafficCounters
 from multiproxy.status._page import Reading, StatusSnapshot, pool_status, status_page
+from multiproxy.status._rates import SAMPLE_INTERVAL, RateMeter
 
 log = Logger()
 
@@ -146,12 +148,39 @@ class StatusSite(HTTPProxyFactory):
         self.readings = readings
         self.token = token
         self.started_at = time.time() if started_at is None else started_at
+        self.session_rate = RateMeter()  # the proxy's finished exchanges
+        self.backend_rates: dict[tuple[str, str], RateMeter] = {}
+        self._sampler = LoopingCall(self.sample_rates)
+        self._sampler.clock = reactor
+
+    def startFactory(self) -> None:
+        # Listening on the first status endpoint: rates are sampled while the page can be read.
+        self._sampler.start(SAMPLE_INTERVAL, now=True)
+
+    def stopFactory(self) -> None:
+        if self._sampler.running:
+            self._sampler.stop()
+
+    def sample_rates(self) -> None:
+        """Sample the proxy's and every backend's session totals (once a second)."""
+        now = self.reactor.seconds()
+        if self.counters is not None:
+            self.session_rate.sample(now, self.counters.finished)
+        rates = self.backend_rates
+        for pool in self.pools():
+            for backend in pool.backends:
+                meter = rates.get((pool.name, backend.name))
+                if meter is None:
+                    meter = rates[(pool.name, backend.name)] = RateMeter()
+                meter.sample(now, backend.requests)
 
     def snapshot(self) -> StatusSnapshot:
         """The proxy as it is now."""
         return StatusSnapshot(
             proxy=self.proxy_name,
-            pools=tuple(pool_status(p) for p in self.pools()),
+            pools=tuple(pool_status(p, self.backend_rates) for p in self.pools()),
+            session_rate=self.session_rate.current,
+            session_rate_max=self.session_rate.most,
             taken_at=time.time(),
             started_at=self.started_at,
             kind=self.kind,

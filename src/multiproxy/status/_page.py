@@ -16,13 +16,15 @@ import html
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
 from multiproxy.balancing._backend import BackendStatus
 from multiproxy.status._counters import CACHE_RESULTS, TrafficCounts
 from multiproxy.status._metrics import PROMETHEUS_TYPE, MetricFamily, family, render_prometheus
+from multiproxy.status._rates import RateMeter
 
 STATES = ("up", "down", "ejected", "draining", "maint")
 """Backend states: up; down (active checks); ejected (passive checks); draining; maint."""
@@ -30,6 +32,7 @@ STATES = ("up", "down", "ejected", "draining", "maint")
 JSON_TYPE = b"application/json"
 HTML_TYPE = b"text/html; charset=utf-8"
 HTTP_KINDS = ("forward", "reverse")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +48,20 @@ class PoolStatus:
         return sum(1 for b in self.backends if b.state == "up")
 
 
-def pool_status(pool: Any) -> PoolStatus:
-    """The `PoolStatus` of a `multiproxy.balancing.BackendPool` now."""
+def pool_status(pool: Any, rates: Mapping[tuple[str, str], RateMeter] | None = None) -> PoolStatus:
+    """
+    The `PoolStatus` of a `multiproxy.balancing.BackendPool` now, with the
+    session rates of ``rates`` (by pool and backend name) where it has them.
+    """
     balancer = pool.balancer
     balance = getattr(balancer, "name", None) or type(balancer).__name__
-    return PoolStatus(pool.name, tuple(pool.snapshot()), str(balance))
+    backends = pool.snapshot()
+    if rates:
+        for i, b in enumerate(backends):
+            meter = rates.get((pool.name, b.name))
+            if meter is not None:
+                backends[i] = replace(b, session_rate=meter.current, session_rate_max=meter.most)
+    return PoolStatus(pool.name, tuple(backends), str(balance))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +84,10 @@ class StatusSnapshot:
     """
     One proxy at ``taken_at`` (seconds since the epoch): its kind
     (forward, reverse, tcp), live readings, traffic counts (None when
-    nothing counts them) and backend pools.  ``admin``: the page offers
-    the drain / maint / ready buttons.
+    nothing counts them) and backend pools.  ``session_rate`` is the
+    proxy's finished requests, tunnels or connections per second over the
+    last second, ``session_rate_max`` the most seen.  ``admin``: the page
+    offers the drain / maint / ready buttons.
     """
 
     proxy: str
@@ -84,6 +98,8 @@ class StatusSnapshot:
     traffic: TrafficCounts | None = None
     readings: tuple[Reading, ...] = ()
     admin: bool = False
+    session_rate: float = 0.0
+    session_rate_max: float = 0.0
 
 
 # -- JSON ----------------------------------------------------------------------------------------
@@ -100,6 +116,8 @@ def render_json(snapshot: StatusSnapshot) -> bytes:
         "kind": snapshot.kind,
         "taken_at": snapshot.taken_at,
         "uptime_s": _uptime(snapshot),
+        "session_rate": round(snapshot.session_rate, 3),
+        "session_rate_max": round(snapshot.session_rate_max, 3),
     }
     doc.update({r.key: r.value for r in snapshot.readings})
     if snapshot.traffic is not None:
@@ -148,6 +166,10 @@ def _backend_json(b: BackendStatus) -> dict[str, object]:
         "last_latency_ms": None if b.last_latency is None else round(b.last_latency * 1000, 3),
         "state_s": None if b.state_seconds is None else round(b.state_seconds, 3),
         "downtime_s": round(b.downtime, 3),
+        "bytes_in": b.bytes_in, "bytes_out": b.bytes_out,
+        "responses": dict(b.responses),
+        "session_rate": round(b.session_rate, 3),
+        "session_rate_max": round(b.session_rate_max, 3),
         "last_check": b.last_check,
     }
 
@@ -178,6 +200,17 @@ _BACKEND_METRICS = (
      lambda b: math.nan if b.state_seconds is None else float(b.state_seconds)),
     ("multiproxy_backend_downtime_seconds_total", "counter",
      "Time spent down, ejected or in maintenance since start.", lambda b: float(b.downtime)),
+    ("multiproxy_backend_sent_bytes_total", "counter",
+     "Bytes sent to the backend (requests with their heads, relayed client bytes).",
+     lambda b: b.bytes_in),
+    ("multiproxy_backend_received_bytes_total", "counter",
+     "Bytes received from the backend (responses with their heads, relayed bytes).",
+     lambda b: b.bytes_out),
+    ("multiproxy_backend_session_rate", "gauge",
+     "Requests or connections sent to the backend per second, over the last second.",
+     lambda b: float(b.session_rate)),
+    ("multiproxy_backend_session_rate_max", "gauge",
+     "The highest session rate seen since start.", lambda b: float(b.session_rate_max)),
 )
 
 
@@ -192,6 +225,12 @@ def proxy_metrics(snapshot: StatusSnapshot) -> list[MetricFamily]:
     for r in snapshot.readings:
         out.append(family(r.metric, r.kind, r.help, [(proxy, r.value)]))
     if snapshot.traffic is not None:
+        out.append(family("multiproxy_session_rate", "gauge",
+                          "Finished requests, tunnels or connections per second, over the "
+                          "last second.", [(proxy, float(snapshot.session_rate))]))
+        out.append(family("multiproxy_session_rate_max", "gauge",
+                          "The highest session rate seen since start.",
+                          [(proxy, float(snapshot.session_rate_max))]))
         out.extend(_traffic_metrics(snapshot.proxy, snapshot.kind, snapshot.traffic))
     if snapshot.pools:
         out.extend(_pool_metrics(snapshot))
@@ -260,6 +299,12 @@ def _pool_metrics(snapshot: StatusSnapshot) -> list[MetricFamily]:
         "1 for the backend's current state (up, down, ejected, draining, maint), else 0.",
         [({**labels(pool, b), "state": s}, 1 if b.state == s else 0)
          for pool in snapshot.pools for b in pool.backends for s in STATES],
+    ))
+    out.append(family(
+        "multiproxy_backend_responses_total", "counter",
+        "Responses from the backend by status class.",
+        [({**labels(pool, b), "class": c}, n)
+         for pool in snapshot.pools for b in pool.backends for c, n in b.responses],
     ))
     out.append(family(
         "multiproxy_pool_backends_up", "gauge", "Backends up in the pool.",
@@ -334,7 +379,7 @@ def render_html(snapshot: StatusSnapshot, refresh: int | None = 5) -> bytes:
                     '<p><label>admin token <input type="password" name="token" '
                     'autocomplete="off"></label></p>')
     for pool in snapshot.pools:
-        body.append(_pool_table(pool, snapshot.admin))
+        body.append(_pool_table(pool, snapshot.admin, snapshot.kind in HTTP_KINDS))
     if snapshot.admin and snapshot.pools:
         body.append("</form>")
     if not snapshot.pools and snapshot.kind == "reverse":
@@ -349,6 +394,8 @@ def _summary_rows(snapshot: StatusSnapshot) -> list[tuple[str, str, str]]:
     if t is None:
         return rows
     rows.append(("finished", "finished", str(t.total)))
+    rows.append(("session_rate", "session rate (per second)", _rate(snapshot.session_rate)))
+    rows.append(("session_rate_max", "session rate, most", _rate(snapshot.session_rate_max)))
     if snapshot.kind in HTTP_KINDS:
         for klass, n in t.by_class().items():
             rows.append((f"requests_{klass}", f"responses {klass}", str(n)))
@@ -374,8 +421,10 @@ def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
 
 
-def _pool_table(pool: PoolStatus, admin: bool) -> str:
+def _pool_table(pool: PoolStatus, admin: bool, http: bool) -> str:
+    """One pool's backends, as HAProxy's stats page shows a backend section."""
     esc = html.escape
+    classes = STATUS_CLASSES if http else ()
     total = len(pool.backends)
     summary = f"{pool.up}/{total} up"
     if pool.balance:
@@ -385,7 +434,10 @@ def _pool_table(pool: PoolStatus, admin: bool) -> str:
         f'<table class="pool" data-pool="{esc(pool.name)}">',
         f'<caption>{esc(pool.name)}<span class="sum">{summary}</span></caption>',
         ("<thead><tr><th class=\"name\">backend</th><th>state</th><th>for</th><th>down</th>"
-         "<th>active</th><th>requests</th><th>failures</th><th>connect fails</th>"
+         "<th>active</th><th title=\"sessions per second, last second\">rate</th>"
+         "<th>max rate</th><th>requests</th>"
+         + "".join(f"<th>{c}</th>" for c in classes)
+         + "<th>bytes in</th><th>bytes out</th><th>failures</th><th>connect fails</th>"
          "<th>retries</th><th>redisp.</th><th>latency</th><th>weight</th>"
          f"<th class=\"name\">last check</th>{admin_head}</tr></thead><tbody>"),
     ]
@@ -395,12 +447,16 @@ def _pool_table(pool: PoolStatus, admin: bool) -> str:
         latency = "&ndash;" if ms is None else f"{ms:.1f} ms"
         since = "&ndash;" if b.state_seconds is None else _duration(b.state_seconds)
         check = b.last_check or ""
+        responses = dict(b.responses)
         cells = (
             f'<tr class="{state}" data-backend="{esc(b.name)}">'
             f'<td class="name">{esc(b.name)}</td>'
             f'<td class="state">{esc(b.state.upper())}</td>'
             f"<td>{since}</td><td>{_duration(b.downtime)}</td>"
-            f"<td>{b.active}</td><td>{b.requests}</td><td>{b.failures}</td>"
+            f"<td>{b.active}</td><td>{_rate(b.session_rate)}</td>"
+            f"<td>{_rate(b.session_rate_max)}</td><td>{b.requests}</td>"
+            + "".join(f"<td>{responses.get(c, 0)}</td>" for c in classes)
+            + f"{_bytes_cell(b.bytes_in)}{_bytes_cell(b.bytes_out)}<td>{b.failures}</td>"
             f"<td>{b.connect_failures}</td><td>{b.retries}</td><td>{b.redispatches}</td>"
             f"<td>{latency}</td><td>{b.weight}</td>"
             f'<td class="check" title="{esc(check)}">{esc(_shortened(check))}</td>'
@@ -420,12 +476,32 @@ def _pool_table(pool: PoolStatus, admin: bool) -> str:
         f'<tfoot><tr><td class="name">total</td><td class="state">{pool.up}/{total}</td>'
         f"<td></td><td></td>"
         f"<td>{sum(b.active for b in pool.backends)}</td>"
+        f"<td>{_rate(sum(b.session_rate for b in pool.backends))}</td><td></td>"
         f"<td>{sum(b.requests for b in pool.backends)}</td>"
-        f"<td>{sum(b.failures for b in pool.backends)}</td>"
+        + "".join(f"<td>{sum(dict(b.responses).get(c, 0) for b in pool.backends)}</td>"
+                  for c in classes)
+        + _bytes_cell(sum(b.bytes_in for b in pool.backends))
+        + _bytes_cell(sum(b.bytes_out for b in pool.backends))
+        + f"<td>{sum(b.failures for b in pool.backends)}</td>"
         f"<td>{sum(b.connect_failures for b in pool.backends)}</td>"
         f'<td colspan="{span}"></td></tr></tfoot></table>'
     )
     return "\n".join(rows)
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.0f}" if per_second >= 10 or per_second == 0 else f"{per_second:.1f}"
+
+
+def _bytes_cell(count: int) -> str:
+    """A byte count for a table cell: readable units, the exact count in its title."""
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    shown = f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+    return f'<td title="{count} bytes">{shown}</td>'
 
 
 def _shortened(text: str, limit: int = 80) -> str:

@@ -23,7 +23,9 @@ from multiproxy._contract import AllowAll, check_plugins, report_all
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
 from multiproxy._values import AccessRecord, Decision, Intent
-from multiproxy.balancing._backend import note_connect_failed, note_retried, with_deadline
+from multiproxy.balancing._backend import (
+    note_connect_failed, note_exchanged, note_retried, with_deadline,
+)
 from multiproxy.policy._admission import connection_slot, rate_limited
 from multiproxy.tcp._haproxy import find_proxy_header_wrapper
 from multiproxy.tcp._proxyheader import proxy_header
@@ -225,6 +227,7 @@ class TCPRelayProtocol(RelayServerProtocol):
             # counts against it; its latency here is the connect time.
             ok = not (how == "upstream-closed" and relay.reason is not None)
             self.backend.finished(ok, self.connect_time)
+            note_exchanged(self.backend, 0, relay.bytes_from_downstream, relay.bytes_from_upstream)
         self._report(relay, self.outcome or how)
 
     def _report(self, relay: Relay, ended: str) -> None:
