@@ -27,8 +27,7 @@ import argparse
 from twisted.internet import defer, protocol
 from twisted.web import resource, server
 
-from multiproxy.cache import CacheConfig
-from multiproxy.cache._fetcher import caching_fetcher_factory
+from multiproxy.cache import CacheConfig, caching_fetcher_factory
 from multiproxy.forward import ForwardProxy
 
 

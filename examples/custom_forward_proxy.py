@@ -51,7 +51,7 @@ class TaggingForwardProxy(ForwardProxy):
 
 def make_proxy(reactor) -> TaggingForwardProxy:
     """The example's proxy factory (the tests use this too)."""
-    from multiproxy._accesslog import AccessLog
+    from multiproxy import AccessLog
 
     policy = check(IPolicy, NoAdsPolicy(), "example policy")
     return TaggingForwardProxy(reactor, policy=policy, reporters=[AccessLog(reactor, "-")])

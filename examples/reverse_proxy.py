@@ -44,7 +44,6 @@ from multiproxy.reverse import (
     TLSConfig,
     make_reverse_service,
 )
-from multiproxy.reverse._config import check_config
 
 NAMES = ("alpha", "beta", "gamma")
 FAILING = "gamma"
@@ -121,7 +120,7 @@ def build(reactor, http: int, https: int, status: int, cert_dir: str, reporters=
                       host="127.0.0.1", port=p.getHost().port, name=name)
         for name, p in zip(NAMES, listening)
     )
-    config = check_config(ReverseConfig(
+    config = ReverseConfig(
         name="demo",
         listen=(f"tcp:{http}:interface=127.0.0.1",),
         tls_listen=(f"tcp:{https}:interface=127.0.0.1",),
@@ -134,7 +133,7 @@ def build(reactor, http: int, https: int, status: int, cert_dir: str, reporters=
         hsts=b"max-age=300",
         status_listen=(f"tcp:{status}:interface=127.0.0.1",),
         shutdown_timeout=5.0,
-    ))
+    )
     return make_reverse_service(config, reactor, reporters), listening
 
 
@@ -149,7 +148,7 @@ def main() -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from multiproxy._accesslog import AccessLog
+    from multiproxy import AccessLog
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     service, _ = build(reactor, args.http, args.https, args.status, args.cert_dir,

@@ -80,7 +80,7 @@ def main() -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from multiproxy._accesslog import AccessLog
+    from multiproxy import AccessLog
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     service, _ = build(reactor, args.port, args.balance, [AccessLog(reactor, "-")])

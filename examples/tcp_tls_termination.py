@@ -29,9 +29,8 @@ import tempfile
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
-from multiproxy._tls import CertificateFile
 from multiproxy.balancing import HealthConfig
-from multiproxy.tcp import TCPBackendConfig, TCPConfig, TLSConfig, make_tcp_service
+from multiproxy.tcp import CertificateFile, TCPBackendConfig, TCPConfig, TLSConfig, make_tcp_service
 
 
 class ShoutingEcho(LineReceiver):
@@ -98,7 +97,7 @@ def main() -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from multiproxy._accesslog import AccessLog
+    from multiproxy import AccessLog
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     cert = args.cert or self_signed(tempfile.mkdtemp(prefix="tcp-tls-example-"))

@@ -56,7 +56,7 @@ def make_policy(reactor, config: str = str(CONFIG), clock=None) -> ExecutablesFo
 
 def make_proxy(reactor, policy: PolicyHolder, chooser=None) -> ForwardProxy:
     """The example's forward proxy (tests pass a ``chooser`` that stays on loopback)."""
-    from multiproxy._accesslog import AccessLog
+    from multiproxy import AccessLog
 
     return ForwardProxy(reactor, name="office", policy=policy, chooser=chooser,
                         reporters=[AccessLog(reactor, "-")])

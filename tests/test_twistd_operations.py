@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -272,3 +273,22 @@ def test_forward_help_lists_the_access_log_options():
     assert "--shutdown-timeout=" in result.stdout
 
 
+
+
+@pytest.mark.parametrize("blocked, argv, extra", [
+    ("hiredis", ["forward", "--cache-redis", "redis://127.0.0.1:6379/0"], "multiproxy[redis]"),
+    ("bcrypt", ["forward", "--htpasswd", "users.htpasswd"], "multiproxy[auth]"),
+])
+def test_a_missing_optional_dependency_names_the_extra_to_install(
+        tmp_path, blocked, argv, extra):
+    (tmp_path / "users.htpasswd").write_text(
+        "alice:$2b$04$abcdefghijklmnopqrstuu2zNwzHnW0ho9p3JhhCMuWf7XeOq4j5K\n")
+    # None in sys.modules makes "import <blocked>" fail as if it were not installed.
+    code = (f"import sys; sys.modules[{blocked!r}] = None; "
+            "from twisted.scripts.twistd import run; run()")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "-n", "--pidfile=", "multiproxy", "--check", *argv],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert extra in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

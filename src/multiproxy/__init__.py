@@ -2,13 +2,15 @@
 multiproxy: a Twisted-based multi-protocol proxy framework.
 
 The shared contract (`IProxy`, `IPolicy`, `IUpstreamChooser`, `IUpstream`,
-`IBalancer`, `IReporter`) and the values that travel through every proxy
-(`Intent`, `Decision`, `AccessRecord`).  The proxies themselves live in
+`IBalancer`, `IReporter`), the values that travel through every proxy
+(`Intent`, `Decision`, `AccessRecord`), and `AccessLog`, the reporter that
+writes the access log.  The proxies themselves live in
 `multiproxy.forward`, `multiproxy.reverse` and `multiproxy.tcp`.
 """
 
 __version__ = "0.1.0"
 
+from multiproxy._accesslog import AccessLog, format_record, format_record_json
 from multiproxy._contract import AllowAll, check
 from multiproxy._errors import ConfigError, MultiproxyError, ProtocolError, UpstreamError
 from multiproxy._interfaces import (
@@ -23,6 +25,7 @@ from multiproxy._values import ALLOW, AccessRecord, Decision, Intent
 
 __all__ = [
     "ALLOW",
+    "AccessLog",
     "AccessRecord",
     "AllowAll",
     "ConfigError",
@@ -39,4 +42,6 @@ __all__ = [
     "UpstreamError",
     "__version__",
     "check",
+    "format_record",
+    "format_record_json",
 ]

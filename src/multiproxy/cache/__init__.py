@@ -4,7 +4,9 @@ A shared HTTP cache (RFC 9111) for the forward and reverse proxies.
 The decisions (may this be stored? is it fresh? what goes upstream? what is
 answered?) are pure functions over values, gathered in `SharedCache`; the
 stores (`MemoryStore`, `DiskStore`, `RedisStore`) implement `ICacheStore`; concurrent
-misses are collapsed by `CollapsedForwarding`.  See docs/cache.md.
+misses are collapsed by `CollapsedForwarding`.  `CachingFetcher` puts a
+cache in front of a proxy's `IFetcher`; `caching_fetcher_factory` makes
+the wrapper from a `CacheConfig`.  See docs/cache.md.
 """
 
 from multiproxy.cache._cache import Action, Answer, Plan, Reply, SharedCache
@@ -24,6 +26,7 @@ from multiproxy.cache._directives import (
     parse_response_directives,
 )
 from multiproxy.cache._disk import DiskStore
+from multiproxy.cache._fetcher import CachingFetcher, caching_fetcher_factory
 from multiproxy.cache._freshness import Judgement, Reuse, current_age, freshness_lifetime, judge
 from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, IEntryWriter
 from multiproxy.cache._keys import cache_key, effective_url
@@ -46,6 +49,7 @@ __all__ = [
     "Answer",
     "CacheConfig",
     "CacheOutcome",
+    "CachingFetcher",
     "CacheTargetOptions",
     "CollapsedForwarding",
     "CorruptEntry",
@@ -69,6 +73,7 @@ __all__ = [
     "cache_from_options",
     "cache_from_table",
     "cache_key",
+    "caching_fetcher_factory",
     "current_age",
     "effective_url",
     "freshness_lifetime",

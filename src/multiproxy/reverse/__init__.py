@@ -9,6 +9,7 @@ from `reverse_config_from_table` or `ReverseOptions`), or assemble a
 `multiproxy.balancing.BackendPool`s.
 """
 
+from multiproxy._tls import CertificateFile
 from multiproxy.reverse._config import (
     BackendConfig,
     HealthConfig,
@@ -33,6 +34,7 @@ from multiproxy.status import PoolStatus, StatusSite, StatusSnapshot, pool_statu
 __all__ = [
     "BackendConfig",
     "BalancingFetcher",
+    "CertificateFile",
     "ForwardedSettings",
     "HealthConfig",
     "PoolConfig",

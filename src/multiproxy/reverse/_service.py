@@ -27,10 +27,9 @@ from multiproxy.balancing import (
     TLSOrigination,
     balancer_from_name,
 )
-from multiproxy.cache import GATEWAY_TARGETS, CacheConfig
-from multiproxy.cache._fetcher import caching_fetcher_factory
+from multiproxy.cache import GATEWAY_TARGETS, CacheConfig, caching_fetcher_factory
 from multiproxy.http._exchange import IFetcher
-from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig
+from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig, check_config
 from multiproxy.reverse._proxy import ReverseProxy
 from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
@@ -163,6 +162,7 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
     listens.  ``cache`` puts a given shared cache in front of the routes
     with ``cache`` set (default: one made from ``config.cache``).
     """
+    config = check_config(config)  # a config built in code gets the checks a file gets
     counters = TrafficCounters() if config.status_listen else None
     if counters is not None:
         reporters = (*reporters, counters)

@@ -3,6 +3,7 @@ The TCP relay: a layer-4 proxy with balancing, health checks, TLS at the
 edge and the PROXY protocol (see docs/tcp.md).
 """
 
+from multiproxy._tls import CertificateFile
 from multiproxy._tlsconfig import TLSConfig
 from multiproxy.tcp._config import (
     TCPBackendConfig,
@@ -26,6 +27,7 @@ __all__ = [
     "TCPRelayProtocol",
     "TCPService",
     "TCPSettings",
+    "CertificateFile",
     "TLSConfig",
     "make_tcp_service",
     "proxy_header",
