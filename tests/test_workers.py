@@ -334,3 +334,35 @@ def test_a_disk_cache_with_several_workers_is_refused_before_listening(tmp_path)
     assert result.returncode != 0
     assert "cannot be shared by 2 worker processes" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_sigusr1_to_the_master_reopens_every_workers_access_log(tmp_path):
+    origin = _origin(b"hello")
+    port = _free_port()
+    log = tmp_path / "access.log"
+    master = _Master(tmp_path, "--workers", "2", "--access-log", str(log), "reverse",
+                     "--listen", f"tcp:{port}:interface=127.0.0.1",
+                     "--backend", f"http://127.0.0.1:{origin.server_address[1]}")
+    try:
+        master.serving(2)
+        for _ in range(10):
+            _get(port)
+        # Each worker flushes within a second; then logrotate moves the file.
+        deadline = time.monotonic() + 10
+        while log.read_text().count("\n") < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log.rename(tmp_path / "access.log.1")
+        os.kill(master.process.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        for _ in range(20):  # fresh connections: both workers get some
+            _get(port)
+        deadline = time.monotonic() + 10
+        while (not log.exists() or log.read_text().count("\n") < 20) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        master.stop()
+        origin.shutdown()
+    assert (tmp_path / "access.log.1").read_text().count("\n") == 10
+    assert log.read_text().count("\n") == 20, master.log()
+    assert "Traceback" not in master.log()

@@ -361,14 +361,16 @@ class WorkerMaster(Service):
         self._reloading = False
         self._stopping = False
         self._stop_sighup: Callable[[], None] = lambda: None
+        self._stop_sigusr1: Callable[[], None] = lambda: None
 
     # -- starting and replacing
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        from multiproxy._signals import SIGHUP, on_signal
+        from multiproxy._signals import SIGHUP, SIGUSR1, on_signal
 
         self._stop_sighup = on_signal(SIGHUP, self.reactor, self.reload)
+        self._stop_sigusr1 = on_signal(SIGUSR1, self.reactor, self.reopen_logs)
         for index in range(self.count):
             self._spawn(index, self.generation)
         _log.info("master {pid} started {count} workers", pid=os.getpid(), count=self.count)
@@ -421,6 +423,11 @@ class WorkerMaster(Service):
             self._spawn(index, generation)
 
     # -- reloading
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate moved the files): every worker reopens its access log."""
+        for worker in self.workers:
+            worker.signal(signal.SIGUSR1)
 
     def reload(self) -> defer.Deferred | None:
         """Re-read the configuration; on success swap generations, else keep serving."""
@@ -510,6 +517,7 @@ class WorkerMaster(Service):
         super().stopService()
         self._stopping = True
         self._stop_sighup()
+        self._stop_sigusr1()
         for pending in self._pending.values():
             pending.cancel()
         self._pending.clear()
