@@ -1,7 +1,7 @@
 """
 The page a refused client sees (403, 407, 429): what it says, the time and
 the administrator's contact, custom templates, the ``deny_page`` and
-``admin_contact`` settings from TOML, and the page as
+``admin_contact`` settings from TOML and the command line, and the page as
 headless Chromium renders it through a running forward proxy.
 """
 
@@ -16,9 +16,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 from twisted.internet.task import Clock
+from twisted.python import usage
 
 from multiproxy._errors import ConfigError
 from multiproxy._tablereader import TableReader
+from multiproxy._tap import Options
 from multiproxy._values import Decision, Intent
 from multiproxy.policy import (
     DEFAULT_DENY_TEMPLATE, PolicyHolder, check_template, load_deny_template, refusal,
@@ -175,7 +177,7 @@ def test_the_default_template_is_valid_and_uses_the_new_placeholders() -> None:
     assert "$time" in DEFAULT_DENY_TEMPLATE and "$admin" in DEFAULT_DENY_TEMPLATE
 
 
-# The setting in TOML --------------------------------------
+# The settings: TOML and the command line --------------------------------------
 
 def settings(text: str):
     return settings_from_table(TableReader(tomllib.loads(text)["policy"], "policy"))
@@ -188,6 +190,53 @@ def test_admin_contact_is_read_from_the_policy_table(tmp_path) -> None:
     assert settings("[policy]\n").admin_contact is None
     with pytest.raises(ConfigError, match=r"policy\.admin_contact: expected a string"):
         settings("[policy]\nadmin_contact = 42\n")
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_deny_page_and_admin_contact_options_make_the_policy(tmp_path) -> None:
+    template = tmp_path / "denied.html"
+    template.write_text("<p>$rule: $target at $time. $admin</p>")
+    source = parse("forward", "--deny-host", ".twitter.com", "--deny-page", str(template),
+                   "--admin-contact", "ops@example.com").configuration.policy
+    assert source.settings.deny_template == "<p>$rule: $target at $time. $admin</p>"
+    assert source.settings.admin_contact == "ops@example.com"
+    assert [r.name for r in source.settings.rules.rules] == ["cli-deny-host"]
+    # On their own they make a policy too (nothing denied, but 429 pages would carry them).
+    alone = parse("forward", "--admin-contact", "IT helpdesk").configuration.policy
+    assert alone.settings.admin_contact == "IT helpdesk"
+    assert alone.settings.deny_template == DEFAULT_DENY_TEMPLATE
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--deny-page", "/nonexistent.html"],
+     "--deny-page: cannot read the deny page template '/nonexistent.html'"),
+    (["--policy", "/nonexistent.toml", "--deny-page", "x.html"],
+     "--deny-page cannot be combined with --policy"),
+    (["--policy", "/nonexistent.toml", "--admin-contact", "ops@example.com"],
+     "--admin-contact cannot be combined with --policy"),
+])
+def test_bad_deny_page_options_are_refused_with_one_line(argv, message) -> None:
+    with pytest.raises(usage.UsageError, match=re.escape(message)) as caught:
+        parse("forward", *argv)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_deny_page_with_an_unknown_placeholder_is_refused(tmp_path) -> None:
+    template = tmp_path / "denied.html"
+    template.write_text("<p>$admin_email</p>")
+    with pytest.raises(usage.UsageError, match=r"--deny-page: .*unknown placeholder "
+                                                r"\$admin_email"):
+        parse("forward", "--deny-page", str(template))
+
+
+def test_only_the_forward_proxy_offers_the_deny_page_options() -> None:
+    with pytest.raises(usage.UsageError, match="admin-contact"):
+        parse("socks", "--admin-contact", "ops@example.com")
 
 
 # In a browser -----------------------------------------------------------------
