@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -175,6 +176,15 @@ def test_the_default_template_is_valid_and_uses_the_new_placeholders() -> None:
     assert check_template(DEFAULT_DENY_TEMPLATE) == DEFAULT_DENY_TEMPLATE
     assert {"time", "admin"} <= PLACEHOLDERS
     assert "$time" in DEFAULT_DENY_TEMPLATE and "$admin" in DEFAULT_DENY_TEMPLATE
+
+
+def test_the_custom_template_in_the_docs_is_valid() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
+    template = re.search(r"A custom template, .*?```html\n(.*?)```", docs, re.S).group(1)
+    text = page(intent(), Decision("deny", "r", "m"), template=check_template(template),
+                admin_contact="ops@example.com")
+    assert "for 10.0.0.5 at Sun, 06 Nov 1994 08:49:37 GMT." in text
+    assert 'href="mailto:ops@example.com"' in text
 
 
 # The settings: TOML and the command line --------------------------------------
