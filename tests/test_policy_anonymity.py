@@ -1,4 +1,4 @@
-"""Anonymous forwarding of request fields, and the refusal page."""
+"""Anonymous forwarding of request fields."""
 
 from __future__ import annotations
 
@@ -6,12 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from multiproxy._values import Decision, Intent
 from multiproxy.http._headers import Headers
-from multiproxy.policy import (
-    DEFAULT_DENY_TEMPLATE, AnonymityOptions, anonymise_headers, check_template,
-    load_deny_template, render_deny_page,
-)
+from multiproxy.policy import AnonymityOptions, anonymise_headers
 
 REQUEST = Headers([
     (b"Host", b"example.com"),
@@ -90,61 +86,3 @@ def test_property_no_stripped_field_survives_in_any_case_and_others_keep_order(
     assert not {b"via", b"x-forwarded-for", b"from"} & set(names(out))
     kept = [(n, v) for n, v in pairs if n.lower() not in {b"via", b"x-forwarded-for", b"from"}]
     assert list(out) == kept
-
-
-# The refusal page -----------------------------------------------------------
-
-def intent(**kw) -> Intent:
-    values = dict(kind="http", proxy="office", client_host="10.0.0.5", client_port=1,
-                  host="www.twitter.com", port=443, method="GET",
-                  target="https://www.twitter.com/home")
-    values.update(kw)
-    return Intent(**values)
-
-
-def test_deny_page_says_what_was_blocked_and_why() -> None:
-    page = render_deny_page(intent(), Decision("deny", "no-social-at-work", "Not at work"))
-    text = page.decode("utf-8")
-    assert "<title>403 Forbidden</title>" in text
-    assert "https://www.twitter.com/home" in text
-    assert "Not at work" in text and "no-social-at-work" in text and "office" in text
-
-
-def test_deny_page_escapes_every_value() -> None:
-    hostile = intent(target='http://x/<script>alert("1")</script>')
-    page = render_deny_page(hostile, Decision("deny", "r<1>", "a & b")).decode()
-    assert "<script>" not in page
-    assert "&lt;script&gt;" in page and "r&lt;1&gt;" in page and "a &amp; b" in page
-
-
-def test_deny_page_for_connect_tcp_407_and_429() -> None:
-    assert b"a tunnel to www.twitter.com:443" in render_deny_page(
-        intent(kind="connect", method="CONNECT"), Decision("deny", "r"))
-    assert b"this connection" in render_deny_page(intent(kind="tcp"), Decision("deny", "r"))
-    assert b"Proxy authentication required" in render_deny_page(intent(), None, status=407)
-    assert b"Too many requests" in render_deny_page(None, None, status=429)
-
-
-def test_a_custom_template_gets_the_escaped_values(tmp_path) -> None:
-    path = tmp_path / "t.html"
-    path.write_text("<b>$host</b> ($rule) $$5 ${user}", encoding="utf-8")
-    template = load_deny_template(str(path))
-    page = render_deny_page(intent(user="bob&co"), Decision("deny", "r"), template=template)
-    assert page == b"<b>www.twitter.com</b> (r) $5 bob&amp;co"
-
-
-@pytest.mark.parametrize("text, fragment", [
-    ("$nope", "unknown placeholder \\$nope"), ("${host", "malformed placeholder"),
-])
-def test_bad_templates_are_refused(text: str, fragment: str) -> None:
-    with pytest.raises(ValueError, match=fragment):
-        check_template(text)
-
-
-def test_missing_template_file_is_refused(tmp_path) -> None:
-    with pytest.raises(ValueError, match="cannot read the deny page template"):
-        load_deny_template(str(tmp_path / "nope.html"))
-
-
-def test_the_default_template_is_valid() -> None:
-    assert check_template(DEFAULT_DENY_TEMPLATE) == DEFAULT_DENY_TEMPLATE

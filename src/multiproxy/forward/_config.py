@@ -36,7 +36,7 @@ from multiproxy.http._config import (
 )
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
-from multiproxy.policy._options import PolicyOptions
+from multiproxy.policy._options import DenyPageOptions, PolicyOptions
 from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -115,7 +115,8 @@ def _tunnel_settings_from_table(reader: TableReader) -> dict:
     return values
 
 
-class ForwardOptions(AccessLogOptions, PolicyOptions, CacheTargetOptions, usage.Options):
+class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTargetOptions,
+                     usage.Options):
     """``twistd multiproxy forward``: a forward HTTP proxy (the default)."""
 
     synopsis = "[options]"

@@ -85,7 +85,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
         if self.over_connection_limit:
-            self.refuse(exchange, refusal(self.factory.policy, 429, None), close=True)
+            self.refuse(exchange, refusal(
+                self.factory.policy, 429, None, now=self.factory.reactor.seconds(),
+            ), close=True)
             return
         if head.method == b"CONNECT":
             self._handle_connect(exchange)
@@ -138,7 +140,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         policy = self.factory.policy
         wait = rate_limited(policy, intent.client_host)
         if wait is not None:
-            self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
+            self.refuse(exchange, refusal(
+                policy, 429, intent, retry_after=wait, now=self.factory.reactor.seconds(),
+            ))
             return
         credentials = exchange.request.headers.get(b"proxy-authorization")
         if not needs_credential_check(policy, credentials):
@@ -147,7 +151,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         wait = sign_in_blocked(policy, intent.client_host)
         if wait is not None:
             # Too many failed sign-ins from here: the password is not even checked.
-            self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
+            self.refuse(exchange, refusal(
+                policy, 429, intent, retry_after=wait, now=self.factory.reactor.seconds(),
+            ))
             return
         judged = judge(policy, intent, credentials)
         judged.addCallback(_note_sign_in, exchange)
@@ -177,11 +183,15 @@ class ForwardProxyProtocol(HTTPServerProtocol):
 
     def deny(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
         """Answer a request the policy refused: 403 with a page saying what and why."""
-        self.refuse(exchange, refusal(self.factory.policy, 403, intent, decision))
+        self.refuse(exchange, refusal(
+            self.factory.policy, 403, intent, decision, now=self.factory.reactor.seconds(),
+        ))
 
     def challenge(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
         """Answer 407 with ``Proxy-Authenticate``: the policy wants to know who the client is."""
-        self.refuse(exchange, refusal(self.factory.policy, 407, intent, decision))
+        self.refuse(exchange, refusal(
+            self.factory.policy, 407, intent, decision, now=self.factory.reactor.seconds(),
+        ))
 
     def refuse(self, exchange: Exchange, answer: Refusal, *, close: bool = False) -> None:
         """Send a refusal (403, 407, 429) from the policy layer."""

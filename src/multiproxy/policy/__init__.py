@@ -41,7 +41,7 @@ from multiproxy.policy._denypage import (
 )
 from multiproxy.policy._admission import IAccessControl, Refusal, refusal
 from multiproxy.policy._holder import PolicyHolder
-from multiproxy.policy._options import ClientPolicyOptions, PolicyOptions
+from multiproxy.policy._options import ClientPolicyOptions, DenyPageOptions, PolicyOptions
 from multiproxy.policy._service import PolicyService, make_policy_holder
 from multiproxy.policy._hosts import HostMatcher, HostPattern, normalise_host, parse_host_pattern
 from multiproxy.policy._index import RuleSet
@@ -59,6 +59,7 @@ __all__ = [
     "AuthSettings",
     "ClientPolicyOptions",
     "ConnectionLimit",
+    "DenyPageOptions",
     "HashedPasswords",
     "HostMatcher",
     "HostPattern",

@@ -48,6 +48,7 @@ class IAccessControl(IPolicy):
     request_rate_limit = Attribute("A `RequestRateLimit`, or None.")
     anonymity = Attribute("`AnonymityOptions` for forwarded requests, or None.")
     deny_template = Attribute("The refusal page template (str).")
+    admin_contact = Attribute("Who to ask about a refusal, shown on its page (str), or None.")
     sign_in_failures = Attribute(
         "A `SignInFailures` counting wrong credentials per client, or None.")
 
@@ -174,15 +175,17 @@ def judge(
 
 def refusal(
     policy: object, status: int, intent: Intent | None, decision: Decision | None = None,
-    *, retry_after: int | None = None,
+    *, now: float, retry_after: int | None = None,
 ) -> Refusal:
     """
     The answer for a refused request: 403 (the policy denied it), 407 (it
     wants proxy credentials; with ``Proxy-Authenticate``) or 429 (a limit;
-    with ``Retry-After``), each with the small HTML page.
+    with ``Retry-After``), each with the small HTML page, dated ``now``
+    (``reactor.seconds()``).
     """
     access = _access(policy)
     template = access.deny_template if access is not None else DEFAULT_DENY_TEMPLATE
+    admin_contact = getattr(access, "admin_contact", None)
     headers = Headers([
         (b"Content-Type", DENY_PAGE_CONTENT_TYPE),
         (b"Cache-Control", b"no-store"),
@@ -195,7 +198,8 @@ def refusal(
         headers.add(b"Proxy-Authenticate", challenge)
     if status == 429 and retry_after is not None:
         headers.add(b"Retry-After", b"%d" % retry_after)
-    body = render_deny_page(intent, decision, status=status, template=template)
+    body = render_deny_page(intent, decision, now=now, status=status, template=template,
+                            admin_contact=admin_contact)
     return Refusal(status, headers, body, ended)
 
 

@@ -122,6 +122,8 @@ class PolicySettings:
     auth: AuthSettings | None = None
     anonymity: AnonymityOptions | None = None
     limits: LimitSettings | None = None
+    admin_contact: str | None = None
+    """Who to ask about a refusal (an email address or any text), shown on the page."""
 
 
 def policy_from_table(reader: TableReader, *, clock: Clock = time.time) -> RuleSet:
@@ -312,8 +314,9 @@ def limits_from_table(reader: TableReader) -> LimitSettings:
 
 def settings_from_table(reader: TableReader, *, clock: Clock = time.time) -> PolicySettings:
     """
-    Everything in a ``[policy]`` table: rules, ``deny_page``, and the
-    ``auth``, ``anonymity`` and ``limits`` sub-tables.  Calls ``finish``.
+    Everything in a ``[policy]`` table: rules, ``deny_page``,
+    ``admin_contact``, and the ``auth``, ``anonymity`` and ``limits``
+    sub-tables.  Calls ``finish``.
 
     @raise ConfigError: naming the key.
     """
@@ -321,6 +324,7 @@ def settings_from_table(reader: TableReader, *, clock: Clock = time.time) -> Pol
     template = DEFAULT_DENY_TEMPLATE
     if reader.has("deny_page"):
         template = reader.convert("deny_page", reader.string("deny_page"), load_deny_template)
+    admin_contact = reader.string("admin_contact", "").strip() or None
     auth = auth_from_table(reader.table_of("auth")) if reader.has("auth") else None
     anonymity = (
         anonymity_from_table(reader.table_of("anonymity")) if reader.has("anonymity") else None
@@ -333,7 +337,7 @@ def settings_from_table(reader: TableReader, *, clock: Clock = time.time) -> Pol
             "auth", "rules use authentication or users/groups, but there is no [policy.auth] "
             "table saying where the users are",
         )
-    return PolicySettings(rules, template, auth, anonymity, limits)
+    return PolicySettings(rules, template, auth, anonymity, limits, admin_contact)
 
 
 def load_policy_file(path: str, *, clock: Clock = time.time) -> PolicySettings:

@@ -3,17 +3,23 @@ The small HTML page a client gets when a request is refused (403, and also
 407 and 429): what was refused and why.
 
 The template is a `string.Template` (``$name`` placeholders); every value is
-HTML-escaped before it is put in, so a host or URL cannot inject markup.
+HTML-escaped before it is put in, so a host or URL cannot inject markup.  The
+one placeholder that is markup, ``$admin`` (the optional "Contact the
+administrator" line), is built here from escaped text.  The time comes in as
+a value (``reactor.seconds()``), so a page renders the same on a test clock.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping
 from string import Template
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from multiproxy._errors import STATUS_REASONS
+from multiproxy.http._dates import format_http_date
 
 if TYPE_CHECKING:
     from multiproxy._values import Decision, Intent
@@ -26,18 +32,46 @@ DENY_PAGE_CONTENT_TYPE = b"text/html; charset=utf-8"
 #: Every placeholder a template may use.
 PLACEHOLDERS = frozenset({
     "status", "reason", "title", "explanation", "message", "rule", "host", "port", "target",
-    "method", "client", "proxy", "user",
+    "method", "client", "proxy", "user", "time", "admin",
 })
 
 DEFAULT_DENY_TEMPLATE = """\
 <!DOCTYPE html>
 <html lang="en">
-<head><meta charset="utf-8"><title>$status $reason</title></head>
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$status $reason</title>
+<style>
+body { margin: 0; padding: 2rem 1rem; background: #f3f4f6; color: #1f2937;
+       font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+main { max-width: 42rem; margin: 0 auto; padding: 1.5rem 2rem; background: #fff;
+       border-top: 6px solid #b91c1c; border-radius: 6px; box-shadow: 0 1px 3px #0002; }
+h1 { margin: 0 0 .75rem; font-size: 1.5rem; }
+h1 small { color: #6b7280; font-weight: normal; font-size: 1rem; }
+p:empty { display: none; }
+dd:empty::before { content: "-"; }
+.message { padding: .5rem .75rem; background: #fef2f2; border-left: 4px solid #b91c1c; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; margin: 1.25rem 0; }
+dt { color: #6b7280; }
+dd { margin: 0; overflow-wrap: anywhere; font-family: ui-monospace, monospace; }
+.contact { border-top: 1px solid #e5e7eb; padding-top: .75rem; color: #4b5563; }
+</style>
+</head>
 <body>
-<h1>$title</h1>
-<p>$explanation</p>
-<p>$message</p>
-<p><small>Rule: $rule &middot; proxy: $proxy</small></p>
+<main>
+<h1>$title <small>($status $reason)</small></h1>
+<p class="explanation">$explanation</p>
+<p class="message">$message</p>
+<dl>
+<dt>Rule</dt><dd class="rule">$rule</dd>
+<dt>URL</dt><dd class="target">$target</dd>
+<dt>Client</dt><dd class="client">$client</dd>
+<dt>Time</dt><dd class="time">$time</dd>
+<dt>Proxy</dt><dd class="proxy">$proxy</dd>
+</dl>
+<p class="contact">$admin</p>
+</main>
 </body>
 </html>
 """
@@ -47,6 +81,9 @@ _TITLES = {
     407: "Proxy authentication required",
     429: "Too many requests",
 }
+
+# An address a mail client can take (the common dot-atom form, RFC 5322 3.4.1).
+_EMAIL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
 
 
 def check_template(text: str) -> str:
@@ -87,13 +124,17 @@ def load_deny_template(path: str) -> str:
 
 
 def render_deny_page(
-    intent: Intent | None, decision: Decision | None, *, status: int = 403,
-    template: str = DEFAULT_DENY_TEMPLATE, extra: Mapping[str, str] | None = None,
+    intent: Intent | None, decision: Decision | None, *, now: float, status: int = 403,
+    template: str = DEFAULT_DENY_TEMPLATE, admin_contact: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> bytes:
     """
     The body of a refusal page, UTF-8 HTML (send it with
-    `DENY_PAGE_CONTENT_TYPE`).  ``template`` should have passed
-    `check_template`; values missing from the intent render as empty text.
+    `DENY_PAGE_CONTENT_TYPE`).  ``now`` is the time of the refusal in
+    seconds since the epoch (``reactor.seconds()``), shown as an
+    IMF-fixdate; ``admin_contact``, if given, becomes the ``$admin`` line.
+    ``template`` should have passed `check_template`; values missing from
+    the intent render as empty text.
     """
     reason = STATUS_REASONS.get(status, b"Error").decode("ascii")
     what = _what(intent)
@@ -116,11 +157,26 @@ def render_deny_page(
         "client": intent.client_host if intent is not None else "",
         "proxy": intent.proxy if intent is not None else "",
         "user": (intent.user if intent is not None else None) or "",
+        "time": format_http_date(now).decode("ascii"),
     }
     if extra:
         values.update(extra)
     escaped = {k: html.escape(v, quote=True) for k, v in values.items()}
+    escaped["admin"] = _admin_line(admin_contact)
     return Template(template).safe_substitute(escaped).encode("utf-8")
+
+
+def _admin_line(contact: str | None) -> str:
+    # The one value that is markup: built from escaped text, so it is as safe
+    # as the others; a mailto: link only for a plain address.
+    contact = (contact or "").strip()
+    if not contact:
+        return ""
+    text = html.escape(contact, quote=True)
+    if _EMAIL.match(contact):
+        href = html.escape("mailto:" + quote(contact, safe="@"), quote=True)
+        text = f'<a href="{href}">{text}</a>'
+    return f"Contact the administrator: {text}"
 
 
 def _what(intent: Intent | None) -> str:

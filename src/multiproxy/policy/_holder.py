@@ -95,6 +95,11 @@ class PolicyHolder:
         """The refusal page template in force."""
         return self._settings.deny_template
 
+    @property
+    def admin_contact(self) -> str | None:
+        """Who to ask about a refusal, shown on the refusal page (None: no line)."""
+        return self._settings.admin_contact
+
     def decide(self, intent: Intent) -> Decision:
         return self._settings.rules.decide(intent)
 

@@ -5,7 +5,8 @@ Command-line options for the access policy, mixed into a proxy's twistd
 `ClientPolicyOptions` holds the options about the client alone (networks and
 limits), for a proxy that learns nothing else, the TCP relay;
 `PolicyOptions` adds destinations, proxy authentication and anonymity, for
-the forward proxy.
+the forward proxy; `DenyPageOptions` the refusal page (``--deny-page``,
+``--admin-contact``), for the forward proxy, which shows it to browsers.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from multiproxy.policy._auth import load_htpasswd
 from multiproxy.policy._config import (
     AuthSettings, LimitSettings, PolicySettings, PolicySource, rules_from_options,
 )
+from multiproxy.policy._denypage import DEFAULT_DENY_TEMPLATE, load_deny_template
 from multiproxy.policy._index import RuleSet
 
-__all__ = ["ClientPolicyOptions", "PolicyOptions"]
+__all__ = ["ClientPolicyOptions", "DenyPageOptions", "PolicyOptions"]
 
 _REPEATED = ("deny-host", "allow-host", "deny-network", "allow-network")
 
@@ -74,6 +76,7 @@ class ClientPolicyOptions:
             "--max-client-connections": self["max-client-connections"],
             "--max-client-rate": self["max-client-rate"],
             "--limits-redis": self["limits-redis"],
+            "--deny-page": self.get("deny-page"), "--admin-contact": self.get("admin-contact"),
         }
         if path is not None:
             for option, value in standalone.items():
@@ -128,11 +131,19 @@ class ClientPolicyOptions:
                 requests_per_second=self["max-client-rate"] or None,
                 redis=self["limits-redis"] or None,
             )
+        template = DEFAULT_DENY_TEMPLATE
+        if self.get("deny-page"):
+            try:
+                template = load_deny_template(self["deny-page"])
+            except ValueError as e:
+                raise ConfigError(f"--deny-page: {e}") from None
         return PolicySettings(
             RuleSet((), default=default, clock=time.time),
+            deny_template=template,
             auth=auth,
             anonymity=AnonymityOptions() if self.get("anonymous") else None,
             limits=limits,
+            admin_contact=(self.get("admin-contact") or "").strip() or None,
         )
 
 
@@ -161,3 +172,22 @@ class PolicyOptions(ClientPolicyOptions):
     def opt_allow_host(self, pattern: str) -> None:
         """Allow only these destinations (repeatable; same patterns as --deny-host)."""
         self._add("allow-host", pattern)
+
+
+class DenyPageOptions:
+    """
+    A mix-in for the options of a proxy that answers refusals with an HTML
+    page: ``--deny-page FILE`` and ``--admin-contact TEXT``, the
+    ``deny_page`` and ``admin_contact`` keys of a ``[policy]`` table.
+    `ClientPolicyOptions.read_policy` reads them; like the other settings,
+    they cannot be combined with ``--policy`` (the file says them).
+    """
+
+    optParameters = [
+        ["deny-page", None, None,
+         "Template file for the refusal page (403, 407, 429): $placeholders as in "
+         "docs/policy.md."],
+        ["admin-contact", None, None,
+         "Who to ask about a refusal, shown on the refusal page (an email address "
+         "becomes a mailto: link)."],
+    ]

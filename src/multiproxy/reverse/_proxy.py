@@ -112,7 +112,9 @@ class ReverseProxyProtocol(HTTPServerProtocol):
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
         if self.over_connection_limit:
-            self.refuse(exchange, refusal(self.factory.policy, 429, None), close=True)
+            self.refuse(exchange, refusal(
+                self.factory.policy, 429, None, now=self.factory.reactor.seconds(),
+            ), close=True)
             return
         if head.method == b"CONNECT":
             exchange.record.ended = "denied"
@@ -193,14 +195,18 @@ class ReverseProxyProtocol(HTTPServerProtocol):
         policy = self.factory.policy
         wait = rate_limited(policy, intent.client_host)
         if wait is not None:
-            self.refuse(exchange, refusal(policy, 429, intent, retry_after=wait))
+            self.refuse(exchange, refusal(
+                policy, 429, intent, retry_after=wait, now=self.factory.reactor.seconds(),
+            ))
             return
         decision = policy.decide(intent)
         exchange.record.rule = decision.rule
         if decision.action == "allow":
             proceed(intent)
         else:
-            self.refuse(exchange, refusal(policy, 403, intent, decision))
+            self.refuse(exchange, refusal(
+                policy, 403, intent, decision, now=self.factory.reactor.seconds(),
+            ))
 
     def refuse(self, exchange: Exchange, answer: Refusal, *, close: bool = False) -> None:
         """Send a refusal (403, 429) from the policy layer."""
