@@ -30,7 +30,10 @@ _log = Logger()
 
 
 class ProxyService(MultiService):
-    """A proxy's listeners and helpers as one service, stopped gracefully."""
+    """
+    A proxy's listeners and helpers as one service, stopped gracefully.
+    ``summary``, when set, is logged as it starts (see `multiproxy._startup`).
+    """
 
     def __init__(self, reactor: Any, factory: Any, shutdown_timeout: float) -> None:
         super().__init__()
@@ -38,6 +41,12 @@ class ProxyService(MultiService):
         self.factory = factory
         self.shutdown_timeout = shutdown_timeout
         self.listeners: list[Service] = []
+        self.summary: str | None = None
+
+    def startService(self) -> None:
+        if self.summary:
+            _log.info("{summary}", summary=self.summary)
+        super().startService()
 
     def add_listener(self, endpoint: Any, factory: Any = None) -> None:
         """Accept client connections on ``endpoint`` (stopped first on shutdown)."""

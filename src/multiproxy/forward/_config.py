@@ -17,6 +17,7 @@ from multiproxy._proxyservice import (
     listen_from_table,
     parse_listen,
 )
+from multiproxy._startup import describe_cache, describe_policy, listening, startup_summary
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
@@ -272,6 +273,12 @@ def make_forward_service(
         site = StatusSite(reactor, config.name, kind="forward", counters=counters,
                           readings=lambda: forward_readings(factory))
         add_status_listeners(service, reactor, config.name, config.status_listen, site)
+    service.summary = startup_summary(config.name, "forward proxy", [
+        listening("listening on", config.listen),
+        listening("status on", config.status_listen),
+        describe_policy(policy),
+        describe_cache(config.cache),
+    ])
     return service
 
 

@@ -17,6 +17,9 @@ from multiproxy._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._errors import ConfigError
 from multiproxy._proxyservice import ProxyService, parse_listen
 from multiproxy._signals import SIGHUP, on_signal
+from multiproxy._startup import (
+    describe_cache, describe_policy, describe_pool, listening, startup_summary,
+)
 from multiproxy._tls import ServerTLS, tls_server_endpoint
 from multiproxy.balancing import (
     Backend,
@@ -190,6 +193,18 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
                           counters=counters, token=config.status_token,
                           readings=lambda: _reverse_readings(factory))
         add_status_listeners(service, reactor, config.name, config.status_listen, site)
+    cached = sum(1 for r in config.routes if r.cache)
+    service.summary = startup_summary(config.name, "reverse proxy", [
+        listening("listening on", config.listen),
+        listening("TLS on", config.tls_listen),
+        listening("status on", config.status_listen),
+        f"{len(config.routes)} route{'s' if len(config.routes) != 1 else ''}",
+        *(describe_pool(p.name, p.balance, [b.name for b in pools[p.name].backends], p.health)
+          for p in config.pools),
+        describe_policy(policy),
+        describe_cache(config.cache or CacheConfig()) + f" on {cached} of the routes"
+        if cached else "cache: off",
+    ])
     return service
 
 

@@ -26,6 +26,7 @@ from multiproxy._proxyservice import (
     listen_from_table,
     parse_listen,
 )
+from multiproxy._startup import describe_policy, listening, startup_summary
 from multiproxy._tablereader import TableReader
 from multiproxy.policy._options import PolicyOptions
 from multiproxy.socks._proxy import SocksProxy, SocksSettings
@@ -175,4 +176,9 @@ def make_socks_service(
                               "connections_open", "multiproxy_client_connections", "gauge",
                               "Client connections open now.", len(factory.connections))])
         add_status_listeners(service, reactor, config.name, config.status_listen, site)
+    service.summary = startup_summary(config.name, "socks proxy", [
+        listening("listening on", config.listen),
+        listening("status on", config.status_listen),
+        describe_policy(policy),
+    ])
     return service

@@ -30,6 +30,7 @@ from multiproxy._proxyservice import (
     listen_from_table,
     parse_listen,
 )
+from multiproxy._startup import describe_policy, describe_pool, listening, startup_summary
 from multiproxy._tablereader import TableReader
 from multiproxy._tls import ServerTLS, tls_server_endpoint
 from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
@@ -456,6 +457,13 @@ def make_tcp_service(
         site = StatusSite(reactor, config.name, lambda: (pool,), kind="tcp", counters=counters,
                           readings=lambda: tcp_readings(factory))
         add_status_listeners(service, reactor, config.name, config.status_listen, site)
+    service.summary = startup_summary(config.name, "tcp relay", [
+        listening("listening on", config.listen),
+        listening("TLS on", config.tls_listen),
+        listening("status on", config.status_listen),
+        describe_pool(config.name, config.balance, [b.name for b in backends], health),
+        describe_policy(policy),
+    ])
     return service
 
 
