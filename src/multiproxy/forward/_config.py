@@ -35,8 +35,10 @@ from multiproxy.http._config import (
     timeouts_from_table,
     via_from_table,
 )
+from multiproxy.forward._inspect import InspectConfig, Inspector
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.policy._hosts import parse_host_pattern
 from multiproxy.policy._options import DenyPageOptions, PolicyOptions
 from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 
@@ -63,6 +65,8 @@ class ForwardConfig:
     """Seconds requests and tunnels in progress may take to finish on shutdown."""
     status_listen: tuple[str, ...] = ()
     """Listeners for the status page and metrics (never the proxy's own)."""
+    inspect: InspectConfig | None = None
+    """TLS inspection of chosen CONNECT hosts (``[forward.inspect]``); None: never."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -101,8 +105,34 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     cache = cache_from_table(reader.table_of("cache"))
     shutdown = reader.number("shutdown_timeout", SHUTDOWN_TIMEOUT, minimum=0)
     status_listen = listen_from_table(reader, "status_listen", [])
+    inspect = inspect_from_table(reader.table_of("inspect")) if reader.has("inspect") else None
     return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache,
-                         shutdown_timeout=shutdown, status_listen=status_listen)
+                         shutdown_timeout=shutdown, status_listen=status_listen,
+                         inspect=inspect)
+
+
+def inspect_from_table(reader: TableReader) -> InspectConfig:
+    """``[forward.inspect]``: ``ca`` (a directory), ``hosts``, ``never``, ``trust``."""
+    if not reader.has("ca"):
+        raise reader.error("ca", "the directory of the inspection CA is needed "
+                                 "(make one with: multiproxy ca --out DIR)")
+    config = InspectConfig(
+        ca=reader.string("ca"),
+        hosts=tuple(reader.convert("hosts", reader.strings("hosts", []), _host_patterns)),
+        never=tuple(reader.convert("never", reader.strings("never", []), _host_patterns)),
+        trust=tuple(reader.strings("trust", [])),
+        cache_size=int(reader.number("cache_size", 1000, minimum=1)),
+    )
+    if not config.hosts:
+        raise reader.error("hosts", "list the hosts to inspect, e.g. [\".example.com\"]")
+    reader.finish()
+    return config
+
+
+def _host_patterns(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        parse_host_pattern(pattern)  # ValueError says what is wrong
+    return patterns
 
 
 def _tunnel_settings_from_table(reader: TableReader) -> dict:
@@ -155,12 +185,30 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
          "Seconds a CONNECT tunnel may be idle before it is closed.", float],
         ["shutdown-timeout", None, SHUTDOWN_TIMEOUT,
          "Seconds requests and tunnels in progress may take to finish on shutdown.", float],
+        ["inspect-ca", None, None,
+         "Inspect TLS for the --inspect-host hosts with the CA in this directory "
+         "(ca.pem, ca.key; make one with: multiproxy ca --out DIR)."],
     ] + HTTP_CLIENT_OPT_PARAMETERS + CACHE_OPT_PARAMETERS
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["status-listen"] = []
+        self["inspect-host"] = []
+        self["never-inspect"] = []
+        self["inspect-trust"] = []
+
+    def opt_inspect_host(self, pattern: str) -> None:
+        """Inspect CONNECT tunnels to these hosts (repeatable), e.g. .example.com."""
+        self["inspect-host"].append(pattern)
+
+    def opt_never_inspect(self, pattern: str) -> None:
+        """Never inspect these hosts, even if --inspect-host matches (repeatable)."""
+        self["never-inspect"].append(pattern)
+
+    def opt_inspect_trust(self, path: str) -> None:
+        """Trust the CA certificates in this PEM file for inspected origins (repeatable)."""
+        self["inspect-trust"].append(path)
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
@@ -225,7 +273,26 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
             cache=cache_from_options(self),
             shutdown_timeout=self["shutdown-timeout"],
             status_listen=tuple(self["status-listen"]),
+            inspect=self._inspect_config(),
         )
+
+    def _inspect_config(self) -> InspectConfig | None:
+        hosts, never = self["inspect-host"], self["never-inspect"]
+        if self["inspect-ca"] is None:
+            if hosts or never or self["inspect-trust"]:
+                raise usage.UsageError("--inspect-host, --never-inspect and --inspect-trust "
+                                       "need --inspect-ca DIR")
+            return None
+        if not hosts:
+            raise usage.UsageError("--inspect-ca needs at least one --inspect-host PATTERN")
+        for option, patterns in (("--inspect-host", hosts), ("--never-inspect", never)):
+            for pattern in patterns:
+                try:
+                    parse_host_pattern(pattern)
+                except ValueError as e:
+                    raise usage.UsageError(f"{option}: {e}") from None
+        return InspectConfig(self["inspect-ca"], tuple(hosts), tuple(never),
+                             tuple(self["inspect-trust"]))
 
 
 def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None) -> ForwardProxy:
@@ -233,6 +300,12 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
     The `ForwardProxy` factory described by ``config``; ``policy`` is an
     `IPolicy`.  The shared cache, unless switched off, wraps its fetcher.
     """
+    inspector = None
+    if config.inspect is not None:
+        try:
+            inspector = Inspector(config.inspect)
+        except ConfigError as e:
+            raise ConfigError(f"{config.name}: {e}") from None
     factory = ForwardProxy(
         reactor,
         name=config.name,
@@ -241,6 +314,7 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         limits=config.limits,
         timeouts=config.timeouts,
         reporters=reporters,
+        inspector=inspector,
     )
     wrap = caching_fetcher_factory(config.cache, reactor)
     if wrap is not None:
@@ -278,6 +352,8 @@ def make_forward_service(
         listening("status on", config.status_listen),
         describe_policy(policy),
         describe_cache(config.cache),
+        (f"inspecting TLS to {', '.join(config.inspect.hosts)} with the CA in "
+         f"{config.inspect.ca}" if config.inspect else ""),
     ])
     return service
 

@@ -4,6 +4,7 @@ Where a forward proxy connects: the origin server named by the request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.endpoints import wrapClientTLS
@@ -24,6 +25,8 @@ class Origin:
     host: str
     port: int
     connect_timeout: float = 10.0
+    origin_tls: Callable[[str], object] | None = field(default=None, compare=False, repr=False)
+    """Makes the TLS client creator for an https origin's name (default: system trust)."""
     name: str = field(init=False, compare=False, repr=False)
     """``host:port`` (IPv6 in brackets), for logs."""
     key: tuple[str, str, int] = field(init=False, compare=False, repr=False)
@@ -38,7 +41,8 @@ class Origin:
     def endpoint(self, reactor):
         endpoint = host_endpoint(reactor, self.host, self.port, self.connect_timeout)
         if self.scheme == "https":
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+            tls = self.origin_tls(self.host) if self.origin_tls else optionsForClientTLS(self.host)
+            endpoint = wrapClientTLS(tls, endpoint)
         return endpoint
 
     def started(self) -> None:
@@ -54,8 +58,10 @@ class DirectChooser:
 
     max_cached = 4096
 
-    def __init__(self, connect_timeout: float = 10.0) -> None:
+    def __init__(self, connect_timeout: float = 10.0,
+                 origin_tls: Callable[[str], object] | None = None) -> None:
         self.connect_timeout = connect_timeout
+        self.origin_tls = origin_tls
         self._origins: dict[tuple[str, str, int], Origin] = {}
 
     def choose(self, intent: Intent, excluded=frozenset()) -> Origin | None:
@@ -64,5 +70,5 @@ class DirectChooser:
         if origin is None:
             if len(self._origins) >= self.max_cached:
                 self._origins.clear()
-            origin = self._origins[key] = Origin(*key, self.connect_timeout)
+            origin = self._origins[key] = Origin(*key, self.connect_timeout, self.origin_tls)
         return None if key in excluded else origin

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -23,6 +24,7 @@ from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay
 from multiproxy._values import Decision, Intent
+from multiproxy.forward._bump import InspectedTunnel
 from multiproxy.forward._origin import DirectChooser
 from multiproxy.forward._peek import HelloGate
 from multiproxy.forward._sni import ClientHello, NotTLS
@@ -44,6 +46,9 @@ from multiproxy.policy._admission import (
     upstream_fields,
 )
 from multiproxy.policy._hosts import normalise_host
+
+if TYPE_CHECKING:
+    from multiproxy.forward._inspect import Inspector
 
 log = Logger()
 
@@ -82,6 +87,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
     factory: ForwardProxy
     allowed_methods = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, CONNECT"
 
+    inspected: InspectedTunnel | None = None
+    """Inside an inspected CONNECT tunnel: the tunnel, naming the origin its requests go to."""
+
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
         if self.over_connection_limit:
@@ -89,10 +97,12 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 self.factory.policy, 429, None, now=self.factory.reactor.seconds(),
             ), close=True)
             return
-        if head.method == b"CONNECT":
+        if self.inspected is not None:
+            head = self._inspected_request(exchange)
+        elif head.method == b"CONNECT":
             self._handle_connect(exchange)
             return
-        if is_origin_form(head.target):
+        elif is_origin_form(head.target):
             exchange.respond_error(
                 400,
                 "this is a forward proxy: the request target must be an absolute URL "
@@ -109,6 +119,35 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         if self.answer_max_forwards(exchange):
             return
         self.admit(exchange, intent, lambda intent: self._forward(exchange, intent, path))
+
+    def _inspected_request(self, exchange: Exchange) -> RequestHead:
+        """
+        A request read inside an inspected tunnel, made absolute
+        (``https://host[:port]/path``) so that it takes the normal path; a
+        request for another origin is refused (421), CONNECT inside is 405.
+        """
+        head = exchange.request
+        tunnel = self.inspected
+        assert tunnel is not None
+        if head.method == b"CONNECT":
+            raise ProtocolError("CONNECT inside an inspected tunnel", 405)
+        authority = _host_value("https", tunnel.host, tunnel.port)
+        if is_origin_form(head.target):
+            path = head.target
+        else:
+            target = parse_absolute_target(head.target)
+            if (target.scheme, target.host, target.port) != ("https", tunnel.host, tunnel.port):
+                raise ProtocolError(f"this tunnel reaches only https://{authority.decode()}", 421)
+            path = target.path
+        host = head.headers.get(b"host")
+        if host is not None and host.lower() != authority:
+            # RFC 9110 7.4: the connection cannot serve that authority (domain fronting).
+            raise ProtocolError(
+                f"Host {host.decode('latin-1')!r} is not this tunnel's {authority.decode()}", 421)
+        absolute = b"https://" + authority + path
+        exchange.request = head = head._replace(target=absolute)
+        exchange.record.target = absolute.decode("latin-1")
+        return head
 
     def make_intent(
         self, exchange: Exchange, kind: str, scheme: str, host: str, port: int
@@ -250,7 +289,34 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 403, f"CONNECT to port {port} is not allowed (allowed ports: {allowed})"
             )
             return
+        inspector = self.factory.inspector
+        if inspector is not None and inspector.wants(intent.host):
+            self.admit(exchange, intent, lambda intent: self._inspect_tunnel(exchange, intent))
+            return
         self.admit(exchange, intent, lambda intent: self._open_tunnel(exchange, intent))
+
+    def _inspect_tunnel(self, exchange: Exchange, intent: Intent) -> None:
+        """Answer the CONNECT here and read the requests inside it (see `InspectedTunnel`)."""
+        record = exchange.record
+        record.kind = "connect"
+        record.status = 200
+        exchange.finished = True
+        exchange.response_started = True
+        self.exchange = None
+
+        def ended(tunnel: InspectedTunnel) -> None:
+            record.ended = "inspected" if tunnel.established else "inspect-tls-failed"
+            record.extra["sni"] = tunnel.server_name or "-"
+            record.bytes_from_client += tunnel.bytes_from_client
+            self.report(exchange)
+
+        self.transport.write(
+            b"HTTP/1.1 200 Connection established\r\nDate: %s\r\n\r\n" % self.http_date()
+        )
+        tunnel = InspectedTunnel(self, intent.host, intent.port, self.factory.inspector, ended)
+        early = self.become_tunnel(tunnel)
+        if early:
+            tunnel.downstream_data(early)
 
     def _open_tunnel(self, exchange: Exchange, intent: Intent) -> None:
         upstream = self.factory.chooser.choose(intent)
@@ -410,6 +476,7 @@ class ForwardProxy(HTTPProxyFactory):
         limits: Limits = Limits(),
         timeouts: Timeouts = Timeouts(),
         reporters: Sequence = (),
+        inspector: Inspector | None = None,
     ) -> None:
         self.pool = pool or ConnectionPool.from_timeouts(reactor, limits, timeouts)
         super().__init__(
@@ -422,7 +489,10 @@ class ForwardProxy(HTTPProxyFactory):
             via=settings.via,
         )
         self.policy = policy or AllowAll()
-        self.chooser = chooser or DirectChooser(timeouts.connect)
+        self.inspector = inspector
+        """The `Inspector` that says which CONNECT hosts are inspected, or None."""
+        self.chooser = chooser or DirectChooser(
+            timeouts.connect, origin_tls=inspector.origin_tls if inspector else None)
         check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
                       reporters=self.reporters)
         self.settings = settings

@@ -298,7 +298,11 @@ def _tls_failure(reason: Failure | None) -> str | None:
     if reason.check(VerificationError):
         return f"the certificate does not match the upstream's name ({reason.value})"
     if reason.check(SSLError):
-        return reason.getErrorMessage()
+        message = reason.getErrorMessage()
+        if "certificate verify failed" in message:
+            return ("the upstream's certificate is not signed by a trusted CA "
+                    "(certificate verify failed)")
+        return message
     return None
 
 

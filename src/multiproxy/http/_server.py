@@ -380,6 +380,13 @@ class HTTPServerProtocol(Protocol):
 
     factory: HTTPProxyFactory
 
+    nested = False
+    """
+    True for a connection carried inside another one (an inspected TLS
+    tunnel): the outer connection already holds the client's slot under
+    the per-client connection limit.
+    """
+
     def __init__(self) -> None:
         self.exchange: Exchange | None = None
         self.tunnel = None
@@ -408,9 +415,10 @@ class HTTPServerProtocol(Protocol):
         # Imported here: multiproxy.policy builds on this package.
         from multiproxy.policy._admission import connection_slot
 
-        self._release_slot, self.over_connection_limit = connection_slot(
-            getattr(self.factory, "policy", None), self._peer_host
-        )
+        if not self.nested:
+            self._release_slot, self.over_connection_limit = connection_slot(
+                getattr(self.factory, "policy", None), self._peer_host
+            )
         self._await_request()
 
     def connectionLost(self, reason: Failure = None) -> None:
