@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest_twisted
 import trustme
 from cryptography import x509
 from hardening import no_tracebacks  # noqa: F401  (autouse: a logged traceback fails the test)
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor, ssl, threads
 from twisted.web import resource, server
 
 from loopback import curl, wait_for
@@ -294,3 +295,38 @@ def test_twistd_check_loads_the_inspection_ca_and_names_what_is_missing(operator
     assert missing.returncode == 1
     [line] = missing.stderr.strip().splitlines()
     assert "cannot read" in line and "multiproxy ca --out" in line
+
+
+CHROMIUM = shutil.which("chromium")
+CERTUTIL = shutil.which("certutil")
+
+
+@pytest.mark.skipif(CHROMIUM is None or CERTUTIL is None,
+                    reason="needs chromium and certutil (apt-get install chromium libnss3-tools)")
+@pytest_twisted.ensureDeferred
+async def test_headless_chromium_trusting_the_ca_sees_the_deny_page_over_tls(
+    inspecting, operator_ca, tmp_path
+):
+    proxy, (port, page) = inspecting()
+    # A browser profile of its own whose NSS store trusts the operator CA, as an
+    # organisation rolls it out to its browsers.
+    nssdb = tmp_path / "home" / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    for args in (["-N", "--empty-password"],
+                 ["-A", "-t", "C,,", "-n", "multiproxy", "-i", str(operator_ca / "ca.pem")]):
+        subprocess.run([CERTUTIL, "-d", f"sql:{nssdb}", *args], check=True, timeout=30,
+                       capture_output=True)
+    url = f"https://localhost:{port}/secret/plans"
+
+    def browse() -> str:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--proxy-server=http://127.0.0.1:{proxy}", "--proxy-bypass-list=<-loopback>",
+             f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, HOME=str(tmp_path / "home"))).stdout
+
+    dom = await threads.deferToThread(browse)
+    assert "Access denied" in dom and "Secrets stay inside." in dom
+    assert '<dd class="rule">no-secret</dd>' in dom and url in dom
+    assert b"/secret/plans" not in page.hits  # (the browser may ask for /favicon.ico)
