@@ -216,6 +216,8 @@ async def test_curl_trusting_the_operator_ca_reads_through_an_inspected_tunnel(
     out, err, code = await fetch(proxy, f"{url}/page?q=1", ca)
     assert code == 0, err
     assert out.endswith(f"origin saw /page?q=1 for localhost:{port}".encode())
+    out, err, code = await fetch(proxy, f"{url}/page?q=1", ca, "-H", f"Host: LOCALHOST:{port}")
+    assert code == 0 and b" 200 " in out.split(b"\r\n\r\n", 1)[1], err  # any case, port given
     # The URL rule sees the path inside the tunnel: the deny page comes back over TLS.
     out, err, code = await fetch(proxy, f"{url}/secret/plans", ca)
     assert code == 0, err
@@ -226,12 +228,13 @@ async def test_curl_trusting_the_operator_ca_reads_through_an_inspected_tunnel(
         assert code == 0, err
     assert b"x-cache: hit" in out.lower() and page.hits.count(b"/cached") == 1
     assert b"/secret/plans" not in page.hits
-    await wait_for(lambda: sum(r.kind == "connect" for r in reporter.records) == 4)
+    await wait_for(lambda: sum(r.kind == "connect" for r in reporter.records) == 5)
     requests = [r for r in reporter.records if r.kind == "http"]
-    assert [r.target for r in requests] == [f"{url}/page?q=1", f"{url}/secret/plans",
-                                            f"{url}/cached", f"{url}/cached"]
-    assert [r.status for r in requests] == [200, 403, 200, 200]
-    assert requests[1].rule == "no-secret" and requests[3].cache == "HIT"
+    assert [r.target for r in requests] == [f"{url}/page?q=1", f"{url}/page?q=1",
+                                            f"{url}/secret/plans", f"{url}/cached",
+                                            f"{url}/cached"]
+    assert [r.status for r in requests] == [200, 200, 403, 200, 200]
+    assert requests[2].rule == "no-secret" and requests[4].cache == "HIT"
     tunnels = [r for r in reporter.records if r.kind == "connect"]
     assert {r.ended for r in tunnels} == {"inspected"}
     assert {r.extra["sni"] for r in tunnels} == {"localhost"}

@@ -140,7 +140,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 raise ProtocolError(f"this tunnel reaches only https://{authority.decode()}", 421)
             path = target.path
         host = head.headers.get(b"host")
-        if host is not None and host.lower() != authority:
+        explicit = (f"[{tunnel.host}]" if ":" in tunnel.host else tunnel.host).encode() \
+            + b":%d" % tunnel.port
+        if host is not None and host.lower() not in (authority, explicit):
             # RFC 9110 7.4: the connection cannot serve that authority (domain fronting).
             raise ProtocolError(
                 f"Host {host.decode('latin-1')!r} is not this tunnel's {authority.decode()}", 421)
