@@ -128,6 +128,11 @@ def test_without_direct_hosts_everything_goes_to_the_proxy_with_no_fallback():
     assert "DIRECT_HOSTS = [];" in pac and "indexOf" not in pac
 
 
+def test_a_proxy_reached_over_tls_is_an_https_route():
+    assert b'var PROXY = "HTTPS proxy.example.com:8443";' in render_pac(
+        "proxy.example.com:8443", tls=True)
+
+
 def test_a_fallback_route_follows_the_proxy():
     pac = render_pac("p:3128", fallback="DIRECT").decode()
     assert 'var PROXY = "PROXY p:3128; DIRECT";' in pac
@@ -212,14 +217,13 @@ def test_pac_paths_are_matched_exactly_with_any_query(target, path):
 
 
 def test_settings_describe_themselves_for_the_start_up_line(tmp_path):
-    assert PacSettings().describe() == \
-        "/proxy.pac, /wpad.dat (proxy the address asked; direct none)"
-    assert PacSettings(enabled=False).describe() == "off"
+    assert PacSettings().describe() == "pac: generated, proxy as asked, no direct hosts"
+    assert PacSettings(enabled=False).describe() == "pac: off"
     settings = PacSettings.build(direct=[".corp.example"], proxy="p:3128")
-    assert settings.describe() == "/proxy.pac, /wpad.dat (proxy p:3128; direct .corp.example)"
+    assert settings.describe() == "pac: generated, proxy p:3128, 1 direct host"
     path = tmp_path / "proxy.pac"
     path.write_text("function FindProxyForURL(url, host) { return 'DIRECT'; }")
-    assert PacSettings.build(file=str(path)).describe() == f"/proxy.pac, /wpad.dat from {path}"
+    assert PacSettings.build(file=str(path)).describe() == f"pac: file {path}"
 
 
 def test_an_operator_file_is_read_verbatim(tmp_path):

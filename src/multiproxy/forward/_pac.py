@@ -165,15 +165,14 @@ class PacSettings:
         )
 
     def describe(self) -> str:
-        """One phrase for the start-up line."""
+        """``pac: ...`` for the start-up line."""
         if not self.enabled:
-            return "off"
-        where = "/proxy.pac, /wpad.dat"
+            return "pac: off"
         if self.file is not None:
-            return f"{where} from {self.file}"
-        proxy = self.proxy or "the address asked"
-        direct = ", ".join(d.text for d in self.direct) or "none"
-        return f"{where} (proxy {proxy}; direct {direct})"
+            return f"pac: file {self.file}"
+        count = len(self.direct)
+        hosts = f"{count} direct host{'s' if count != 1 else ''}" if count else "no direct hosts"
+        return f"pac: generated, proxy {self.proxy or 'as asked'}, {hosts}"
 
 
 def pac_path(target: bytes) -> bytes | None:
@@ -213,17 +212,19 @@ def _js_list(values: Sequence[str]) -> str:
 
 
 def render_pac(proxy: str, direct: Sequence[DirectHost] = (),
-               fallback: str | None = None) -> bytes:
+               fallback: str | None = None, *, tls: bool = False) -> bytes:
     """
     A PAC file (``FindProxyForURL``) sending every URL to ``PROXY proxy``
-    except the ``direct`` destinations, which go ``DIRECT``.  ``fallback``
-    (``"DIRECT"``, ``"PROXY other:3128"``) is what a browser tries when the
-    proxy does not answer; without one it reports the error, so a client
-    never goes around the proxy's policy unnoticed.
+    (``HTTPS proxy`` with ``tls``: the proxy is reached over TLS) except the
+    ``direct`` destinations, which go ``DIRECT``.  ``fallback`` (``"DIRECT"``,
+    ``"PROXY other:3128"``) is what a browser tries when the proxy does not
+    answer; without one it reports the error, so a client never goes around
+    the proxy's policy unnoticed.
 
-    @raise ValueError: ``fallback`` is not a PAC route.
+    @raise ValueError: ``proxy`` is not HOST:PORT or ``fallback`` is not a
+        PAC route.
     """
-    routes = [f"PROXY {parse_proxy_address(proxy)}"]
+    routes = [f"{'HTTPS' if tls else 'PROXY'} {parse_proxy_address(proxy)}"]
     if fallback is not None:
         if not _ROUTE.match(fallback):
             raise ValueError(f"{fallback!r} is not a PAC route such as DIRECT or PROXY host:port")
