@@ -365,3 +365,21 @@ async def test_headless_chromium_follows_the_pac_file(
     assert "<p>page /around</p>" in result.stdout, result.stderr[-2000:]
     assert not any("direct.test" in r.target for r in reporter.records), \
         "the direct host was reached without the proxy"
+
+
+# -- the documentation ----------------------------------------------------------------
+
+def test_the_example_in_docs_pac_md_reads_and_generates_the_file_shown():
+    import tomllib
+
+    from multiproxy._config import read_configuration
+    from multiproxy.forward._pac import render_pac
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "pac.md").read_text()
+    (toml,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    (shown,) = re.findall(r"```javascript\n(.*?)```", text, re.S)
+    ((_, config),) = read_configuration(tomllib.loads(toml)).proxies
+    pac = config.settings.pac
+    generated = render_pac(pac.proxy, pac.direct).decode().splitlines()
+    lines = [line for line in shown.splitlines() if line.strip() != "..."]
+    assert all(line in generated for line in lines), lines
