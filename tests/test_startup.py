@@ -108,7 +108,8 @@ hosts = [".x.com"]
     lines = {m.group(1): m.group(0) for m in re.finditer(r"(\w+) \((?:\w+ )+\w+\): .*", text)}
     assert lines["office"].endswith(
         f"office (forward proxy): listening on tcp:{ports[0]}:interface=127.0.0.1; "
-        "policy: 1 rule, default allow; cache: memory, 32 MiB, objects up to 8 MiB")
+        "policy: 1 rule, default allow; cache: memory, 32 MiB, objects up to 8 MiB; "
+        "pac: generated, proxy as asked, no direct hosts")
     assert lines["site"].endswith(
         f"site (reverse proxy): listening on tcp:{ports[1]}:interface=127.0.0.1; 1 route; "
         "pool default (roundrobin, no active checks): http://127.0.0.1:9, two; "

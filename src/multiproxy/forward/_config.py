@@ -28,6 +28,7 @@ from multiproxy.cache import (
     cache_from_table,
 )
 from multiproxy.cache._fetcher import caching_fetcher_factory
+from multiproxy.forward._pac import PacSettings, parse_direct, parse_proxy_address
 from multiproxy.forward._proxy import NON_TLS_RULES, XFF_MODES, ForwardProxy, ForwardSettings
 from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
@@ -98,6 +99,7 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
         via=via_value,
         x_forwarded_for=reader.string("x_forwarded_for", "add", choices=XFF_MODES),
         connect_ports=frozenset(ports),
+        pac=pac_from_table(reader.table_of("pac")),
         **_tunnel_settings_from_table(reader),
     )
     limits = limits_from_table(reader)
@@ -146,6 +148,28 @@ def _tunnel_settings_from_table(reader: TableReader) -> dict:
     return values
 
 
+def pac_from_table(reader: TableReader) -> PacSettings:
+    """
+    A ``[forward.pac]`` table: ``enabled`` (default true), ``direct``,
+    ``proxy``, or ``file`` (an operator's PAC file, read now) instead of both.
+    """
+    enabled = reader.boolean("enabled", True)
+    direct = reader.strings("direct", [])
+    proxy = reader.string("proxy", None)
+    file = reader.string("file", None)
+    reader.finish()
+    if file is not None:
+        if direct or proxy is not None:
+            raise reader.error("file", "cannot be combined with direct or proxy "
+                                       "(the PAC file says which hosts go direct, and where)")
+        return reader.convert("file", file, lambda path: PacSettings.build(
+            enabled=enabled, file=path))
+    direct = tuple(reader.convert("direct", text, parse_direct) for text in direct)
+    if proxy is not None:
+        proxy = reader.convert("proxy", proxy, parse_proxy_address)
+    return PacSettings(enabled, direct, proxy)
+
+
 class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTargetOptions,
                      usage.Options):
     """``twistd multiproxy forward``: a forward HTTP proxy (the default)."""
@@ -188,6 +212,11 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
         ["inspect-ca", None, None,
          "Inspect TLS for the --inspect-host hosts with the CA in this directory "
          "(ca.pem, ca.key; make one with: multiproxy ca --out DIR)."],
+        ["pac-proxy", None, None,
+         "The proxy address the PAC file (/proxy.pac, /wpad.dat) hands out, HOST:PORT "
+         "(default: the address the client reached this proxy at)."],
+        ["pac-file", None, None,
+         "Serve this PAC file at /proxy.pac and /wpad.dat instead of a generated one."],
     ] + HTTP_CLIENT_OPT_PARAMETERS + CACHE_OPT_PARAMETERS
 
     def __init__(self) -> None:
@@ -197,6 +226,7 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
         self["inspect-host"] = []
         self["never-inspect"] = []
         self["inspect-trust"] = []
+        self["pac-direct"] = []
 
     def opt_inspect_host(self, pattern: str) -> None:
         """Inspect CONNECT tunnels to these hosts (repeatable), e.g. .example.com."""
@@ -217,6 +247,36 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
     def opt_status_listen(self, description: str) -> None:
         """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
         add_listen_option(self, "status-listen", description)
+
+    def opt_pac_direct(self, host: str) -> None:
+        """
+        A destination the PAC file sends direct, not through the proxy (repeatable):
+        host.example.com, .example.com (and subdomains), 10.0.0.0/8, <local> (names
+        without a dot).
+        """
+        try:
+            self["pac-direct"].append(parse_direct(host))
+        except ValueError as e:
+            raise usage.UsageError(f"--pac-direct: {e}") from None
+
+    def read_pac(self) -> PacSettings:
+        """The PAC file the options describe (``--pac-*``), checked and read now."""
+        direct, proxy, file = self["pac-direct"], self["pac-proxy"], self["pac-file"]
+        if file is not None:
+            if direct or proxy is not None:
+                raise usage.UsageError(
+                    "--pac-file cannot be combined with --pac-direct or --pac-proxy "
+                    "(the PAC file says which hosts go direct, and where)")
+            try:
+                return PacSettings.build(file=file)
+            except ValueError as e:
+                raise usage.UsageError(f"--pac-file: {e}") from None
+        if proxy is not None:
+            try:
+                proxy = parse_proxy_address(proxy)
+            except ValueError as e:
+                raise usage.UsageError(f"--pac-proxy: {e}") from None
+        return PacSettings(direct=tuple(direct), proxy=proxy)
 
     def postOptions(self) -> None:
         try:
@@ -255,7 +315,7 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
             settings=ForwardSettings(
                 via=via, x_forwarded_for=self["x-forwarded-for"], connect_ports=ports,
                 sni_peek=not self["no-sni-peek"], sni_must_match=bool(self["sni-must-match"]),
-                non_tls=self["non-tls"],
+                non_tls=self["non-tls"], pac=self.read_pac(),
             ),
             limits=Limits(
                 max_head=self["max-head-size"],
@@ -354,6 +414,7 @@ def make_forward_service(
         describe_cache(config.cache),
         (f"inspecting TLS to {', '.join(config.inspect.hosts)} with the CA in "
          f"{config.inspect.ca}" if config.inspect else ""),
+        config.settings.pac.describe(),
     ])
     return service
 

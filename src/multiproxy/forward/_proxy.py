@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,6 +27,14 @@ from multiproxy._relay import Relay
 from multiproxy._values import Decision, Intent
 from multiproxy.forward._bump import InspectedTunnel
 from multiproxy.forward._origin import DirectChooser
+from multiproxy.forward._pac import (
+    PAC_CONTENT_TYPE,
+    PAC_MAX_AGE,
+    PacSettings,
+    pac_path,
+    parse_proxy_address,
+    render_pac,
+)
 from multiproxy.forward._peek import HelloGate
 from multiproxy.forward._sni import ClientHello, NotTLS
 from multiproxy.http._client import ConnectionPool, UpstreamFetcher
@@ -74,6 +83,8 @@ class ForwardSettings:
     """What happens to a tunnel that does not start with TLS: "allow" or "deny"."""
     hello_timeout: float | None = 10.0
     """Seconds from a tunnel's first byte to a complete ClientHello."""
+    pac: PacSettings = PacSettings()
+    """The PAC file served at ``/proxy.pac`` and ``/wpad.dat`` (on by default)."""
 
 
 class ForwardProxyProtocol(HTTPServerProtocol):
@@ -103,6 +114,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             self._handle_connect(exchange)
             return
         elif is_origin_form(head.target):
+            if self.factory.settings.pac.enabled and pac_path(head.target) is not None:
+                self.serve_pac(exchange)
+                return
             exchange.respond_error(
                 400,
                 "this is a forward proxy: the request target must be an absolute URL "
@@ -150,6 +164,52 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         exchange.request = head = head._replace(target=absolute)
         exchange.record.target = absolute.decode("latin-1")
         return head
+
+    def serve_pac(self, exchange: Exchange) -> None:
+        """
+        Answer a request for the PAC file: the operator's, or one generated
+        for the address the client reached the proxy at (its ``Host``)
+        unless the settings name one.  No policy is asked: a browser fetches
+        it before it knows it has a proxy, so without credentials.
+        """
+        head = exchange.request
+        record = exchange.record
+        record.ended = "pac"
+        if head.method not in (b"GET", b"HEAD"):
+            record.extra["reason"] = "the PAC file is read with GET or HEAD"
+            exchange.respond(405, Headers([
+                (b"Allow", b"GET, HEAD"),
+                (b"Content-Type", b"text/plain; charset=utf-8"),
+                (b"Cache-Control", b"no-store"),
+            ]), b"405 Method Not Allowed: the PAC file is read with GET or HEAD\n")
+            return
+        pac = self.factory.settings.pac
+        body = pac.body
+        if body is None:
+            tls = ISSLTransport.providedBy(self.transport)
+            try:
+                proxy = pac.proxy or self._pac_proxy_address(head, tls)
+            except ValueError as e:
+                record.ended = "bad-request"
+                exchange.respond_error(
+                    400, f"the PAC file names the proxy by the request's Host field: {e}")
+                return
+            body = render_pac(proxy, pac.direct, tls=tls and pac.proxy is None)
+        exchange.respond(200, Headers([
+            (b"Content-Type", PAC_CONTENT_TYPE),
+            (b"Cache-Control", b"max-age=%d" % PAC_MAX_AGE),
+        ]), body)
+
+    def _pac_proxy_address(self, head: RequestHead, tls: bool) -> str:
+        """The address the client reached the proxy at: ``Host``, else the listener's."""
+        host = head.headers.get(b"host")
+        if host is not None:
+            return parse_proxy_address(host.decode("latin-1"), 443 if tls else 80)
+        # HTTP/1.0 may leave Host out: the address the connection came in on.
+        local = self.transport.getHost()
+        if not hasattr(local, "port"):
+            raise ValueError("there is none, and the listener has no address to hand out")
+        return parse_proxy_address(f"[{local.host}]:{local.port}")
 
     def make_intent(
         self, exchange: Exchange, kind: str, scheme: str, host: str, port: int
