@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from multiproxy._accesslog import AccessLogOptions
 from multiproxy._accept import AcceptGuard, GuardedEndpoint
+from multiproxy._accesslog import AccessLogOptions
 from multiproxy._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
@@ -17,8 +17,15 @@ from multiproxy._proxyservice import (
     listen_from_table,
     parse_listen,
 )
-from multiproxy._startup import describe_cache, describe_policy, listening, startup_summary
+from multiproxy._startup import (
+    describe_cache,
+    describe_parents,
+    describe_policy,
+    listening,
+    startup_summary,
+)
 from multiproxy._tablereader import TableReader
+from multiproxy.balancing import HealthChecker, HealthConfig, TCPCheck, health_from_table
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
     CACHE_OPT_PARAMETERS,
@@ -28,6 +35,14 @@ from multiproxy.cache import (
     cache_from_table,
 )
 from multiproxy.cache._fetcher import caching_fetcher_factory
+from multiproxy.forward._origin import DirectChooser
+from multiproxy.forward._parents import (
+    PARENT_FALLBACKS,
+    ParentChooser,
+    ParentConfig,
+    ParentProxy,
+    parse_parent_url,
+)
 from multiproxy.forward._proxy import NON_TLS_RULES, XFF_MODES, ForwardProxy, ForwardSettings
 from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
@@ -63,6 +78,12 @@ class ForwardConfig:
     """Seconds requests and tunnels in progress may take to finish on shutdown."""
     status_listen: tuple[str, ...] = ()
     """Listeners for the status page and metrics (never the proxy's own)."""
+    parents: tuple[ParentConfig, ...] = ()
+    """Parent proxies to forward through, tried in this order (none: go to origins)."""
+    parent_fallback: str = "fail"
+    """When every parent is down: "fail" (502) or "direct" (to the origin)."""
+    parent_health: HealthConfig = HealthConfig()
+    """How the parents are checked (TCP connects) and when one is taken out."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -102,7 +123,33 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     shutdown = reader.number("shutdown_timeout", SHUTDOWN_TIMEOUT, minimum=0)
     status_listen = listen_from_table(reader, "status_listen", [])
     return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache,
-                         shutdown_timeout=shutdown, status_listen=status_listen)
+                         shutdown_timeout=shutdown, status_listen=status_listen,
+                         **_parents_from_table(reader))
+
+
+def _parents_from_table(reader: TableReader) -> dict:
+    """``parents``, ``parent_fallback`` and the ``parent_health`` table."""
+    parents = []
+    for index, url in enumerate(reader.strings("parents", [])):
+        try:
+            parents.append(parse_parent_url(url))
+        except ValueError as e:
+            raise ConfigError(f"{reader.key('parents')}[{index}]: {e}") from None
+    _check_distinct(parents, lambda message: reader.error("parents", message))
+    fallback = reader.string("parent_fallback", "fail", choices=PARENT_FALLBACKS)
+    health = health_from_table(reader.table_of("parent_health"))
+    if health.check == "http":
+        raise ConfigError(f"{reader.key('parent_health')}.check: parents are checked with "
+                          "tcp (or none), not http")
+    return {"parents": tuple(parents), "parent_fallback": fallback, "parent_health": health}
+
+
+def _check_distinct(parents: list[ParentConfig], error) -> None:
+    seen = set()
+    for parent in parents:
+        if parent.address in seen:
+            raise error(f"{parent.address} is listed twice")
+        seen.add(parent.address)
 
 
 def _tunnel_settings_from_table(reader: TableReader) -> dict:
@@ -155,12 +202,26 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
          "Seconds a CONNECT tunnel may be idle before it is closed.", float],
         ["shutdown-timeout", None, SHUTDOWN_TIMEOUT,
          "Seconds requests and tunnels in progress may take to finish on shutdown.", float],
+        ["parent-fallback", None, "fail",
+         "When every --parent is down: fail (answer 502) or direct (go to the origin)."],
     ] + HTTP_CLIENT_OPT_PARAMETERS + CACHE_OPT_PARAMETERS
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["status-listen"] = []
+        self["parent"] = []
+
+    def opt_parent(self, url: str) -> None:
+        """
+        Forward through this parent proxy (repeatable, tried in order):
+        http://[user:password@]host[:port], port 3128 by default.
+        """
+        try:
+            parent = parse_parent_url(url)
+        except ValueError as e:
+            raise usage.UsageError(f"--parent: {e}") from None
+        self["parent"].append(parent)
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
@@ -195,6 +256,10 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
             raise usage.UsageError(f"--non-tls must be allow or deny, not {self['non-tls']!r}")
         if self["sni-must-match"] and self["no-sni-peek"]:
             raise usage.UsageError("--sni-must-match needs the SNI: drop --no-sni-peek")
+        if self["parent-fallback"] not in PARENT_FALLBACKS:
+            raise usage.UsageError(
+                f"--parent-fallback must be fail or direct, not {self['parent-fallback']!r}")
+        _check_distinct(self["parent"], lambda message: usage.UsageError(f"--parent: {message}"))
         via = None if self["no-via"] else self["via-name"].encode("ascii", "replace")
         if via is not None and (not via or b" " in via):
             raise usage.UsageError("--via-name must be a single word, e.g. multiproxy")
@@ -225,6 +290,8 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
             cache=cache_from_options(self),
             shutdown_timeout=self["shutdown-timeout"],
             status_listen=tuple(self["status-listen"]),
+            parents=tuple(self["parent"]),
+            parent_fallback=self["parent-fallback"],
         )
 
 
@@ -237,6 +304,7 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         reactor,
         name=config.name,
         policy=policy,
+        chooser=make_parent_chooser(config, reactor) if config.parents else None,
         settings=config.settings,
         limits=config.limits,
         timeouts=config.timeouts,
@@ -246,6 +314,18 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
     if wrap is not None:
         factory.fetcher = wrap(factory.fetcher)
     return factory
+
+
+def make_parent_chooser(config: ForwardConfig, reactor) -> ParentChooser:
+    """The `ParentChooser` for the parents of ``config`` (passive health as it says)."""
+    connect = config.timeouts.connect
+    health = config.parent_health
+    return ParentChooser(
+        [ParentProxy(parent, connect) for parent in config.parents], reactor,
+        fallback=config.parent_fallback, direct=DirectChooser(connect),
+        max_failures=health.max_failures, backoff=health.backoff,
+        max_backoff=health.max_backoff,
+    )
 
 
 def make_forward_service(
@@ -269,13 +349,22 @@ def make_forward_service(
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
         service.add_listener(endpoint)
+    chooser = factory.chooser
+    parents = chooser.pool if isinstance(chooser, ParentChooser) else None
+    health = config.parent_health
+    if parents is not None and health.check != "none":
+        HealthChecker(reactor, parents.backends, TCPCheck(), interval=health.interval,
+                      timeout=health.timeout, rise=health.rise, fall=health.fall,
+                      ).setServiceParent(service)
     if config.status_listen:
-        site = StatusSite(reactor, config.name, kind="forward", counters=counters,
+        site = StatusSite(reactor, config.name, lambda: () if parents is None else (parents,),
+                          kind="forward", counters=counters,
                           readings=lambda: forward_readings(factory))
         add_status_listeners(service, reactor, config.name, config.status_listen, site)
     service.summary = startup_summary(config.name, "forward proxy", [
         listening("listening on", config.listen),
         listening("status on", config.status_listen),
+        describe_parents([p.url for p in config.parents], config.parent_fallback, health),
         describe_policy(policy),
         describe_cache(config.cache),
     ])
