@@ -548,3 +548,25 @@ async def test_an_https_url_asked_in_absolute_form_goes_over_tls_through_a_paren
     await wait_for(lambda: parent_log.records)
     assert (parent_log.records[0].kind, parent_log.records[0].target) == (
         "connect", f"localhost:{origin_port}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_status_page_shows_the_parents_as_a_pool():
+    status = free_port()
+    options = ForwardOptions()
+    options.parseOptions(["--listen", f"tcp:{free_port()}:interface=127.0.0.1",
+                          "--status-listen", f"tcp:{status}:interface=127.0.0.1",
+                          "--parent", "http://u:secret@127.0.0.1:3128",
+                          "--parent", "http://127.0.0.1:3129"])
+    service = make_forward_service(options.config, reactor)
+    service.startService()
+    try:
+        out, err, code = await curl(f"http://127.0.0.1:{status}/status.json")
+        assert code == 0, err
+    finally:
+        await service.stopService()
+    [pool] = json.loads(out)["pools"]
+    assert pool["name"] == "parents"
+    assert [b["name"] for b in pool["backends"]] == [
+        "parent:127.0.0.1:3128", "parent:127.0.0.1:3129"]
+    assert b"secret" not in out
