@@ -11,9 +11,10 @@ from twisted.internet import defer
 
 from multiproxy._errors import UpstreamError
 from multiproxy._values import Intent
+from multiproxy.http._failover import BalancingFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import RequestHead
-from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
+from multiproxy.reverse._fetch import ReverseRequest, backend_authority
 
 
 class FakeBackend:

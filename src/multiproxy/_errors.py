@@ -83,7 +83,7 @@ class UpstreamError(MultiproxyError):
 
 UPSTREAM_ERROR_KINDS = (
     "connect-refused", "connect-timeout", "dns", "connect", "tls", "response-timeout",
-    "stalled", "closed", "invalid-response", "error",
+    "stalled", "closed", "invalid-response", "parent-refused", "no-parent", "error",
 )
 """Kinds of `UpstreamError`: where reaching or talking to the upstream went wrong."""
 
@@ -99,6 +99,18 @@ class PoolUnavailable(UpstreamError):
     def __init__(self, message: str, retry_after: int, ended: str) -> None:
         super().__init__(message, 503)
         self.retry_after = retry_after
+        self.ended = ended
+
+
+class ParentsUnavailable(UpstreamError):
+    """
+    No parent proxy of a forward proxy could take the request and its
+    fallback is to fail: every parent is down (``ended`` is ``no-parent``)
+    or none could be reached (``connect-failed``).  The answer is 502.
+    """
+
+    def __init__(self, message: str, kind: str, ended: str) -> None:
+        super().__init__(message, 502, kind)
         self.ended = ended
 
 

@@ -14,7 +14,10 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["describe_cache", "describe_policy", "describe_pool", "listening", "startup_summary"]
+__all__ = [
+    "describe_cache", "describe_parents", "describe_policy", "describe_pool", "listening",
+    "startup_summary",
+]
 
 _USERINFO = re.compile(r"//[^@/]*@")
 
@@ -74,6 +77,20 @@ def describe_pool(name: str, balance: str, backends: Sequence[str], health: Any)
         what = f"http {health.path}" if check == "http" else check
         checked = f"{what} check every {health.interval:g} s"
     return f"pool {name} ({balance}, {checked}): {', '.join(backends) or 'no backends'}"
+
+
+def describe_parents(urls: Sequence[str], fallback: str, health: Any) -> str:
+    """
+    ``parents in order (CHECK; all down: FALLBACK): url, url`` or nothing
+    without parents; the URLs as given, passwords masked here too.
+    """
+    if not urls:
+        return ""
+    check = health.check
+    checked = "no active checks" if check == "none" else (
+        f"{check} check every {health.interval:g} s")
+    masked = [re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url) for url in urls]
+    return f"parents in order ({checked}; all down: {fallback}): {', '.join(masked)}"
 
 
 def _size(count: int) -> str:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from multiproxy._accesslog import AccessLogOptions
 from multiproxy._accept import AcceptGuard, GuardedEndpoint
+from multiproxy._accesslog import AccessLogOptions
 from multiproxy._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
@@ -17,8 +17,15 @@ from multiproxy._proxyservice import (
     listen_from_table,
     parse_listen,
 )
-from multiproxy._startup import describe_cache, describe_policy, listening, startup_summary
+from multiproxy._startup import (
+    describe_cache,
+    describe_parents,
+    describe_policy,
+    listening,
+    startup_summary,
+)
 from multiproxy._tablereader import TableReader
+from multiproxy.balancing import HealthChecker, HealthConfig, TCPCheck, health_from_table
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
     CACHE_OPT_PARAMETERS,
@@ -29,6 +36,14 @@ from multiproxy.cache import (
 )
 from multiproxy.cache._fetcher import caching_fetcher_factory
 from multiproxy.forward._pac import PacSettings, parse_direct, parse_proxy_address
+from multiproxy.forward._origin import DirectChooser
+from multiproxy.forward._parents import (
+    PARENT_FALLBACKS,
+    ParentChooser,
+    ParentConfig,
+    ParentProxy,
+    parse_parent_url,
+)
 from multiproxy.forward._proxy import NON_TLS_RULES, XFF_MODES, ForwardProxy, ForwardSettings
 from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
@@ -68,6 +83,12 @@ class ForwardConfig:
     """Listeners for the status page and metrics (never the proxy's own)."""
     inspect: InspectConfig | None = None
     """TLS inspection of chosen CONNECT hosts (``[forward.inspect]``); None: never."""
+    parents: tuple[ParentConfig, ...] = ()
+    """Parent proxies to forward through, tried in this order (none: go to origins)."""
+    parent_fallback: str = "fail"
+    """When every parent is down: "fail" (502) or "direct" (to the origin)."""
+    parent_health: HealthConfig = HealthConfig()
+    """How the parents are checked (TCP connects) and when one is taken out."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -110,7 +131,7 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     inspect = inspect_from_table(reader.table_of("inspect")) if reader.has("inspect") else None
     return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache,
                          shutdown_timeout=shutdown, status_listen=status_listen,
-                         inspect=inspect)
+                         inspect=inspect, **_parents_from_table(reader))
 
 
 def inspect_from_table(reader: TableReader) -> InspectConfig:
@@ -135,6 +156,31 @@ def _host_patterns(patterns: list[str]) -> list[str]:
     for pattern in patterns:
         parse_host_pattern(pattern)  # ValueError says what is wrong
     return patterns
+
+
+def _parents_from_table(reader: TableReader) -> dict:
+    """``parents``, ``parent_fallback`` and the ``parent_health`` table."""
+    parents = []
+    for index, url in enumerate(reader.strings("parents", [])):
+        try:
+            parents.append(parse_parent_url(url))
+        except ValueError as e:
+            raise ConfigError(f"{reader.key('parents')}[{index}]: {e}") from None
+    _check_distinct(parents, lambda message: reader.error("parents", message))
+    fallback = reader.string("parent_fallback", "fail", choices=PARENT_FALLBACKS)
+    health = health_from_table(reader.table_of("parent_health"))
+    if health.check == "http":
+        raise ConfigError(f"{reader.key('parent_health')}.check: parents are checked with "
+                          "tcp (or none), not http")
+    return {"parents": tuple(parents), "parent_fallback": fallback, "parent_health": health}
+
+
+def _check_distinct(parents: list[ParentConfig], error) -> None:
+    seen = set()
+    for parent in parents:
+        if parent.address in seen:
+            raise error(f"{parent.address} is listed twice")
+        seen.add(parent.address)
 
 
 def _tunnel_settings_from_table(reader: TableReader) -> dict:
@@ -217,6 +263,8 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
          "(default: the address the client reached this proxy at)."],
         ["pac-file", None, None,
          "Serve this PAC file at /proxy.pac and /wpad.dat instead of a generated one."],
+        ["parent-fallback", None, "fail",
+         "When every --parent is down: fail (answer 502) or direct (go to the origin)."],
     ] + HTTP_CLIENT_OPT_PARAMETERS + CACHE_OPT_PARAMETERS
 
     def __init__(self) -> None:
@@ -227,6 +275,7 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
         self["never-inspect"] = []
         self["inspect-trust"] = []
         self["pac-direct"] = []
+        self["parent"] = []
 
     def opt_inspect_host(self, pattern: str) -> None:
         """Inspect CONNECT tunnels to these hosts (repeatable), e.g. .example.com."""
@@ -239,6 +288,17 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
     def opt_inspect_trust(self, path: str) -> None:
         """Trust the CA certificates in this PEM file for inspected origins (repeatable)."""
         self["inspect-trust"].append(path)
+
+    def opt_parent(self, url: str) -> None:
+        """
+        Forward through this parent proxy (repeatable, tried in order):
+        http://[user:password@]host[:port], port 3128 by default.
+        """
+        try:
+            parent = parse_parent_url(url)
+        except ValueError as e:
+            raise usage.UsageError(f"--parent: {e}") from None
+        self["parent"].append(parent)
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
@@ -303,6 +363,10 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
             raise usage.UsageError(f"--non-tls must be allow or deny, not {self['non-tls']!r}")
         if self["sni-must-match"] and self["no-sni-peek"]:
             raise usage.UsageError("--sni-must-match needs the SNI: drop --no-sni-peek")
+        if self["parent-fallback"] not in PARENT_FALLBACKS:
+            raise usage.UsageError(
+                f"--parent-fallback must be fail or direct, not {self['parent-fallback']!r}")
+        _check_distinct(self["parent"], lambda message: usage.UsageError(f"--parent: {message}"))
         via = None if self["no-via"] else self["via-name"].encode("ascii", "replace")
         if via is not None and (not via or b" " in via):
             raise usage.UsageError("--via-name must be a single word, e.g. multiproxy")
@@ -334,6 +398,8 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
             shutdown_timeout=self["shutdown-timeout"],
             status_listen=tuple(self["status-listen"]),
             inspect=self._inspect_config(),
+            parents=tuple(self["parent"]),
+            parent_fallback=self["parent-fallback"],
         )
 
     def _inspect_config(self) -> InspectConfig | None:
@@ -370,6 +436,7 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         reactor,
         name=config.name,
         policy=policy,
+        chooser=make_parent_chooser(config, reactor) if config.parents else None,
         settings=config.settings,
         limits=config.limits,
         timeouts=config.timeouts,
@@ -380,6 +447,18 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
     if wrap is not None:
         factory.fetcher = wrap(factory.fetcher)
     return factory
+
+
+def make_parent_chooser(config: ForwardConfig, reactor) -> ParentChooser:
+    """The `ParentChooser` for the parents of ``config`` (passive health as it says)."""
+    connect = config.timeouts.connect
+    health = config.parent_health
+    return ParentChooser(
+        [ParentProxy(parent, connect) for parent in config.parents], reactor,
+        fallback=config.parent_fallback, direct=DirectChooser(connect),
+        max_failures=health.max_failures, backoff=health.backoff,
+        max_backoff=health.max_backoff,
+    )
 
 
 def make_forward_service(
@@ -403,13 +482,22 @@ def make_forward_service(
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
         service.add_listener(endpoint)
+    chooser = factory.chooser
+    parents = chooser.pool if isinstance(chooser, ParentChooser) else None
+    health = config.parent_health
+    if parents is not None and health.check != "none":
+        HealthChecker(reactor, parents.backends, TCPCheck(), interval=health.interval,
+                      timeout=health.timeout, rise=health.rise, fall=health.fall,
+                      ).setServiceParent(service)
     if config.status_listen:
-        site = StatusSite(reactor, config.name, kind="forward", counters=counters,
+        site = StatusSite(reactor, config.name, lambda: () if parents is None else (parents,),
+                          kind="forward", counters=counters,
                           readings=lambda: forward_readings(factory))
         add_status_listeners(service, reactor, config.name, config.status_listen, site)
     service.summary = startup_summary(config.name, "forward proxy", [
         listening("listening on", config.listen),
         listening("status on", config.status_listen),
+        describe_parents([p.url for p in config.parents], config.parent_fallback, health),
         describe_policy(policy),
         describe_cache(config.cache),
         (f"inspecting TLS to {', '.join(config.inspect.hosts)} with the CA in "

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
@@ -25,6 +26,7 @@ from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay
 from multiproxy._values import Decision, Intent
+from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.forward._bump import InspectedTunnel
 from multiproxy.forward._origin import DirectChooser
 from multiproxy.forward._pac import (
@@ -35,10 +37,12 @@ from multiproxy.forward._pac import (
     parse_proxy_address,
     render_pac,
 )
+from multiproxy.forward._parents import ParentChooser, ParentRequest
 from multiproxy.forward._peek import HelloGate
 from multiproxy.forward._sni import ClientHello, NotTLS
 from multiproxy.http._client import ConnectionPool, UpstreamFetcher
 from multiproxy.http._exchange import ForwardedRequest, IFetcher
+from multiproxy.http._failover import BalancingFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead
 from multiproxy.http._rules import end_to_end
@@ -322,21 +326,40 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             headers.remove(b"x-forwarded-for")
         return headers
 
+    def no_upstream(self, exchange: Exchange, intent: Intent) -> None:
+        """
+        Answer a request the chooser found no upstream for: 502 naming the
+        parents when every parent is down, else 503.
+        """
+        chooser = self.factory.chooser
+        if isinstance(chooser, ParentChooser):
+            exchange.fail(chooser.unavailable(None))
+        else:
+            exchange.respond_error(503, f"no upstream available for {intent.target}")
+
     # -- plain requests --------------------------------------------------
 
     def _forward(self, exchange: Exchange, intent: Intent, path: bytes) -> None:
-        upstream = self.factory.chooser.choose(intent)
+        chooser = self.factory.chooser
+        upstream = chooser.choose(intent)
         if upstream is None:
-            exchange.respond_error(503, f"no upstream available for {intent.host}")
+            self.no_upstream(exchange, intent)
             return
         head = exchange.request
         headers = self.request_headers(
             exchange, intent, _host_value(intent.scheme, intent.host, intent.port)
         )
-        exchange.forward(ForwardedRequest(  # intent, upstream, head, body, record
-            intent, upstream, RequestHead(head.method, path, b"HTTP/1.1", headers), exchange.body,
-            exchange.record,
-        ))
+        outgoing = RequestHead(head.method, path, b"HTTP/1.1", headers)
+        if isinstance(chooser, ParentChooser):
+            # A parent wants the absolute form, with its own credentials.
+            request = ParentRequest(
+                intent=intent, upstream=None, head=outgoing, body=exchange.body,
+                record=exchange.record, pool=chooser, absolute=head.target, path=path,
+            ).to(upstream)
+        else:
+            request = ForwardedRequest(  # intent, upstream, head, body, record
+                intent, upstream, outgoing, exchange.body, exchange.record)
+        exchange.forward(request)
 
     # -- CONNECT tunnels ---------------------------------------------------
 
@@ -381,22 +404,24 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             tunnel.downstream_data(early)
 
     def _open_tunnel(self, exchange: Exchange, intent: Intent) -> None:
-        upstream = self.factory.chooser.choose(intent)
+        chooser = self.factory.chooser
+        upstream = chooser.choose(intent)
         if upstream is None:
-            exchange.respond_error(503, f"no upstream available for {intent.target}")
+            self.no_upstream(exchange, intent)
             return
         record = exchange.record
         record.kind = "connect"
-        record.upstream = upstream.name
         timeouts = self.factory.timeouts
+        tried: set[Any] = set()
 
-        def ended(relay: Relay, how: str) -> None:
+        def ended(relay: Relay, how: str, upstream: Any) -> None:
             self.factory.tunnels_open -= 1
             record.ended = how
             record.bytes_from_client += relay.bytes_from_downstream
             record.bytes_to_client += relay.bytes_from_upstream
             record.bytes_to_upstream += relay.bytes_from_downstream
             record.bytes_from_upstream += relay.bytes_from_upstream
+            note_exchanged(upstream, 0, relay.bytes_from_downstream, relay.bytes_from_upstream)
             self.report(exchange)
 
         reactor = self.factory.reactor
@@ -404,14 +429,24 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         # Bulk tunnel traffic moves by splice(2) where both sides are plain
         # TCP; when peeking, only once the ClientHello has been judged.
         relay = Relay(reactor, self.transport, idle_timeout=timeouts.tunnel_idle, splice=not peek)
-        connecting = relay.connect(UpstreamEndpoint(reactor, upstream, timeouts.connect))
         exchange.abort_fetch = lambda: relay.end("client-closed")
 
-        def opened(_):
+        def attempt(upstream: Any) -> None:
+            tried.add(upstream.key)
+            record.upstream = upstream.name
+            upstream.started()
+            connecting = relay.connect(UpstreamEndpoint(reactor, upstream, timeouts.connect))
+            connecting.addCallbacks(opened, failed, callbackArgs=(upstream, reactor.seconds()),
+                                    errbackArgs=(upstream,))
+
+        def opened(_: Relay, upstream: Any, started: float) -> None:
+            # The connection (to a parent: and its CONNECT) is what the
+            # upstream's health is judged on, not how long the tunnel lasts.
+            upstream.finished(True, reactor.seconds() - started)
             if exchange.finished:
                 return
             exchange.abort_fetch = None
-            relay.on_end = ended
+            relay.on_end = lambda relay, how: ended(relay, how, upstream)
             self.factory.tunnels_open += 1
             self.factory.tunnels_opened += 1
             exchange.finished = True
@@ -428,14 +463,33 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             if early:
                 self.tunnel.downstream_data(early)
 
-        def failed(failure):
-            if not exchange.finished:
-                exchange.abort_fetch = None
-                record.ended = "upstream-error"
-                record.upstream_error = getattr(failure.value, "kind", "error")
-                exchange.respond_error(failure.value.status, str(failure.value))
+        def failed(failure: Failure, upstream: Any) -> None:
+            if exchange.finished:
+                # The client left while connecting: nothing against the upstream.
+                upstream.finished(True, 0.0)
+                return
+            error = failure.value
+            if not isinstance(error, UpstreamError):
+                log.failure("unexpected error connecting to {name}", failure, name=upstream.name)
+                error = UpstreamError(f"internal error connecting to {upstream.name}", 502)
+            if error.kind == "parent-refused":
+                # The parent answered (it is up); its answer goes back as 502.
+                upstream.finished(True, 0.0)
+            else:
+                note_connect_failed(upstream)
+                following = chooser.choose(intent, frozenset(tried))
+                if following is not None:
+                    log.info("{name}: {error}; trying {next}", name=upstream.name,
+                             error=str(error), next=following.name)
+                    note_retried(upstream, following)
+                    attempt(following)
+                    return
+                if isinstance(chooser, ParentChooser):
+                    error = chooser.unavailable(error)
+            exchange.abort_fetch = None
+            exchange.fail(error)
 
-        connecting.addCallbacks(opened, failed)
+        attempt(upstream)
 
     def hello_gate(self, exchange: Exchange, intent: Intent, relay: Relay) -> HelloGate:
         """The `HelloGate` that judges a tunnel's first flight before it is relayed."""
@@ -519,8 +573,10 @@ class ForwardProxy(HTTPProxyFactory):
     A forward HTTP proxy: the protocol factory to listen with.
 
     Every collaborator is injectable: ``policy`` (an `IPolicy`), ``chooser``
-    (an `IUpstreamChooser`; by default the origin named by the request) and
-    ``fetcher`` (an `IFetcher`, e.g. a cache in front of the pool).
+    (an `IUpstreamChooser`; by default the origin named by the request, a
+    `ParentChooser` to go through parent proxies) and ``fetcher`` (an
+    `IFetcher`, e.g. a cache in front of the pool; with parents, by default
+    one that fails over from parent to parent).
     """
 
     protocol = ForwardProxyProtocol
@@ -541,6 +597,11 @@ class ForwardProxy(HTTPProxyFactory):
         inspector: Inspector | None = None,
     ) -> None:
         self.pool = pool or ConnectionPool.from_timeouts(reactor, limits, timeouts)
+        chooser = chooser or DirectChooser(
+            timeouts.connect, origin_tls=inspector.origin_tls if inspector else None)
+        if fetcher is None and isinstance(chooser, ParentChooser):
+            # Every parent, then the origin when the fallback is direct.
+            fetcher = BalancingFetcher(self.pool, max_attempts=len(chooser.parents) + 1)
         super().__init__(
             reactor,
             name=name,
@@ -553,8 +614,7 @@ class ForwardProxy(HTTPProxyFactory):
         self.policy = policy or AllowAll()
         self.inspector = inspector
         """The `Inspector` that says which CONNECT hosts are inspected, or None."""
-        self.chooser = chooser or DirectChooser(
-            timeouts.connect, origin_tls=inspector.origin_tls if inspector else None)
+        self.chooser = chooser
         check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
                       reporters=self.reporters)
         self.settings = settings

@@ -13,10 +13,12 @@ producer it may pause when the client reads slowly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
+
+from multiproxy._errors import UpstreamError
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IPushProducer
@@ -116,6 +118,20 @@ class ForwardedRequest:
     @property
     def idempotent(self) -> bool:
         return self.head.method in IDEMPOTENT_METHODS and self.body is None
+
+    def to(self, upstream: object) -> ForwardedRequest:
+        """
+        The same request aimed at ``upstream`` (another attempt after a
+        failure); a subclass also rewrites what that upstream must be sent.
+        """
+        return self if upstream is self.upstream else replace(self, upstream=upstream)
+
+    def unavailable(self, last: UpstreamError | None) -> UpstreamError:
+        """
+        What the client is told when no upstream could take the request:
+        ``last`` is the failure of the last one tried (None: none was tried).
+        """
+        return last if last is not None else UpstreamError("no upstream available", 503)
 
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})

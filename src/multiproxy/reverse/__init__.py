@@ -10,6 +10,7 @@ from `reverse_config_from_table` or `ReverseOptions`), or assemble a
 """
 
 from multiproxy._tls import CertificateFile
+from multiproxy.http._failover import BalancingFetcher
 from multiproxy.reverse._config import (
     BackendConfig,
     HealthConfig,
@@ -20,7 +21,7 @@ from multiproxy.reverse._config import (
     parse_backend_url,
     reverse_config_from_table,
 )
-from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest
+from multiproxy.reverse._fetch import ReverseRequest
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded, effective_client
 from multiproxy.reverse._proxy import ReverseProxy, ReverseProxyProtocol, RouteChooser
 from multiproxy.reverse._routing import Route, RouteMatch, RouteTable

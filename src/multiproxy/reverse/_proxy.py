@@ -36,13 +36,14 @@ from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._values import Intent
 from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import IFetcher
+from multiproxy.http._failover import BalancingFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http._rules import HOP_BY_HOP, end_to_end
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target
 from multiproxy.policy._admission import Refusal, rate_limited, refusal
-from multiproxy.reverse._fetch import BalancingFetcher, ReverseRequest, backend_authority
+from multiproxy.reverse._fetch import ReverseRequest, backend_authority
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
 from multiproxy.reverse._routing import RouteMatch, RouteTable
 
