@@ -570,3 +570,78 @@ async def test_the_status_page_shows_the_parents_as_a_pool():
     assert [b["name"] for b in pool["backends"]] == [
         "parent:127.0.0.1:3128", "parent:127.0.0.1:3129"]
     assert b"secret" not in out
+
+
+# -- parents per policy rule -------------------------------------------------------------
+
+
+def rule_policy(text: str):
+    from multiproxy._tablereader import TableReader
+    from multiproxy.policy import PolicyHolder, settings_from_table
+
+    settings = settings_from_table(TableReader(tomllib.loads(text)["policy"], "policy"))
+    return PolicyHolder(settings, clock=reactor.seconds)
+
+
+def test_a_rule_names_its_parents_and_bad_ones_are_refused_naming_the_rule():
+    policy = rule_policy("""
+[policy]
+[[policy.rules]]
+name = "partners"
+action = "allow"
+hosts = [".partner.test"]
+parents = ["http://user:pw@10.0.0.7:3128", "http://10.0.0.8"]
+""")
+    decision = policy.decide(intent(host="www.partner.test"))
+    assert (decision.rule, decision.parents) == (
+        "partners", ("http://user:pw@10.0.0.7:3128", "http://10.0.0.8"))
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].parents.*(in rule 'x')"):
+        rule_policy('[policy]\n[[policy.rules]]\nname = "x"\naction = "allow"\n'
+                    'parents = ["ftp://10.0.0.7"]\n')
+    with pytest.raises(ConfigError, match=r"allow"):
+        rule_policy('[policy]\n[[policy.rules]]\nname = "x"\naction = "deny"\n'
+                    'parents = ["http://10.0.0.7"]\n')
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_a_rule_allows_go_through_the_rules_parents_and_others_go_direct(
+    chain, origin, tls_origin,
+):
+    origin_port, ca_file = tls_origin
+    ports = ForwardSettings(connect_ports=frozenset({origin_port}))
+    first_log, second_log, child_log = RecordingReporter(), RecordingReporter(), RecordingReporter()
+    first = chain("first", reporter=first_log, settings=ports)
+    second = chain("second", reporter=second_log, settings=ports)
+    policy = rule_policy(f"""
+[policy]
+[[policy.rules]]
+name = "via-parents"
+action = "allow"
+url_regex = "/bytes/"
+parents = ["{first.url}", "{second.url}"]
+[[policy.rules]]
+name = "tunnels-via-parents"
+action = "allow"
+kinds = ["connect"]
+parents = ["{second.url}"]
+""")
+    child = chain("child", reporter=child_log, settings=ports, policy=policy)
+    out, err, code = await curl("-x", child.url, f"http://127.0.0.1:{origin}/bytes/2")
+    assert out == b"xx", err
+    out, err, code = await curl("-x", child.url, f"http://127.0.0.1:{origin}/headers")
+    assert code == 0, err  # no rule names parents for it: straight to the origin
+    assert [r.upstream for r in child_log.records] == [
+        f"parent:127.0.0.1:{first.port}", f"127.0.0.1:{origin}"]
+    assert (len(first_log.records), len(second_log.records)) == (1, 0)
+    # The first parent stops: the rule's next parent takes its requests.
+    await first.stop()
+    out, err, code = await curl("-x", child.url, f"http://127.0.0.1:{origin}/bytes/3")
+    assert out == b"xxx", err
+    assert child_log.records[-1].upstream == f"parent:127.0.0.1:{second.port}"
+    # A tunnel the second rule allows goes through its parent.
+    out, err, code = await curl("-p", "-x", child.url, "--cacert", ca_file,
+                                f"https://localhost:{origin_port}/bytes/4")
+    assert out == b"xxxx", err
+    await wait_for(lambda: child_log.records[-1].kind == "connect")
+    assert child_log.records[-1].upstream == f"parent:127.0.0.1:{second.port}"
+    assert child_log.records[-1].rule == "tunnels-via-parents"

@@ -77,6 +77,8 @@ class Decision:
     action: Action
     rule: str | None = None
     message: str | None = None
+    parents: tuple[str, ...] = ()
+    """Parent proxy URLs the deciding rule sends an allowed request through (forward proxy)."""
 
     @property
     def allowed(self) -> bool:

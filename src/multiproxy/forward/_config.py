@@ -442,6 +442,7 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         timeouts=config.timeouts,
         reporters=reporters,
         inspector=inspector,
+        parent_fallback=config.parent_fallback,
     )
     wrap = caching_fetcher_factory(config.cache, reactor)
     if wrap is not None:

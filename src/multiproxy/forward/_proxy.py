@@ -37,10 +37,10 @@ from multiproxy.forward._pac import (
     parse_proxy_address,
     render_pac,
 )
-from multiproxy.forward._parents import ParentChooser, ParentRequest
+from multiproxy.forward._parents import ParentChooser, ParentProxy, ParentRequest, parse_parent_url
 from multiproxy.forward._peek import HelloGate
 from multiproxy.forward._sni import ClientHello, NotTLS
-from multiproxy.http._client import ConnectionPool, UpstreamFetcher
+from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import ForwardedRequest, IFetcher
 from multiproxy.http._failover import BalancingFetcher
 from multiproxy.http._headers import Headers
@@ -67,6 +67,8 @@ log = Logger()
 
 XFF_MODES = ("add", "leave", "delete")
 NON_TLS_RULES = ("allow", "deny")
+_MAX_ATTEMPTS = 8  # tries per request across parents (each is tried once at most)
+_MAX_RULE_CHOOSERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +274,8 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         exchange.record.rule = decision.rule
         exchange.record.user = intent.user
         if decision.action == "allow":
+            if decision.parents:
+                exchange.chooser = self.factory.chooser_for(decision.parents)
             try:
                 proceed(intent)
             except (ProtocolError, UpstreamError) as e:
@@ -331,7 +335,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         Answer a request the chooser found no upstream for: 502 naming the
         parents when every parent is down, else 503.
         """
-        chooser = self.factory.chooser
+        chooser = exchange.chooser or self.factory.chooser
         if isinstance(chooser, ParentChooser):
             exchange.fail(chooser.unavailable(None))
         else:
@@ -340,7 +344,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
     # -- plain requests --------------------------------------------------
 
     def _forward(self, exchange: Exchange, intent: Intent, path: bytes) -> None:
-        chooser = self.factory.chooser
+        chooser = exchange.chooser or self.factory.chooser
         upstream = chooser.choose(intent)
         if upstream is None:
             self.no_upstream(exchange, intent)
@@ -404,7 +408,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             tunnel.downstream_data(early)
 
     def _open_tunnel(self, exchange: Exchange, intent: Intent) -> None:
-        chooser = self.factory.chooser
+        chooser = exchange.chooser or self.factory.chooser
         upstream = chooser.choose(intent)
         if upstream is None:
             self.no_upstream(exchange, intent)
@@ -595,17 +599,19 @@ class ForwardProxy(HTTPProxyFactory):
         timeouts: Timeouts = Timeouts(),
         reporters: Sequence = (),
         inspector: Inspector | None = None,
+        parent_fallback: str = "fail",
     ) -> None:
         self.pool = pool or ConnectionPool.from_timeouts(reactor, limits, timeouts)
-        chooser = chooser or DirectChooser(
+        self.direct = DirectChooser(
             timeouts.connect, origin_tls=inspector.origin_tls if inspector else None)
-        if fetcher is None and isinstance(chooser, ParentChooser):
-            # Every parent, then the origin when the fallback is direct.
-            fetcher = BalancingFetcher(self.pool, max_attempts=len(chooser.parents) + 1)
+        """The chooser of origins reached directly."""
+        chooser = chooser or self.direct
         super().__init__(
             reactor,
             name=name,
-            fetcher=fetcher or UpstreamFetcher(self.pool),
+            # Fails over from parent to parent (the proxy's, or a rule's); a
+            # request to an origin has nowhere else to go and is sent as is.
+            fetcher=fetcher or BalancingFetcher(self.pool, max_attempts=_MAX_ATTEMPTS),
             limits=limits,
             timeouts=timeouts,
             reporters=tuple(reporters),
@@ -617,8 +623,26 @@ class ForwardProxy(HTTPProxyFactory):
         self.chooser = chooser
         check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
                       reporters=self.reporters)
+        self.parent_fallback = parent_fallback
+        """A rule's parents all down: ``fail`` (502) or ``direct``."""
+        self._rule_choosers: dict[tuple[str, ...], ParentChooser] = {}
         self.settings = settings
         self.tunnels_open = 0
         """CONNECT tunnels relaying now."""
         self.tunnels_opened = 0
         """CONNECT tunnels established since start."""
+
+    def chooser_for(self, parents: tuple[str, ...]) -> ParentChooser:
+        """
+        The chooser for a policy rule's ``parents`` (URLs, checked when the
+        rule was read): made once per list, with passive health checks.
+        """
+        chooser = self._rule_choosers.get(parents)
+        if chooser is None:
+            if len(self._rule_choosers) >= _MAX_RULE_CHOOSERS:
+                self._rule_choosers.clear()  # lists left behind by policy reloads
+            connect = self.timeouts.connect
+            chooser = self._rule_choosers[parents] = ParentChooser(
+                [ParentProxy(parse_parent_url(url), connect) for url in parents],
+                self.reactor, fallback=self.parent_fallback, direct=self.direct)
+        return chooser

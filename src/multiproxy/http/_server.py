@@ -143,6 +143,9 @@ class Exchange:
         self.finished = False
         self.close_after = not request.keep_alive
         self.abort_fetch: Callable[[], None] | None = None
+        self.chooser = None
+        """The `IUpstreamChooser` the policy's decision named for this request
+        (a rule's parent proxies); None: the proxy's own."""
         self._chunked = False
         self._close_delimited = False
         self._producer = None  # the upstream's, while the body streams

@@ -178,6 +178,7 @@ def _read_rule(reader: TableReader, name: str, zone_name: str) -> Rule:
     groups = optional("groups", _non_empty("group"))
     kinds = optional("kinds", parse_kinds)
     proxies = optional("proxies", _non_empty("proxy"))
+    parents = optional("parents", _parent_urls)
     days = optional("days", parse_days)
     hours = optional("hours", parse_hours)
     window = None
@@ -193,7 +194,20 @@ def _read_rule(reader: TableReader, name: str, zone_name: str) -> Rule:
         name=n, action=action, message=message, hosts=hosts, url_regex=url_regex, ports=ports,
         methods=methods, clients=clients, users=users, groups=groups,
         authenticated=authenticated, window=window, kinds=kinds, proxies=proxies,
+        parents=parents or (),
     ))
+
+
+def _parent_urls(values: list[str]) -> tuple[str, ...]:
+    """Parent proxy URLs of a rule, checked as ``--parent`` checks them."""
+    # Imported here: the forward proxy builds on this package.
+    from multiproxy.forward._parents import parse_parent_url
+
+    if not values:
+        raise ValueError("expected a non-empty list of parent proxy URLs")
+    for url in values:
+        parse_parent_url(url)  # ValueError says what is wrong
+    return tuple(values)
 
 
 def _non_empty(what: str) -> Callable[[list[str]], frozenset[str]]:

@@ -138,6 +138,8 @@ class Rule:
     window: TimeWindow | None = None
     kinds: frozenset[str] | None = None
     proxies: frozenset[str] | None = None
+    parents: tuple[str, ...] = ()
+    """Parent proxy URLs a forward proxy sends the requests this rule allows through."""
     decision: Decision = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -145,7 +147,10 @@ class Rule:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}; got {self.action!r}")
         if not self.name:
             raise ValueError("a rule needs a name")
-        object.__setattr__(self, "decision", Decision(self.action, self.name, self.message))
+        if self.parents and self.action != "allow":
+            raise ValueError("parents apply to the requests a rule allows (action = \"allow\")")
+        object.__setattr__(self, "decision",
+                           Decision(self.action, self.name, self.message, self.parents))
 
     @classmethod
     def build(
@@ -157,6 +162,7 @@ class Rule:
         authenticated: bool | None = None, days: str | list[str] | None = None,
         hours: str | list[str] | None = None, timezone: str = "UTC",
         kinds: Iterable[str] | None = None, proxies: Iterable[str] | None = None,
+        parents: Iterable[str] = (),
     ) -> Rule:
         """
         A rule from the values a person writes (host patterns, CIDR strings,
@@ -179,6 +185,7 @@ class Rule:
             authenticated=authenticated, window=window,
             kinds=parse_kinds(kinds) if kinds is not None else None,
             proxies=_names(proxies, "proxy") if proxies is not None else None,
+            parents=tuple(parents),
         )
 
     @property
