@@ -26,7 +26,7 @@ class _Given(Factory):
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
 
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> Any:
         return self._protocol
 
 
@@ -87,7 +87,7 @@ class InspectedTunnel:
 
     def downstream_lost(self, reason: Failure) -> None:
         handle = self.tls.getHandle()  # read while the TLS connection is still there
-        self.server_name
+        self._server_name = self.server_name
         # No Finished from the client: the handshake never ended (most often: it does
         # not trust the inspection CA).
         self.established = handle is not None and handle.get_peer_finished() is not None

@@ -35,8 +35,9 @@ from multiproxy.cache import (
     cache_from_table,
 )
 from multiproxy.cache._fetcher import caching_fetcher_factory
-from multiproxy.forward._pac import PacSettings, parse_direct, parse_proxy_address
+from multiproxy.forward._inspect import InspectConfig, Inspector
 from multiproxy.forward._origin import DirectChooser
+from multiproxy.forward._pac import PacSettings, parse_direct, parse_proxy_address
 from multiproxy.forward._parents import (
     PARENT_FALLBACKS,
     ParentChooser,
@@ -51,7 +52,6 @@ from multiproxy.http._config import (
     timeouts_from_table,
     via_from_table,
 )
-from multiproxy.forward._inspect import InspectConfig, Inspector
 from multiproxy.http._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.policy._hosts import parse_host_pattern

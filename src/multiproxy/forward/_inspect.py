@@ -85,7 +85,7 @@ def make_ca(directory: str, name: str | None = None, *, force: bool = False) -> 
         x509.NameAttribute(NameOID.COMMON_NAME,
                            name or f"multiproxy inspection CA ({socket.gethostname()})"[:64]),
     ])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject).issuer_name(subject)
@@ -162,7 +162,7 @@ class CertificateMint:
 
     def certificate_for(self, name: str) -> x509.Certificate:
         """A new certificate for ``name`` (a DNS name or an IP literal)."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         not_after = min(now + datetime.timedelta(days=_LEAF_DAYS),
                         self.ca_cert.not_valid_after_utc)
         if is_ip_literal(name):
@@ -236,7 +236,7 @@ class _MintedServerTLS:
         self._mint = mint
         self._default = default_name
 
-    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:  # noqa: N802
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
         return SSL.Connection(self._mint.context_for(self._default), None)
 
 

@@ -33,8 +33,7 @@ class RateMeter:
         if last is not None and now > last[0]:
             # A total that went down (a counter reset) restarts from here.
             self.current = max(0, total - last[1]) / (now - last[0])
-            if self.current > self.most:
-                self.most = self.current
+            self.most = max(self.most, self.current)
         self._last = (now, total)
 
     def __repr__(self) -> str:
