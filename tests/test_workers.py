@@ -6,6 +6,7 @@ import http.client
 import http.server
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -365,4 +366,46 @@ def test_sigusr1_to_the_master_reopens_every_workers_access_log(tmp_path):
         origin.shutdown()
     assert (tmp_path / "access.log.1").read_text().count("\n") == 10
     assert log.read_text().count("\n") == 20, master.log()
+    assert "Traceback" not in master.log()
+
+
+def _admitted(port: int, count: int) -> int:
+    """Open ``count`` connections a little apart; ask on each; how many were not refused (429)."""
+    socks = []
+    for _ in range(count):
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(0.05)  # long enough for a worker's count to come back from Redis
+    time.sleep(0.3)
+    for s in socks:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: site\r\n\r\n")
+    answers = [s.recv(64) for s in socks]
+    for s in socks:
+        s.close()
+    assert all(a.startswith(b"HTTP/1.1 ") for a in answers), answers
+    return sum(1 for a in answers if not a.startswith(b"HTTP/1.1 429"))
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_client_limits_are_counted_once_for_all_workers_in_the_masters_redis(tmp_path):
+    origin = _origin(b"hello")
+    port = _free_port()
+    (tmp_path / "m.toml").write_text(
+        _reverse_toml(port, origin) + "[policy.limits]\nconnections_per_client = 2\n")
+    master = _Master(tmp_path, "--config", "m.toml")
+    try:
+        master.serving(2)
+        [url] = master.wait_for(r"shared by the workers through (redis://127\.0\.0\.1:\d+/0)")
+        admitted = []
+        for _ in range(4):
+            admitted.append(_admitted(port, 8))
+            time.sleep(0.5)  # the closes are counted down
+        # One count for the host: a worker may let through one connection of
+        # a client it has not heard of yet, never the limit twice over.
+        assert all(2 <= n <= 3 for n in admitted), admitted
+    finally:
+        master.stop()
+        origin.shutdown()
+    redis_port = url.rsplit(":", 1)[1].split("/")[0]
+    with pytest.raises(OSError):  # the master's Redis stopped with it
+        socket.create_connection(("127.0.0.1", int(redis_port)), timeout=1).close()
     assert "Traceback" not in master.log()

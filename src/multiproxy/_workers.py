@@ -27,7 +27,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -362,6 +362,9 @@ class WorkerMaster(Service):
         self._stopping = False
         self._stop_sighup: Callable[[], None] = lambda: None
         self._stop_sigusr1: Callable[[], None] = lambda: None
+        self.limits_redis: Any = None
+        """The `LocalRedis` the workers count their limits in, once one is needed."""
+        self._share_limits(configuration)
 
     # -- starting and replacing
 
@@ -371,6 +374,8 @@ class WorkerMaster(Service):
 
         self._stop_sighup = on_signal(SIGHUP, self.reactor, self.reload)
         self._stop_sigusr1 = on_signal(SIGUSR1, self.reactor, self.reopen_logs)
+        if self.limits_redis is not None:
+            self.limits_redis.startService()
         for index in range(self.count):
             self._spawn(index, self.generation)
         _log.info("master {pid} started {count} workers", pid=os.getpid(), count=self.count)
@@ -392,7 +397,8 @@ class WorkerMaster(Service):
             child_fds[fd] = port.fileno()
             listeners.append([key, fd, port.socket.family])
         spec = {"argv": self.argv, "listeners": listeners, "index": index,
-                "generation": generation}
+                "generation": generation,
+                "limits_redis": self.limits_redis.url if self.limits_redis else None}
         worker = _Worker(self, index, generation, self.reactor.seconds())
         self.reactor.spawnProcess(
             worker, sys.executable,
@@ -424,6 +430,29 @@ class WorkerMaster(Service):
 
     # -- reloading
 
+    def _share_limits(self, configuration: Any) -> None:
+        """
+        Per-client limits mean the same with N workers as with one: when the
+        configuration has some and names no Redis, the workers count them in
+        a ``redis-server`` the master runs (`multiproxy._localredis`).
+        """
+        policy = configuration.policy
+        if self.count <= 1 or self.limits_redis is not None or policy is None \
+                or not policy.needs_shared_limits:
+            return
+        from multiproxy._localredis import LocalRedis, redis_server_binary
+
+        binary = redis_server_binary()
+        if binary is None:
+            _log.warn("per-client limits are counted in each of the {count} workers (a client "
+                      "gets up to {count} times as much): install redis-server, or give "
+                      "[policy.limits] redis (--limits-redis) to share them",
+                      count=self.count)
+            return
+        self.limits_redis = LocalRedis(self.reactor, binary)
+        if self.running:  # a reload brought the limits
+            self.limits_redis.startService()
+
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate moved the files): every worker reopens its access log."""
         for worker in self.workers:
@@ -447,6 +476,7 @@ class WorkerMaster(Service):
             _log.error("reload refused, the running workers keep serving: {error}", error=e)
             return None
         fresh = set(self.ports) - before
+        self._share_limits(configuration)
         self._reloading = True
         old = [w for w in self.workers]
         previous = (self.used, self.count, self.shutdown_timeout)
@@ -526,6 +556,8 @@ class WorkerMaster(Service):
         def close(_):
             closing = [defer.maybeDeferred(port.stopListening) for port in self.ports.values()]
             self.ports.clear()
+            if self.limits_redis is not None and self.limits_redis.running:
+                closing.append(self.limits_redis.stopService())  # the workers are gone
             return defer.DeferredList(closing)
 
         return d.addCallback(close)
@@ -575,7 +607,11 @@ def worker_main(spec_text: str) -> int:
     try:
         options = Options()
         options.parseOptions(spec["argv"])
-        top = make_services(options.configuration, adopting)
+        configuration = options.configuration
+        if spec.get("limits_redis") and configuration.policy is not None:
+            configuration = replace(configuration, policy=configuration.policy.with_limits_redis(
+                spec["limits_redis"]))
+        top = make_services(configuration, adopting)
         top.startService()
     except (usage.UsageError, ConfigError, error.CannotListenError) as e:
         print(f"worker {os.getpid()}: configuration refused: {e}", file=sys.stderr, flush=True)

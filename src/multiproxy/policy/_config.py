@@ -452,6 +452,27 @@ class PolicySource:
     settings: PolicySettings
     path: str | None = None
     before: tuple[Rule, ...] = ()
+    limits_redis: str | None = None
+    """Where the limits are counted when the policy names no Redis (the
+    master's own, for its workers); kept through reloads."""
+
+    @property
+    def needs_shared_limits(self) -> bool:
+        """Whether it has per-client limits and names no Redis to count them in."""
+        limits = self.settings.limits
+        return limits is not None and limits.redis is None and bool(
+            limits.connections_per_client or limits.requests_per_second)
+
+    def with_limits_redis(self, url: str) -> PolicySource:
+        """The same source, counting its limits in the Redis at ``url`` unless it names one."""
+        return replace(self, limits_redis=url, settings=self._counted_in(self.settings, url))
+
+    @staticmethod
+    def _counted_in(settings: PolicySettings, url: str | None) -> PolicySettings:
+        limits = settings.limits
+        if url is None or limits is None or limits.redis is not None:
+            return settings
+        return replace(settings, limits=replace(limits, redis=url))
 
     @classmethod
     def read(cls, path: str | None = None, before: Iterable[Rule] = (), *,
@@ -470,7 +491,7 @@ class PolicySource:
         """Read the file again (if any) and put the command-line rules first."""
         settings = self.settings
         if self.path is not None:
-            settings = load_policy_file(self.path)
+            settings = self._counted_in(load_policy_file(self.path), self.limits_redis)
         if not self.before:
             return settings
         rules = settings.rules
