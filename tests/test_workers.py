@@ -86,6 +86,7 @@ def _origin(body: bytes) -> _Origin:
         protocol_version = "HTTP/1.0"
 
         def do_GET(self):  # noqa: N802
+            server.paths.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -95,6 +96,7 @@ def _origin(body: bytes) -> _Origin:
             pass
 
     server = _Origin(("127.0.0.1", 0), Handler)
+    server.paths = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -394,7 +396,8 @@ def test_client_limits_are_counted_once_for_all_workers_in_the_masters_redis(tmp
     master = _Master(tmp_path, "--config", "m.toml")
     try:
         master.serving(2)
-        [url] = master.wait_for(r"shared by the workers through (redis://127\.0\.0\.1:\d+/0)")
+        [url] = master.wait_for(
+            r"share per-client limits and health checks through (redis://127\.0\.0\.1:\d+/0)")
         admitted = []
         for _ in range(4):
             admitted.append(_admitted(port, 8))
@@ -408,4 +411,38 @@ def test_client_limits_are_counted_once_for_all_workers_in_the_masters_redis(tmp
     redis_port = url.rsplit(":", 1)[1].split("/")[0]
     with pytest.raises(OSError):  # the master's Redis stopped with it
         socket.create_connection(("127.0.0.1", int(redis_port)), timeout=1).close()
+    assert "Traceback" not in master.log()
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_one_worker_at_a_time_probes_a_pool_and_every_worker_takes_its_verdicts(tmp_path):
+    origin = _origin(b"hello")
+    port, dead = _free_port(), _free_port()
+    (tmp_path / "m.toml").write_text(
+        f'workers = 2\n[log]\naccess = false\n[[reverse]]\nname = "site"\n'
+        f'listen = ["tcp:{port}:interface=127.0.0.1"]\nshutdown_timeout = 5\n'
+        f'[[reverse.routes]]\npool = "web"\n[reverse.pools.web]\n'
+        f'backends = ["http://127.0.0.1:{origin.server_address[1]}", '
+        f'"http://127.0.0.1:{dead}"]\n'
+        f'[reverse.pools.web.health]\ncheck = "http"\npath = "/healthz"\ninterval = 0.2\n'
+        f'fall = 1\nrise = 1\n')
+    master = _Master(tmp_path, "--config", "m.toml")
+    try:
+        master.serving(2)
+        master.wait_for(r"share per-client limits and health checks through redis://")
+        time.sleep(1.0)  # both workers have started probing or following
+        before = origin.paths.count("/healthz")
+        time.sleep(2.0)
+        probes = origin.paths.count("/healthz") - before
+        # The dead backend is down in both workers: no request tries it first.
+        answers = [_get(port) for _ in range(20)]
+    finally:
+        master.stop()
+        origin.shutdown()
+    # One prober: about one probe per interval (2 s / 0.2 s), not one per worker.
+    assert 5 <= probes <= 14, probes
+    assert answers == [b"hello"] * 20
+    # Said once by the prober (twice at most: before the workers reach their
+    # Redis, each probes the first round itself).
+    assert master.log().count("backend http://127.0.0.1:%d is down" % dead) <= 2
     assert "Traceback" not in master.log()

@@ -188,8 +188,13 @@ class ProcessService(MultiService):
         return result
 
 
-def make_services(configuration: Configuration, reactor) -> MultiService:
-    """One service running every proxy of ``configuration``."""
+def make_services(configuration: Configuration, reactor,
+                  shared_redis: str | None = None) -> MultiService:
+    """
+    One service running every proxy of ``configuration``.  With
+    ``shared_redis`` (a worker: the master's Redis), the active health
+    checks of the host's workers take turns there (`share_health_checks`).
+    """
     reporters = make_reporters(reactor, configuration.access_log,
                                configuration.access_log_format)
     top = ProcessService(reactor, reporters)
@@ -203,4 +208,32 @@ def make_services(configuration: Configuration, reactor) -> MultiService:
         extra["policy"] = holder
     for kind, config in configuration.proxies:
         kind.make_service(config, reactor, reporters, **extra).setServiceParent(top)
+    if shared_redis is not None:
+        share_health_checks(top, shared_redis, reactor)
     return top
+
+
+def share_health_checks(top: MultiService, url: str, reactor) -> None:
+    """
+    Give every `HealthChecker` under ``top`` a `HealthShare` in the Redis at
+    ``url``: the workers build the same services, so the n-th checker of a
+    proxy is the same pool in each, and one of them probes it per round.
+    """
+    import os
+
+    from multiproxy._redislink import redis_link
+    from multiproxy.balancing._health import HealthChecker
+    from multiproxy.balancing._sharedhealth import HealthShare
+
+    link = redis_link(url, reactor, 0.25, 0.25, "health checks")
+    for proxy in top:
+        checkers = [s for s in _services_under(proxy) if isinstance(s, HealthChecker)]
+        for index, checker in enumerate(checkers):
+            key = f"multiproxy:health:{proxy.name}:{index}".encode()
+            checker.share = HealthShare(link, key, str(os.getpid()), ttl=checker.interval * 3)
+
+
+def _services_under(service):
+    yield service
+    for child in getattr(service, "services", ()):
+        yield from _services_under(child)

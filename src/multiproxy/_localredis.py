@@ -2,13 +2,14 @@
 A Redis of the master's own, for the workers of one host.
 
 With ``--workers N`` every worker is a process of its own, so per-client
-limits counted in each would let a client through N times as often.  When
-the configuration has limits and names no Redis to share them through, the
-master runs ``redis-server`` on a loopback port (no persistence), and every
-worker counts its limits there, with the engine that shares them across
-hosts (`multiproxy.policy._sharedlimits`).  A Redis that dies is started
-again; meanwhile the workers count per process, as they do whenever their
-Redis does not answer.
+limits counted in each would let a client through N times as often, and
+each would probe every backend.  The master runs ``redis-server`` on a
+loopback port (no persistence); the workers count their limits there when
+the configuration names no Redis of its own (the engine that shares them
+across hosts, `multiproxy.policy._sharedlimits`), and take turns probing
+each pool (`multiproxy.balancing._sharedhealth`).  A Redis that dies is
+started again; meanwhile each worker counts and probes alone, as it does
+whenever its Redis does not answer.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class LocalRedis(Service):
     def startService(self) -> None:  # noqa: N802
         super().startService()
         self._start()
-        _log.info("per-client limits are shared by the workers through {url} "
+        _log.info("the workers share per-client limits and health checks through {url} "
                   "(redis-server run by the master)", url=self.url)
 
     def _start(self) -> None:
@@ -85,8 +86,8 @@ class LocalRedis(Service):
             return
         self._process = None
         if self.running:
-            _log.warn("redis-server for the workers' limits ended ({why}); starting it again "
-                      "in {delay} s (limits count per worker meanwhile)",
+            _log.warn("redis-server for the workers ended ({why}); starting it again in "
+                      "{delay} s (each worker counts and probes alone meanwhile)",
                       why=reason.getErrorMessage(), delay=self.restart_delay)
             self._restart = self.reactor.callLater(self.restart_delay, self._start)
 

@@ -362,9 +362,9 @@ class WorkerMaster(Service):
         self._stopping = False
         self._stop_sighup: Callable[[], None] = lambda: None
         self._stop_sigusr1: Callable[[], None] = lambda: None
-        self.limits_redis: Any = None
-        """The `LocalRedis` the workers count their limits in, once one is needed."""
-        self._share_limits(configuration)
+        self.shared_redis: Any = None
+        """The `LocalRedis` the workers share limits and health checks through."""
+        self._share_state()
 
     # -- starting and replacing
 
@@ -374,8 +374,8 @@ class WorkerMaster(Service):
 
         self._stop_sighup = on_signal(SIGHUP, self.reactor, self.reload)
         self._stop_sigusr1 = on_signal(SIGUSR1, self.reactor, self.reopen_logs)
-        if self.limits_redis is not None:
-            self.limits_redis.startService()
+        if self.shared_redis is not None:
+            self.shared_redis.startService()
         for index in range(self.count):
             self._spawn(index, self.generation)
         _log.info("master {pid} started {count} workers", pid=os.getpid(), count=self.count)
@@ -398,7 +398,7 @@ class WorkerMaster(Service):
             listeners.append([key, fd, port.socket.family])
         spec = {"argv": self.argv, "listeners": listeners, "index": index,
                 "generation": generation,
-                "limits_redis": self.limits_redis.url if self.limits_redis else None}
+                "shared_redis": self.shared_redis.url if self.shared_redis else None}
         worker = _Worker(self, index, generation, self.reactor.seconds())
         self.reactor.spawnProcess(
             worker, sys.executable,
@@ -430,28 +430,24 @@ class WorkerMaster(Service):
 
     # -- reloading
 
-    def _share_limits(self, configuration: Any) -> None:
+    def _share_state(self) -> None:
         """
-        Per-client limits mean the same with N workers as with one: when the
-        configuration has some and names no Redis, the workers count them in
-        a ``redis-server`` the master runs (`multiproxy._localredis`).
+        Several workers share what one process would keep alone: per-client
+        limits are one count, and one worker at a time probes each pool.
+        They do it in a ``redis-server`` the master runs (`multiproxy._localredis`).
         """
-        policy = configuration.policy
-        if self.count <= 1 or self.limits_redis is not None or policy is None \
-                or not policy.needs_shared_limits:
+        if self.count <= 1:
             return
         from multiproxy._localredis import LocalRedis, redis_server_binary
 
         binary = redis_server_binary()
         if binary is None:
-            _log.warn("per-client limits are counted in each of the {count} workers (a client "
-                      "gets up to {count} times as much): install redis-server, or give "
-                      "[policy.limits] redis (--limits-redis) to share them",
-                      count=self.count)
+            _log.warn("redis-server is not installed: each of the {count} workers counts the "
+                      "per-client limits (a client gets up to {count} times as much) and runs "
+                      "the health checks alone; install it, or give [policy.limits] redis "
+                      "(--limits-redis) to share the limits", count=self.count)
             return
-        self.limits_redis = LocalRedis(self.reactor, binary)
-        if self.running:  # a reload brought the limits
-            self.limits_redis.startService()
+        self.shared_redis = LocalRedis(self.reactor, binary)
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate moved the files): every worker reopens its access log."""
@@ -476,11 +472,14 @@ class WorkerMaster(Service):
             _log.error("reload refused, the running workers keep serving: {error}", error=e)
             return None
         fresh = set(self.ports) - before
-        self._share_limits(configuration)
         self._reloading = True
         old = [w for w in self.workers]
         previous = (self.used, self.count, self.shutdown_timeout)
         self.used, self.count = used, count
+        if self.shared_redis is None:  # the reload brought a second worker
+            self._share_state()
+            if self.shared_redis is not None:
+                self.shared_redis.startService()
         self.shutdown_timeout = _shutdown_timeout(configuration)
         self.generation += 1
         for pending in self._pending.values():
@@ -556,8 +555,8 @@ class WorkerMaster(Service):
         def close(_):
             closing = [defer.maybeDeferred(port.stopListening) for port in self.ports.values()]
             self.ports.clear()
-            if self.limits_redis is not None and self.limits_redis.running:
-                closing.append(self.limits_redis.stopService())  # the workers are gone
+            if self.shared_redis is not None and self.shared_redis.running:
+                closing.append(self.shared_redis.stopService())  # the workers are gone
             return defer.DeferredList(closing)
 
         return d.addCallback(close)
@@ -608,10 +607,11 @@ def worker_main(spec_text: str) -> int:
         options = Options()
         options.parseOptions(spec["argv"])
         configuration = options.configuration
-        if spec.get("limits_redis") and configuration.policy is not None:
+        shared = spec.get("shared_redis")
+        if shared and configuration.policy is not None:
             configuration = replace(configuration, policy=configuration.policy.with_limits_redis(
-                spec["limits_redis"]))
-        top = make_services(configuration, adopting)
+                shared))
+        top = make_services(configuration, adopting, shared_redis=shared)
         top.startService()
     except (usage.UsageError, ConfigError, error.CannotListenError) as e:
         print(f"worker {os.getpid()}: configuration refused: {e}", file=sys.stderr, flush=True)

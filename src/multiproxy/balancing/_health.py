@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -23,6 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from multiproxy.balancing._backend import Backend
+
+if TYPE_CHECKING:
+    from multiproxy.balancing._sharedhealth import HealthShare
 
 __all__ = ["HTTPCheck", "HealthChecker", "HealthState", "TCPCheck", "parse_status_line"]
 
@@ -237,6 +240,8 @@ class HealthChecker(Service):
         self.states = {b.key: HealthState(rise, fall, up=b.checked_up) for b in self.backends}
         self._running: dict[Any, _ProbeRun] = {}
         self._loop: task.LoopingCall | None = None
+        self.share: HealthShare | None = None
+        """Set when the workers of a host share one prober (see `HealthShare`)."""
 
     def startService(self) -> None:
         super().startService()
@@ -254,7 +259,17 @@ class HealthChecker(Service):
             run.stop("health checks stopped")
 
     def run_checks(self) -> defer.Deferred:
-        """Start one probe of each backend not already being probed; fires when all end."""
+        """
+        One round: probe each backend not already being probed (fires when
+        all end) or, when another worker's turn it is, take its verdicts.
+        """
+        if self.share is None:
+            return self._probe_all()
+        d = self.share.my_turn()
+        d.addCallback(lambda mine: self._probe_all() if mine else self._follow())
+        return d
+
+    def _probe_all(self) -> defer.Deferred:
         started = []
         for backend in self.backends:
             if backend.key in self._running:
@@ -268,6 +283,25 @@ class HealthChecker(Service):
         """One probe of ``backend``, not counted: fires with (ok, detail)."""
         return _ProbeRun(self.reactor, backend, self.check, self.timeout).outcome()
 
+    def _follow(self) -> defer.Deferred:
+        return self.share.read().addCallback(self._adopt)
+
+    def _adopt(self, verdicts: dict) -> None:
+        """Take the prober's verdicts (it logs the changes; followers stay quiet)."""
+        now = self.reactor.seconds()
+        for backend in self.backends:
+            verdict = verdicts.get(backend.name)
+            if verdict is None:
+                continue
+            up, backend.last_check = verdict
+            state = self.states[backend.key]
+            if state.up != up:
+                state.up = backend.checked_up = up
+                backend.observe_state(now)
+                if up:
+                    backend.ejected_until = None
+                    backend.ejections = 0
+
     def _probed(self, outcome: tuple[bool, str], backend: Backend, run: _ProbeRun) -> None:
         if self._running.get(backend.key) is not run:
             return  # stopped meanwhile: not a verdict on the backend
@@ -275,7 +309,10 @@ class HealthChecker(Service):
         ok, detail = outcome
         backend.last_check = detail if ok else f"failed: {detail}"
         state = self.states[backend.key]
-        if state.record(ok):
+        changed = state.record(ok)
+        if self.share is not None:
+            self.share.publish({backend.name: (state.up, backend.last_check)})
+        if changed:
             backend.checked_up = state.up
             backend.observe_state(self.reactor.seconds())
             if state.up:
