@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -46,7 +47,7 @@ class _RedisProcess(ProcessProtocol):
         self.owner = owner
         self.ended: defer.Deferred = defer.Deferred()
 
-    def processEnded(self, reason) -> None:  # noqa: N802
+    def processEnded(self, reason) -> None:
         self.ended.callback(None)
         self.owner._ended(self, reason)
 
@@ -67,7 +68,7 @@ class LocalRedis(Service):
         self._process: _RedisProcess | None = None
         self._restart: Any = None
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self._start()
         _log.info("the workers share per-client limits and health checks through {url} "
@@ -91,7 +92,7 @@ class LocalRedis(Service):
                       why=reason.getErrorMessage(), delay=self.restart_delay)
             self._restart = self.reactor.callLater(self.restart_delay, self._start)
 
-    def stopService(self) -> defer.Deferred:  # noqa: N802
+    def stopService(self) -> defer.Deferred:
         super().stopService()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
@@ -100,6 +101,6 @@ class LocalRedis(Service):
             return defer.succeed(None)
         try:
             process.transport.signalProcess("TERM")
-        except Exception:  # noqa: BLE001 - it may have ended on its own just now
-            pass
+        except ProcessExitedAlready:
+            pass  # it ended on its own just now: ``ended`` fires anyway
         return process.ended
