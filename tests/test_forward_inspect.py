@@ -333,3 +333,49 @@ async def test_headless_chromium_trusting_the_ca_sees_the_deny_page_over_tls(
     assert "Access denied" in dom and "Secrets stay inside." in dom
     assert '<dd class="rule">no-secret</dd>' in dom and url in dom
     assert b"/secret/plans" not in page.hits  # (the browser may ask for /favicon.ico)
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_parent_an_inspected_origin_is_verified_with_the_inspection_trust(
+    start_forward, operator_ca, tls_origin, reporter
+):
+    from multiproxy.forward._config import ForwardConfig, make_forward_proxy
+    from multiproxy.forward._parents import parse_parent_url
+
+    origin_port, bundle, page = tls_origin
+    ports = ForwardSettings(connect_ports=frozenset({origin_port}))
+    parent_port, _ = start_forward(settings=ports)
+    config = ForwardConfig(
+        settings=ports, parents=(parse_parent_url(f"http://127.0.0.1:{parent_port}"),),
+        inspect=InspectConfig(str(operator_ca), ("localhost",), trust=(bundle,)))
+    child = make_forward_proxy(config, reactor, reporters=(reporter,))
+    listening = reactor.listenTCP(0, child, interface="127.0.0.1")
+    try:
+        out, err, code = await fetch(listening.getHost().port,
+                                     f"https://localhost:{origin_port}/page",
+                                     str(operator_ca / "ca.pem"))
+    finally:
+        await listening.stopListening()
+        for conn in list(child.connections):
+            conn.transport.abortConnection()
+        child.pool.close_idle()
+    assert code == 0, err
+    # Through the parent's tunnel, verified against trustme's CA (--inspect-trust).
+    assert out.endswith(f"origin saw /page for localhost:{origin_port}".encode())
+    await wait_for(lambda: any(r.kind == "http" for r in reporter.records))
+    inner = [r for r in reporter.records if r.kind == "http" and r.proxy == "forward"]
+    assert any(r.upstream == f"parent:127.0.0.1:{parent_port}" for r in inner)
+
+
+def test_the_installed_multiproxy_command_makes_a_ca(tmp_path):
+    import sysconfig
+
+    command = shutil.which("multiproxy") or os.path.join(sysconfig.get_path("scripts"),
+                                                          "multiproxy")
+    if not os.path.exists(command):
+        pytest.skip("multiproxy is not installed, only on the path")
+    result = subprocess.run([command, "ca", "--out", str(tmp_path / "ca")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "ca.pem" in result.stdout and (tmp_path / "ca" / "ca.key").exists()
+    Inspector(InspectConfig(str(tmp_path / "ca"), ("localhost",)))  # loads as shipped

@@ -117,11 +117,13 @@ def _reverse_toml(port: int, origin: _Origin, workers: int = 2) -> str:
 class _Master:
     """``twistd -n multiproxy`` with workers, its output in a file."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, path: str | None = None) -> None:
         self.log_path = tmp_path / "master.log"
         self.log_file = open(self.log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        if path is not None:  # e.g. one where redis-server cannot be found
+            env["PATH"] = path
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "multiproxy", *args],
@@ -414,10 +416,10 @@ def test_client_limits_are_counted_once_for_all_workers_in_the_masters_redis(tmp
     assert "Traceback" not in master.log()
 
 
-@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
-def test_one_worker_at_a_time_probes_a_pool_and_every_worker_takes_its_verdicts(tmp_path):
-    origin = _origin(b"hello")
-    port, dead = _free_port(), _free_port()
+def _health_probes(tmp_path: Path, origin: _Origin, dead: int, **master) -> tuple:
+    """Probes of ``origin`` in 2 s from a 2-worker master, 20 answers, the master's log."""
+    tmp_path.mkdir(exist_ok=True)
+    port = _free_port()
     (tmp_path / "m.toml").write_text(
         f'workers = 2\n[log]\naccess = false\n[[reverse]]\nname = "site"\n'
         f'listen = ["tcp:{port}:interface=127.0.0.1"]\nshutdown_timeout = 5\n'
@@ -426,10 +428,9 @@ def test_one_worker_at_a_time_probes_a_pool_and_every_worker_takes_its_verdicts(
         f'"http://127.0.0.1:{dead}"]\n'
         f'[reverse.pools.web.health]\ncheck = "http"\npath = "/healthz"\ninterval = 0.2\n'
         f'fall = 1\nrise = 1\n')
-    master = _Master(tmp_path, "--config", "m.toml")
+    process = _Master(tmp_path, "--config", "m.toml", **master)
     try:
-        master.serving(2)
-        master.wait_for(r"share per-client limits and health checks through redis://")
+        process.serving(2)
         time.sleep(1.0)  # both workers have started probing or following
         before = origin.paths.count("/healthz")
         time.sleep(2.0)
@@ -437,12 +438,26 @@ def test_one_worker_at_a_time_probes_a_pool_and_every_worker_takes_its_verdicts(
         # The dead backend is down in both workers: no request tries it first.
         answers = [_get(port) for _ in range(20)]
     finally:
-        master.stop()
+        process.stop()
+    return probes, answers, process.log()
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_one_worker_at_a_time_probes_a_pool_and_every_worker_takes_its_verdicts(tmp_path):
+    origin = _origin(b"hello")
+    dead = _free_port()
+    try:
+        # The same two workers, first where the master finds no redis-server.
+        alone, _, alone_log = _health_probes(tmp_path / "alone", origin, dead, path="")
+        shared, answers, log = _health_probes(tmp_path / "shared", origin, dead)
+    finally:
         origin.shutdown()
+    assert "redis-server is not installed" in alone_log
+    assert "share per-client limits and health checks through redis://" in log
     # One prober: about one probe per interval (2 s / 0.2 s), not one per worker.
-    assert 5 <= probes <= 14, probes
+    assert 5 <= shared <= 0.7 * alone, (shared, alone)
     assert answers == [b"hello"] * 20
     # Said once by the prober (twice at most: before the workers reach their
     # Redis, each probes the first round itself).
-    assert master.log().count("backend http://127.0.0.1:%d is down" % dead) <= 2
-    assert "Traceback" not in master.log()
+    assert log.count("backend http://127.0.0.1:%d is down" % dead) <= 2
+    assert "Traceback" not in log + alone_log

@@ -70,27 +70,25 @@ def describe_cache(config: Any) -> str:
 
 def describe_pool(name: str, balance: str, backends: Sequence[str], health: Any) -> str:
     """``pool NAME (BALANCE, CHECK): backend, backend``."""
-    check = health.check
-    if check == "none":
-        checked = "no active checks"
-    else:
-        what = f"http {health.path}" if check == "http" else check
-        checked = f"{what} check every {health.interval:g} s"
-    return f"pool {name} ({balance}, {checked}): {', '.join(backends) or 'no backends'}"
+    return f"pool {name} ({balance}, {_checked(health)}): {', '.join(backends) or 'no backends'}"
 
 
 def describe_parents(urls: Sequence[str], fallback: str, health: Any) -> str:
     """
     ``parents in order (CHECK; all down: FALLBACK): url, url`` or nothing
-    without parents; the URLs as given, passwords masked here too.
+    without parents; ``urls`` with their passwords masked (`ParentConfig.url`).
     """
     if not urls:
         return ""
-    check = health.check
-    checked = "no active checks" if check == "none" else (
-        f"{check} check every {health.interval:g} s")
-    masked = [re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url) for url in urls]
-    return f"parents in order ({checked}; all down: {fallback}): {', '.join(masked)}"
+    return f"parents in order ({_checked(health)}; all down: {fallback}): {', '.join(urls)}"
+
+
+def _checked(health: Any) -> str:
+    """How a pool's backends are checked: ``tcp check every 5 s``, ``no active checks``."""
+    if health.check == "none":
+        return "no active checks"
+    what = f"http {health.path}" if health.check == "http" else health.check
+    return f"{what} check every {health.interval:g} s"
 
 
 def _size(count: int) -> str:

@@ -436,7 +436,8 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         reactor,
         name=config.name,
         policy=policy,
-        chooser=make_parent_chooser(config, reactor) if config.parents else None,
+        chooser=(make_parent_chooser(config, reactor, inspector) if config.parents
+                 else None),
         settings=config.settings,
         limits=config.limits,
         timeouts=config.timeouts,
@@ -450,13 +451,18 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
     return factory
 
 
-def make_parent_chooser(config: ForwardConfig, reactor) -> ParentChooser:
-    """The `ParentChooser` for the parents of ``config`` (passive health as it says)."""
+def make_parent_chooser(config: ForwardConfig, reactor,
+                        inspector: Inspector | None = None) -> ParentChooser:
+    """
+    The `ParentChooser` for the parents of ``config`` (passive health as it
+    says); https origins behind them are verified as ``inspector`` trusts.
+    """
     connect = config.timeouts.connect
     health = config.parent_health
+    direct = DirectChooser(connect, origin_tls=inspector.origin_tls if inspector else None)
     return ParentChooser(
         [ParentProxy(parent, connect) for parent in config.parents], reactor,
-        fallback=config.parent_fallback, direct=DirectChooser(connect),
+        fallback=config.parent_fallback, direct=direct,
         max_failures=health.max_failures, backoff=health.backoff,
         max_backoff=health.max_backoff,
     )

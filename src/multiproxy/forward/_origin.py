@@ -41,8 +41,7 @@ class Origin:
     def endpoint(self, reactor):
         endpoint = host_endpoint(reactor, self.host, self.port, self.connect_timeout)
         if self.scheme == "https":
-            tls = self.origin_tls(self.host) if self.origin_tls else optionsForClientTLS(self.host)
-            endpoint = wrapClientTLS(tls, endpoint)
+            endpoint = wrapClientTLS(origin_tls_for(self.host, self.origin_tls), endpoint)
         return endpoint
 
     def started(self) -> None:
@@ -50,6 +49,11 @@ class Origin:
 
     def finished(self, ok: bool, elapsed: float) -> None:
         pass
+
+
+def origin_tls_for(host: str, origin_tls: Callable[[str], object] | None = None) -> object:
+    """The TLS client creator to an https origin: ``origin_tls``'s, else the system trust."""
+    return origin_tls(host) if origin_tls is not None else optionsForClientTLS(host)
 
 
 @implementer(IUpstreamChooser)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from multiproxy.policy._hosts import is_ip_literal, normalise_host
+from multiproxy.policy._hosts import normalise_host, parse_name_pattern
 
 __all__ = ["MAX_PAC_FILE", "PAC_CONTENT_TYPE", "PAC_MAX_AGE", "PAC_PATHS", "DirectHost", "PacSettings",
            "load_pac_file", "pac_path", "parse_direct", "parse_proxy_address", "render_pac"]
@@ -78,17 +78,8 @@ def parse_direct(text: str) -> DirectHost:
                 "list IPv6 addresses one by one"
             )
         return DirectHost("network", f"{network.network_address}/{network.netmask}", text)
-    if text.startswith("."):
-        if text.startswith(".."):
-            raise ValueError(f"direct host {text!r} starts with two dots")
-        value = normalise_host(text[1:])
-        if is_ip_literal(value):
-            raise ValueError(
-                f"direct host {text!r}: a domain suffix cannot be an IP address "
-                "(write a network such as 10.0.0.0/8 instead)"
-            )
-        return DirectHost("suffix", value, text)
-    return DirectHost("exact", normalise_host(text), text)
+    pattern = parse_name_pattern(text, "direct host")  # as the policy reads its hosts
+    return DirectHost(pattern.kind, pattern.value, text)
 
 
 def parse_proxy_address(text: str, default_port: int | None = None) -> str:

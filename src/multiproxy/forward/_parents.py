@@ -25,20 +25,19 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 from zope.interface import implementer
 
 from multiproxy._errors import ParentsUnavailable, UpstreamError
 from multiproxy._interfaces import IBalancer, IUpstream, IUpstreamChooser
 from multiproxy._values import Intent
 from multiproxy.balancing import Backend, BackendPool
-from multiproxy.forward._origin import DirectChooser
+from multiproxy.forward._origin import DirectChooser, origin_tls_for
 from multiproxy.forward._tunnel import ParentTunnelEndpoint
 from multiproxy.http._exchange import ForwardedRequest
 from multiproxy.http._parser import RequestHead
@@ -165,13 +164,16 @@ class ParentTunnel:
     under its parent's name, and its parent hears how each use went.
     """
 
-    __slots__ = ("parent", "host", "port", "tls", "name", "key")
+    __slots__ = ("parent", "host", "port", "tls", "origin_tls", "name", "key")
 
-    def __init__(self, parent: ParentProxy, host: str, port: int, tls: bool = False) -> None:
+    def __init__(self, parent: ParentProxy, host: str, port: int, tls: bool = False,
+                 origin_tls: Callable[[str], object] | None = None) -> None:
         self.parent = parent
         self.host = host
         self.port = port
         self.tls = tls
+        self.origin_tls = origin_tls
+        """Makes the TLS creator to the origin, as `Origin` does (default: system trust)."""
         self.name = parent.name
         self.key = ("tunnel", parent.key, host, port, tls)
         """Connections are pooled per parent and origin (each is one tunnel)."""
@@ -186,7 +188,7 @@ class ParentTunnel:
             self.parent.proxy_authorization, self.parent.name,
         )
         if self.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+            endpoint = wrapClientTLS(origin_tls_for(self.host, self.origin_tls), endpoint)
         return endpoint
 
     def started(self) -> None:
@@ -259,7 +261,8 @@ class ParentChooser:
             upstream = parent
             if tunnel:
                 upstream = ParentTunnel(parent, intent.host, intent.port,
-                                        tls=intent.kind != "connect")
+                                        tls=intent.kind != "connect",
+                                        origin_tls=self.direct.origin_tls)
             if upstream.key not in excluded:
                 return upstream
         if self.fallback == "direct":

@@ -579,8 +579,8 @@ class ForwardProxy(HTTPProxyFactory):
     Every collaborator is injectable: ``policy`` (an `IPolicy`), ``chooser``
     (an `IUpstreamChooser`; by default the origin named by the request, a
     `ParentChooser` to go through parent proxies) and ``fetcher`` (an
-    `IFetcher`, e.g. a cache in front of the pool; with parents, by default
-    one that fails over from parent to parent).
+    `IFetcher`, e.g. a cache in front of the pool; by default a
+    `BalancingFetcher`, which fails over from parent to parent).
     """
 
     protocol = ForwardProxyProtocol

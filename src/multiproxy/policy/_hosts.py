@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - idna comes with Twisted (via hyperlink
     _idna = None
 
 __all__ = ["HostMatcher", "HostPattern", "host_suffixes", "is_ip_literal", "normalise_host",
-           "parse_host_pattern"]
+           "parse_host_pattern", "parse_name_pattern"]
 
 _MAX_NAME = 253
 _MAX_LABEL = 63
@@ -254,13 +254,23 @@ def parse_host_pattern(text: str) -> HostPattern:
         return HostPattern("network", str(parse_network(text)), text)
     if "*" in text or "?" in text:
         return HostPattern("glob", _normalise_glob(text), text)
+    return parse_name_pattern(text)
+
+
+def parse_name_pattern(text: str, what: str = "host pattern") -> HostPattern:
+    """
+    An ``exact`` host or a ``.suffix`` pattern (stripped text, no network,
+    no glob); ``what`` names it in errors.
+
+    @raise ValueError: with a message that says what is wrong.
+    """
     if text.startswith("."):
         if text.startswith(".."):
-            raise ValueError(f"host pattern {text!r} starts with two dots")
+            raise ValueError(f"{what} {text!r} starts with two dots")
         value = normalise_host(text[1:])
         if is_ip_literal(value):
             raise ValueError(
-                f"host pattern {text!r}: a domain suffix cannot be an IP address "
+                f"{what} {text!r}: a domain suffix cannot be an IP address "
                 "(write a network such as 10.0.0.0/8 instead)"
             )
         return HostPattern("suffix", value, text)
