@@ -484,3 +484,32 @@ def test_pipelined_backlog_is_paused_again_after_something_else_resumed_reading(
     sink.data(b"one")
     sink.end()  # the first answered: reading resumes for the next request
     assert len(fetcher.fetches) == 2
+
+
+def test_draining_answers_a_request_still_on_its_way_and_closes_idle_keepalive_connections():
+    clock, fetcher, fresh, fresh_transport = _connect()
+    factory = fresh.factory
+    idle = factory.buildProtocol(None)
+    idle_transport = StringTransport(peerAddress=None)
+    idle.makeConnection(idle_transport)
+    idle.dataReceived(GET % b"one")
+    [(_, sink)] = fetcher.fetches
+    sink.head(_ok(), None)
+    sink.data(b"hello")
+    sink.end()
+    assert not idle_transport.disconnecting  # kept alive for the next request
+
+    factory.drain()
+    # Kept alive after an answer, nothing of a next request read: closed now.
+    assert idle_transport.disconnecting
+    # Just accepted, its request not here yet: it is answered, then closed.
+    assert not fresh_transport.disconnecting
+    fresh.dataReceived(GET % b"late")
+    [_, (request, sink)] = fetcher.fetches
+    assert request.head.target == b"/late"
+    sink.head(_ok(), None)
+    sink.data(b"hello")
+    sink.end()
+    assert fresh_transport.value().startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nconnection: close\r\n" in fresh_transport.value().lower()
+    assert fresh_transport.disconnecting

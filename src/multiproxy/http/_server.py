@@ -102,15 +102,19 @@ class HTTPProxyFactory(Factory):
 
     def drain(self) -> None:
         """
-        Begin a graceful shutdown: idle client connections close now, busy
-        ones after their current response; tunnels run on until they end.
+        Begin a graceful shutdown: idle keep-alive connections close now,
+        busy ones after their current response; tunnels run on until they
+        end.  A connection that has not sent its first request yet (just
+        accepted, its bytes on the way) or holds part of the next one gets
+        it answered, then closes: closing it now would drop a request the
+        client had every right to send.
         """
         self.draining = True
         for conn in list(self.connections):
-            if conn.exchange is None and conn.tunnel is None:
-                conn.transport.loseConnection()
-            elif conn.exchange is not None:
+            if conn.exchange is not None:
                 conn.exchange.close_after = True
+            elif conn.tunnel is None and conn.idle_between_requests:
+                conn.transport.loseConnection()
 
     def close_all(self) -> None:
         """Cut every client connection still open (after the shutdown deadline)."""
@@ -402,6 +406,7 @@ class HTTPServerProtocol(Protocol):
         self.over_connection_limit = False
         self._backlog_paused = False  # reading stopped: pipelined requests past the bound
         self._eof_received = False  # the client shut its write side
+        self._requests_begun = 0  # exchanges begun on this connection
 
     # -- connection life -------------------------------------------------
 
@@ -448,6 +453,12 @@ class HTTPServerProtocol(Protocol):
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
+
+    @property
+    def idle_between_requests(self) -> bool:
+        """Kept alive after an answer, with nothing of the next request read yet."""
+        return (self.exchange is None and self._requests_begun > 0
+                and self._reader is not None and not self._reader.buffered)
 
     @property
     def client_host(self) -> str:
@@ -528,6 +539,9 @@ class HTTPServerProtocol(Protocol):
             record.user_agent = user_agent.decode("latin-1")
         exchange = Exchange(self, head, record)
         self.exchange = exchange
+        self._requests_begun += 1
+        if self.factory.draining:
+            exchange.close_after = True  # said in its head: Connection: close
         framing = self._reader.body_framing
         if framing == "none":
             exchange.request_complete = True
