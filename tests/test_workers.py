@@ -399,7 +399,7 @@ def test_client_limits_are_counted_once_for_all_workers_in_the_masters_redis(tmp
     try:
         master.serving(2)
         [url] = master.wait_for(
-            r"share per-client limits and health checks through (redis://127\.0\.0\.1:\d+/0)")
+            r"share per-client limits, health, operator actions and status through (redis://127\.0\.0\.1:\d+/0)")
         admitted = []
         for _ in range(4):
             admitted.append(_admitted(port, 8))
@@ -453,7 +453,7 @@ def test_one_worker_at_a_time_probes_a_pool_and_every_worker_takes_its_verdicts(
     finally:
         origin.shutdown()
     assert "redis-server is not installed" in alone_log
-    assert "share per-client limits and health checks through redis://" in log
+    assert "share per-client limits, health, operator actions and status through redis://" in log
     # One prober: about one probe per interval (2 s / 0.2 s), not one per worker.
     assert 5 <= shared <= 0.7 * alone, (shared, alone)
     assert answers == [b"hello"] * 20
@@ -461,3 +461,60 @@ def test_one_worker_at_a_time_probes_a_pool_and_every_worker_takes_its_verdicts(
     # Redis, each probes the first round itself).
     assert log.count("backend http://127.0.0.1:%d is down" % dead) <= 2
     assert "Traceback" not in log + alone_log
+
+
+def _status(port: int) -> dict:
+    import json
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/status.json", headers={"Connection": "close"})
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_the_workers_act_as_one_for_ejections_operator_actions_and_the_status_page(tmp_path):
+    first, second = _origin(b"one"), _origin(b"two")
+    dead = _free_port()
+    port, status = _free_port(), _free_port()
+    (tmp_path / "m.toml").write_text(
+        f'workers = 2\n[log]\naccess = false\n[[reverse]]\nname = "site"\n'
+        f'listen = ["tcp:{port}:interface=127.0.0.1"]\nshutdown_timeout = 5\n'
+        f'status_listen = "tcp:{status}:interface=127.0.0.1"\nstatus_token = "secret-token"\n'
+        f'[[reverse.routes]]\npool = "web"\n[reverse.pools.web]\n'
+        f'backends = ["http://127.0.0.1:{first.server_address[1]}", '
+        f'"http://127.0.0.1:{second.server_address[1]}", "http://127.0.0.1:{dead}"]\n'
+        f'[reverse.pools.web.health]\ncheck = "none"\nmax_failures = 3\nbackoff = 60\n')
+    master = _Master(tmp_path, "--config", "m.toml")
+    try:
+        master.serving(2)
+        master.wait_for(r"the workers share .* through redis://")
+        time.sleep(1.5)  # both workers have reached the master's Redis
+        answers = [_get(port) for _ in range(30)]
+        time.sleep(1.5)  # every worker has reported since
+        views = [_status(status) for _ in range(6)]  # whichever worker accepts each
+        connection = http.client.HTTPConnection("127.0.0.1", status, timeout=10)
+        connection.request("POST", "/admin?pool=web&backend=http://127.0.0.1:%d&action=drain"
+                           % second.server_address[1],
+                           headers={"Authorization": "Bearer secret-token"})
+        assert connection.getresponse().status == 303
+        connection.close()
+        time.sleep(1.5)  # the other worker has read the action
+        drained = [_get(port) for _ in range(20)]
+    finally:
+        master.stop()
+        first.shutdown()
+        second.shutdown()
+    assert set(answers) == {b"one", b"two"}  # the dead backend's failures were retried
+    for view in views:
+        assert len(view["workers"]) == 2, view
+        assert view["traffic"]["finished"] == 30
+        [pool] = view["pools"]
+        down = next(b for b in pool["backends"] if b["name"].endswith(f":{dead}"))
+        # Three failures on the host eject it for both workers (alone, each would
+        # need three); a worker may begin one more before it hears.
+        assert down["state"] == "ejected" and 3 <= down["connect_failures"] <= 4, down
+    assert set(drained) == {b"one"}
+    assert "Traceback" not in master.log()

@@ -9,9 +9,11 @@ bad file is refused before anything listens, with a message naming the key.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
@@ -22,6 +24,9 @@ from multiproxy._accesslog import FORMATS, AccessLog
 from multiproxy._errors import ConfigError
 from multiproxy._signals import SIGUSR1, on_signal
 from multiproxy._tablereader import TableReader
+
+if TYPE_CHECKING:
+    from multiproxy.status._page import WorkerStatus
 
 _log = Logger()
 
@@ -189,11 +194,12 @@ class ProcessService(MultiService):
 
 
 def make_services(configuration: Configuration, reactor,
-                  shared_redis: str | None = None) -> MultiService:
+                  shared_redis: str | None = None, worker: WorkerStatus | None = None
+                  ) -> MultiService:
     """
-    One service running every proxy of ``configuration``.  With
-    ``shared_redis`` (a worker: the master's Redis), the active health
-    checks of the host's workers take turns there (`share_health_checks`).
+    One service running every proxy of ``configuration``.  In a worker of
+    ``--workers N`` (``worker`` says which), ``shared_redis`` is the
+    master's Redis, where the workers share their state (`share_state`).
     """
     reporters = make_reporters(reactor, configuration.access_log,
                                configuration.access_log_format)
@@ -209,28 +215,46 @@ def make_services(configuration: Configuration, reactor,
     for kind, config in configuration.proxies:
         kind.make_service(config, reactor, reporters, **extra).setServiceParent(top)
     if shared_redis is not None:
-        share_health_checks(top, shared_redis, reactor)
+        if worker is None:
+            from multiproxy.status._page import WorkerStatus
+
+            worker = WorkerStatus(0, os.getpid())
+        share_state(top, shared_redis, reactor, worker)
     return top
 
 
-def share_health_checks(top: MultiService, url: str, reactor) -> None:
+def share_state(top: MultiService, url: str, reactor, worker: WorkerStatus) -> None:
     """
-    Give every `HealthChecker` under ``top`` a `HealthShare` in the Redis at
-    ``url``: the workers build the same services, so the n-th checker of a
-    proxy is the same pool in each, and one of them probes it per round.
+    Make the workers of a host act as one through the Redis at ``url``:
+    the workers build the same services, so the n-th health checker and
+    every named pool and status page of a proxy are the same in each.
+    One worker probes each pool per round (`HealthShare`); failures count
+    and ejections hold for all (`PoolShare`); every status page shows the
+    whole group and an operator's action reaches every worker (`StatusGroup`).
     """
-    import os
-
     from multiproxy._redislink import redis_link
     from multiproxy.balancing._health import HealthChecker
     from multiproxy.balancing._sharedhealth import HealthShare
+    from multiproxy.balancing._sharedpool import PoolShare
+    from multiproxy.status._group import StatusGroup
+    from multiproxy.status._listener import StatusSite
 
-    link = redis_link(url, reactor, 0.25, 0.25, "health checks")
+    link = redis_link(url, reactor, 0.25, 0.25, "worker state")
     for proxy in top:
-        checkers = [s for s in _services_under(proxy) if isinstance(s, HealthChecker)]
+        services = list(_services_under(proxy))
+        checkers = [s for s in services if isinstance(s, HealthChecker)]
         for index, checker in enumerate(checkers):
             key = f"multiproxy:health:{proxy.name}:{index}".encode()
-            checker.share = HealthShare(link, key, str(os.getpid()), ttl=checker.interval * 3)
+            checker.share = HealthShare(link, key, str(worker.pid), ttl=checker.interval * 3)
+        for pool in getattr(proxy, "backend_pools", ()):
+            share = PoolShare(link, f"multiproxy:pool:{proxy.name}:{pool.name}".encode(),
+                              reactor, keep_for=2 * pool.max_backoff + 60)
+            pool.share_with(share)
+            share.setServiceParent(proxy)
+        sites = {id(s.factory): s.factory for s in services
+                 if isinstance(getattr(s, "factory", None), StatusSite)}
+        for site in sites.values():
+            site.group = StatusGroup(link, site.proxy_name, site.kind, worker, site.set_admin)
 
 
 def _services_under(service):

@@ -71,7 +71,8 @@ class LocalRedis(Service):
     def startService(self) -> None:
         super().startService()
         self._start()
-        _log.info("the workers share per-client limits and health checks through {url} "
+        _log.info("the workers share per-client limits, health, operator actions and status "
+                  "through {url} "
                   "(redis-server run by the master)", url=self.url)
 
     def _start(self) -> None:

@@ -42,6 +42,8 @@ class ProxyService(MultiService):
         self.shutdown_timeout = shutdown_timeout
         self.listeners: list[Service] = []
         self.summary: str | None = None
+        self.backend_pools: tuple[Any, ...] = ()
+        """The proxy's `BackendPool`s (shared by the workers of a host, see `multiproxy._config`)."""
 
     def startService(self) -> None:
         if self.summary:

@@ -596,6 +596,7 @@ def worker_main(spec_text: str) -> int:
 
     from multiproxy._config import make_services
     from multiproxy._tap import Options, tune_garbage_collector
+    from multiproxy.status._page import WorkerStatus
 
     spec = json.loads(spec_text)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
@@ -611,7 +612,9 @@ def worker_main(spec_text: str) -> int:
         if shared and configuration.policy is not None:
             configuration = replace(configuration, policy=configuration.policy.with_limits_redis(
                 shared))
-        top = make_services(configuration, adopting, shared_redis=shared)
+        worker = WorkerStatus(index=spec["index"], pid=os.getpid(),
+                              generation=spec["generation"])
+        top = make_services(configuration, adopting, shared_redis=shared, worker=worker)
         top.startService()
     except (usage.UsageError, ConfigError, error.CannotListenError) as e:
         print(f"worker {os.getpid()}: configuration refused: {e}", file=sys.stderr, flush=True)

@@ -59,6 +59,8 @@ class BackendPool:
         self.max_failures = max_failures
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.share: Any = None
+        """A `PoolShare` when the workers of a host count failures together."""
         for backend in self.backends:
             backend.add_observer(self._finished)
 
@@ -99,16 +101,40 @@ class BackendPool:
         now = self.clock.seconds()
         return [b.status(now) for b in self.backends]
 
+    # -- passive health
+
+    def share_with(self, share: Any) -> None:
+        """
+        Count failures and eject together with the other workers of the host
+        (a `multiproxy.balancing._sharedpool.PoolShare`).
+        """
+        self.share = share
+        share.pool = self
+
     def _finished(self, backend: Backend, ok: bool) -> None:
         if ok:
+            if self.share is not None:
+                self.share.succeeded(backend)
             if backend.ejected_until is not None:
                 _log.info("backend {name} of pool {pool} is back after a successful trial",
                           name=backend.name, pool=self.name)
-                backend.ejected_until = None
-                backend.observe_state(self.clock.seconds())
+                self.readmit(backend)
             backend.ejections = 0
             return
-        if backend.consecutive_failures < self.max_failures:
+        if self.share is None:
+            self._count(backend, backend.consecutive_failures, "")
+            return
+
+        def counted(host_failures: int | None) -> None:
+            if host_failures is None:  # Redis cannot say: this worker's count decides
+                self._count(backend, backend.consecutive_failures, "")
+            else:
+                self._count(backend, host_failures, " across the workers")
+
+        self.share.failed(backend).addCallback(counted)
+
+    def _count(self, backend: Backend, failures: int, where: str) -> None:
+        if failures < self.max_failures:
             return
         now = self.clock.seconds()
         if backend.ejected_until is not None and now < backend.ejected_until:
@@ -117,8 +143,24 @@ class BackendPool:
         backend.ejections += 1
         backend.ejected_until = now + wait
         backend.observe_state(now)
+        if self.share is not None:
+            self.share.ejected(backend)
         _log.warn(
             "backend {name} of pool {pool} taken out for {wait:g} s after {n} "
-            "consecutive failures",
-            name=backend.name, pool=self.name, wait=wait, n=backend.consecutive_failures,
+            "consecutive failures{where}",
+            name=backend.name, pool=self.name, wait=wait, n=failures, where=where,
         )
+
+    def adopt_ejection(self, backend: Backend, until: float, ejections: int) -> None:
+        """Another worker took ``backend`` out until ``until`` (its ``ejections``-th time)."""
+        if backend.ejected_until is not None and backend.ejected_until >= until:
+            return
+        backend.ejected_until = until
+        backend.ejections = max(backend.ejections, ejections)
+        backend.observe_state(self.clock.seconds())
+
+    def readmit(self, backend: Backend) -> None:
+        """Put an ejected ``backend`` back in rotation for good (its backoff starts again)."""
+        backend.ejected_until = None
+        backend.ejections = 0
+        backend.observe_state(self.clock.seconds())

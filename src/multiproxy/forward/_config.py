@@ -491,6 +491,8 @@ def make_forward_service(
         service.add_listener(endpoint)
     chooser = factory.chooser
     parents = chooser.pool if isinstance(chooser, ParentChooser) else None
+    if parents is not None:
+        service.backend_pools = (parents,)
     health = config.parent_health
     if parents is not None and health.check != "none":
         HealthChecker(reactor, parents.backends, TCPCheck(), interval=health.interval,

@@ -131,6 +131,7 @@ class ReverseService(ProxyService):
                  reload_on_sighup: bool = True) -> None:
         super().__init__(reactor, factory, shutdown_timeout)
         self.pools = pools
+        self.backend_pools = tuple(pools.values())
         self.server_tls = server_tls
         self.reload_on_sighup = reload_on_sighup
         self._stop_sighup: Any = None

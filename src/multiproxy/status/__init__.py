@@ -8,6 +8,7 @@ See docs/status.md for every metric name.
 
 from multiproxy.status._admin import ADMIN_ACTIONS, AdminCommand, AdminRefused, read_admin_request
 from multiproxy.status._counters import TrafficCounters, TrafficCounts, status_class
+from multiproxy.status._group import StatusGroup, merge_snapshots
 from multiproxy.status._listener import StatusSite, add_status_listeners
 from multiproxy.status._metrics import PROMETHEUS_TYPE, MetricFamily, Sample, render_prometheus
 from multiproxy.status._page import (
@@ -17,6 +18,7 @@ from multiproxy.status._page import (
     Reading,
     StatusPage,
     StatusSnapshot,
+    WorkerStatus,
     pool_status,
     proxy_metrics,
     render_html,
@@ -39,11 +41,14 @@ __all__ = [
     "Reading",
     "Sample",
     "StatusPage",
+    "StatusGroup",
     "StatusSite",
     "StatusSnapshot",
     "TrafficCounters",
     "TrafficCounts",
+    "WorkerStatus",
     "add_status_listeners",
+    "merge_snapshots",
     "pool_status",
     "proxy_metrics",
     "read_admin_request",

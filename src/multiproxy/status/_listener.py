@@ -24,6 +24,7 @@ from multiproxy.http._parser import Limits
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.status._admin import AdminCommand, AdminRefused, read_admin_request
 from multiproxy.status._counters import TrafficCounters
+from multiproxy.status._group import StatusGroup
 from multiproxy.status._page import Reading, StatusSnapshot, pool_status, status_page
 from multiproxy.status._rates import SAMPLE_INTERVAL, RateMeter
 
@@ -152,6 +153,8 @@ class StatusSite(HTTPProxyFactory):
         self.backend_rates: dict[tuple[str, str], RateMeter] = {}
         self._sampler = LoopingCall(self.sample_rates)
         self._sampler.clock = reactor
+        self.group: StatusGroup | None = None
+        """Set in a worker of ``--workers N``: the page then shows the whole group."""
 
     def startFactory(self) -> None:
         # Listening on the first status endpoint: rates are sampled while the page can be read.
@@ -160,9 +163,14 @@ class StatusSite(HTTPProxyFactory):
     def stopFactory(self) -> None:
         if self._sampler.running:
             self._sampler.stop()
+        if self.group is not None:
+            self.group.leave()
 
     def sample_rates(self) -> None:
-        """Sample the proxy's and every backend's session totals (once a second)."""
+        """
+        Sample the proxy's and every backend's session totals (once a
+        second); in a group of workers, trade reports with the others.
+        """
         now = self.reactor.seconds()
         if self.counters is not None:
             self.session_rate.sample(now, self.counters.finished)
@@ -173,9 +181,17 @@ class StatusSite(HTTPProxyFactory):
                 if meter is None:
                     meter = rates[(pool.name, backend.name)] = RateMeter()
                 meter.sample(now, backend.requests)
+        if self.group is not None:
+            self.group.exchange(self.own_snapshot())
 
     def snapshot(self) -> StatusSnapshot:
-        """The proxy as it is now."""
+        """The proxy as it is now (with several workers, all of them)."""
+        if self.group is None:
+            return self.own_snapshot()
+        return self.group.view(self.own_snapshot())
+
+    def own_snapshot(self) -> StatusSnapshot:
+        """This process's part of the proxy as it is now."""
         return StatusSnapshot(
             proxy=self.proxy_name,
             pools=tuple(pool_status(p, self.backend_rates) for p in self.pools()),
@@ -190,17 +206,27 @@ class StatusSite(HTTPProxyFactory):
         )
 
     def apply(self, command: AdminCommand) -> None:
-        """Carry out ``command``; `AdminRefused` (404) names a pool or backend that is not there."""
+        """
+        Carry out ``command`` (in every worker of a group); `AdminRefused`
+        (404) names a pool or backend that is not there.
+        """
+        self.set_admin(command.pool, command.backend, command.action)
+        if self.group is not None:
+            self.group.publish_action(command.pool, command.backend, command.action,
+                                      self.reactor.seconds())
+
+    def set_admin(self, pool_name: str, backend_name: str, action: str) -> None:
+        """Set one backend's admin state here (`AdminRefused` if there is no such backend)."""
         for pool in self.pools():
-            if pool.name != command.pool:
+            if pool.name != pool_name:
                 continue
             for backend in pool.backends:
-                if backend.name == command.backend:
-                    backend.set_admin(command.action, pool.clock.seconds())
+                if backend.name == backend_name:
+                    backend.set_admin(action, pool.clock.seconds())
                     return
-            raise AdminRefused(404, f"pool {command.pool} has no backend "
-                                    f"{quote(command.backend, safe=':/')}")
-        raise AdminRefused(404, f"no pool named {quote(command.pool, safe='')}")
+            raise AdminRefused(404, f"pool {pool_name} has no backend "
+                                    f"{quote(backend_name, safe=':/')}")
+        raise AdminRefused(404, f"no pool named {quote(pool_name, safe='')}")
 
 
 def add_status_listeners(parent: MultiService, reactor: Any, proxy: str,

@@ -80,6 +80,24 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """
+    One worker process of a host (``--workers N``) as its last report showed
+    it: its slot ``index``, ``pid`` and ``generation`` (one per reload), its
+    finished exchanges, session rate and open client connections.
+    """
+
+    index: int
+    pid: int
+    generation: int = 0
+    started_at: float | None = None
+    taken_at: float = 0.0
+    finished: int = 0
+    session_rate: float = 0.0
+    connections_open: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """
     One proxy at ``taken_at`` (seconds since the epoch): its kind
@@ -87,7 +105,8 @@ class StatusSnapshot:
     nothing counts them) and backend pools.  ``session_rate`` is the
     proxy's finished requests, tunnels or connections per second over the
     last second, ``session_rate_max`` the most seen.  ``admin``: the page
-    offers the drain / maint / ready buttons.
+    offers the drain / maint / ready buttons.  ``workers``: with several
+    worker processes, one row each (the figures are then the group's).
     """
 
     proxy: str
@@ -100,6 +119,7 @@ class StatusSnapshot:
     admin: bool = False
     session_rate: float = 0.0
     session_rate_max: float = 0.0
+    workers: tuple[WorkerStatus, ...] = ()
 
 
 # -- JSON ----------------------------------------------------------------------------------------
@@ -131,7 +151,19 @@ def render_json(snapshot: StatusSnapshot) -> bytes:
         }
         for pool in snapshot.pools
     ]
+    if snapshot.workers:
+        doc["workers"] = [_worker_json(w, snapshot.taken_at) for w in snapshot.workers]
     return json.dumps(doc, indent=2).encode("utf-8") + b"\n"
+
+
+def _worker_json(w: WorkerStatus, now: float) -> dict[str, object]:
+    return {
+        "index": w.index, "pid": w.pid, "generation": w.generation,
+        "uptime_s": None if w.started_at is None else round(max(0.0, now - w.started_at), 3),
+        "report_age_s": round(max(0.0, now - w.taken_at), 3),
+        "finished": w.finished, "session_rate": round(w.session_rate, 3),
+        "connections_open": w.connections_open,
+    }
 
 
 def _traffic_json(t: TrafficCounts, kind: str) -> dict[str, Any]:
@@ -234,7 +266,28 @@ def proxy_metrics(snapshot: StatusSnapshot) -> list[MetricFamily]:
         out.extend(_traffic_metrics(snapshot.proxy, snapshot.kind, snapshot.traffic))
     if snapshot.pools:
         out.extend(_pool_metrics(snapshot))
+    if snapshot.workers:
+        out.extend(_worker_metrics(snapshot))
     return out
+
+
+def _worker_metrics(snapshot: StatusSnapshot) -> list[MetricFamily]:
+    def labels(w: WorkerStatus) -> dict[str, str]:
+        return {"proxy": snapshot.proxy, "worker": str(w.index), "pid": str(w.pid)}
+
+    return [
+        family("multiproxy_workers", "gauge", "Worker processes reporting (--workers).",
+               [({"proxy": snapshot.proxy}, len(snapshot.workers))]),
+        family("multiproxy_worker_finished_total", "counter",
+               "Finished requests, tunnels or connections of one worker process.",
+               [(labels(w), w.finished) for w in snapshot.workers]),
+        family("multiproxy_worker_session_rate", "gauge",
+               "One worker's session rate, over the last second.",
+               [(labels(w), float(w.session_rate)) for w in snapshot.workers]),
+        family("multiproxy_worker_client_connections", "gauge",
+               "Client connections open now in one worker process.",
+               [(labels(w), w.connections_open) for w in snapshot.workers]),
+    ]
 
 
 def _traffic_metrics(name: str, kind: str, t: TrafficCounts) -> list[MetricFamily]:
@@ -384,6 +437,8 @@ def render_html(snapshot: StatusSnapshot, refresh: int | None = 5) -> bytes:
         body.append("</form>")
     if not snapshot.pools and snapshot.kind == "reverse":
         body.append("<p>No backend pools are configured.</p>")
+    if snapshot.workers:
+        body.append(_worker_table(snapshot))
     body.append("</body></html>")
     return ("\n".join(head + body) + "\n").encode("utf-8")
 
@@ -486,6 +541,26 @@ def _pool_table(pool: PoolStatus, admin: bool, http: bool) -> str:
         f"<td>{sum(b.connect_failures for b in pool.backends)}</td>"
         f'<td colspan="{span}"></td></tr></tfoot></table>'
     )
+    return "\n".join(rows)
+
+
+def _worker_table(snapshot: StatusSnapshot) -> str:
+    """One row per worker process: the figures above are their sum."""
+    rows = [
+        ('<table class="workers"><caption>workers<span class="sum">'
+         f"{len(snapshot.workers)} reporting; the figures above are their sum</span></caption>"),
+        ("<thead><tr><th>worker</th><th>pid</th><th>generation</th><th>up</th><th>finished</th>"
+         "<th>rate</th><th>connections</th><th>report age</th></tr></thead><tbody>"),
+    ]
+    for w in snapshot.workers:
+        up = "&ndash;" if w.started_at is None else _duration(snapshot.taken_at - w.started_at)
+        age = max(0.0, snapshot.taken_at - w.taken_at)
+        rows.append(
+            f'<tr data-worker="{w.index}" data-pid="{w.pid}"><td>{w.index}</td><td>{w.pid}</td>'
+            f"<td>{w.generation}</td><td>{up}</td><td>{w.finished}</td>"
+            f"<td>{_rate(w.session_rate)}</td><td>{w.connections_open}</td>"
+            f"<td>{age:.1f} s</td></tr>")
+    rows.append("</tbody></table>")
     return "\n".join(rows)
 
 

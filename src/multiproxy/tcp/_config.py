@@ -407,6 +407,7 @@ class TCPService(ProxyService):
                  shutdown_timeout: float) -> None:
         super().__init__(reactor, factory, shutdown_timeout)
         self.pool = pool
+        self.backend_pools = (pool,)
 
 
 def make_tcp_service(
