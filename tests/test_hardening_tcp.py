@@ -259,5 +259,5 @@ async def test_many_clients_for_a_dead_backend_are_closed_promptly(listening):
     # A warning per failed connect until passive health checks eject the
     # backend (the first batch of 20 was already connecting); the clients
     # after that are closed without a line each.
-    connect_warnings = [e for e in warnings if "cannot connect" in e.get("log_format", "")]
+    connect_warnings = [e for e in warnings if "backend unreachable" in e.get("log_format", "")]
     assert 1 <= len(connect_warnings) <= 20, len(connect_warnings)

@@ -10,12 +10,63 @@ that never answers included).
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._errors import UpstreamError
+
+__all__ = [
+    "DeadlineEndpoint",
+    "UpstreamEndpoint",
+    "connect_failure_kind",
+    "upstream_connect_error",
+    "with_deadline",
+]
+
+
+_CANCELLED = (defer.CancelledError, error.ConnectingCancelledError)
+"""How a cancelled connect fails (HostnameEndpoint has its own error for it)."""
+
+
+def with_deadline(reactor: Any, d: defer.Deferred, timeout: float) -> defer.Deferred:
+    """
+    ``d`` (a connect attempt), cancelled and failed with `TimeoutError` if it
+    has not fired within ``timeout`` seconds.  A cancel from elsewhere (the
+    client left) stays a `CancelledError`: it is not the upstream's fault.
+    """
+    timed_out = []
+
+    def expire() -> None:
+        timed_out.append(True)
+        d.cancel()
+
+    timer = reactor.callLater(timeout, expire)
+
+    def settle(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        if timed_out and isinstance(result, Failure) and result.check(*_CANCELLED):
+            raise error.TimeoutError(string=f"no connection after {timeout:g} s")
+        return result
+
+    return d.addBoth(settle)
+
+
+@implementer(IStreamClientEndpoint)
+class DeadlineEndpoint:
+    """Wraps a client endpoint so that a connect not done in ``timeout`` seconds fails."""
+
+    def __init__(self, reactor: Any, endpoint: IStreamClientEndpoint, timeout: float) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.timeout = timeout
+
+    def connect(self, factory: Any) -> defer.Deferred:
+        return with_deadline(self.reactor, self.endpoint.connect(factory), self.timeout)
 
 
 @implementer(IStreamClientEndpoint)
@@ -24,43 +75,39 @@ class UpstreamEndpoint:
     The client endpoint of an `IUpstream`, with a deadline and readable errors.
 
     ``connect`` fires with the connected protocol, or fails with an
-    `UpstreamError` (502 or 504) whose message names the upstream.  Any
-    caller that connects upstream (the HTTP connection pool, a relay, a
-    health check) goes through this, so the failures read the same everywhere.
+    `UpstreamError` (502 or 504) whose message names the upstream.  Every
+    caller that connects upstream (the HTTP connection pool, CONNECT and
+    SOCKS tunnels, the TCP relay, WebSocket upgrades, health checks) goes
+    through this, so the failures read the same everywhere.
     """
 
-    def __init__(self, reactor, upstream, timeout: float) -> None:
+    def __init__(self, reactor: Any, upstream: Any, timeout: float) -> None:
         self.reactor = reactor
         self.upstream = upstream
         self.timeout = timeout
 
-    def connect(self, factory) -> defer.Deferred:
-        d = self.upstream.endpoint(self.reactor).connect(factory)
-        timer = self.reactor.callLater(self.timeout, d.cancel)
-
-        def stop_timer(result):
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d.addBoth(stop_timer)
-        d.addErrback(_as_upstream_error, self.upstream.name, self.timeout)
-        return d
+    def connect(self, factory: Any) -> defer.Deferred:
+        d = with_deadline(self.reactor, self.upstream.endpoint(self.reactor).connect(factory),
+                          self.timeout)
+        return d.addErrback(upstream_connect_error, self.upstream.name, self.timeout)
 
 
-def _as_upstream_error(failure: Failure, name: str, timeout: float):
-    if failure.check(UpstreamError):
+def upstream_connect_error(failure: Failure, name: str, timeout: float) -> Failure:
+    """
+    A failed connect to ``name`` as the `UpstreamError` an HTTP client
+    should see (a `CancelledError` passes: the attempt was abandoned).
+    """
+    if failure.check(UpstreamError, *_CANCELLED):
         return failure
-    if failure.check(defer.CancelledError, error.TimeoutError):
-        raise UpstreamError(f"timed out connecting to {name} after {timeout:g} s", 504,
-                            "connect-timeout")
-    if failure.check(error.DNSLookupError):
-        raise UpstreamError(f"cannot resolve host {name}", 502, "dns")
-    if failure.check(error.ConnectionRefusedError):
-        raise UpstreamError(f"connection refused by {name}", 502, "connect-refused")
+    kind = connect_failure_kind(failure)
+    if kind == "connect-timeout":
+        raise UpstreamError(f"timed out connecting to {name} after {timeout:g} s", 504, kind)
+    if kind == "dns":
+        raise UpstreamError(f"cannot resolve host {name}", 502, kind)
+    if kind == "connect-refused":
+        raise UpstreamError(f"connection refused by {name}", 502, kind)
     if failure.check(error.ConnectError, OSError):
-        raise UpstreamError(f"cannot connect to {name}: {failure.getErrorMessage()}", 502,
-                            "connect")
+        raise UpstreamError(f"cannot connect to {name}: {failure.getErrorMessage()}", 502, kind)
     return failure
 
 
@@ -68,7 +115,7 @@ def connect_failure_kind(failure: Failure) -> str:
     """The `UpstreamError` kind a failed connect counts as (``connect-refused``, ...)."""
     if failure.check(UpstreamError):
         return failure.value.kind
-    if failure.check(defer.CancelledError, error.TimeoutError):
+    if failure.check(error.TimeoutError):
         return "connect-timeout"
     if failure.check(error.DNSLookupError):
         return "dns"

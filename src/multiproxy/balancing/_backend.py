@@ -21,6 +21,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._connect import DeadlineEndpoint, with_deadline
 from multiproxy._interfaces import IUpstream
 
 __all__ = [
@@ -90,42 +91,6 @@ class BackendStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
-
-
-def with_deadline(reactor: Any, d: defer.Deferred, timeout: float) -> defer.Deferred:
-    """
-    ``d`` (a connect attempt), cancelled and failed with `TimeoutError` if it
-    has not fired within ``timeout`` seconds.
-    """
-    timed_out = []
-
-    def expire() -> None:
-        timed_out.append(True)
-        d.cancel()
-
-    timer = reactor.callLater(timeout, expire)
-
-    def settle(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        if timed_out and isinstance(result, Failure) and result.check(defer.CancelledError):
-            raise error.TimeoutError(string=f"no connection after {timeout:g} s")
-        return result
-
-    return d.addBoth(settle)
-
-
-@implementer(IStreamClientEndpoint)
-class DeadlineEndpoint:
-    """Wraps a client endpoint so that a connect not done in ``timeout`` seconds fails."""
-
-    def __init__(self, reactor: Any, endpoint: IStreamClientEndpoint, timeout: float) -> None:
-        self.reactor = reactor
-        self.endpoint = endpoint
-        self.timeout = timeout
-
-    def connect(self, factory: Any) -> defer.Deferred:
-        return with_deadline(self.reactor, self.endpoint.connect(factory), self.timeout)
 
 
 @implementer(IStreamClientEndpoint)

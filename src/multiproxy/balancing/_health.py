@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from multiproxy._connect import UpstreamEndpoint
 from multiproxy.balancing._backend import Backend
 
 if TYPE_CHECKING:
@@ -174,7 +175,8 @@ class _ProbeRun:
             self.protocol = _Probe(request, self.result)
             return self.protocol
 
-        self.connecting = backend.endpoint(reactor).connect(Factory.forProtocol(build))
+        endpoint = UpstreamEndpoint(reactor, backend, timeout)
+        self.connecting = endpoint.connect(Factory.forProtocol(build))
         self.connecting.addErrback(self._connect_failed)
         self.timer = reactor.callLater(timeout, self.stop, f"no answer within {timeout:g} s")
 

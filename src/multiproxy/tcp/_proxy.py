@@ -18,14 +18,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._connect import connect_failure_kind
+from multiproxy._connect import connect_failure_kind, upstream_connect_error, with_deadline
 from multiproxy._contract import AllowAll, check_plugins, report_all
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy._relay import Relay, RelayServerProtocol
 from multiproxy._values import AccessRecord, Decision, Intent
-from multiproxy.balancing._backend import (
-    note_connect_failed, note_exchanged, note_retried, with_deadline,
-)
+from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.policy._admission import connection_slot, rate_limited
 from multiproxy.tcp._haproxy import find_proxy_header_wrapper
 from multiproxy.tcp._proxyheader import proxy_header
@@ -180,8 +178,10 @@ class TCPRelayProtocol(RelayServerProtocol):
         version = getattr(backend, "proxy_protocol", None) or settings.proxy_protocol
         preamble = proxy_header(version, *self._ip_addresses) if version else b""
         started = self.reactor.seconds()
-        connecting = self.relay.connect(backend.endpoint(self.reactor), preamble)
-        with_deadline(self.reactor, connecting, timeout).addCallbacks(
+        connecting = with_deadline(
+            self.reactor, self.relay.connect(backend.endpoint(self.reactor), preamble), timeout)
+        connecting.addErrback(upstream_connect_error, backend.name, timeout)
+        connecting.addCallbacks(
             self._connected, self._connect_failed,
             callbackArgs=(backend, started), errbackArgs=(backend, started),
         )
@@ -199,10 +199,8 @@ class TCPRelayProtocol(RelayServerProtocol):
             return  # the client left while we were connecting: not the backend's fault
         backend.started()
         note_connect_failed(backend)
-        _log.warn(
-            "{proxy}: cannot connect to backend {backend}: {why}",
-            proxy=self.factory.name, backend=backend.name, why=failure.getErrorMessage(),
-        )
+        _log.warn("{proxy}: backend unreachable: {why}", proxy=self.factory.name,
+                  why=failure.getErrorMessage())
         if self.relay.ended is not None:
             return
         self.upstream_error = connect_failure_kind(failure)
