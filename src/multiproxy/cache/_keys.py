@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from multiproxy.cache._directives import split_list
+from multiproxy.http._target import normalise_percent
 
 if TYPE_CHECKING:
     from multiproxy.http._headers import Headers
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 VaryValue = tuple[bytes, bytes | None]
 
 _DEFAULT_PORTS = {b"http": b"80", b"https": b"443"}
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 # Fields whose list members are unordered and (for the last three) case-insensitive.
 _UNORDERED = frozenset({b"accept", b"accept-charset", b"accept-encoding", b"accept-language"})
@@ -44,26 +43,6 @@ def effective_url(scheme: bytes, authority: bytes, target: bytes) -> bytes:
     if not target.startswith(b"/"):
         target = b"/" + target
     return scheme + b"://" + authority + target
-
-
-def _normalise_percent(part: bytes) -> bytes:
-    if b"%" not in part:
-        return part
-    out = bytearray()
-    i, n = 0, len(part)
-    while i < n:
-        c = part[i]
-        if c == 0x25 and i + 2 < n and part[i + 1] in _HEX and part[i + 2] in _HEX:
-            octet = int(part[i + 1 : i + 3], 16)
-            if octet in _UNRESERVED:
-                out.append(octet)
-            else:
-                out += b"%" + part[i + 1 : i + 3].upper()
-            i += 3
-            continue
-        out.append(c)
-        i += 1
-    return bytes(out)
 
 
 @lru_cache(maxsize=4096)
@@ -101,7 +80,7 @@ def cache_key(url: bytes) -> bytes:
         authority = host + b":" + port
     if not tail.startswith(b"/"):
         tail = b"/" + tail
-    return scheme + b"://" + authority + _normalise_percent(tail)
+    return scheme + b"://" + authority + normalise_percent(tail)
 
 
 def vary_names(headers: Headers) -> tuple[bytes, ...] | None:

@@ -45,7 +45,7 @@ from multiproxy.http._exchange import ForwardedRequest, IFetcher
 from multiproxy.http._failover import BalancingFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead
-from multiproxy.http._rules import end_to_end
+from multiproxy.http._rules import end_to_end, via_value
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
 from multiproxy.policy._admission import (
@@ -318,7 +318,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         headers.set(b"host", authority)
         settings = self.factory.settings
         if settings.via is not None and may_add_via:
-            headers.add(b"Via", head.version[5:] + b" " + settings.via)
+            headers.add(b"Via", via_value(head.version, settings.via))
         if head.version == b"HTTP/1.0":
             # RFC 9110 10.1.1: a 100-continue expectation from an HTTP/1.0
             # client is ignored, so it must not reach an HTTP/1.1 upstream.

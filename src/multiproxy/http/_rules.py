@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from multiproxy.http._headers import Headers, list_tokens
 
-__all__ = ["HOP_BY_HOP", "end_to_end"]
+__all__ = ["HOP_BY_HOP", "end_to_end", "via_value"]
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -56,3 +56,14 @@ def end_to_end(headers: Headers, hop_by_hop: frozenset[bytes] = HOP_BY_HOP) -> H
             _DROPS.clear()
         _DROPS[key] = drop
     return headers.without(drop)
+
+
+def via_value(version: bytes, pseudonym: bytes) -> bytes:
+    """
+    The ``Via`` entry this proxy adds to a message received as ``version``
+    (``b"HTTP/1.1"``): RFC 9110 7.6.3's received-protocol and pseudonym,
+    ``b"1.1 multiproxy"``.
+    """
+    if version.startswith(b"HTTP/"):
+        version = version[5:]
+    return version + b" " + pseudonym

@@ -40,7 +40,7 @@ from multiproxy.http._parser import (
     RequestReader,
     ResponseHead,
 )
-from multiproxy.http._rules import end_to_end
+from multiproxy.http._rules import end_to_end, via_value
 from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, response_head_bytes
 
 log = Logger()
@@ -198,7 +198,7 @@ class Exchange:
                     via = self.protocol.factory.via
                     if via is not None:
                         # RFC 9110 7.6.3: Via on every message forwarded.
-                        interim.add(b"Via", _via_value(response.version, via))
+                        interim.add(b"Via", via_value(response.version, via))
                     write_direct(
                         self._transport, response_head_bytes(status, response.reason, interim)
                     )
@@ -604,7 +604,7 @@ class HTTPServerProtocol(Protocol):
         headers = end_to_end(response.headers)
         via = self.factory.via
         if via is not None:
-            headers.add(b"Via", _via_value(response.version, via))
+            headers.add(b"Via", via_value(response.version, via))
         self.add_date(headers)
         return headers
 
@@ -770,11 +770,3 @@ def _date_value(now: float) -> bytes:
         _last_date[0] = second
         _last_date[1] = format_http_date(second)
     return _last_date[1]
-
-
-def _via_value(version: bytes, pseudonym: bytes) -> bytes:
-    # RFC 9110 7.6.3: received-protocol is the version of the message received.
-    if version.startswith(b"HTTP/"):
-        version = version[5:]
-    return version + b" " + pseudonym
-

@@ -22,12 +22,41 @@ __all__ = [
     "AbsoluteTarget",
     "UnsupportedScheme",
     "is_origin_form",
+    "normalise_percent",
     "parse_absolute_target",
     "parse_authority",
 ]
 
 DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
 """Schemes this proxy forwards, with their default ports."""
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def normalise_percent(part: bytes) -> bytes:
+    """
+    RFC 3986 6.2.2.1-2 on a URI part: percent-encoded unreserved characters
+    decoded, every other escape in upper case (``%7e`` -> ``~``, ``%2f`` ->
+    ``%2F``: an encoded slash stays encoded, so it never splits a segment).
+    """
+    if b"%" not in part:
+        return part
+    out = bytearray()
+    i, n = 0, len(part)
+    while i < n:
+        c = part[i]
+        if c == 0x25 and i + 2 < n and part[i + 1] in _HEX and part[i + 2] in _HEX:
+            octet = int(part[i + 1 : i + 3], 16)
+            if octet in _UNRESERVED:
+                out.append(octet)
+            else:
+                out += b"%" + part[i + 1 : i + 3].upper()
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return bytes(out)
 
 
 class UnsupportedScheme(ProtocolError):

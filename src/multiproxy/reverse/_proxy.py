@@ -39,7 +39,7 @@ from multiproxy.http._exchange import IFetcher
 from multiproxy.http._failover import BalancingFetcher
 from multiproxy.http._headers import Headers
 from multiproxy.http._parser import Limits, RequestHead, ResponseHead
-from multiproxy.http._rules import HOP_BY_HOP, end_to_end
+from multiproxy.http._rules import HOP_BY_HOP, end_to_end, via_value
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http._target import is_origin_form, parse_absolute_target
 from multiproxy.policy._admission import Refusal, rate_limited, refusal
@@ -243,7 +243,7 @@ class ReverseProxyProtocol(HTTPServerProtocol):
         else:
             headers.set(b"host", host_value)
         if factory.via is not None:
-            headers.add(b"Via", head.version[5:] + b" " + factory.via)
+            headers.add(b"Via", via_value(head.version, factory.via))
         if head.version == b"HTTP/1.0":
             # RFC 9110 10.1.1: a 100-continue expectation from an HTTP/1.0
             # client is ignored, so it must not reach an HTTP/1.1 backend.

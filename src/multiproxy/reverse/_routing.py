@@ -30,12 +30,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from multiproxy.http._target import normalise_percent
+
 HostHeaderMode = Literal["keep", "backend"]
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = b"0123456789ABCDEFabcdef"
 _HOST_CACHE_SIZE = 4096
 _MATCH_CACHE_SIZE = 4096
 _CACHED_TARGET = 256
@@ -332,23 +332,7 @@ def normalise_path(path: bytes) -> bytes:
     characters decoded, other escapes in upper case, dot segments removed.
     Encoded slashes (``%2F``) stay encoded, so they never split a segment.
     """
-    if b"%" not in path:
-        return _remove_dot_segments(path)
-    out = bytearray()
-    i, n = 0, len(path)
-    while i < n:
-        c = path[i]
-        if c == 0x25 and i + 2 < n and path[i + 1] in _HEX and path[i + 2] in _HEX:
-            value = int(path[i + 1:i + 3], 16)
-            if value in _UNRESERVED:
-                out.append(value)
-            else:
-                out += b"%" + path[i + 1:i + 3].upper()
-            i += 3
-        else:
-            out.append(c)
-            i += 1
-    return _remove_dot_segments(bytes(out))
+    return _remove_dot_segments(normalise_percent(path))
 
 
 def _remove_dot_segments(path: bytes) -> bytes:
