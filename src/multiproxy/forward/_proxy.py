@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy._connect import UpstreamEndpoint
+from multiproxy._attempts import Attempts
 from multiproxy._contract import AllowAll, check_plugins
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
@@ -409,14 +410,14 @@ class ForwardProxyProtocol(HTTPServerProtocol):
 
     def _open_tunnel(self, exchange: Exchange, intent: Intent) -> None:
         chooser = exchange.chooser or self.factory.chooser
-        upstream = chooser.choose(intent)
+        attempts = Attempts(chooser, intent)
+        upstream = attempts.first()
         if upstream is None:
             self.no_upstream(exchange, intent)
             return
         record = exchange.record
         record.kind = "connect"
         timeouts = self.factory.timeouts
-        tried: set[Any] = set()
 
         def ended(relay: Relay, how: str, upstream: Any) -> None:
             self.factory.tunnels_open -= 1
@@ -436,7 +437,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         exchange.abort_fetch = lambda: relay.end("client-closed")
 
         def attempt(upstream: Any) -> None:
-            tried.add(upstream.key)
+            attempts.begin(upstream)
             record.upstream = upstream.name
             upstream.started()
             connecting = relay.connect(UpstreamEndpoint(reactor, upstream, timeouts.connect))
@@ -481,7 +482,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
                 upstream.finished(True, 0.0)
             else:
                 note_connect_failed(upstream)
-                following = chooser.choose(intent, frozenset(tried))
+                following = attempts.after_failure()
                 if following is not None:
                     log.info("{name}: {error}; trying {next}", name=upstream.name,
                              error=str(error), next=following.name)

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._attempts import Attempts
 from multiproxy._errors import UpstreamError
 from multiproxy.balancing._backend import note_connect_failed, note_retried
 from multiproxy.http._client import ConnectionPool, UpstreamConnection
@@ -75,7 +76,7 @@ class BalancingFetcher:
         delivery = _Delivery(self, request, sink)
         upstream = request.upstream
         if upstream is None:
-            upstream = delivery._next_backend()
+            upstream = delivery.attempts.first()
             if upstream is None:
                 sink.fail(request.unavailable(None))
                 return _nothing
@@ -90,9 +91,8 @@ class _Delivery:
         self.fetcher = fetcher
         self.request = request
         self.sink = sink
-        self.tried: set[Any] = set()
-        self.attempts = 0
-        self.replayed = False
+        self.attempts = Attempts(getattr(request, "pool", None), request.intent,
+                                 fetcher.max_attempts, replayable=request.idempotent)
         self.abandoned = False
         self.pending: defer.Deferred | None = None
         self.connection: UpstreamConnection | None = None
@@ -105,8 +105,7 @@ class _Delivery:
         request = self.request = self.request.to(upstream)
         if request.record is not None:
             request.record.upstream = upstream.name  # the log names the backend that answered
-        self.tried.add(upstream.key)
-        self.attempts += 1
+        self.attempts.begin(upstream)
         upstream.started()
         pool = self.fetcher.pool
         if not fresh:
@@ -133,7 +132,7 @@ class _Delivery:
         self.answering = False
         upstream.finished(True, 0.0)
         if not self.abandoned:
-            self.attempts -= 1
+            self.attempts.uncount()
             self.start(upstream, fresh=True)
 
     def _connect_failed(self, failure: Failure, upstream: Any) -> None:
@@ -151,7 +150,7 @@ class _Delivery:
         else:
             error = failure.value
         self.last_error = error
-        following = self._next_backend() if self.attempts < self.fetcher.max_attempts else None
+        following = self.attempts.after_failure()
         if following is not None:
             log.info("backend {name}: {error}; trying {next}", name=upstream.name,
                      error=str(error), next=following.name)
@@ -159,20 +158,6 @@ class _Delivery:
             self.start(following, fresh=False)
             return
         self._give_up(error)
-
-    def _next_backend(self) -> Any:
-        pool = getattr(self.request, "pool", None)
-        if pool is None:
-            return None
-        return pool.choose(self.request.intent, frozenset(self.tried))
-
-    def _again(self, upstream: Any) -> Any:
-        """``upstream`` if its pool would still choose it (nothing else is left to try)."""
-        pool = getattr(self.request, "pool", None)
-        if pool is None:
-            return None
-        chosen = pool.choose(self.request.intent, frozenset(self.tried - {upstream.key}))
-        return chosen if chosen is not None and chosen.key == upstream.key else None
 
     def _give_up(self, error: UpstreamError) -> None:
         # Every upstream we could try failed to connect.  A failure, not a
@@ -189,11 +174,9 @@ class _Delivery:
         """
         self.answering = False
         request = self.request
-        if (self.abandoned or self.replayed or error.status == 504
-                or not request.idempotent):
+        if self.abandoned:
             return False
-        self.replayed = True
-        following = self._next_backend() or self._again(request.upstream)
+        following = self.attempts.replay(request.upstream, error.status)
         if following is None:
             return False
         log.info("replaying {method} on {name} after: {error}",

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._attempts import Attempts
 from multiproxy._connect import UpstreamEndpoint
 from multiproxy._errors import ProtocolError, UpstreamError
 from multiproxy._relay import Relay
@@ -65,7 +66,7 @@ class _Upgrade:
         self.head = head
         self.reactor = protocol.factory.reactor
         self.timeouts = protocol.factory.timeouts
-        self.tried: set[Any] = set()
+        self.attempts = Attempts(pool, intent)
         self.backend: Any = None
         self.upstream: _UpgradeUpstream | None = None
         self.pending: Any = None
@@ -76,7 +77,7 @@ class _Upgrade:
     def connect(self, backend: Any) -> None:
         self.backend = backend
         self.settled = False
-        self.tried.add(backend.key)
+        self.attempts.begin(backend)
         self.exchange.record.upstream = backend.name
         backend.started()
         self.started_at = self.reactor.seconds()
@@ -99,7 +100,7 @@ class _Upgrade:
             self._settle(True)  # cancelled because the client left
             return
         self._settle(False)
-        following = self.pool.choose(self.intent, frozenset(self.tried))
+        following = self.attempts.after_failure()
         if following is not None:
             self.connect(following)
             return

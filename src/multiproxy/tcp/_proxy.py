@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy._attempts import Attempts
 from multiproxy._connect import connect_failure_kind, upstream_connect_error, with_deadline
 from multiproxy._contract import AllowAll, check_plugins, report_all
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
@@ -85,8 +86,7 @@ class TCPRelayProtocol(RelayServerProtocol):
         self.decision: Decision | None = None
         self.backend: Any = None
         self.outcome: str | None = None
-        self.tried: set[Any] = set()
-        self._failed: Any = None  # the backend whose connect just failed, if retrying
+        self.attempts: Attempts | None = None
         self.connect_time = 0.0
         self.started_at = 0.0
         self._header_timer: Any = None
@@ -160,18 +160,18 @@ class TCPRelayProtocol(RelayServerProtocol):
         if not self.decision.allowed:
             self._give_up("denied")
             return
-        self._try_next()
-
-    def _try_next(self) -> None:
-        assert self.relay is not None and self._ip_addresses is not None
-        backend = self.factory.chooser.choose(self.intent, frozenset(self.tried))
+        self.attempts = Attempts(self.factory.chooser, self.intent,
+                                 self.factory.settings.retries + 1)
+        backend = self.attempts.first()
         if backend is None:
-            self._give_up("connect-failed" if self.tried else "no-backend")
+            self._give_up("no-backend")
             return
-        self.tried.add(backend.key)
-        if self._failed is not None:
-            note_retried(self._failed, backend)
-            self._failed = None
+        self._try(backend)
+
+    def _try(self, backend: Any) -> None:
+        assert self.relay is not None and self._ip_addresses is not None
+        assert self.attempts is not None
+        self.attempts.begin(backend)
         settings = self.factory.settings
         # One deadline for the connect and, to a TLS backend, its handshake.
         timeout = getattr(backend, "connect_timeout", None) or settings.connect_timeout
@@ -204,11 +204,13 @@ class TCPRelayProtocol(RelayServerProtocol):
         if self.relay.ended is not None:
             return
         self.upstream_error = connect_failure_kind(failure)
-        if len(self.tried) <= self.factory.settings.retries:
-            self._failed = backend
-            self._try_next()
-        else:
+        assert self.attempts is not None
+        following = self.attempts.after_failure()
+        if following is None:
             self._give_up("connect-failed", failure)
+            return
+        note_retried(backend, following)
+        self._try(following)
 
     def relay_ended(self, relay: Relay, how: str) -> None:
         if self._header_timer is not None and self._header_timer.active():
