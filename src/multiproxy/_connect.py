@@ -51,7 +51,9 @@ class UpstreamEndpoint:
 def _as_upstream_error(failure: Failure, name: str, timeout: float):
     if failure.check(UpstreamError):
         return failure
-    if failure.check(defer.CancelledError, error.TimeoutError):
+    # HostnameEndpoint fails a cancelled connect with ConnectingCancelledError,
+    # not CancelledError: our deadline cancelled it, so it timed out too.
+    if failure.check(defer.CancelledError, error.ConnectingCancelledError, error.TimeoutError):
         raise UpstreamError(f"timed out connecting to {name} after {timeout:g} s", 504,
                             "connect-timeout")
     if failure.check(error.DNSLookupError):
@@ -68,7 +70,7 @@ def connect_failure_kind(failure: Failure) -> str:
     """The `UpstreamError` kind a failed connect counts as (``connect-refused``, ...)."""
     if failure.check(UpstreamError):
         return failure.value.kind
-    if failure.check(defer.CancelledError, error.TimeoutError):
+    if failure.check(defer.CancelledError, error.ConnectingCancelledError, error.TimeoutError):
         return "connect-timeout"
     if failure.check(error.DNSLookupError):
         return "dns"
