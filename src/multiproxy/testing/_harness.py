@@ -117,7 +117,7 @@ class Harness:
         fake = FakeClient(self.reactor)
         factory = fake.factory()
         if tls is not None:
-            factory = TLSMemoryBIOFactory(tls, True, factory)
+            factory = TLSMemoryBIOFactory(tls, True, factory, clock=self.reactor)
         if isinstance(to, int):
             to = ("127.0.0.1", to)
         if isinstance(to, tuple):
@@ -162,7 +162,7 @@ class Harness:
         """Readable lines for each pending timer and each open in-memory connection."""
         now = self.reactor.seconds()
         lines = [
-            f"timer due at t={call.getTime():g} (in {call.getTime() - now:g} s): "
+            f"timer due at t={_seconds(call.getTime())} (in {_seconds(call.getTime() - now)} s): "
             f"{_describe_call(call)}"
             for call in sorted(self.reactor.getDelayedCalls(), key=lambda c: c.getTime())
         ]
@@ -213,6 +213,10 @@ def _host_port(where: str, port: int | None) -> tuple[str, int]:
         host, _, text = where.partition(":")
         return host, int(text)
     return where.strip("[]"), port or 80
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def _describe(f: Any) -> str:

@@ -110,7 +110,13 @@ class FakeListeningPort:
 
 @implementer(IConnector)
 class FakeConnector:
-    """The ``IConnector`` that `FakeReactor.connectTCP` returns."""
+    """
+    The ``IConnector`` that `FakeReactor.connectTCP` returns.
+
+    ``outcome`` says how the attempt went: ``connecting``, ``connected``,
+    or the failure's kind (``refused``, ``unresolved``, ``timed out``,
+    ``cancelled``, ``tls unsupported``).
+    """
 
     def __init__(self, reactor: FakeReactor, host: str, port: int, factory: Any,
                  timeout: float) -> None:
@@ -120,6 +126,7 @@ class FakeConnector:
         self.factory = factory
         self.timeout = timeout
         self.state = "disconnected"
+        self.outcome = "connecting"
         self.connection: MemoryConnection | None = None
         self._timer: Any = None
 
@@ -163,6 +170,7 @@ class FakeConnector:
             return
         self._stop_timer()
         self.state = "disconnected"
+        self.outcome = _OUTCOMES.get(reason.type, "failed")
         self.factory.clientConnectionFailed(self, reason)
         self.factory.doStop()
 
@@ -170,6 +178,7 @@ class FakeConnector:
         """The connect succeeded (before the protocols are connected)."""
         self._stop_timer()
         self.state = "connected"
+        self.outcome = "connected"
         self.connection = connection
 
     def lost(self, reason: Failure) -> None:
@@ -177,6 +186,15 @@ class FakeConnector:
         self.state = "disconnected"
         self.factory.clientConnectionLost(self, reason)
         self.factory.doStop()
+
+
+_OUTCOMES = {
+    error.ConnectionRefusedError: "refused",
+    error.DNSLookupError: "unresolved",
+    error.TimeoutError: "timed out",
+    error.UserError: "cancelled",
+    TLSNotSupported: "tls unsupported",
+}
 
 
 @implementer(IHostResolution)
@@ -268,9 +286,10 @@ class FakeReactor(Clock):
         self._trigger_ids = itertools.count(1)
         self._trigger_handles: dict[tuple[str, str, int], tuple] = {}
         self._next_address = iter(self.fake_addresses.hosts())
-        self._ephemeral_ports = itertools.count(40000)
+        self._ephemeral_ports = itertools.count(61000)
         self._thread_pool = SynchronousThreadPool(self.network)
         self.connectors: list[FakeConnector] = []
+        """Every ``connectTCP`` made, oldest first (each with its ``outcome``)."""
 
     # names
 
