@@ -128,6 +128,20 @@ def test_origin_that_never_answers_leaves_only_the_proxy_timeout():
     assert client.response().status == 504
 
 
+def test_slow_client_holds_the_body_back_through_backpressure():
+    harness = Harness()
+    harness.origin("example.com", reply=Reply(200, b"x" * 5_000_000))
+    client = harness.connect(forward(harness))
+    client.pause_reading()
+    client.send_request("GET", "http://example.com/big")
+    assert client.received == b""
+    paused = [line for line in harness.leftovers() if "paused" in line]
+    assert any("fake origin" in line for line in paused)  # the proxy stopped reading the origin
+    client.resume_reading()
+    response = client.response()
+    assert (len(response.body), response.complete) == (5_000_000, True)
+
+
 def test_origin_closing_mid_body_gives_the_client_a_cut_response():
     harness = Harness()
     harness.origin("example.com", reply=Reply(200, b"0123456789", close_after=4))

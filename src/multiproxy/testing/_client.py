@@ -141,6 +141,18 @@ class FakeClient:
             self.transport.abortConnection()
         self.reactor.pump()
 
+    def pause_reading(self) -> None:
+        """
+        Stop reading (a slow client): what the proxy sends waits in its
+        buffers, and backpressure pauses what feeds them.
+        """
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read again, then pump."""
+        self.transport.resumeProducing()
+        self.reactor.pump()
+
     def half_close(self) -> None:
         """Shut down the sending side only (the proxy reads an end of stream), then pump."""
         self.transport.loseWriteConnection()

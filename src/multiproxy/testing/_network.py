@@ -3,7 +3,8 @@ In-memory TCP connections: two transports joined by buffers, moved by a pump.
 
 Each end of a `MemoryConnection` is a `MemoryTransport` that behaves as a
 Twisted TCP transport does where a proxy can tell: writes are buffered and
-delivered later (by `MemoryNetwork.pump`, never from inside ``write``), a
+delivered later (by `MemoryNetwork.pump`, never from inside ``write``, at most
+`MemoryTransport.read_size` bytes per ``dataReceived`` as a socket read), a
 buffer over `MemoryTransport.buffer_size` pauses the writer's registered
 producer until the reader takes the bytes, a paused transport delivers
 nothing, ``loseConnection`` flushes first and ``abortConnection`` does not,
@@ -56,13 +57,16 @@ class MemoryTransport:
 
     buffer_size = 64 * 1024
     """Bytes buffered before the registered producer is paused (Twisted's own figure)."""
+    read_size = 64 * 1024
+    """The most one ``dataReceived`` delivers (what one Twisted socket read takes)."""
 
     def __init__(self, connection: MemoryConnection, host: Address, peer: Address) -> None:
         self.connection = connection
         self.host = host
         self.peer = peer
         self.protocol: Any = None
-        self.outgoing: list[bytes] = []
+        self.outgoing: deque[bytes] = deque()
+        self.outgoing_offset = 0
         self.outgoing_size = 0
         self.producer: Any = None
         self.streaming = True
@@ -91,6 +95,29 @@ class MemoryTransport:
             self.producer.pauseProducing()
         self.connection.network.wake()
 
+    def take(self) -> bytes:
+        """Remove and return the next bytes to deliver (at most `read_size`)."""
+        parts = []
+        size = 0
+        while self.outgoing and size < self.read_size:
+            chunk = self.outgoing[0]
+            end = min(len(chunk), self.outgoing_offset + self.read_size - size)
+            parts.append(chunk[self.outgoing_offset:end])
+            size += end - self.outgoing_offset
+            if end == len(chunk):
+                self.outgoing.popleft()
+                self.outgoing_offset = 0
+            else:
+                self.outgoing_offset = end
+        self.outgoing_size -= size
+        return b"".join(parts)
+
+    def clear(self) -> None:
+        """Drop everything not yet delivered."""
+        self.outgoing.clear()
+        self.outgoing_offset = 0
+        self.outgoing_size = 0
+
     def writeSequence(self, data: list[bytes]) -> None:
         """Queue each of ``data`` for the peer."""
         for chunk in data:
@@ -105,8 +132,7 @@ class MemoryTransport:
     def abortConnection(self) -> None:
         """Close now, dropping anything not yet delivered (the peer sees a reset)."""
         if self.connected:
-            self.outgoing.clear()
-            self.outgoing_size = 0
+            self.clear()
             self.connection.close(self, aborted=True)
 
     def loseWriteConnection(self) -> None:
@@ -225,9 +251,7 @@ class MemoryConnection:
         target = self.other(source)
         moved = False
         if source.outgoing and not target.reading_paused:
-            data = b"".join(source.outgoing)
-            source.outgoing.clear()
-            source.outgoing_size = 0
+            data = source.take()
             moved = True
             target.protocol.dataReceived(data)
             if not self.open:
@@ -266,8 +290,7 @@ class MemoryConnection:
         for end in (self.client, self.server):
             end.connected = False
             end.disconnecting = True
-            end.outgoing.clear()
-            end.outgoing_size = 0
+            end.clear()
         if self in self.network.connections:
             self.network.connections.remove(self)
         if aborted:
