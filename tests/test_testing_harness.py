@@ -208,7 +208,8 @@ def test_https_origin_fails_with_a_message_saying_tls_is_not_in_memory():
     harness.advance(0.3)
     response = client.response()
     assert response.status == 502
-    assert b"does not speak TLS" in response.body
+    assert b"TLS from the proxy to secure.example:443 is not supported in memory" in response.body
+    assert harness.reactor.connectors[-1].outcome == "tls unsupported"
 
 
 def test_origin_form_request_without_host_is_refused_by_the_client():

@@ -87,8 +87,7 @@ class Harness:
             address = self.reactor.add_name(host)
         origin = FakeOrigin(self.reactor, host, port, reply)
         origin.listening = self.reactor.listen(origin.factory(), address, port,
-                                               label=f"fake origin {origin.name}",
-                                               tls_capable=False)
+                                               label=f"fake origin {origin.name}")
         self.origins.append(origin)
         return origin
 

@@ -57,7 +57,7 @@ CONNECT_MODES = ("accept", "refuse", "hang")
 
 
 class TLSNotSupported(error.ConnectError):
-    """A connect needed TLS to an in-memory peer that does not speak it."""
+    """A proxy connected with TLS (an https:// origin): not supported in memory."""
 
 
 @implementer(IListeningPort)
@@ -66,18 +66,17 @@ class FakeListeningPort:
     A factory listening on the in-memory network at ``host``:``port``.
 
     ``host`` ``""`` (or ``0.0.0.0`` / ``::``) listens on every address.
-    ``connect_mode`` is one of `CONNECT_MODES`; ``tls_capable`` False makes a
-    TLS connect to it fail with `TLSNotSupported` (fake HTTP origins).
+    ``connect_mode`` is one of `CONNECT_MODES` (set it to make a backend
+    refuse or black-hole connects).
     """
 
     def __init__(self, reactor: FakeReactor, host: str, port: int, factory: Any,
-                 label: str, tls_capable: bool = True) -> None:
+                 label: str) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
         self.factory = factory
         self.label = label
-        self.tls_capable = tls_capable
         self.connect_mode = "accept"
         self.listening = False
 
@@ -356,16 +355,15 @@ class FakeReactor(Clock):
         """Listen on the in-memory network (port 0 picks a free one)."""
         return self.listen(factory, interface, port, label=type(factory).__name__)
 
-    def listen(self, factory: Any, host: str, port: int, label: str,
-               tls_capable: bool = True) -> FakeListeningPort:
-        """`listenTCP` with a label for messages and a TLS capability."""
+    def listen(self, factory: Any, host: str, port: int, label: str) -> FakeListeningPort:
+        """`listenTCP` with a label for messages."""
         if port == 0:
             port = next(p for p in self._ephemeral_ports
                         if not any(lp.serves(host or "0.0.0.0", p) for lp in self.listeners))
         for other in self.listeners:
             if other.port == port and (other.host == host or "" in (host, other.host)):
                 raise error.CannotListenError(host, port, OSError("address already in use"))
-        listening = FakeListeningPort(self, host, port, factory, label, tls_capable)
+        listening = FakeListeningPort(self, host, port, factory, label)
         listening.startListening()
         return listening
 
@@ -402,11 +400,14 @@ class FakeReactor(Clock):
             return
         if listening.connect_mode == "hang":
             return  # the connect timeout (the connector's, or the caller's) ends it
-        if not listening.tls_capable and _wants_tls(connector.factory):
+        if _wants_tls(connector.factory):
+            # Twisted's TLS client layer flushes on the global reactor, so it
+            # could never finish a handshake here: say so instead of hanging.
             name = self.name_of(address) or address
             connector.failed(Failure(TLSNotSupported(string=(
-                f"multiproxy.testing: {listening.label} at {name}:{connector.port} does not "
-                "speak TLS (https:// origins are not supported in memory; use http://)"))))
+                f"multiproxy.testing: TLS from the proxy to {name}:{connector.port} is not "
+                "supported in memory (https:// origins, TLS backends); use http:// in the test"
+            ))))
             return
         self.join(connector.factory, listening, connector=connector,
                   client_address=self.client_address(address),
