@@ -227,7 +227,8 @@ class FakeClient:
         Open a SOCKS5 CONNECT to ``host``:``port`` (a name, sent for the proxy
         to resolve), with RFC 1929 credentials if given.
 
-        @return: the reply code (0: succeeded; then the connection relays).
+        @return: the reply code (0: succeeded; then the connection relays),
+            or -1 when the proxy refused the credentials.
         """
         method = b"\x02" if username is not None else b"\x00"
         self.send(b"\x05\x01" + method)
