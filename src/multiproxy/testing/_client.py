@@ -101,8 +101,10 @@ class FakeClient:
         self._reader.feed(data)
 
     def _eof(self) -> None:
+        # The proxy closed its side: close ours too, as clients do.
         self.ended = True
         self._reader.end()
+        self.transport.loseConnection()
 
     def _lost(self, reason: Failure | None) -> None:
         self.connected = False

@@ -110,7 +110,8 @@ class Harness:
         on in memory (a started service's listener).
 
         ``client`` is the client's address as the proxy sees it (port 0:
-        a fresh one).  ``tls`` (a client connection creator, e.g.
+        a fresh one); a proxy given as a factory sees itself at
+        127.0.0.1:8080.  ``tls`` (a client connection creator, e.g.
         ``optionsForClientTLS(...)``) speaks TLS to a TLS listener.
         """
         fake = FakeClient(self.reactor)

@@ -7,10 +7,13 @@ delivered later (by `MemoryNetwork.pump`, never from inside ``write``, at most
 `MemoryTransport.read_size` bytes per ``dataReceived`` as a socket read), a
 buffer over `MemoryTransport.buffer_size` pauses the writer's registered
 producer until the reader takes the bytes, a paused transport delivers
-nothing, ``loseConnection`` flushes first and ``abortConnection`` does not,
-and ``loseWriteConnection`` half-closes (the peer hears
-``readConnectionLost`` if it provides `IHalfCloseableProtocol`, else loses
-the connection).  No sockets, no threads: the pump loops until no byte and
+nothing, ``loseConnection`` flushes first and ``abortConnection`` does not
+(the peer is reset), and each end closes on its own: after
+``loseWriteConnection`` or ``loseConnection`` the peer reads an end of
+stream, which is ``readConnectionLost`` if it provides
+`IHalfCloseableProtocol` (it must then close its side itself, as over a
+socket) and otherwise the loss of the connection; bytes written towards an
+end that has closed reset the writer.  No sockets, no threads: the pump loops until no byte and
 no event moves.
 """
 
@@ -230,7 +233,7 @@ class MemoryConnection:
         self.server.protocol = server_protocol
         self.network.connections.append(self)
         server_protocol.makeConnection(self.server)
-        if self.open:
+        if self.client.connected:
             client_protocol.makeConnection(self.client)
         self.network.wake()
 
@@ -242,20 +245,25 @@ class MemoryConnection:
         """Move what can move in both directions; True if anything did."""
         moved = False
         for source in (self.client, self.server):
-            if not self.open:
-                break
-            moved = self._deliver(source) or moved
+            if source.connected:
+                moved = self._deliver(source) or moved
         return moved
 
     def _deliver(self, source: MemoryTransport) -> bool:
         target = self.other(source)
         moved = False
-        if source.outgoing and not target.reading_paused:
-            data = source.take()
-            moved = True
-            target.protocol.dataReceived(data)
-            if not self.open:
+        if source.outgoing:
+            if not target.connected:
+                # Bytes sent to a closed socket: its kernel answers with a reset.
+                self.finish(source, Failure(error.ConnectionLost(
+                    "Connection reset by peer (in memory)")), peer_reset=True)
                 return True
+            if not target.reading_paused:
+                data = source.take()
+                moved = True
+                target.protocol.dataReceived(data)
+                if not source.connected:
+                    return True
         if not source.outgoing:
             if source.producer is not None and source.streaming and source.producer_paused:
                 source.producer_paused = False
@@ -265,54 +273,70 @@ class MemoryConnection:
                 source.producer.resumeProducing()
                 moved = bool(source.outgoing) or moved
             if source.disconnecting:
-                self.close(source, aborted=False)
+                self.finish(source, Failure(error.ConnectionDone()))
                 return True
             if source.write_closing and not source.write_closed and not target.reading_paused:
                 source.write_closed = True
-                target.read_closed = True
                 moved = True
                 if IHalfCloseableProtocol.providedBy(source.protocol):
                     source.protocol.writeConnectionLost()
-                if not self.open:
-                    return True
-                if IHalfCloseableProtocol.providedBy(target.protocol):
-                    target.protocol.readConnectionLost()
-                else:
-                    self.close(target, aborted=False)
+                if source.connected:
+                    self._end_of_stream(target)
         return moved
 
-    def close(self, by: MemoryTransport, aborted: bool) -> None:
-        """End the connection (``by`` closed it; ``aborted``: with a reset)."""
-        if not self.open:
+    def _end_of_stream(self, end: MemoryTransport) -> None:
+        # What Twisted does when a socket reads EOF: readConnectionLost for a
+        # half-closeable protocol (which must close its side itself), else the
+        # connection is lost.
+        if not end.connected or end.read_closed:
             return
-        self.open = False
-        other = self.other(by)
-        for end in (self.client, self.server):
-            end.connected = False
-            end.disconnecting = True
-            end.clear()
-        if self in self.network.connections:
-            self.network.connections.remove(self)
-        if aborted:
-            mine = Failure(error.ConnectionAborted())
-            theirs = Failure(error.ConnectionLost("Connection reset by peer (in memory)"))
+        end.read_closed = True
+        if IHalfCloseableProtocol.providedBy(end.protocol):
+            end.protocol.readConnectionLost()
         else:
-            mine = theirs = Failure(error.ConnectionDone())
-        for end, reason in ((by, mine), (other, theirs)):
-            producer = end.producer
-            end.producer = None
-            if producer is not None:
-                producer.stopProducing()
-            end.protocol.connectionLost(reason)
-            for callback in self.on_close:
-                callback(end, reason)
+            self.finish(end, Failure(error.ConnectionDone()))
+
+    def finish(self, end: MemoryTransport, reason: Failure, peer_reset: bool = False) -> None:
+        """
+        Close ``end`` for good (its protocol hears ``reason``); the other end
+        then reads an end of stream, or, with ``peer_reset``, is reset too.
+        """
+        if not end.connected:
+            return
+        end.connected = False
+        end.disconnecting = True
+        end.clear()
+        producer, end.producer = end.producer, None
+        if producer is not None:
+            producer.stopProducing()
+        end.protocol.connectionLost(reason)
+        for callback in self.on_close:
+            callback(end, reason)
+        peer = self.other(end)
+        if peer_reset:
+            self.finish(peer, Failure(error.ConnectionLost("Connection reset by peer (in memory)")))
+        else:
+            self._end_of_stream(peer)
+        if self.open and not self.client.connected and not self.server.connected:
+            self.open = False
+            if self in self.network.connections:
+                self.network.connections.remove(self)
         self.network.wake()
+
+    def close(self, by: MemoryTransport, aborted: bool) -> None:
+        """Close ``by``'s end: cleanly (the peer reads an end of stream) or with a reset."""
+        if aborted:
+            self.finish(by, Failure(error.ConnectionAborted()), peer_reset=True)
+        else:
+            self.finish(by, Failure(error.ConnectionDone()))
 
     def describe(self) -> str:
         """A line for the list of open connections."""
         states = []
         for name, end in (("client", self.client), ("server", self.server)):
-            if end.write_closed:
+            if not end.connected:
+                states.append(f"{name} closed")
+            elif end.write_closed:
                 states.append(f"{name} half-closed")
             if end.outgoing_size:
                 states.append(f"{end.outgoing_size} bytes from the {name} undelivered")
