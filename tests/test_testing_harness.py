@@ -459,3 +459,49 @@ def test_the_examples_in_docs_testing_md_run_as_written():
         namespace = {"Harness": Harness, "Reply": Reply, "ForwardProxy": ForwardProxy,
                      "Timeouts": Timeouts, "harness": Harness()}
         exec(compile(block, "docs/testing.md", "exec"), namespace)
+
+
+def test_fake_reactor_provides_the_reactor_interfaces_it_declares():
+    from twisted.internet import interfaces
+    from zope.interface.verify import verifyObject
+
+    reactor = FakeReactor()
+    for interface in (interfaces.IReactorTime, interfaces.IReactorTCP, interfaces.IReactorSSL,
+                      interfaces.IReactorPluggableNameResolver, interfaces.IReactorCore,
+                      interfaces.IReactorThreads, interfaces.IReactorFromThreads):
+        assert verifyObject(interface, reactor)
+
+
+def test_an_ssl_endpoint_string_listens_with_tls_in_memory(tmp_path):
+    import trustme
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import ClientFactory
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    ca = trustme.CA()
+    server_pem = tmp_path / "server.pem"
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    harness = Harness()
+    serverFromString(harness.reactor, f"ssl:4433:privateKey={server_pem}:interface=127.0.0.1"
+                     ).listen(Factory.forProtocol(Echo))
+    trust = Certificate.loadPEM(ca.cert_pem.bytes())
+    client = harness.connect(4433, tls=optionsForClientTLS("localhost", trustRoot=trust))
+    client.send(b"over TLS")
+    assert client.read() == b"over TLS"
+
+    # And the reactor's own connectSSL reaches it, its TLS layer on the fake clock.
+    received = []
+
+    class Collect(Protocol):
+        def connectionMade(self):
+            self.transport.write(b"hello")
+
+        def dataReceived(self, data):
+            received.append(data)
+
+    factory = ClientFactory.forProtocol(Collect)
+    connector = harness.reactor.connectSSL("127.0.0.1", 4433, factory,
+                                           optionsForClientTLS("localhost", trustRoot=trust))
+    harness.pump()
+    assert connector.outcome == "connected"
+    assert received == [b"hello"]

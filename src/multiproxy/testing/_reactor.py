@@ -126,6 +126,8 @@ class FakeConnector:
         self.timeout = timeout
         self.state = "disconnected"
         self.outcome = "connecting"
+        self.tls_on_fake_clock = False
+        """True for `FakeReactor.connectSSL`'s TLS, which works in memory."""
         self.connection: MemoryConnection | None = None
         self._timer: Any = None
 
@@ -314,6 +316,11 @@ class FakeReactor(Clock):
                 return name
         return None
 
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        """Use ``resolver`` instead (``IReactorPluggableNameResolver``); return the old one."""
+        previous, self.nameResolver = self.nameResolver, resolver
+        return previous
+
     def resolve(self, name: str, timeout: Any = None) -> defer.Deferred:
         """``IReactorCore.resolve``: the name's address, or ``DNSLookupError``."""
         address = self.address_of(name)
@@ -400,9 +407,10 @@ class FakeReactor(Clock):
             return
         if listening.connect_mode == "hang":
             return  # the connect timeout (the connector's, or the caller's) ends it
-        if _wants_tls(connector.factory):
-            # Twisted's TLS client layer flushes on the global reactor, so it
-            # could never finish a handshake here: say so instead of hanging.
+        if _wants_tls(connector.factory) and not connector.tls_on_fake_clock:
+            # wrapClientTLS's TLS layer flushes its writes on the global
+            # reactor, so it could never finish a handshake here: say so
+            # instead of hanging.
             name = self.name_of(address) or address
             connector.failed(Failure(TLSNotSupported(string=(
                 f"multiproxy.testing: TLS from the proxy to {name}:{connector.port} is not "
@@ -450,23 +458,27 @@ class FakeReactor(Clock):
         connection.start(client_protocol, server_protocol)
         return connection
 
-    # TLS: there is no TLS of the reactor's own in memory.
-
-    def connectSSL(self, host: str, port: int, factory: Any, contextFactory: Any,
-                   timeout: float = 30, bindAddress: Any = None) -> Any:
-        """Refused: wrap a TCP connect in TLS instead (``wrapClientTLS``)."""
-        raise NotImplementedError(
-            "multiproxy.testing.FakeReactor has no connectSSL; multiproxy connects with "
-            "wrapClientTLS over connectTCP"
-        )
+    # TLS over the in-memory TCP, with the TLS layer's timers on this clock
 
     def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
-                  interface: str = "") -> Any:
-        """Refused: listen with a ``tls:``-wrapped endpoint over TCP instead."""
-        raise NotImplementedError(
-            "multiproxy.testing.FakeReactor has no listenSSL; use TLS over listenTCP "
-            "(the proxies' tls_listen does)"
-        )
+                  interface: str = "") -> FakeListeningPort:
+        """Listen with TLS (``ssl:`` endpoint strings): `listenTCP` under a TLS layer."""
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        wrapped = TLSMemoryBIOFactory(contextFactory, False, factory, clock=self)
+        return self.listen(wrapped, interface, port, label=f"TLS {type(factory).__name__}")
+
+    def connectSSL(self, host: str, port: int, factory: Any, contextFactory: Any,
+                   timeout: float = 30, bindAddress: Any = None) -> FakeConnector:
+        """Connect with TLS: `connectTCP` under a TLS layer whose timers run on this clock."""
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        wrapped = TLSMemoryBIOFactory(contextFactory, True, factory, clock=self)
+        connector = FakeConnector(self, host, port, wrapped, timeout)
+        connector.tls_on_fake_clock = True
+        self.connectors.append(connector)
+        connector.connect()
+        return connector
 
     # core
 
