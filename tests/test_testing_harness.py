@@ -505,3 +505,13 @@ def test_an_ssl_endpoint_string_listens_with_tls_in_memory(tmp_path):
     harness.pump()
     assert connector.outcome == "connected"
     assert received == [b"hello"]
+
+
+def test_a_listener_connect_mode_is_checked_and_obeyed():
+    harness = Harness()
+    port = harness.serve(Factory.forProtocol(Echo), "10.0.0.5", 7000)
+    with pytest.raises(ValueError, match="connect_mode must be one of accept, refuse, hang"):
+        port.connect_mode = "drop"
+    port.connect_mode = "refuse"
+    with pytest.raises(ConnectionRefusedError, match="refuses connections"):
+        harness.connect(("10.0.0.5", 7000))

@@ -129,6 +129,9 @@ class Harness:
                     f"nothing listens at {host}:{port} in memory (listening: "
                     f"{', '.join(repr(p) for p in self.reactor.listeners) or 'nothing'})"
                 )
+            if listening.connect_mode != "accept":
+                raise ConnectionRefusedError(
+                    f"{listening!r} {listening.connect_mode}s connections (its connect_mode)")
             server_address = tcp_address(address, port)
         elif IProtocolFactory.providedBy(to) or hasattr(to, "buildProtocol"):
             listening, server_address = to, tcp_address("127.0.0.1", 8080)

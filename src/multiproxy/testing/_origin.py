@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.protocol import Factory, Protocol
 
 from multiproxy.testing._messages import MessageError, MessageReader, ReceivedRequest, _values
-from multiproxy.testing._reactor import CONNECT_MODES, FakeListeningPort, FakeReactor
+from multiproxy.testing._reactor import FakeListeningPort, FakeReactor
 
 _REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
@@ -154,7 +154,9 @@ class FakeOrigin:
         self.reactor.pump()
 
     def _set_mode(self, mode: str) -> None:
-        assert mode in CONNECT_MODES and self.listening is not None
+        if self.listening is None:
+            raise RuntimeError(f"fake origin {self.name} is not listening (make it with "
+                               "Harness.origin)")
         self.listening.connect_mode = mode
 
     def _not_found(self, request: ReceivedRequest) -> Reply:

@@ -77,8 +77,20 @@ class FakeListeningPort:
         self.port = port
         self.factory = factory
         self.label = label
-        self.connect_mode = "accept"
+        self._connect_mode = "accept"
         self.listening = False
+
+    @property
+    def connect_mode(self) -> str:
+        """What a connect here meets: one of `CONNECT_MODES`."""
+        return self._connect_mode
+
+    @connect_mode.setter
+    def connect_mode(self, mode: str) -> None:
+        if mode not in CONNECT_MODES:
+            raise ValueError(f"connect_mode must be one of {', '.join(CONNECT_MODES)}, "
+                             f"not {mode!r}")
+        self._connect_mode = mode
 
     def startListening(self) -> None:
         """Start accepting (the factory's ``doStart`` runs)."""
@@ -402,8 +414,10 @@ class FakeReactor(Clock):
             return
         listening = self.listening_at(address, connector.port)
         if listening is None or listening.connect_mode == "refuse":
+            why = ("nothing listens" if listening is None
+                   else f"{listening.label} refuses connections")
             connector.failed(Failure(error.ConnectionRefusedError(
-                string=f"nothing listens at {connector.host}:{connector.port} (in memory)")))
+                string=f"{why} at {connector.host}:{connector.port} (in memory)")))
             return
         if listening.connect_mode == "hang":
             return  # the connect timeout (the connector's, or the caller's) ends it
