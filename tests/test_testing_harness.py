@@ -515,3 +515,24 @@ def test_a_listener_connect_mode_is_checked_and_obeyed():
     port.connect_mode = "refuse"
     with pytest.raises(ConnectionRefusedError, match="refuses connections"):
         harness.connect(("10.0.0.5", 7000))
+
+
+def test_a_factory_connected_to_directly_is_started_once_and_stopped_by_close():
+    events = []
+
+    class Counting(Factory):
+        protocol = Echo
+
+        def startFactory(self):
+            events.append("start")
+
+        def stopFactory(self):
+            events.append("stop")
+
+    harness = Harness()
+    factory = Counting()
+    harness.connect(factory)
+    harness.connect(factory)
+    assert events == ["start"]
+    harness.close()
+    assert events == ["start", "stop"]

@@ -61,6 +61,7 @@ class Harness:
         self.reporter = RecordingReporter()
         self.origins: list[FakeOrigin] = []
         self.clients: list[FakeClient] = []
+        self._started: list[Any] = []  # factories connected to directly, started as listening would
 
     @property
     def records(self) -> list[AccessRecord]:
@@ -106,7 +107,8 @@ class Harness:
                 tls: Any = None) -> FakeClient:
         """
         Open a client connection to ``to``: a proxy (any server protocol
-        factory), or a port number or ``(host, port)`` something listens
+        factory, started with ``doStart`` the first time, as listening with
+        it would), or a port number or ``(host, port)`` something listens
         on in memory (a started service's listener).
 
         ``client`` is the client's address as the proxy sees it (port 0:
@@ -135,6 +137,9 @@ class Harness:
             server_address = tcp_address(address, port)
         elif IProtocolFactory.providedBy(to) or hasattr(to, "buildProtocol"):
             listening, server_address = to, tcp_address("127.0.0.1", 8080)
+            if not any(started is to for started in self._started):
+                to.doStart()  # what listening with it would do; close() stops it
+                self._started.append(to)
         else:
             raise TypeError(f"connect to a protocol factory, a port or (host, port), not {to!r}")
         host, port = client
@@ -186,14 +191,17 @@ class Harness:
 
     def close(self) -> None:
         """
-        Abort every open connection, stop every listener and run the
-        shutdown triggers, then pump: what is left (`leftovers`) was leaked.
+        Abort every open connection, stop every listener (and every factory
+        `connect` started) and run the shutdown triggers, then pump: what is
+        left (`leftovers`) was leaked.
         """
         self.reactor.pump()
         for connection in list(self.reactor.network.connections):
             connection.client.abortConnection()
         for listening in list(self.reactor.listeners):
             listening.stopListening()
+        while self._started:
+            self._started.pop().doStop()
         self.reactor.fireSystemEvent("shutdown")
         self.reactor.pump()
 
