@@ -39,7 +39,7 @@ class _ClientProtocol(Protocol):
         self.client._made(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        self.client._received(data)
+        self.client._data(data)
 
     def readConnectionLost(self) -> None:
         self.client._eof()
@@ -49,6 +49,18 @@ class _ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.client._lost(reason)
+
+
+class _ClientFactory(Factory):
+    noisy = False
+
+    def __init__(self, client: FakeClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = _ClientProtocol(self.client)
+        protocol.factory = self
+        return protocol
 
 
 class FakeClient:
@@ -65,30 +77,24 @@ class FakeClient:
     def __init__(self, reactor: FakeReactor) -> None:
         self.reactor = reactor
         self.transport: Any = None
-        self.received = b""
-        """Every byte received on this connection, read or not."""
+        self._received = bytearray()
         self.connected = False
+        """True from the connection's start until it is closed for good."""
         self.ended = False
         """True once the proxy closed its side (or the connection is gone)."""
         self.close_reason: Failure | None = None
         """Why the connection ended (``ConnectionDone`` for a clean close)."""
         self._reader = MessageReader(requests=False)
         self._methods: deque[bytes] = deque()
-        self._tunnel = False
 
     def factory(self) -> Factory:
         """A Twisted client factory whose one protocol is this client's."""
-        client = self
+        return _ClientFactory(self)
 
-        class _Factory(Factory):
-            noisy = False
-
-            def buildProtocol(self, addr: Any) -> Protocol:
-                protocol = _ClientProtocol(client)
-                protocol.factory = self
-                return protocol
-
-        return _Factory()
+    @property
+    def received(self) -> bytes:
+        """Every byte received on this connection, read or not."""
+        return bytes(self._received)
 
     # events from the protocol
 
@@ -96,8 +102,8 @@ class FakeClient:
         self.transport = transport
         self.connected = True
 
-    def _received(self, data: bytes) -> None:
-        self.received += data
+    def _data(self, data: bytes) -> None:
+        self._received += data
         self._reader.feed(data)
 
     def _eof(self) -> None:
