@@ -536,3 +536,45 @@ def test_a_factory_connected_to_directly_is_started_once_and_stopped_by_close():
     assert events == ["start"]
     harness.close()
     assert events == ["start", "stop"]
+
+
+def test_connect_tunnel_through_the_forward_proxy_carries_raw_bytes():
+    harness = Harness()
+    harness.serve(Factory.forProtocol(Echo), "example.com", 443)
+    client = harness.connect(forward(harness))
+    response = client.request("CONNECT", "example.com:443")
+    assert response.status == 200
+    client.send(b"not TLS, but allowed")
+    assert client.read() == b"not TLS, but allowed"
+    client.close()
+    (record,) = harness.records
+    assert (record.method, record.upstream) == ("CONNECT", "example.com:443")
+
+
+class UpgradingEcho(Protocol):
+    """Answers one Upgrade request with 101, then echoes."""
+
+    upgraded = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.upgraded:
+            self.transport.write(data)
+            return
+        self.upgraded = True
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\n\r\n")
+
+
+def test_upgrade_through_the_reverse_proxy_becomes_a_tunnel():
+    harness = Harness()
+    harness.serve(Factory.forProtocol(UpgradingEcho), "127.0.0.1", 9001)
+    pool = BackendPool("ws", [Backend(host="127.0.0.1", port=9001)], RoundRobin(),
+                       harness.reactor)
+    proxy = ReverseProxy(harness.reactor, routes=RouteTable([Route("ws")]), pools={"ws": pool})
+    client = harness.connect(proxy)
+    response = client.request("GET", "/chat", headers=[
+        (b"Host", b"chat.example"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"),
+        (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"Sec-WebSocket-Version", b"13")])
+    assert response.status == 101
+    client.send(b"\x81\x02hi")
+    assert client.read() == b"\x81\x02hi"
