@@ -451,7 +451,7 @@ def test_the_examples_in_docs_testing_md_run_as_written():
     from multiproxy.http import Timeouts
 
     text = (pathlib.Path(__file__).parent.parent / "docs" / "testing.md").read_text()
-    blocks = [block for block in re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = [block for block in re.findall(r"```python\n(.*?)```", text, re.DOTALL)
               # The whole-service fragment needs a configuration the page does not give.
               if "make_reverse_service" not in block]
     assert len(blocks) >= 5

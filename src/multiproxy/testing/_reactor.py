@@ -263,7 +263,7 @@ class SynchronousThreadPool:
         def run() -> None:
             try:
                 result = f(*args, **kwargs)
-            except BaseException:
+            except BaseException:  # as Twisted's pool does: every failure goes to onResult
                 onResult(False, Failure())
             else:
                 onResult(True, result)
