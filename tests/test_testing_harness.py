@@ -578,3 +578,15 @@ def test_upgrade_through_the_reverse_proxy_becomes_a_tunnel():
     assert response.status == 101
     client.send(b"\x81\x02hi")
     assert client.read() == b"\x81\x02hi"
+
+
+def test_a_unix_listener_is_refused_with_a_message_naming_the_way_out():
+    from twisted.internet.endpoints import serverFromString
+
+    harness = Harness()
+    failures = []
+    serverFromString(harness.reactor, "unix:/run/proxy.sock").listen(
+        forward(harness)).addErrback(failures.append)
+    (failure,) = failures
+    assert failure.check(NotImplementedError)
+    assert "give the proxy a tcp: listener in the test" in str(failure.value)

@@ -494,6 +494,22 @@ class FakeReactor(Clock):
         connector.connect()
         return connector
 
+    # UNIX sockets: refused with a message (not declared as IReactorUNIX)
+
+    def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666,
+                   wantPID: bool = False) -> Any:
+        """Refused: ``unix:`` listeners are not simulated; listen with ``tcp:`` in a test."""
+        raise NotImplementedError(
+            f"multiproxy.testing: unix: endpoints ({address}) are not in memory; "
+            "give the proxy a tcp: listener in the test")
+
+    def connectUNIX(self, address: str, factory: Any, timeout: float = 30,
+                    checkPID: bool = False) -> Any:
+        """Refused: ``unix:`` backends are not simulated; use a TCP address in a test."""
+        raise NotImplementedError(
+            f"multiproxy.testing: unix: endpoints ({address}) are not in memory; "
+            "give the backend a TCP address in the test")
+
     # core
 
     def callWhenRunning(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
