@@ -62,7 +62,7 @@ class DemoOrigin(resource.Resource):
 def make_origin(reactor, port: int = 0):
     """Start the demo origin on 127.0.0.1; returns (listening port, DemoOrigin)."""
     origin = DemoOrigin()
-    site = server.Site(origin)
+    site = server.Site(origin, reactor=reactor)
     site.log = lambda request: None
     return reactor.listenTCP(port, site, interface="127.0.0.1"), origin
 

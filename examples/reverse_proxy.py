@@ -102,7 +102,7 @@ def start_backends(reactor) -> list:
     """Start the demo backends on loopback; returns their listening ports."""
     ports = []
     for name in NAMES:
-        site = server.Site(DemoPage(name, failing=name == FAILING))
+        site = server.Site(DemoPage(name, failing=name == FAILING), reactor=reactor)
         site.log = lambda request: None
         ports.append(reactor.listenTCP(0, site, interface="127.0.0.1"))
     return ports

@@ -21,6 +21,7 @@ PACKAGES = [
     "multiproxy.reverse",
     "multiproxy.status",
     "multiproxy.tcp",
+    "multiproxy.testing",
 ]
 
 

@@ -1,4 +1,7 @@
-"""The README's library snippet runs as written and its policy decides real requests."""
+"""
+The README's library snippet runs as written and its policy decides real
+requests; the README's multiproxy.testing snippet passes as written.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,12 @@ import pytest
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def _blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
 def _snippet() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    (snippet,) = [block for block in blocks if "ForwardProxy(" in block]
+    (snippet,) = [block for block in _blocks() if "reactor.run()" in block]
     return snippet
 
 
@@ -65,3 +71,17 @@ def test_readme_library_snippet_runs_and_denies_ads(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_readme_testing_snippet_passes_against_the_library_snippets_policy():
+    # The testing snippet tests the NoAds policy the library snippet defines:
+    # run the library snippet without its last two lines (listen, run), then it.
+    library = "\n".join(line for line in _snippet().splitlines()
+                         if not line.startswith("reactor."))
+    (testing,) = [block for block in _blocks() if "multiproxy.testing" in block]
+    namespace: dict = {}
+    exec(compile(library, "README library snippet", "exec"), namespace)
+    exec(compile(testing, "README testing snippet", "exec"), namespace)
+    tests = [value for name, value in namespace.items() if name.startswith("test_")]
+    assert len(tests) == 1
+    tests[0]()

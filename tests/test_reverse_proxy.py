@@ -1,6 +1,8 @@
 """
 The reverse proxy driven over loopback: several real backends (twisted.web),
-real clients (http.client, curl, raw sockets).
+real clients (http.client, curl, raw sockets).  Backend failures (killed,
+refusing, dropping, slow, unusable) are tested in memory in
+tests/test_reverse_failures.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections import Counter
 
 import pytest
 import pytest_twisted
-from loopback import curl, listen_scripted, raw_exchange, wait_for
+from loopback import curl, raw_exchange, wait_for
 from reverse_peers import (
     NamedBackend,
     RunningProxy,
@@ -23,7 +25,7 @@ from reverse_peers import (
 )
 from twisted.internet import defer, protocol, reactor, threads
 
-from multiproxy.balancing import Backend, BackendPool, HealthChecker, PowerOfTwoChoices, TCPCheck
+from multiproxy.balancing import Backend, BackendPool, PowerOfTwoChoices
 from multiproxy.reverse import ForwardedSettings, Route
 
 
@@ -178,124 +180,6 @@ async def test_sticky_cookie_sessions_survive_a_backend_leaving(backends, proxie
             assert after[s] == before[s], s
         else:
             assert after[s] in (b"b0", b"b2")
-
-
-# ---- failures ----------------------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_killed_backend_no_idempotent_client_sees_an_error(backends, proxies):
-    pool = make_pool("web", [b.port for b in backends], max_failures=2)
-    checker = HealthChecker(reactor, pool.backends, TCPCheck(), interval=0.1, timeout=0.5,
-                            rise=1, fall=1)
-    checker.startService()
-    try:
-        proxy = proxies({"web": pool})
-        first = await fetch_many(proxy.port, ["/who"] * 9)
-        assert all(status == 200 for status, _, _ in first)
-        await backends[2].stop()
-        # Right after the kill (health has not noticed yet) and after it has.
-        during = await fetch_many(proxy.port, ["/who"] * 30)
-        assert [s for s, _, _ in during] == [200] * 30
-        await wait_for(lambda: not pool.backends[2].checked_up, timeout=5)
-        after = await fetch_many(proxy.port, ["/who"] * 10, keepalive=False)
-        assert [s for s, _, _ in after] == [200] * 10
-        assert b"b2" not in {body for _, _, body in during + after}
-        assert pool.snapshot()[2].state == "down"
-    finally:
-        checker.stopService()
-
-
-@pytest_twisted.ensureDeferred
-async def test_refused_connect_is_retried_on_another_backend_even_for_post(
-    backends, proxies, reporter
-):
-    dead = NamedBackend("dead")
-    port = dead.start()
-    await dead.stop()
-    pool = make_pool("web", [port, backends[0].port])
-    proxy = proxies({"web": pool})
-    answers = await fetch_many(proxy.port, ["/echo"] * 4, method="POST", body=b"payload")
-    assert [(s, body) for s, _, body in answers] == [(200, b"payload")] * 4
-    # Each line names the backend that answered, not the one that refused first.
-    assert [r.upstream for r in reporter.records] == ["web-1"] * 4
-    refused, answered = pool.backends
-    assert answered.responses == {"2xx": 4} and answered.bytes_out > 4 * len(b"payload")
-    assert (refused.responses, refused.bytes_in, refused.connect_failures) == ({}, 0, 2)
-
-
-@pytest_twisted.ensureDeferred
-async def test_dropped_connection_replays_get_once_but_never_post(proxies):
-    port_a, seen_a = listen_scripted(b"", close=True)
-    port_b, seen_b = listen_scripted(b"", close=True)
-    try:
-        proxy = proxies({"web": make_pool("web", [port_a.getHost().port,
-                                                  port_b.getHost().port])})
-        [(status, _, body)] = await fetch_many(proxy.port, ["/get"])
-        assert status == 502
-        assert len(seen_a) + len(seen_b) == 2  # tried, replayed once, then 502
-        seen_a.clear()
-        seen_b.clear()
-        [(status, _, body)] = await fetch_many(proxy.port, ["/post"], method="POST", body=b"x")
-        assert status == 502
-        assert len(seen_a) + len(seen_b) == 1  # never replayed
-        assert b"without answering" in body
-    finally:
-        await port_a.stopListening()
-        await port_b.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_get_replayed_on_a_healthy_backend_after_a_drop(backends, proxies):
-    port_a, seen_a = listen_scripted(b"", close=True)
-    try:
-        proxy = proxies({"web": make_pool("web", [port_a.getHost().port, backends[0].port])})
-        answers = await fetch_many(proxy.port, ["/who"] * 4)
-        assert [(s, body) for s, _, body in answers] == [(200, b"b0")] * 4
-        assert len(seen_a) >= 1
-    finally:
-        await port_a.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_backend_timeout_gives_504(backends, proxies):
-    from multiproxy.http._server import Timeouts
-
-    proxy = proxies({"web": make_pool("web", [backends[0].port])},
-                    timeouts=Timeouts(response=0.3))
-    [(status, _, body)] = await fetch_many(proxy.port, ["/slow/3"])
-    assert status == 504
-    assert b"no response within 0.3 s" in body
-
-
-@pytest_twisted.ensureDeferred
-async def test_unusable_response_gives_502(proxies):
-    port, seen = listen_scripted(b"HELLO THERE\r\n\r\n", close=True)
-    try:
-        proxy = proxies({"web": make_pool("web", [port.getHost().port])})
-        [(status, _, body)] = await fetch_many(proxy.port, ["/"])
-        assert status == 502
-        assert b"invalid response" in body
-    finally:
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_no_backend_reachable_gives_503_with_retry_after(proxies):
-    dead = [NamedBackend("x"), NamedBackend("y")]
-    ports = [d.start() for d in dead]
-    for d in dead:
-        await d.stop()
-    proxy = proxies({"web": make_pool("web", ports, max_failures=1, backoff=7)})
-    [(status, headers, body)] = await fetch_many(proxy.port, ["/"])
-    assert status == 503
-    assert b"could be reached" in body
-    assert int(headers["retry-after"]) >= 1
-    # Both are ejected now: the pool has no healthy backend at all.
-    [(status, headers, body)] = await fetch_many(proxy.port, ["/"])
-    assert status == 503
-    assert b"no healthy backend in pool web" in body
-    assert 1 <= int(headers["retry-after"]) <= 7
 
 
 # ---- routing and headers -------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """
 The TCP relay end to end on loopback: real backends, real clients, and
-openssl s_client for TLS termination.
+openssl s_client for TLS termination.  Its failures, retries, timeouts,
+half-close and PROXY headers are tested in memory in
+tests/test_tcp_relay_failures.py.
 """
 
 from __future__ import annotations
@@ -76,24 +78,6 @@ class Echo(Protocol):
 
     def writeConnectionLost(self):
         self.transport.loseConnection()
-
-
-@implementer(IHalfCloseableProtocol)
-class DigestAfterEOF(Protocol):
-    """Reads until end of input, then answers with the sha256 of what it read."""
-
-    def connectionMade(self):
-        self.hash = hashlib.sha256()
-
-    def dataReceived(self, data):
-        self.hash.update(data)
-
-    def readConnectionLost(self):
-        self.transport.write(self.hash.hexdigest().encode() + b"\n")
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        pass
 
 
 class Banner(Protocol):
@@ -226,31 +210,6 @@ def test_bulk_transfer_is_relayed_byte_for_byte_and_reported(reactor, servers):
     assert record.target == f"127.0.0.1:{port}"
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 1000])
-@pytest_twisted.inlineCallbacks
-def test_small_writes_are_echoed_in_order(reactor, servers, chunk):
-    echo = servers(Factory.forProtocol(Echo))
-    factory, port = relay(reactor, servers, [backend_at(echo)])
-    client = yield connect(reactor, port)
-    payload = bytes(range(256)) * 8
-    for i in range(0, len(payload), chunk):
-        client.transport.write(payload[i:i + chunk])
-    client.transport.loseWriteConnection()
-    assert (yield client.done) == payload
-
-
-@pytest_twisted.inlineCallbacks
-def test_half_closed_client_still_receives_the_answer(reactor, servers):
-    origin = servers(Factory.forProtocol(DigestAfterEOF))
-    factory, port = relay(reactor, servers, [backend_at(origin)])
-    client = yield connect(reactor, port)
-    payload = os.urandom(200_000)
-    client.transport.write(payload)
-    client.transport.loseWriteConnection()
-    answer = yield client.done
-    assert answer == hashlib.sha256(payload).hexdigest().encode() + b"\n"
-
-
 @pytest.mark.parametrize("splice", [False, True])
 @pytest_twisted.inlineCallbacks
 def test_slow_reader_keeps_relay_memory_flat(reactor, servers, splice):
@@ -286,130 +245,6 @@ def test_slow_reader_keeps_relay_memory_flat(reactor, servers, splice):
     data = yield client.done
     assert len(data) == len(payload)
     assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
-
-
-@pytest_twisted.inlineCallbacks
-def test_refused_backend_is_skipped_before_the_client_notices(reactor, servers):
-    records = Records()
-    dead = backend_at(free_port(reactor))
-    alive = backend_at(servers(Factory.forProtocol(Echo)))
-    factory, port = relay(reactor, servers, [dead, alive], records)
-    for i in range(4):
-        client = yield connect(reactor, port)
-        client.transport.write(b"ping %d" % i)
-        client.transport.loseWriteConnection()
-        assert (yield client.done) == b"ping %d" % i
-    assert all(r.upstream == alive.name and r.ended == "done" for r in records.records)
-    assert dead.failures >= 2
-    assert alive.requests == 4 and alive.active == 0
-
-
-@pytest_twisted.inlineCallbacks
-def test_roundrobin_stays_even_when_a_refused_connect_is_retried(reactor, servers):
-    # Three backends, the middle one refusing (and never ejected): the connect
-    # retry must not advance the shared rotation a second time.
-    records = Records()
-    a = backend_at(servers(Factory.forProtocol(Echo)))
-    dead = backend_at(free_port(reactor))
-    b = backend_at(servers(Factory.forProtocol(Echo)))
-    pool = BackendPool("test", [a, dead, b], RoundRobin(), reactor, max_failures=10**6)
-    factory = TCPRelayFactory(reactor, pool, name="test", reporters=[records])
-    port = servers(factory)
-    for i in range(9):
-        client = yield connect(reactor, port)
-        client.transport.write(b"ping %d" % i)
-        client.transport.loseWriteConnection()
-        assert (yield client.done) == b"ping %d" % i
-    assert dead.failures >= 3
-    assert {a.requests, b.requests} == {4, 5}, (a.requests, b.requests)
-
-
-@pytest_twisted.inlineCallbacks
-def test_no_reachable_backend_closes_the_client_and_says_why(reactor, servers):
-    records = Records()
-    factory, port = relay(reactor, servers, [backend_at(free_port(reactor))], records,
-                          retries=0)
-    client = yield connect(reactor, port)
-    assert (yield client.done) == b""
-    record = records.records[-1] if records.records else (yield records.next())
-    assert record.ended == "connect-failed"
-    assert record.upstream is None
-    client = yield connect(reactor, port)  # the backend is now ejected: none to choose
-    yield client.done
-    assert records.records[-1].ended in ("no-backend", "connect-failed")
-
-
-@pytest_twisted.inlineCallbacks
-def test_backend_dying_mid_stream_closes_the_client(reactor, servers):
-    records = Records()
-
-    class Dies(Protocol):
-        def dataReceived(self, data):
-            self.transport.write(b"partial")
-            self.transport.abortConnection()
-
-    origin = backend_at(servers(Factory.forProtocol(Dies)))
-    factory, port = relay(reactor, servers, [origin], records)
-    client = yield connect(reactor, port)
-    client.transport.write(b"hello")
-    yield client.done
-    record = records.records[-1] if records.records else (yield records.next())
-    assert record.ended == "upstream-closed"
-    assert record.bytes_from_client == 5
-
-
-@pytest_twisted.inlineCallbacks
-def test_policy_denial_closes_the_connection_at_once(reactor, servers):
-    records = Records()
-    seen = []
-
-    @implementer(IPolicy)
-    class DenyAll:
-        def decide(self, intent):
-            seen.append(intent)
-            return Decision("deny", rule="no-tcp")
-
-    echo = backend_at(servers(Factory.forProtocol(Echo)))
-    factory, port = relay(reactor, servers, [echo], records, policy=DenyAll())
-    client = yield connect(reactor, port)
-    client.transport.write(b"let me in")
-    assert (yield client.done) == b""
-    assert seen[0].kind == "tcp" and seen[0].port == port and seen[0].client_host == "127.0.0.1"
-    record = records.records[-1] if records.records else (yield records.next())
-    assert record.ended == "denied" and record.rule == "no-tcp"
-    assert echo.requests == 0
-
-
-@pytest_twisted.inlineCallbacks
-def test_idle_connection_is_closed_after_the_idle_timeout(reactor, servers):
-    records = Records()
-    echo = backend_at(servers(Factory.forProtocol(Echo)))
-    factory, port = relay(reactor, servers, [echo], records, idle_timeout=0.2)
-    client = yield connect(reactor, port)
-    client.transport.write(b"x")
-    assert (yield client.done) == b"x"
-    record = records.records[-1] if records.records else (yield records.next())
-    assert record.ended == "idle-timeout"
-    assert 0.2 <= record.duration < 2
-
-
-@pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest_twisted.inlineCallbacks
-def test_backend_asking_for_proxy_protocol_sees_the_client_address(reactor, servers, version):
-    reader = Factory.forProtocol(HeaderReader)
-    reader.headers = []
-    backend = backend_at(servers(reader), proxy_protocol=version)
-    factory, port = relay(reactor, servers, [backend])
-    client = yield connect(reactor, port)
-    local = client.transport.getHost()
-    client.transport.write(b"after the header")
-    client.transport.loseWriteConnection()
-    assert (yield client.done) == b"after the header"
-    raw, info = reader.headers[0]
-    assert info.source.host == "127.0.0.1" and info.source.port == local.port
-    assert info.destination.port == port
-    if version == "v1":
-        assert raw == f"PROXY TCP4 127.0.0.1 127.0.0.1 {local.port} {port}\r\n".encode()
 
 
 @pytest_twisted.inlineCallbacks

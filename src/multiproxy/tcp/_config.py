@@ -197,7 +197,7 @@ def server_endpoint(reactor: Any, description: str, tls: Any = None) -> IStreamS
     if proxied:
         endpoint = proxy_header_endpoint(endpoint)
     if tls is not None:
-        endpoint = tls_server_endpoint(endpoint, tls)
+        endpoint = tls_server_endpoint(endpoint, tls, reactor)
     return endpoint
 
 
