@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from multiproxy._deadline import Deadline
 from multiproxy._directwrite import no_delay, send_now, write_direct
 from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy._values import AccessRecord
+from multiproxy.h2._settings import PREFACE, HTTP2Settings
 from multiproxy.http._dates import format_http_date
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
 from multiproxy.http._headers import Headers
@@ -97,6 +98,9 @@ class HTTPProxyFactory(Factory):
         self.connections: set[HTTPServerProtocol] = set()
         self.draining = False
 
+    http2: HTTP2Settings | None = None
+    """Where clients may speak HTTP/2 (`multiproxy.h2`); None: HTTP/1 only."""
+
     def report(self, record: AccessRecord) -> None:
         report_all(self.reporters, record)
 
@@ -111,7 +115,9 @@ class HTTPProxyFactory(Factory):
         """
         self.draining = True
         for conn in list(self.connections):
-            if conn.exchange is not None:
+            if conn.speaks_http2:
+                conn.tunnel.drain()  # GOAWAY; open streams finish
+            elif conn.exchange is not None:
                 conn.exchange.close_after = True
             elif conn.tunnel is None and conn.idle_between_requests:
                 conn.transport.loseConnection()
@@ -390,9 +396,15 @@ class HTTPServerProtocol(Protocol):
     nested = False
     """
     True for a connection carried inside another one (an inspected TLS
-    tunnel): the outer connection already holds the client's slot under
-    the per-client connection limit.
+    tunnel, an HTTP/2 stream): the outer connection already holds the
+    client's slot under the per-client connection limit.
     """
+
+    stream = False
+    """True for one HTTP/2 stream: its connection is the h2 connection's, not a client's."""
+
+    wire_version: str | None = None
+    """The protocol the client spoke, when it was not the request head's (``HTTP/2.0``)."""
 
     def __init__(self) -> None:
         self.exchange: Exchange | None = None
@@ -407,6 +419,8 @@ class HTTPServerProtocol(Protocol):
         self._backlog_paused = False  # reading stopped: pipelined requests past the bound
         self._eof_received = False  # the client shut its write side
         self._requests_begun = 0  # exchanges begun on this connection
+        self._sniffed = b""  # the first bytes, while they may be an HTTP/2 preface
+        self._sniffing = False
 
     # -- connection life -------------------------------------------------
 
@@ -417,7 +431,9 @@ class HTTPServerProtocol(Protocol):
         peer = self.transport.getPeer()
         self._peer_host = getattr(peer, "host", "") or ""
         self._peer_port = getattr(peer, "port", 0) or 0
-        self.factory.connections.add(self)
+        if not self.stream:
+            self.factory.connections.add(self)
+        self._sniffing = self.factory.http2 is not None and not self.nested
         # The policy's per-client connection limit: over it, the first
         # request is answered 429 by the subclass (see `over_connection_limit`).
         # Imported here: multiproxy.policy builds on this package.
@@ -474,8 +490,54 @@ class HTTPServerProtocol(Protocol):
         if self.tunnel is not None:
             self.tunnel.downstream_data(data)
             return
+        if self._sniffing:
+            data = self._sniff_http2(data)
+            if not data:
+                return
         self._reader.feed(data)
         self._read_requests()
+
+    def _sniff_http2(self, data: bytes) -> bytes:
+        """
+        Switch to HTTP/2 when the client chose it (ALPN ``h2``) or opens
+        with the preface on a plain connection; else give back the bytes
+        held (b"" while they may still be the start of a preface).
+        """
+        settings = self.factory.http2
+        assert settings is not None
+        held = self._sniffed + data
+        alpn = getattr(self.transport, "negotiatedProtocol", None)
+        tls = ISSLTransport.providedBy(self.transport)
+        if alpn == b"h2" and settings.tls:
+            self._become_http2(held)
+            return b""
+        if not tls and settings.prior_knowledge and held[:len(PREFACE)] == PREFACE[:len(held)]:
+            if len(held) < len(PREFACE):
+                self._sniffed = held  # too short to tell yet
+                return b""
+            self._become_http2(held)
+            return b""
+        self._sniffing = False
+        self._sniffed = b""
+        return held
+
+    @property
+    def speaks_http2(self) -> bool:
+        """Whether this connection switched to HTTP/2 (its streams are the exchanges)."""
+        from multiproxy.h2._connection import H2ServerConnection
+
+        return isinstance(self.tunnel, H2ServerConnection)
+
+    def _become_http2(self, data: bytes) -> None:
+        from multiproxy.h2._connection import H2ServerConnection
+
+        self._sniffing = False
+        self._sniffed = b""
+        settings = self.factory.http2
+        assert settings is not None
+        self._cancel_timer()
+        self.tunnel = H2ServerConnection(self, settings.limits)
+        self.tunnel.downstream_data(data)
 
     def _read_requests(self) -> None:
         """Act on what the reader holds; part of a head left over starts the header timeout."""
@@ -529,7 +591,7 @@ class HTTPServerProtocol(Protocol):
         record = AccessRecord(
             "http", factory.name, factory.reactor.seconds(), self._peer_host, self._peer_port,
             None, head.method.decode("latin-1"), head.target.decode("latin-1"),
-            head.version.decode("latin-1"),
+            self.wire_version or head.version.decode("latin-1"),
         )
         referer = headers.get(b"referer")
         if referer is not None:

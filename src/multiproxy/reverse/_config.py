@@ -128,6 +128,9 @@ class ReverseConfig:
         to the same URL on https (``https_port``).
     @ivar hsts: the ``Strict-Transport-Security`` value added to responses
         sent over TLS, or None.
+    @ivar http2: offer HTTP/2 by ALPN (``h2``) on the TLS listeners.
+    @ivar http2_prior_knowledge: accept HTTP/2 with prior knowledge (the
+        connection preface first) on the plain listeners.
     @ivar status_listen: listeners for the status page (never the proxy's).
     @ivar status_token: the token a POST to the status listener's ``/admin``
         must carry to drain, maintain or ready a backend; None: no admin.
@@ -148,6 +151,8 @@ class ReverseConfig:
     redirect_https: bool = False
     https_port: int = 443
     hsts: bytes | None = None
+    http2: bool = True
+    http2_prior_knowledge: bool = True
     status_listen: tuple[str, ...] = ()
     status_token: str | None = None
     limits: Limits = Limits()
@@ -281,6 +286,8 @@ def reverse_config_from_table(reader: TableReader) -> ReverseConfig:
         redirect_https=reader.boolean("redirect_https", False),
         https_port=reader.integer("https_port", 443, minimum=1, maximum=65535),
         hsts=hsts,
+        http2=reader.boolean("http2", True),
+        http2_prior_knowledge=reader.boolean("http2_prior_knowledge", True),
         status_listen=status_listen,
         status_token=status_token,
         limits=limits,
@@ -424,6 +431,9 @@ class ReverseOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCe
     )
     optFlags = [
         ["redirect-https", None, "Answer every plain-HTTP request with a 308 redirect to https."],
+        ["no-http2", None, "Offer only HTTP/1.1 by ALPN on the TLS listeners (no h2)."],
+        ["no-http2-prior-knowledge", None,
+         "Do not accept HTTP/2 with prior knowledge on the plain listeners."],
         ["no-verify-backends", None,
          "Do not verify https backends' certificates (encrypted but NOT authenticated)."],
         ["no-x-forwarded", None, "Do not set X-Forwarded-For/-Proto/-Host."],
@@ -549,6 +559,8 @@ class ReverseOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCe
             redirect_https=bool(self["redirect-https"]),
             https_port=self["https-port"],
             hsts=f"max-age={self['hsts']}".encode() if self["hsts"] else None,
+            http2=not self["no-http2"],
+            http2_prior_knowledge=not self["no-http2-prior-knowledge"],
             status_listen=tuple(self["status-listen"]),
             status_token=self["status-token"],
             limits=Limits(max_body=self["max-body-size"] or None),

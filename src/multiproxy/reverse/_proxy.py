@@ -33,6 +33,7 @@ from zope.interface import implementer
 from multiproxy._contract import AllowAll, check_plugins
 from multiproxy._errors import ProtocolError
 from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy.h2._settings import HTTP2Settings
 from multiproxy._values import Intent
 from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import IFetcher
@@ -342,6 +343,8 @@ class ReverseProxy(HTTPProxyFactory):
     @param via: the pseudonym in the ``Via`` sent to backends, or None.
     @param hsts: the ``Strict-Transport-Security`` value for TLS responses.
     @param redirect_https: plain connections get a 308 to ``https_port``.
+    @param http2: where clients may speak HTTP/2 (None: HTTP/1 only); the
+        TLS listeners offer ``h2`` by ALPN only when their `ServerTLS` lists it.
     """
 
     protocol = ReverseProxyProtocol
@@ -362,6 +365,7 @@ class ReverseProxy(HTTPProxyFactory):
         hsts: bytes | None = None,
         redirect_https: bool = False,
         https_port: int = 443,
+        http2: HTTP2Settings | None = HTTP2Settings(),
         max_attempts: int = 3,
         limits: Limits = Limits(),
         timeouts: Timeouts = Timeouts(),
@@ -388,6 +392,7 @@ class ReverseProxy(HTTPProxyFactory):
         self.forwarded = forwarded
         self.hsts = hsts
         self.redirect_https = redirect_https
+        self.http2 = http2
         self.https_port = https_port
 
     def fetcher_for(self, match: RouteMatch) -> IFetcher:

@@ -31,6 +31,7 @@ from multiproxy.balancing import (
     balancer_from_name,
 )
 from multiproxy.cache import GATEWAY_TARGETS, CacheConfig, caching_fetcher_factory
+from multiproxy.h2 import HTTP2Settings
 from multiproxy.http._exchange import IFetcher
 from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig, check_config
 from multiproxy.reverse._proxy import ReverseProxy
@@ -109,6 +110,7 @@ def make_reverse_proxy(
         hsts=config.hsts,
         redirect_https=config.redirect_https,
         https_port=config.https_port,
+        http2=HTTP2Settings(tls=config.http2, prior_knowledge=config.http2_prior_knowledge),
         limits=config.limits,
         timeouts=config.timeouts,
         reporters=reporters,
@@ -174,8 +176,10 @@ def make_reverse_service(config: ReverseConfig, reactor: Any, reporters=(), *,
                                                   cache=cache)
     server_tls = None
     if config.tls is not None:
+        # ALPN: h2 first when the clients may speak it (RFC 9113 3.2).
         server_tls = ServerTLS(config.tls.certificates, config.tls.directory,
-                               config.tls.default)
+                               config.tls.default,
+                               alpn=(b"h2", b"http/1.1") if config.http2 else (b"http/1.1",))
     service = ReverseService(reactor, factory, pools, config.shutdown_timeout, server_tls)
     service.setName(config.name)
     def guarded(endpoint: Any) -> Any:

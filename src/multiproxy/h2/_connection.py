@@ -1,0 +1,533 @@
+"""
+The server side of an HTTP/2 connection, over the h2 library (sans-I/O).
+
+`H2ServerConnection` takes over a client connection of an HTTP proxy once
+it has said HTTP/2 (ALPN ``h2`` or the prior-knowledge preface).  Each
+stream gets its own instance of the proxy's HTTP/1 protocol, joined to a
+`StreamTransport`: the stream's request is read by the strict HTTP/1
+parser, goes through the same policy, routing, cache, fetch and access log
+as an HTTP/1 request, and the response the protocol writes is read back
+(`multiproxy.h2._translate`) and sent as HEADERS and DATA.  A CONNECT
+stream (RFC 9113 8.5) becomes the protocol's byte relay.
+
+Flow control is backpressure both ways: a stream's request DATA is
+acknowledged (WINDOW_UPDATE) only as the upstream takes it, and a stream
+whose send window is spent holds its DATA and, past `HIGH_WATER` bytes,
+pauses its upstream; when the client stops reading the connection, every
+stream stops sending.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer
+
+from multiproxy._errors import ProtocolError
+from multiproxy.h2._settings import H2Limits
+from multiproxy.h2._translate import MalformedRequest, read_request, request_bytes, response_fields
+from multiproxy.http._parser import (
+    Data,
+    EndOfMessage,
+    Limits,
+    ResponseHead,
+    ResponseReader,
+)
+
+__all__ = ["HIGH_WATER", "H2Limits", "H2ServerConnection", "StreamTransport"]
+
+_log = Logger()
+
+HIGH_WATER = 65536
+"""Bytes a stream may hold for a client that has no window left before its upstream pauses."""
+
+
+class _Rate:
+    """Counts events in the current one-second slot."""
+
+    __slots__ = ("slot", "count")
+
+    def __init__(self) -> None:
+        self.slot = -1
+        self.count = 0
+
+    def add(self, now: float) -> int:
+        slot = int(now)
+        if slot != self.slot:
+            self.slot, self.count = slot, 0
+        self.count += 1
+        return self.count
+
+
+class _Stream:
+    """One stream's state between the h2 connection and its HTTP/1 protocol."""
+
+    def __init__(self, stream_id: int, connection: H2ServerConnection, method: bytes,
+                 limits: Limits) -> None:
+        self.id = stream_id
+        self.method = method
+        self.transport = StreamTransport(connection, self)
+        self.protocol: Any = None
+        self.reader = ResponseReader(limits)
+        self.reader.expect(method)
+        self.chunked_body = False
+        self.raw = False  # a CONNECT tunnel: DATA both ways, no HTTP/1 framing
+        self.outbound: deque[bytes] = deque()
+        self.outbound_bytes = 0
+        self.ending = False  # the response is complete: END_STREAM once the DATA is out
+        self.closed = False  # END_STREAM or RST_STREAM sent or received
+        self.unacknowledged = 0  # request DATA taken from the window, not yet given back
+        self.producer: Any = None
+        self.producer_paused = False
+        self.reading_paused = False
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class StreamTransport:
+    """
+    What the HTTP/1 protocol of one stream writes to: bytes are an HTTP/1.1
+    response, sent as HEADERS and DATA; as a producer, pausing it stops
+    acknowledging the stream's request DATA.
+    """
+
+    disconnecting = False
+
+    def __init__(self, connection: H2ServerConnection, stream: _Stream) -> None:
+        self._connection = connection
+        self._stream = stream
+        if ISSLTransport.providedBy(connection.transport):
+            directlyProvides(self, ITransport, IConsumer, IPushProducer, ISSLTransport)
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._connection.response_bytes(self._stream, data)
+
+    def writeSequence(self, data) -> None:  # noqa: N802 (Twisted's name)
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:  # noqa: N802
+        if not self.disconnecting:
+            self.disconnecting = True
+            self._connection.stream_closing(self._stream, Failure(ConnectionDone()))
+
+    def abortConnection(self) -> None:  # noqa: N802
+        if not self.disconnecting:
+            self.disconnecting = True
+            self._connection.reset(self._stream, h2.errors.ErrorCodes.CANCEL)
+            self._connection.stream_closing(self._stream, Failure(ConnectionLost()))
+
+    def getPeer(self):  # noqa: N802
+        return self._connection.transport.getPeer()
+
+    def getHost(self):  # noqa: N802
+        return self._connection.transport.getHost()
+
+    def getPeerCertificate(self):  # noqa: N802 (ISSLTransport)
+        return self._connection.transport.getPeerCertificate()
+
+    @property
+    def negotiatedProtocol(self) -> bytes:  # noqa: N802
+        return b"h2"
+
+    # IConsumer: the upstream, paused while the client has no window
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
+        self._stream.producer = producer
+        self._connection.check_backpressure(self._stream)
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        stream = self._stream
+        if stream.producer is not None and stream.producer_paused:
+            stream.producer_paused = False
+            stream.producer.resumeProducing()
+        stream.producer = None
+
+    # IPushProducer: the client's request DATA, held back while the upstream is slow
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._stream.reading_paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._stream.reading_paused = False
+        self._connection.acknowledge(self._stream)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.abortConnection()
+
+
+@implementer(IPushProducer)
+class H2ServerConnection:
+    """
+    An HTTP/2 client connection of the proxy whose HTTP/1 protocol is
+    ``outer``; it takes the connection's bytes as a tunnel does
+    (``downstream_data``, ``downstream_eof``, ``downstream_lost``).
+    """
+
+    def __init__(self, outer: Any, limits: H2Limits = H2Limits()) -> None:
+        self.outer = outer
+        self.factory = outer.factory
+        self.transport = outer.transport
+        self.reactor = outer.factory.reactor
+        self.limits = limits
+        self.streams: dict[int, _Stream] = {}
+        self.sending_paused = False
+        self.draining = False
+        self._resets = _Rate()
+        self._control = _Rate()
+        self._lost = False
+        self._idle: Any = None
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_inbound_headers=True,
+                                           normalize_inbound_headers=True)
+        self.conn = h2.connection.H2Connection(config)
+        codes = h2.settings.SettingCodes
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            codes.MAX_CONCURRENT_STREAMS: limits.max_streams,
+            codes.INITIAL_WINDOW_SIZE: limits.window,
+            codes.MAX_HEADER_LIST_SIZE: self.factory.limits.max_head,
+            codes.ENABLE_CONNECT_PROTOCOL: 0,
+        })
+        self.conn.initiate_connection()
+        self.transport.registerProducer(self, True)
+        self._send()
+        self._idle_from_now()
+
+    def _idle_from_now(self) -> None:
+        """With no stream open, the connection closes after the keep-alive timeout."""
+        timeout = self.factory.timeouts.keepalive
+        if timeout and self._idle is None and not self._lost:
+            self._idle = self.reactor.callLater(timeout, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self._idle = None
+        if not self.streams:
+            self.drain()
+
+    # -- bytes from the client ---------------------------------------------
+
+    def downstream_data(self, data: bytes) -> None:
+        if self._lost:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            _log.info("{proxy}: HTTP/2 protocol error from {client}: {error}",
+                      proxy=self.factory.name, client=self.outer.client_host, error=e)
+            self._send()
+            self._close()
+            return
+        now = self.reactor.seconds()
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.RequestReceived:
+                self._request(event)
+            elif kind is h2.events.DataReceived:
+                self._data(event, now)
+            elif kind is h2.events.StreamEnded:
+                self._request_ended(event.stream_id)
+            elif kind is h2.events.TrailersReceived:
+                self._trailers(event)
+            elif kind is h2.events.StreamReset:
+                self._client_reset(event.stream_id, now)
+            elif kind is h2.events.WindowUpdated:
+                self._window(event.stream_id)
+            elif kind is h2.events.RemoteSettingsChanged:
+                self._window(0)
+                self._flood(now)
+            elif kind is h2.events.PingReceived:
+                self._flood(now)
+            elif kind is h2.events.ConnectionTerminated:
+                self._send()
+                self._close()
+                return
+            if self._lost:
+                return
+        self._send()
+
+    def downstream_eof(self) -> None:
+        self._close()
+
+    def downstream_lost(self, reason: Failure | None) -> None:
+        self._lost = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
+            if stream.protocol is not None:
+                stream.protocol.connectionLost(reason or Failure(ConnectionDone()))
+
+    # -- streams -------------------------------------------------------------
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        if self.draining:
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        try:
+            request = read_request(event.headers)
+        except MalformedRequest as e:
+            _log.info("{proxy}: malformed HTTP/2 request from {client}: {error}",
+                      proxy=self.factory.name, client=self.outer.client_host, error=e)
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
+        ended = event.stream_ended is not None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        stream = _Stream(sid, self, request.method, self.factory.limits)
+        stream.raw = request.method == b"CONNECT"
+        has_body = not ended and not stream.raw
+        stream.chunked_body = has_body and request.content_length is None
+        self.streams[sid] = stream
+        protocol = self.factory.protocol()
+        protocol.factory = self.factory
+        protocol.nested = True  # the connection holds the client's slot
+        protocol.stream = True
+        protocol.wire_version = "HTTP/2.0"
+        stream.protocol = protocol
+        protocol.makeConnection(stream.transport)
+        head = request_bytes(request, absolute=getattr(self.factory, "absolute_targets", False),
+                             has_body=has_body)
+        protocol.dataReceived(head)
+        if ended and stream.chunked_body:
+            protocol.dataReceived(b"0\r\n\r\n")
+
+    def _data(self, event: h2.events.DataReceived, now: float) -> None:
+        stream = self.streams.get(event.stream_id)
+        size = event.flow_controlled_length
+        if stream is None or stream.closed or stream.protocol is None:
+            if size:
+                self.conn.acknowledge_received_data(size, event.stream_id)
+            return
+        if not event.data and event.stream_ended is None:
+            self._flood(now)
+        stream.unacknowledged += size
+        if event.data:
+            data = event.data
+            if stream.chunked_body:
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+            stream.protocol.dataReceived(data)
+        self.acknowledge(stream)
+
+    def acknowledge(self, stream: _Stream) -> None:
+        """Give the client back the window its DATA used, unless the upstream is behind."""
+        if stream.reading_paused or not stream.unacknowledged or stream.closed:
+            return
+        size, stream.unacknowledged = stream.unacknowledged, 0
+        try:
+            self.conn.acknowledge_received_data(size, stream.id)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._send()
+
+    def _request_ended(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None or stream.protocol is None:
+            return
+        if stream.raw:
+            stream.protocol.readConnectionLost()
+        elif stream.chunked_body:
+            stream.protocol.dataReceived(b"0\r\n\r\n")
+
+    def _trailers(self, event: h2.events.TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream.protocol is None or not stream.chunked_body:
+            return  # trailers after a content-length body have no HTTP/1 place: dropped
+        fields = b"".join(n + b": " + v + b"\r\n" for n, v in event.headers)
+        stream.protocol.dataReceived(b"0\r\n" + fields + b"\r\n")
+        stream.chunked_body = False  # the last chunk is sent
+
+    def _client_reset(self, sid: int, now: float) -> None:
+        stream = self.streams.pop(sid, None)
+        if stream is None:
+            return
+        stream.closed = True
+        protocol, stream.protocol = stream.protocol, None
+        if protocol is not None:
+            protocol.connectionLost(Failure(ConnectionLost("the client reset the stream")))
+        if not self.streams:
+            self._idle_from_now()
+        if self._resets.add(now) > self.limits.resets:
+            self._calm("too many streams reset")
+
+    def _flood(self, now: float) -> None:
+        if self._control.add(now) > self.limits.control_frames:
+            self._calm("too many control frames")
+
+    def _calm(self, why: str) -> None:
+        _log.info("{proxy}: HTTP/2 client {client}: {why}; GOAWAY ENHANCE_YOUR_CALM",
+                  proxy=self.factory.name, client=self.outer.client_host, why=why)
+        self.conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self._send()
+        self._close()
+
+    # -- the response, from the stream's HTTP/1 protocol ------------------
+
+    def response_bytes(self, stream: _Stream, data: bytes) -> None:
+        if stream.closed or self._lost:
+            return
+        if stream.reader is None:  # a tunnel: the bytes are DATA as they are
+            self._queue(stream, data)
+            return
+        reader = stream.reader
+        reader.feed(data)
+        while stream.reader is not None and not stream.closed:
+            try:
+                event = reader.next_event()
+            except ProtocolError:
+                self.reset(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                return
+            kind = type(event)
+            if kind is ResponseHead:
+                self._head(stream, event)
+            elif kind is Data:
+                self._queue(stream, event.data)
+            elif kind is EndOfMessage:
+                stream.ending = True
+                self._flush(stream)
+                return
+            else:  # NEED_DATA: the rest of the response has not been written yet
+                return
+
+    def _head(self, stream: _Stream, head: ResponseHead) -> None:
+        status = head.status
+        if status < 200 and status != 101:
+            self.conn.send_headers(stream.id, response_fields(status, list(head.headers)))
+        elif status >= 200:
+            self.conn.send_headers(stream.id, response_fields(status, list(head.headers)))
+            if stream.raw and status < 300:
+                assert stream.reader is not None
+                rest = stream.reader.take_buffered()
+                stream.reader = None  # from here on, the bytes are the tunnel's
+                if rest:
+                    self._queue(stream, rest)
+        self._send()
+
+    def _queue(self, stream: _Stream, data: bytes) -> None:
+        stream.outbound.append(data)
+        stream.outbound_bytes += len(data)
+        self._flush(stream)
+
+    def _flush(self, stream: _Stream) -> None:
+        conn = self.conn
+        while stream.outbound and not self.sending_paused and not stream.closed:
+            window = conn.local_flow_control_window(stream.id)
+            if window <= 0:
+                break
+            chunk = stream.outbound[0]
+            size = min(window, conn.max_outbound_frame_size, len(chunk))
+            conn.send_data(stream.id, chunk[:size])
+            if size == len(chunk):
+                stream.outbound.popleft()
+            else:
+                stream.outbound[0] = chunk[size:]
+            stream.outbound_bytes -= size
+        if stream.ending and not stream.outbound and not stream.closed:
+            conn.end_stream(stream.id)
+            self._stream_done(stream)
+        self.check_backpressure(stream)
+        self._send()
+
+    def check_backpressure(self, stream: _Stream) -> None:
+        """Pause the stream's upstream while it holds more than `HIGH_WATER` for the client."""
+        producer = stream.producer
+        if producer is None:
+            return
+        if stream.outbound_bytes > HIGH_WATER and not stream.producer_paused:
+            stream.producer_paused = True
+            producer.pauseProducing()
+        elif stream.outbound_bytes <= HIGH_WATER // 2 and stream.producer_paused:
+            stream.producer_paused = False
+            producer.resumeProducing()
+
+    def _window(self, sid: int) -> None:
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                self._flush(stream)
+            return
+        for stream in list(self.streams.values()):
+            self._flush(stream)
+
+    def stream_closing(self, stream: _Stream, reason: Failure) -> None:
+        """
+        The stream's protocol closed its side: a tunnel ends (END_STREAM),
+        a response cut short is reset; the protocol hears connectionLost on
+        the next reactor turn, as from any transport.
+        """
+        if not stream.closed:
+            if stream.reader is None:
+                stream.ending = True
+                self._flush(stream)
+            elif not stream.ending:
+                self.reset(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        protocol, stream.protocol = stream.protocol, None
+        if protocol is not None:
+            self.reactor.callLater(0, protocol.connectionLost, reason)
+
+    def reset(self, stream: _Stream, code: int) -> None:
+        if stream.closed or self._lost:
+            return
+        try:
+            self.conn.reset_stream(stream.id, code)
+        except h2.exceptions.StreamClosedError:
+            pass
+        self._stream_done(stream)
+        self._send()
+
+    def _stream_done(self, stream: _Stream) -> None:
+        """END_STREAM or RST_STREAM has been sent: nothing more goes out on the stream."""
+        stream.closed = True
+        self.streams.pop(stream.id, None)
+        if not self.streams:
+            if self.draining:
+                self._close()
+            else:
+                self._idle_from_now()
+
+    # -- the connection ----------------------------------------------------
+
+    def drain(self) -> None:
+        """Graceful stop: GOAWAY now; close once the open streams are done."""
+        if self.draining or self._lost:
+            return
+        self.draining = True
+        self.conn.close_connection(h2.errors.ErrorCodes.NO_ERROR)
+        self._send()
+        if not self.streams:
+            self._close()
+
+    def _send(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self._lost:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if not self._lost:
+            self.transport.loseConnection()
+
+    # IPushProducer: the client's TCP connection
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.sending_paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.sending_paused = False
+        self._window(0)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.transport.abortConnection()
