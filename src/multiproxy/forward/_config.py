@@ -25,6 +25,8 @@ from multiproxy._startup import (
     startup_summary,
 )
 from multiproxy._tablereader import TableReader
+from multiproxy._tls import ServerTLS, tls_server_endpoint
+from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing import HealthChecker, HealthConfig, TCPCheck, health_from_table
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
@@ -46,6 +48,7 @@ from multiproxy.forward._parents import (
     parse_parent_url,
 )
 from multiproxy.forward._proxy import NON_TLS_RULES, XFF_MODES, ForwardProxy, ForwardSettings
+from multiproxy.h2 import HTTP2Settings
 from multiproxy.http._config import (
     HTTP_CLIENT_OPT_PARAMETERS,
     limits_from_table,
@@ -89,6 +92,12 @@ class ForwardConfig:
     """When every parent is down: "fail" (502) or "direct" (to the origin)."""
     parent_health: HealthConfig = HealthConfig()
     """How the parents are checked (TCP connects) and when one is taken out."""
+    tls_listen: tuple[str, ...] = ()
+    """HTTPS proxy listeners: clients reach the proxy itself over TLS (``tls``)."""
+    tls: TLSConfig | None = None
+    """The certificates of the ``tls_listen`` listeners (``[forward.tls]``)."""
+    http2: bool = True
+    """Offer HTTP/2 by ALPN on the ``tls_listen`` listeners (CONNECT included, RFC 9113 8.5)."""
 
 
 def parse_ports(text: str) -> frozenset[int]:
@@ -107,9 +116,13 @@ def parse_ports(text: str) -> frozenset[int]:
 def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     """Read one ``[[forward]]`` table; unknown keys and bad values are refused."""
     name = reader.string("name", "forward")
-    listen = listen_from_table(reader, "listen", [DEFAULT_LISTEN])
-    if not listen:
+    tls_listen = listen_from_table(reader, "tls_listen", [])
+    listen = listen_from_table(reader, "listen", [] if tls_listen else [DEFAULT_LISTEN])
+    if not listen and not tls_listen:
         raise reader.error("listen", "needs at least one endpoint, e.g. 'tcp:8080'")
+    tls_table = reader.table_of("tls")
+    tls = tls_from_table(tls_table) if tls_table.table else None
+    http2 = reader.boolean("http2", True)
     via_value = via_from_table(reader)
     ports = reader.raw("connect_ports", [443])
     if not isinstance(ports, list) or not all(
@@ -129,9 +142,22 @@ def forward_config_from_table(reader: TableReader) -> ForwardConfig:
     shutdown = reader.number("shutdown_timeout", SHUTDOWN_TIMEOUT, minimum=0)
     status_listen = listen_from_table(reader, "status_listen", [])
     inspect = inspect_from_table(reader.table_of("inspect")) if reader.has("inspect") else None
-    return ForwardConfig(name, listen, settings, limits, timeouts, cache=cache,
-                         shutdown_timeout=shutdown, status_listen=status_listen,
-                         inspect=inspect, **_parents_from_table(reader))
+    return check_forward_config(ForwardConfig(
+        name, listen, settings, limits, timeouts, cache=cache, shutdown_timeout=shutdown,
+        status_listen=status_listen, inspect=inspect, tls_listen=tls_listen, tls=tls,
+        http2=http2, **_parents_from_table(reader)))
+
+
+def check_forward_config(config: ForwardConfig) -> ForwardConfig:
+    """``config`` if its TLS listeners and certificates go together; else `ConfigError`."""
+    if config.tls_listen and config.tls is None:
+        raise ConfigError(f"forward proxy {config.name!r}: tls_listen needs certificates "
+                          "(tls.certs or tls.dir; --tls-cert or --tls-dir)")
+    if config.tls is not None and not config.tls_listen:
+        raise ConfigError(f"forward proxy {config.name!r}: certificates are configured but no "
+                          "TLS listener; add tls_listen (--tls-listen), e.g. "
+                          "tcp:8443:interface=127.0.0.1")
+    return config
 
 
 def inspect_from_table(reader: TableReader) -> InspectConfig:
@@ -217,7 +243,7 @@ def pac_from_table(reader: TableReader) -> PacSettings:
 
 
 class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTargetOptions,
-                     usage.Options):
+                     TLSCertificateOptions, usage.Options):
     """``twistd multiproxy forward``: a forward HTTP proxy (the default)."""
 
     synopsis = "[options]"
@@ -227,6 +253,7 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
     )
     optFlags = [
         ["no-via", None, "Do not add a Via header (RFC 9110 7.6.3)."],
+        ["no-http2", None, "Offer only HTTP/1.1 by ALPN on the --tls-listen listeners (no h2)."],
         ["no-sni-peek", None,
          "Relay CONNECT tunnels without reading their TLS ClientHello (no SNI rules or log)."],
         ["sni-must-match", None,
@@ -270,6 +297,7 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["tls-listen"] = []
         self["status-listen"] = []
         self["inspect-host"] = []
         self["never-inspect"] = []
@@ -303,6 +331,13 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1."""
         add_listen_option(self, "listen", description)
+
+    def opt_tls_listen(self, description: str) -> None:
+        """
+        HTTPS proxy listener (repeatable; clients reach the proxy over TLS,
+        HTTP/2 by ALPN) with --tls-cert/--tls-dir, e.g. tcp:8443:interface=127.0.0.1.
+        """
+        add_listen_option(self, "tls-listen", description)
 
     def opt_status_listen(self, description: str) -> None:
         """Status page listener (repeatable): / (HTML), /status.json, /metrics."""
@@ -370,7 +405,8 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
         via = None if self["no-via"] else self["via-name"].encode("ascii", "replace")
         if via is not None and (not via or b" " in via):
             raise usage.UsageError("--via-name must be a single word, e.g. multiproxy")
-        listen = tuple(self["listen"]) or (DEFAULT_LISTEN,)
+        tls_listen = tuple(self["tls-listen"])
+        listen = tuple(self["listen"]) or (() if tls_listen else (DEFAULT_LISTEN,))
         # --policy FILE, --deny-host, --allow-network, ... (multiproxy.policy)
         self.policy_source = self.read_policy()
         self.config = ForwardConfig(
@@ -400,7 +436,14 @@ class ForwardOptions(AccessLogOptions, PolicyOptions, DenyPageOptions, CacheTarg
             inspect=self._inspect_config(),
             parents=tuple(self["parent"]),
             parent_fallback=self["parent-fallback"],
+            tls_listen=tls_listen,
+            tls=self.tls_config(),
+            http2=not self["no-http2"],
         )
+        try:
+            check_forward_config(self.config)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _inspect_config(self) -> InspectConfig | None:
         hosts, never = self["inspect-host"], self["never-inspect"]
@@ -445,6 +488,9 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         inspector=inspector,
         parent_fallback=config.parent_fallback,
     )
+    # Clients of an HTTPS proxy may speak HTTP/2 (ALPN); never by prior knowledge in the clear.
+    factory.http2 = HTTP2Settings(tls=config.http2, prior_knowledge=False) if config.tls_listen \
+        else None
     wrap = caching_fetcher_factory(config.cache, reactor)
     if wrap is not None:
         factory.fetcher = wrap(factory.fetcher)
@@ -481,11 +527,20 @@ def make_forward_service(
     factory = make_forward_proxy(config, reactor, reporters, policy)
     service = ProxyService(reactor, factory, config.shutdown_timeout)
     service.setName(config.name)
-    for description in config.listen:
+    server_tls = None
+    if config.tls_listen:
+        assert config.tls is not None
+        server_tls = ServerTLS(config.tls.certificates, config.tls.directory, config.tls.default,
+                               alpn=(b"h2", b"http/1.1") if config.http2 else (b"http/1.1",))
+    listeners = [(d, "listen", None) for d in config.listen] + [
+        (d, "tls_listen", server_tls) for d in config.tls_listen]
+    for description, key, tls in listeners:
         try:
             endpoint = parse_listen(reactor, description)
         except ValueError as e:
-            raise ConfigError(f"{config.name}: listen: {e}") from None
+            raise ConfigError(f"{config.name}: {key}: {e}") from None
+        if tls is not None:
+            endpoint = tls_server_endpoint(endpoint, tls, reactor)
         if guard is not None:
             endpoint = GuardedEndpoint(endpoint, guard)
         service.add_listener(endpoint)
@@ -505,6 +560,7 @@ def make_forward_service(
         add_status_listeners(service, reactor, config.name, config.status_listen, site)
     service.summary = startup_summary(config.name, "forward proxy", [
         listening("listening on", config.listen),
+        listening("TLS on", config.tls_listen),
         listening("status on", config.status_listen),
         describe_parents([p.url for p in config.parents], config.parent_fallback, health),
         describe_policy(policy),

@@ -585,6 +585,7 @@ class ForwardProxy(HTTPProxyFactory):
     """
 
     protocol = ForwardProxyProtocol
+    absolute_targets = True
 
     def __init__(
         self,

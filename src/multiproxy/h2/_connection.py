@@ -87,6 +87,7 @@ class _Stream:
         self.outbound_bytes = 0
         self.ending = False  # the response is complete: END_STREAM once the DATA is out
         self.closed = False  # END_STREAM or RST_STREAM sent or received
+        self.remote_ended = False  # the client's END_STREAM has arrived
         self.unacknowledged = 0  # request DATA taken from the window, not yet given back
         self.producer: Any = None
         self.producer_paused = False
@@ -122,6 +123,10 @@ class StreamTransport:
         if not self.disconnecting:
             self.disconnecting = True
             self._connection.stream_closing(self._stream, Failure(ConnectionDone()))
+
+    def loseWriteConnection(self) -> None:  # noqa: N802 (ITCPTransport's half-close)
+        """A tunnel's upstream finished: END_STREAM after what is queued; the client may go on."""
+        self._connection.half_close(self._stream)
 
     def abortConnection(self) -> None:  # noqa: N802
         if not self.disconnecting:
@@ -303,13 +308,11 @@ class H2ServerConnection:
         head = request_bytes(request, absolute=getattr(self.factory, "absolute_targets", False),
                              has_body=has_body)
         protocol.dataReceived(head)
-        if ended and stream.chunked_body:
-            protocol.dataReceived(b"0\r\n\r\n")
 
     def _data(self, event: h2.events.DataReceived, now: float) -> None:
         stream = self.streams.get(event.stream_id)
         size = event.flow_controlled_length
-        if stream is None or stream.closed or stream.protocol is None:
+        if stream is None or stream.protocol is None or (stream.closed and stream.reader is not None):
             if size:
                 self.conn.acknowledge_received_data(size, event.stream_id)
             return
@@ -325,7 +328,7 @@ class H2ServerConnection:
 
     def acknowledge(self, stream: _Stream) -> None:
         """Give the client back the window its DATA used, unless the upstream is behind."""
-        if stream.reading_paused or not stream.unacknowledged or stream.closed:
+        if stream.reading_paused or not stream.unacknowledged or stream.remote_ended:
             return
         size, stream.unacknowledged = stream.unacknowledged, 0
         try:
@@ -336,12 +339,16 @@ class H2ServerConnection:
 
     def _request_ended(self, sid: int) -> None:
         stream = self.streams.get(sid)
-        if stream is None or stream.protocol is None:
+        if stream is None:
             return
-        if stream.raw:
-            stream.protocol.readConnectionLost()
-        elif stream.chunked_body:
-            stream.protocol.dataReceived(b"0\r\n\r\n")
+        stream.remote_ended = True
+        if stream.protocol is not None:
+            if stream.raw:
+                stream.protocol.readConnectionLost()
+            elif stream.chunked_body:
+                stream.protocol.dataReceived(b"0\r\n\r\n")
+        if stream.closed:
+            self._stream_done(stream)  # both sides have ended
 
     def _trailers(self, event: h2.events.TrailersReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -438,7 +445,11 @@ class H2ServerConnection:
             stream.outbound_bytes -= size
         if stream.ending and not stream.outbound and not stream.closed:
             conn.end_stream(stream.id)
-            self._stream_done(stream)
+            stream.ending = False
+            stream.closed = True
+            if stream.reader is not None or stream.remote_ended:
+                self._stream_done(stream)
+            # else a tunnel, half closed: the client's DATA still goes upstream
         self.check_backpressure(stream)
         self._send()
 
@@ -469,18 +480,27 @@ class H2ServerConnection:
         a response cut short is reset; the protocol hears connectionLost on
         the next reactor turn, as from any transport.
         """
-        if not stream.closed:
-            if stream.reader is None:
+        if stream.reader is None:
+            if not stream.closed:
                 stream.ending = True
                 self._flush(stream)
-            elif not stream.ending:
-                self.reset(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            if stream.closed and stream.id in self.streams:
+                # The tunnel is over: the client need send nothing more (RFC 9113 8.1).
+                self.reset(stream, h2.errors.ErrorCodes.NO_ERROR)
+        elif not stream.closed and not stream.ending:
+            self.reset(stream, h2.errors.ErrorCodes.INTERNAL_ERROR)
         protocol, stream.protocol = stream.protocol, None
         if protocol is not None:
             self.reactor.callLater(0, protocol.connectionLost, reason)
 
+    def half_close(self, stream: _Stream) -> None:
+        """A tunnel stream's sending side ends (END_STREAM); its receiving side stays open."""
+        if stream.reader is None and not stream.closed and not self._lost:
+            stream.ending = True
+            self._flush(stream)
+
     def reset(self, stream: _Stream, code: int) -> None:
-        if stream.closed or self._lost:
+        if stream.id not in self.streams or self._lost:
             return
         try:
             self.conn.reset_stream(stream.id, code)

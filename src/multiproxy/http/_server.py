@@ -101,6 +101,9 @@ class HTTPProxyFactory(Factory):
     http2: HTTP2Settings | None = None
     """Where clients may speak HTTP/2 (`multiproxy.h2`); None: HTTP/1 only."""
 
+    absolute_targets = False
+    """HTTP/2 requests reach the protocol in absolute form (a forward proxy's requests)."""
+
     def report(self, record: AccessRecord) -> None:
         report_all(self.reporters, record)
 
