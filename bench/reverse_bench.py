@@ -98,15 +98,16 @@ reactor.run()
 """
 
 
-def haproxy_argv(port: int, origin: int, root: str) -> list[str] | None:
+def haproxy_argv(port: int, origin: int, root: str, threads: int = 1) -> list[str] | None:
+    """HAProxy in front of ``origin`` with ``threads`` threads (None if it cannot be installed)."""
     haproxy = ensure_apt("haproxy", "haproxy")
     if haproxy is None:
         return None
-    conf = os.path.join(root, "haproxy.cfg")
+    conf = os.path.join(root, f"haproxy-{port}.cfg")
     with open(conf, "w") as f:
         f.write(f"""
 global
-    nbthread 1
+    nbthread {threads}
     maxconn 4000
 defaults
     mode http
@@ -124,17 +125,18 @@ backend origin
     return [haproxy, "-f", conf, "-db"]
 
 
-def nginx_argv(port: int, origin: int, root: str) -> list[str] | None:
+def nginx_argv(port: int, origin: int, root: str, workers: int = 1) -> list[str] | None:
+    """nginx proxying to ``origin`` with ``workers`` worker processes (None if not installable)."""
     nginx = ensure_apt("nginx", "nginx")
     if nginx is None:
         return None
-    conf = os.path.join(root, "nginx-proxy.conf")
+    conf = os.path.join(root, f"nginx-proxy-{port}.conf")
     with open(conf, "w") as f:
         f.write(f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
-error_log {root}/proxy-error.log;
-pid {root}/proxy.pid;
+error_log {root}/proxy-error-{port}.log;
+pid {root}/proxy-{port}.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
