@@ -15,7 +15,9 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import pytest
 import trustme
 
@@ -300,3 +302,73 @@ def test_http2_can_be_switched_off(tmp_path, ca):
     finally:
         running.stop()
         origin.shutdown()
+
+
+def _websocket_backend():
+    """A backend that completes the WebSocket handshake and echoes the bytes that follow."""
+    import base64
+    import socketserver
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            server.heads.append(head)
+            fields = {k.strip().lower(): v.strip() for k, _, v in
+                      (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+            accept = base64.b64encode(hashlib.sha1(
+                fields[b"sec-websocket-key"] + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            self.request.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept +
+                                 b"\r\n\r\n" + rest)
+            while True:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                self.request.sendall(chunk)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.heads = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_websocket_over_http2_is_an_http11_upgrade_to_the_backend(tmp_path, ca):
+    backend = _websocket_backend()
+    running = _Proxy(tmp_path, backend, ca)
+    try:
+        sock, conn = _h2_client(running.port)
+        events = _events(sock, conn, lambda seen: any(
+            isinstance(e, h2.events.RemoteSettingsChanged) for e in seen))
+        [settings] = [e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)]
+        assert settings.changed_settings[
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL].new_value == 1
+        conn.send_headers(1, [(b":method", b"CONNECT"), (b":protocol", b"websocket"),
+                              (b":scheme", b"http"), (b":authority", b"site.test"),
+                              (b":path", b"/chat"), (b"sec-websocket-version", b"13")])
+        sock.sendall(conn.data_to_send())
+        events = _events(sock, conn, lambda seen: any(
+            isinstance(e, h2.events.ResponseReceived) for e in seen))
+        [answer] = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert dict(answer.headers)[b":status"] == b"200"  # RFC 8441 5
+        mask = b"\x01\x02\x03\x04"
+        frame = b"\x81\x85" + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(b"hello"))
+        conn.send_data(1, frame)
+        sock.sendall(conn.data_to_send())
+        events = _events(sock, conn, lambda seen: sum(
+            len(e.data) for e in seen if isinstance(e, h2.events.DataReceived)) >= len(frame))
+        assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == frame
+        head = backend.heads[0].lower()
+        assert head.startswith(b"get /chat http/1.1")
+        assert b"upgrade: websocket" in head and b"sec-websocket-key: " in head
+        sock.close()
+    finally:
+        log = running.stop()
+        backend.shutdown()
+    assert "Traceback" not in log

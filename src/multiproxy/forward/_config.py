@@ -489,8 +489,8 @@ def make_forward_proxy(config: ForwardConfig, reactor, reporters=(), policy=None
         parent_fallback=config.parent_fallback,
     )
     # Clients of an HTTPS proxy may speak HTTP/2 (ALPN); never by prior knowledge in the clear.
-    factory.http2 = HTTP2Settings(tls=config.http2, prior_knowledge=False) if config.tls_listen \
-        else None
+    factory.http2 = HTTP2Settings(tls=config.http2, prior_knowledge=False, websockets=False) \
+        if config.tls_listen else None
     wrap = caching_fetcher_factory(config.cache, reactor)
     if wrap is not None:
         factory.fetcher = wrap(factory.fetcher)

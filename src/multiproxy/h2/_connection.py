@@ -19,6 +19,8 @@ stream stops sending.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`).
 
 from __future__ import annotations
 
+import base64
+import os
 from collections import deque
 from typing import Any
 
@@ -35,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
 from multiproxy._errors import ProtocolError
-from multiproxy.h2._settings import H2Limits
+from multiproxy.h2._settings import HTTP2Settings
 from multiproxy.h2._translate import MalformedRequest, read_request, request_bytes, response_fields
 from multiproxy.http._parser import (
     Data,
@@ -45,7 +47,7 @@ from multiproxy.http._parser import (
     ResponseReader,
 )
 
-__all__ = ["HIGH_WATER", "H2Limits", "H2ServerConnection", "StreamTransport"]
+__all__ = ["HIGH_WATER", "H2ServerConnection", "StreamTransport"]
 
 _log = Logger()
 
@@ -83,6 +85,7 @@ class _Stream:
         self.reader.expect(method)
         self.chunked_body = False
         self.raw = False  # a CONNECT tunnel: DATA both ways, no HTTP/1 framing
+        self.websocket = False  # an extended CONNECT: the HTTP/1 side is an upgrade
         self.outbound: deque[bytes] = deque()
         self.outbound_bytes = 0
         self.ending = False  # the response is complete: END_STREAM once the DATA is out
@@ -181,7 +184,9 @@ class H2ServerConnection:
     (``downstream_data``, ``downstream_eof``, ``downstream_lost``).
     """
 
-    def __init__(self, outer: Any, limits: H2Limits = H2Limits()) -> None:
+    def __init__(self, outer: Any, settings: HTTP2Settings = HTTP2Settings()) -> None:
+        limits = settings.limits
+        self.settings = settings
         self.outer = outer
         self.factory = outer.factory
         self.transport = outer.transport
@@ -203,7 +208,7 @@ class H2ServerConnection:
             codes.MAX_CONCURRENT_STREAMS: limits.max_streams,
             codes.INITIAL_WINDOW_SIZE: limits.window,
             codes.MAX_HEADER_LIST_SIZE: self.factory.limits.max_head,
-            codes.ENABLE_CONNECT_PROTOCOL: 0,
+            codes.ENABLE_CONNECT_PROTOCOL: 1 if settings.websockets else 0,
         })
         self.conn.initiate_connection()
         self.transport.registerProducer(self, True)
@@ -293,7 +298,9 @@ class H2ServerConnection:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        stream = _Stream(sid, self, request.method, self.factory.limits)
+        # The method of the HTTP/1.1 request the stream becomes (RFC 8441: a GET upgrade).
+        method = b"GET" if request.websocket else request.method
+        stream = _Stream(sid, self, method, self.factory.limits)
         stream.raw = request.method == b"CONNECT"
         has_body = not ended and not stream.raw
         stream.chunked_body = has_body and request.content_length is None
@@ -305,8 +312,10 @@ class H2ServerConnection:
         protocol.wire_version = "HTTP/2.0"
         stream.protocol = protocol
         protocol.makeConnection(stream.transport)
-        head = request_bytes(request, absolute=getattr(self.factory, "absolute_targets", False),
-                             has_body=has_body)
+        head = request_bytes(request, absolute=self.factory.absolute_targets,
+                             has_body=has_body,
+                             websocket_key=base64.b64encode(os.urandom(16)))
+        stream.websocket = request.websocket
         protocol.dataReceived(head)
 
     def _data(self, event: h2.events.DataReceived, now: float) -> None:
@@ -412,17 +421,25 @@ class H2ServerConnection:
 
     def _head(self, stream: _Stream, head: ResponseHead) -> None:
         status = head.status
-        if status < 200 and status != 101:
+        if status == 101 and stream.websocket:
+            # RFC 8441 5: the upgrade's 101 is the extended CONNECT's 200.
+            fields = [(n, v) for n, v in head.headers
+                      if n.lower() not in (b"sec-websocket-accept", b"upgrade")]
+            self.conn.send_headers(stream.id, response_fields(200, fields))
+            self._tunnel_from_here(stream)
+        elif status != 101:
             self.conn.send_headers(stream.id, response_fields(status, list(head.headers)))
-        elif status >= 200:
-            self.conn.send_headers(stream.id, response_fields(status, list(head.headers)))
-            if stream.raw and status < 300:
-                assert stream.reader is not None
-                rest = stream.reader.take_buffered()
-                stream.reader = None  # from here on, the bytes are the tunnel's
-                if rest:
-                    self._queue(stream, rest)
+            if stream.raw and not stream.websocket and 200 <= status < 300:
+                self._tunnel_from_here(stream)  # a CONNECT's tunnel is open
         self._send()
+
+    def _tunnel_from_here(self, stream: _Stream) -> None:
+        """From here on the stream's bytes are a tunnel's: DATA as they are, both ways."""
+        assert stream.reader is not None
+        rest = stream.reader.take_buffered()
+        stream.reader = None
+        if rest:
+            self._queue(stream, rest)
 
     def _queue(self, stream: _Stream, data: bytes) -> None:
         stream.outbound.append(data)

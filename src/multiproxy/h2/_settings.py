@@ -37,9 +37,12 @@ class HTTP2Settings:
 
     @ivar tls: offer ``h2`` by ALPN on TLS listeners.
     @ivar prior_knowledge: accept the HTTP/2 preface on plain listeners.
+    @ivar websockets: accept WebSockets over HTTP/2 (RFC 8441: the
+        extended CONNECT, SETTINGS_ENABLE_CONNECT_PROTOCOL).
     @ivar limits: the bounds of each HTTP/2 connection.
     """
 
     tls: bool = True
     prior_knowledge: bool = True
+    websockets: bool = True
     limits: H2Limits = field(default_factory=H2Limits)

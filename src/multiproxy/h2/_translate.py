@@ -54,7 +54,9 @@ class H2Request:
     """
     A request head read from one HEADERS block: the pseudo-header fields
     and the other fields in order (``cookie`` crumbs joined, RFC 9113 8.2.3).
-    ``authority`` is None only when the client sent ``Host`` instead.
+    ``authority`` is None only when the client sent ``Host`` instead;
+    ``protocol`` is the ``:protocol`` of an extended CONNECT (RFC 8441:
+    ``websocket``), else None.
     """
 
     method: bytes
@@ -63,6 +65,12 @@ class H2Request:
     path: bytes | None
     fields: tuple[tuple[bytes, bytes], ...]
     content_length: int | None
+    protocol: bytes | None = None
+
+    @property
+    def websocket(self) -> bool:
+        """A WebSocket opened by an extended CONNECT (RFC 8441 4)."""
+        return self.protocol == b"websocket"
 
 
 def read_request(block: list[tuple[bytes, bytes]]) -> H2Request:
@@ -96,7 +104,10 @@ def read_request(block: list[tuple[bytes, bytes]]) -> H2Request:
     if authority is not None and not _AUTHORITY.match(authority):
         raise MalformedRequest("the :authority pseudo-header is not a host[:port]")
     scheme, path = pseudo.get(b":scheme"), pseudo.get(b":path")
-    if method == b"CONNECT":
+    protocol = pseudo.get(b":protocol")
+    if protocol is not None and protocol != b"websocket":
+        raise MalformedRequest("the only :protocol spoken here is websocket")
+    if method == b"CONNECT" and protocol is None:
         if authority is None or scheme is not None or path is not None:
             raise MalformedRequest("a CONNECT has :authority and no :scheme or :path")
     else:
@@ -109,7 +120,8 @@ def read_request(block: list[tuple[bytes, bytes]]) -> H2Request:
             raise MalformedRequest("a :path of * is only for OPTIONS")
         if path != b"*" and not path.startswith(b"/"):
             raise MalformedRequest("the :path pseudo-header must start with /")
-    return H2Request(method, scheme, authority, path, tuple(fields), _length(lengths))
+    return H2Request(method, scheme, authority, path, tuple(fields), _length(lengths),
+                     protocol)
 
 
 def _length(values: list[bytes]) -> int | None:
@@ -120,14 +132,27 @@ def _length(values: list[bytes]) -> int | None:
     return int(values[0])
 
 
-def request_bytes(request: H2Request, *, absolute: bool, has_body: bool) -> bytes:
+def request_bytes(request: H2Request, *, absolute: bool, has_body: bool,
+                  websocket_key: bytes = b"") -> bytes:
     """
     ``request`` as an HTTP/1.1 request head for the proxy's HTTP/1 protocol:
     origin-form with ``Host`` (a reverse proxy), or absolute-form when
     ``absolute`` (a forward proxy); a body without ``content-length`` is
-    sent chunked.  ``Connection: close``: a stream carries one exchange.
+    sent chunked.  ``Connection: close``: a stream carries one exchange.  A
+    WebSocket's extended CONNECT becomes the HTTP/1.1 upgrade (RFC 8441 5),
+    with ``websocket_key`` as its ``Sec-WebSocket-Key``.
     """
     method = request.method
+    if request.websocket:
+        assert request.path is not None
+        lines = [b"GET " + request.path + b" HTTP/1.1"]
+        if request.authority is not None:
+            lines.append(b"host: " + request.authority)
+        lines += [name + b": " + value for name, value in request.fields
+                  if name not in (b"host", b"sec-websocket-key")]
+        lines += [b"upgrade: websocket", b"connection: upgrade",
+                  b"sec-websocket-key: " + websocket_key]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
     if method == b"CONNECT":
         target = request.authority
     elif absolute and request.path != b"*":

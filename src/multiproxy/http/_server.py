@@ -539,7 +539,7 @@ class HTTPServerProtocol(Protocol):
         settings = self.factory.http2
         assert settings is not None
         self._cancel_timer()
-        self.tunnel = H2ServerConnection(self, settings.limits)
+        self.tunnel = H2ServerConnection(self, settings)
         self.tunnel.downstream_data(data)
 
     def _read_requests(self) -> None:
