@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connect-ports", default="443")
     parser.add_argument("--cache", action="store_true", help="a 16 MiB shared cache in front")
     parser.add_argument("--guard", action="store_true",
-                        help="listen through multiproxy._accept.GuardedEndpoint")
+                        help="listen through multiproxy.transport._accept.GuardedEndpoint")
     parser.add_argument("--max-connections", type=int, default=0,
                         help="the guard's limit (default: from RLIMIT_NOFILE)")
     args = parser.parse_args(argv)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from multiproxy.forward import ForwardProxy, ForwardSettings
     from multiproxy.http._client import ConnectionPool
-    from multiproxy.http._parser import Limits
+    from multiproxy.http1._parser import Limits
     from multiproxy.http._server import Timeouts
 
     levels: collections.Counter = collections.Counter()
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.guard:
         from twisted.internet.endpoints import TCP4ServerEndpoint
 
-        from multiproxy._accept import AcceptGuard, GuardedEndpoint
+        from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
 
         guard = AcceptGuard(reactor, args.max_connections or None)
         endpoint = GuardedEndpoint(

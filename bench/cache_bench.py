@@ -71,8 +71,8 @@ wrk.headers["Host"] = "{host}"
 
 def memory_per_object(count: int) -> None:
     from multiproxy.cache import CacheConfig, MemoryStore, SharedCache
-    from multiproxy.http._dates import format_http_date
-    from multiproxy.http._headers import Headers
+    from multiproxy.http1._dates import format_http_date
+    from multiproxy.http1._headers import Headers
 
     now = [1_700_000_000.0]
     store = MemoryStore(max_size=1 << 34)

@@ -11,7 +11,7 @@ Exhaustion runs against a forward proxy in its own process (bounded in time).
   RSS per connection from the proxy process's RSS delta / N, and that a new
   client is still served while they are held.
 - ``fds``: the proxy process with a low RLIMIT_NOFILE, first as Twisted
-  listens by default and then through ``multiproxy._accept.GuardedEndpoint``.
+  listens by default and then through ``multiproxy.transport._accept.GuardedEndpoint``.
   Opens connections until the proxy stops taking them, then checks that an
   existing connection is still served (a local answer and one through an
   upstream), how many lines were logged, that descriptors come back after

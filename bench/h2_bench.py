@@ -31,7 +31,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import cpu_seconds, ensure_apt, free_port, nginx_origin, running, twistd_argv  # noqa: E402
+from _harness import cpu_seconds, free_port, nginx_origin, running, twistd_argv  # noqa: E402
+from reverse_bench import haproxy_argv, nginx_argv  # noqa: E402
 
 
 def h2load(url: str, requests: int, h1: bool) -> dict:
@@ -51,67 +52,19 @@ def multiproxy_argv(port: int, origin: int, root: str) -> list[str]:
                        "--backend", f"http://127.0.0.1:{origin}")
 
 
-def haproxy_argv(port: int, origin: int, root: str) -> list[str] | None:
-    haproxy = ensure_apt("haproxy", "haproxy")
-    if haproxy is None:
-        return None
-    conf = os.path.join(root, f"haproxy-{port}.cfg")
-    with open(conf, "w") as f:
-        f.write(f"""
-global
-    nbthread 1
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    option http-keep-alive
-frontend front
-    bind 127.0.0.1:{port} proto h2
-    default_backend origin
-backend origin
-    http-reuse always
-    server o1 127.0.0.1:{origin}
-""")
-    return [haproxy, "-f", conf, "-db"]
+def haproxy_h2_argv(port: int, origin: int, root: str) -> list[str] | None:
+    return haproxy_argv(port, origin, root, http2=True)
 
 
-def nginx_argv(port: int, origin: int, root: str) -> list[str] | None:
-    nginx = ensure_apt("nginx", "nginx")
-    if nginx is None:
-        return None
-    conf = os.path.join(root, f"nginx-h2-{port}.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 1;
-daemon off;
-error_log {root}/nginx-h2-{port}.log;
-pid {root}/nginx-h2-{port}.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    http2_max_requests 1000000;
-    upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port} http2;
-        location / {{
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-""")
-    return [nginx, "-c", conf, "-p", root]
+def nginx_h2_argv(port: int, origin: int, root: str) -> list[str] | None:
+    return nginx_argv(port, origin, root, http2=True)
 
 
 SUBJECTS = [
     ("multiproxy HTTP/2", multiproxy_argv, False),
     ("multiproxy HTTP/1.1", multiproxy_argv, True),
-    ("haproxy HTTP/2", haproxy_argv, False),
-    ("nginx HTTP/2", nginx_argv, False),
+    ("haproxy HTTP/2", haproxy_h2_argv, False),
+    ("nginx HTTP/2", nginx_h2_argv, False),
 ]
 
 

@@ -15,7 +15,7 @@ head fields as a list of byte pairs and the body pieces.  Runs in about 10 s
 of CPU.
 
 With ``--against``, compares our reader with another version of
-``multiproxy/http/_parser.py`` (e.g. ``git show HEAD~3:src/multiproxy/http/_parser.py
+``multiproxy/http1/_parser.py`` (e.g. ``git show HEAD~3:src/multiproxy/http1/_parser.py
 > /tmp/old.py``) instead: the rounds of the two alternate, so on a shared
 machine both see the same load, and the best of each is printed with the
 ratio.  Separate runs are not comparable there: one busy neighbour moves
@@ -30,8 +30,8 @@ import time
 import h11
 import httptools
 
-from multiproxy.http import _parser as ours
-from multiproxy.http._parser import NEED_DATA, Data, EndOfMessage, RequestReader
+from multiproxy.http1 import _parser as ours
+from multiproxy.http1._parser import NEED_DATA, Data, EndOfMessage, RequestReader
 
 REQUEST = (
     b"GET /static/app/main.js?v=1234567 HTTP/1.1\r\n"

@@ -60,7 +60,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 sys.path.insert(0, HERE)
 
-from multiproxy._values import Intent  # noqa: E402
+from multiproxy.pipeline._values import Intent  # noqa: E402
 from multiproxy.policy import Rule, RuleSet, load_policy_file, normalise_host  # noqa: E402
 from multiproxy.policy._rules import MatchContext  # noqa: E402
 
@@ -205,7 +205,7 @@ def serve_proxy(args) -> None:
     from twisted.logger import LogLevel, formatEvent, globalLogBeginner
     from zope.interface import implementer
 
-    from multiproxy._interfaces import IUpstreamChooser
+    from multiproxy.pipeline._interfaces import IUpstreamChooser
     from multiproxy.forward import ForwardProxy
     from multiproxy.forward._origin import Origin
     from multiproxy.policy import PolicySource, make_policy_holder

@@ -63,7 +63,7 @@ reactor.run()
 TWISTED_FLOOR = """
 import sys
 from twisted.internet import protocol, reactor
-from multiproxy._directwrite import no_delay, write_direct
+from multiproxy.transport._directwrite import no_delay, write_direct
 
 class Upstream(protocol.Protocol):
     def __init__(self, client):
@@ -98,8 +98,12 @@ reactor.run()
 """
 
 
-def haproxy_argv(port: int, origin: int, root: str, threads: int = 1) -> list[str] | None:
-    """HAProxy in front of ``origin`` with ``threads`` threads (None if it cannot be installed)."""
+def haproxy_argv(port: int, origin: int, root: str, threads: int = 1,
+                 http2: bool = False) -> list[str] | None:
+    """
+    HAProxy in front of ``origin`` with ``threads`` threads, its front end
+    HTTP/1.1 or (``http2``) HTTP/2 with prior knowledge; None if it cannot be installed.
+    """
     haproxy = ensure_apt("haproxy", "haproxy")
     if haproxy is None:
         return None
@@ -116,7 +120,7 @@ defaults
     timeout server 30s
     option http-keep-alive
 frontend front
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{" proto h2" if http2 else ""}
     default_backend origin
 backend origin
     http-reuse always
@@ -125,8 +129,12 @@ backend origin
     return [haproxy, "-f", conf, "-db"]
 
 
-def nginx_argv(port: int, origin: int, root: str, workers: int = 1) -> list[str] | None:
-    """nginx proxying to ``origin`` with ``workers`` worker processes (None if not installable)."""
+def nginx_argv(port: int, origin: int, root: str, workers: int = 1,
+               http2: bool = False) -> list[str] | None:
+    """
+    nginx proxying to ``origin`` with ``workers`` worker processes, its front
+    end HTTP/1.1 or (``http2``) HTTP/2 with prior knowledge; None if not installable.
+    """
     nginx = ensure_apt("nginx", "nginx")
     if nginx is None:
         return None
@@ -143,7 +151,7 @@ http {{
     keepalive_requests 1000000;
     upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{" http2" if http2 else ""};
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;

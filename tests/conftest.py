@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from zope.interface import implementer
 
-from multiproxy._interfaces import IReporter
+from multiproxy.pipeline._interfaces import IReporter
 
 
 @implementer(IReporter)

@@ -40,7 +40,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._interfaces import IUpstream, IUpstreamChooser
+from multiproxy.pipeline._interfaces import IUpstream, IUpstreamChooser
 from multiproxy.forward import Origin
 
 # -- failing a test on a logged traceback ---------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy._attempts import Attempts
+from multiproxy.pipeline._attempts import Attempts
 
 
 class _Upstream:

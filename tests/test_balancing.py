@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from multiproxy._interfaces import IBalancer, IUpstream, IUpstreamChooser
-from multiproxy._values import Intent
+from multiproxy.pipeline._interfaces import IBalancer, IUpstream, IUpstreamChooser
+from multiproxy.pipeline._values import Intent
 from multiproxy.balancing import (
     BALANCER_NAMES,
     Backend,
@@ -32,7 +32,7 @@ from multiproxy.balancing import (
     balancer_from_name,
     parse_status_line,
 )
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 
 def backends(n, **kwargs):

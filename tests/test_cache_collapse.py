@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from multiproxy.cache import CollapsedForwarding
 from multiproxy.cache._directives import parse_response_directives
 from multiproxy.cache._store import describe_response
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 
 class Recorder:

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,

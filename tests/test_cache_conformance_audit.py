@@ -25,7 +25,7 @@ from twisted.internet import protocol, reactor
 
 from multiproxy.cache import CacheConfig
 from multiproxy.cache._fetcher import caching_fetcher_factory
-from multiproxy.http._dates import format_http_date
+from multiproxy.http1._dates import format_http_date
 
 # -- the harness ---------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from multiproxy.cache import Action, CacheConfig, MemoryStore, SharedCache
-from multiproxy.http._dates import format_http_date
-from multiproxy.http._headers import Headers
+from multiproxy.http1._dates import format_http_date
+from multiproxy.http1._headers import Headers
 
 T0 = 1_700_000_000.0
 URL = b"http://origin.example/r"

@@ -14,7 +14,7 @@ from multiproxy.cache._keys import (
     vary_names,
     vary_values,
 )
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 
 def test_cache_key_normalises_scheme_host_port_and_path():

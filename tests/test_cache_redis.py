@@ -358,7 +358,7 @@ def test_a_proxy_configured_by_toml_shares_with_one_configured_by_options(redis,
 
 
 def test_a_bad_redis_key_in_the_cache_table_is_refused(tmp_path):
-    from multiproxy._errors import ConfigError
+    from multiproxy.pipeline._errors import ConfigError
     from multiproxy._tablereader import TableReader
     from multiproxy.cache import cache_from_table
 

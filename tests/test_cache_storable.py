@@ -6,7 +6,7 @@ import pytest
 
 from multiproxy.cache._directives import parse_request_directives, parse_response_directives
 from multiproxy.cache._storable import refusal
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 
 def why(status=200, method=b"GET", request=(), **fields):

@@ -18,7 +18,7 @@ from multiproxy.cache import (
 )
 from multiproxy.cache._directives import parse_response_directives
 from multiproxy.cache._store import decode_meta, describe_response, encode_meta, pack_fields
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 T0 = 1_700_000_000.0
 

@@ -10,7 +10,7 @@ import pytest
 from test_cache_core import Harness
 from twisted.python import usage
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
     GATEWAY_TARGETS,
@@ -20,7 +20,7 @@ from multiproxy.cache import (
 )
 from multiproxy.cache._directives import INVALID, targeted_directives
 from multiproxy.cache._freshness import freshness_lifetime
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 CDN = CacheConfig(targets=GATEWAY_TARGETS)
 

@@ -11,7 +11,7 @@ import pytest
 from twisted.python import usage
 
 from multiproxy._config import load_configuration, read_configuration
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tap import Options
 from multiproxy.forward._config import DEFAULT_LISTEN
 
@@ -228,7 +228,7 @@ def test_every_client_listener_is_guarded_against_running_out_of_descriptors(tmp
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.task import Clock
 
-    from multiproxy._accept import GuardedEndpoint
+    from multiproxy.transport._accept import GuardedEndpoint
     from multiproxy._config import make_services
 
     path = tmp_path / "both.toml"

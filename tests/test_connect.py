@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer, error, task
 
-from multiproxy._connect import UpstreamEndpoint, connect_failure_kind
-from multiproxy._errors import UpstreamError
+from multiproxy.pipeline._connect import UpstreamEndpoint, connect_failure_kind
+from multiproxy.pipeline._errors import UpstreamError
 
 
 class _Upstream:

@@ -2,7 +2,7 @@
 
 from twisted.internet.task import Clock
 
-from multiproxy._deadline import Deadline
+from multiproxy.transport._deadline import Deadline
 
 
 def _deadline():

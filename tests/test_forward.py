@@ -129,7 +129,7 @@ async def test_via_and_xff_can_be_switched_off(start_forward, origin):
 
 @pytest_twisted.ensureDeferred
 async def test_body_over_limit_gets_413(start_forward, origin):
-    from multiproxy.http._parser import Limits
+    from multiproxy.http1._parser import Limits
 
     port, _ = start_forward(limits=Limits(max_body=1000))
     status, headers, body = await http_client_request(

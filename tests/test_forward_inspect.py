@@ -26,7 +26,7 @@ from twisted.web import resource, server
 
 from loopback import curl, wait_for
 from multiproxy._config import read_configuration
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import CacheConfig, caching_fetcher_factory
 from multiproxy.forward import ForwardSettings

@@ -27,7 +27,7 @@ from twisted.web import resource, server
 from zope.interface import directlyProvides
 
 from loopback import curl, raw_exchange
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.forward import DirectChooser, ForwardProxy, ForwardSettings
 from multiproxy.forward._config import ForwardOptions, forward_config_from_table

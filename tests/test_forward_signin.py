@@ -171,7 +171,7 @@ def test_headless_chromium_gets_a_407_challenge(proxy, origin_port, tmp_path):
 
 
 def _intent(host: str, user: str | None = None):
-    from multiproxy._values import Intent
+    from multiproxy.pipeline._values import Intent
     return Intent("http", "forward", "10.0.0.1", 1234, host, 80, "GET", "http",
                   f"http://{host}/", (), user=user)
 

@@ -19,7 +19,7 @@ from twisted.python import usage
 from loopback import raw_exchange, wait_for
 from multiproxy._accesslog import format_record
 from multiproxy._tablereader import TableReader
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.forward import ForwardOptions, ForwardSettings
 from multiproxy.forward._config import forward_config_from_table
 from multiproxy.policy._config import policy_from_options

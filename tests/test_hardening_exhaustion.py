@@ -21,7 +21,7 @@ from twisted.internet import reactor, task, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
-from multiproxy._accept import AcceptGuard, GuardedEndpoint, default_max_connections
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint, default_max_connections
 from multiproxy.forward import ForwardProxy
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
@@ -64,7 +64,7 @@ def guard_log():
     events = []
 
     def observe(event):
-        if event.get("log_namespace") == "multiproxy._accept":
+        if event.get("log_namespace") == "multiproxy.transport._accept":
             events.append(event)
 
     globalLogPublisher.addObserver(observe)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from loopback import raw_exchange
 
 from multiproxy._accesslog import AccessLog, format_record
-from multiproxy._values import AccessRecord
+from multiproxy.pipeline._values import AccessRecord
 
 # Combined Log Format with multiproxy's key=value tail: every quoted field is
 # a run of non-quote characters or backslash escapes.

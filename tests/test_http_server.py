@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from multiproxy._errors import UpstreamError
+from multiproxy.pipeline._errors import UpstreamError
 from multiproxy.forward import ForwardProxy
 from multiproxy.http import Headers, IFetcher, ResponseHead, Timeouts
 

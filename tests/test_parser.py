@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy._errors import (
+from multiproxy.pipeline._errors import (
     BodyTooLarge,
     HeadTooLarge,
     ProtocolError,
     TargetTooLong,
     UnsupportedFraming,
 )
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import (
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import (
     CLOSED,
     NEED_DATA,
     PAUSED,
@@ -986,7 +986,7 @@ def test_eof_body_is_bounded_by_max_body():
 
 
 def test_parsed_line_caches_stay_bounded_under_distinct_lines():
-    from multiproxy.http import _parser
+    from multiproxy.http1 import _parser
 
     reader = RequestReader()
     for i in range(_parser._LINE_CACHE_MAX + 500):
@@ -1000,7 +1000,7 @@ def test_parsed_line_caches_stay_bounded_under_distinct_lines():
 
 
 def test_parsed_status_lines_stay_bounded_under_distinct_reasons():
-    from multiproxy.http import _parser
+    from multiproxy.http1 import _parser
 
     reader = ResponseReader()
     for i in range(_parser._LINE_CACHE_MAX + 500):

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from multiproxy._errors import ProtocolError
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import (
+from multiproxy.pipeline._errors import ProtocolError
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import (
     CLOSED,
     NEED_DATA,
     PAUSED,
@@ -38,8 +38,8 @@ from multiproxy.http._parser import (
     ResponseHead,
     ResponseReader,
 )
-from multiproxy.http._target import parse_absolute_target, parse_authority
-from multiproxy.http._writer import (
+from multiproxy.http1._target import parse_absolute_target, parse_authority
+from multiproxy.http1._writer import (
     chunk_bytes,
     request_head_bytes,
     response_head_bytes,

@@ -15,7 +15,7 @@ from loopback import raw_exchange, wait_for
 from reverse_peers import RunningProxy, make_pool
 from twisted.internet import defer, protocol, reactor
 
-from multiproxy.http._parser import NEED_DATA, PAUSED, EndOfMessage, RequestHead, RequestReader
+from multiproxy.http1._parser import NEED_DATA, PAUSED, EndOfMessage, RequestHead, RequestReader
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

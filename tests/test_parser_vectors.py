@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from multiproxy._errors import ProtocolError
-from multiproxy.http._parser import (
+from multiproxy.pipeline._errors import ProtocolError
+from multiproxy.http1._parser import (
     NEED_DATA,
     PAUSED,
     Data,
@@ -21,7 +21,7 @@ from multiproxy.http._parser import (
     RequestReader,
     ResponseReader,
 )
-from multiproxy.http._target import parse_absolute_target, parse_authority
+from multiproxy.http1._target import parse_absolute_target, parse_authority
 
 
 def load_corpus():

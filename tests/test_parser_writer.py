@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy._errors import ProtocolError
-from multiproxy.http._headers import Headers
-from multiproxy.http._writer import (
+from multiproxy.pipeline._errors import ProtocolError
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._writer import (
     LAST_CHUNK,
     UnsafeField,
     chunk_bytes,

@@ -19,10 +19,10 @@ from twisted.internet import threads
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy._tap import Options
-from multiproxy._values import Decision, Intent
+from multiproxy.pipeline._values import Decision, Intent
 from multiproxy.policy import (
     DEFAULT_DENY_TEMPLATE, PolicyHolder, check_template, load_deny_template, refusal,
     render_deny_page, settings_from_table,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multiproxy._values import Intent
+from multiproxy.pipeline._values import Intent
 from multiproxy.policy import HostMatcher, Rule, RuleSet, normalise_host, parse_host_pattern
 from multiproxy.policy._hosts import host_suffixes, is_ip_literal
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from multiproxy._interfaces import IPolicy
-from multiproxy._values import Intent
+from multiproxy.pipeline._interfaces import IPolicy
+from multiproxy.pipeline._values import Intent
 from multiproxy.policy import NetworkSet, Rule, RuleSet, TimeWindow, parse_network
 from multiproxy.policy._networks import client_address
 from multiproxy.policy._rules import MatchContext, parse_ports

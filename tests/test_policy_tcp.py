@@ -25,7 +25,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from multiproxy._config import make_services
-from multiproxy._interfaces import IPolicy
+from multiproxy.pipeline._interfaces import IPolicy
 from multiproxy._tablereader import TableReader
 from multiproxy._tap import Options
 from multiproxy.balancing import Backend, BackendPool, RoundRobin

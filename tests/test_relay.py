@@ -1,5 +1,5 @@
 """
-Tests for multiproxy._relay: the byte relay shared by the TCP relay, CONNECT
+Tests for multiproxy.transport._relay: the byte relay shared by the TCP relay, CONNECT
 tunnels and WebSocket upgrades.
 
 The first half drives a `Relay` on `StringTransport`s and a `task.Clock`;
@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from multiproxy._splice import SPLICE_AVAILABLE
-from multiproxy._relay import (
+from multiproxy.transport._splice import SPLICE_AVAILABLE
+from multiproxy.transport._relay import (
     EARLY_LIMIT,
     Relay,
     RelayServerProtocol,

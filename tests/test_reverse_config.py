@@ -8,7 +8,7 @@ import tomllib
 import pytest
 from twisted.python import usage
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.reverse._config import (
     DEFAULT_LISTEN,

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 from twisted.internet import defer
 
-from multiproxy._errors import UpstreamError
-from multiproxy._values import Intent
+from multiproxy.pipeline._errors import UpstreamError
+from multiproxy.pipeline._values import Intent
 from multiproxy.http._failover import BalancingFetcher
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import RequestHead
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import RequestHead
 from multiproxy.reverse._fetch import ReverseRequest, backend_authority
 
 
@@ -234,7 +234,7 @@ def test_timeout_is_not_replayed():
 
 
 def test_failure_after_the_head_is_passed_on():
-    from multiproxy.http._parser import ResponseHead
+    from multiproxy.http1._parser import ResponseHead
 
     fetcher, connections, request, backends, sink = setup()
     fetcher.fetch(request, sink)
@@ -258,8 +258,8 @@ def test_reverse_proxy_fits_the_shared_contract():
     from twisted.internet.task import Clock
     from zope.interface.verify import verifyObject
 
-    from multiproxy._errors import ConfigError
-    from multiproxy._interfaces import IProxy, IUpstreamChooser
+    from multiproxy.pipeline._errors import ConfigError
+    from multiproxy.pipeline._interfaces import IProxy, IUpstreamChooser
     from multiproxy.balancing import Backend, BackendPool, RoundRobin
     from multiproxy.reverse import ReverseProxy, Route, RouteTable
 

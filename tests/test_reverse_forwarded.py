@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 from multiproxy.reverse._forwarded import (
     ForwardedSettings,
     apply_forwarded,

@@ -366,8 +366,8 @@ async def test_websocket_refused_by_backend_gets_its_answer(backends, proxies):
 async def test_policy_plugin_sees_the_routed_intent_and_can_deny(backends, proxies):
     from zope.interface import implementer
 
-    from multiproxy._interfaces import IPolicy
-    from multiproxy._values import ALLOW, Decision
+    from multiproxy.pipeline._interfaces import IPolicy
+    from multiproxy.pipeline._values import ALLOW, Decision
 
     seen = []
 

@@ -1,5 +1,5 @@
 """
-Tests for multiproxy._tls: SNI certificate choice, TLS policy, ALPN, reload,
+Tests for multiproxy.transport._tls: SNI certificate choice, TLS policy, ALPN, reload,
 and verification of https upstreams.
 
 Handshakes are checked twice: in memory (two pyOpenSSL connections joined by
@@ -24,8 +24,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface.verify import verifyObject
 
-from multiproxy._errors import ConfigError
-from multiproxy._tls import (
+from multiproxy.pipeline._errors import ConfigError
+from multiproxy.transport._tls import (
     CertificateFile,
     ServerTLS,
     certificate_names,

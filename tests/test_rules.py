@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from multiproxy.http._headers import Headers
-from multiproxy.http._rules import HOP_BY_HOP, end_to_end
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._rules import HOP_BY_HOP, end_to_end
 
 
 def test_hop_by_hop_set_is_the_rfc_list():

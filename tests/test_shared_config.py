@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
-from multiproxy._tls import CertificateFile
-from multiproxy._tlsconfig import TLSConfig, tls_from_table
+from multiproxy.transport._tls import CertificateFile
+from multiproxy.transport._tlsconfig import TLSConfig, tls_from_table
 from multiproxy.balancing import HealthConfig, health_from_table
 from multiproxy.forward._config import ForwardOptions, forward_config_from_table
 from multiproxy.http._config import limits_from_table, timeouts_from_table

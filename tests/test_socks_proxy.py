@@ -286,7 +286,7 @@ hosts = ["blocked.example"]
 
 def test_a_bad_socks_table_is_refused_naming_the_key():
     from multiproxy._config import read_configuration
-    from multiproxy._errors import ConfigError
+    from multiproxy.pipeline._errors import ConfigError
 
     with pytest.raises(ConfigError, match="colour"):
         read_configuration({"socks": [{"listen": ["tcp:1080"], "colour": "blue"}]})

@@ -8,7 +8,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 
-from multiproxy._values import AccessRecord
+from multiproxy.pipeline._values import AccessRecord
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
 from multiproxy.status import (
     AdminCommand,

@@ -1,5 +1,5 @@
 """
-The strict RFC 8941 dictionary parser (`multiproxy.http._structured`): what
+The strict RFC 8941 dictionary parser (`multiproxy.http1._structured`): what
 it accepts, and that every step of the parsing algorithm that must fail does.
 """
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from multiproxy.http._structured import (
+from multiproxy.http1._structured import (
     InnerList,
     Item,
     StructuredFieldError,

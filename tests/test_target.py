@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy._errors import ProtocolError
-from multiproxy.http._target import (
+from multiproxy.pipeline._errors import ProtocolError
+from multiproxy.http1._target import (
     AbsoluteTarget,
     UnsupportedScheme,
     is_origin_form,
@@ -142,7 +142,7 @@ def test_the_fast_path_for_known_authorities_agrees_with_the_full_parse():
     """
     import random
 
-    from multiproxy.http import _target
+    from multiproxy.http1 import _target
 
     alphabet = [b"h", b"t", b"p", b"s", b":", b"/", b"?", b"#", b"@", b"[", b"]", b"1",
                 b"a", b".", b"%", b"2", b"0", b"x", b"-", b"H", b" ", b"\x80", b"8"]

@@ -25,10 +25,10 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from multiproxy._interfaces import IPolicy, IProxy, IReporter
-from multiproxy._splice import PIPE_SIZE
-from multiproxy._tls import CertificateFile, ServerTLS
-from multiproxy._values import Decision
+from multiproxy.pipeline._interfaces import IPolicy, IProxy, IReporter
+from multiproxy.transport._splice import PIPE_SIZE
+from multiproxy.transport._tls import CertificateFile, ServerTLS
+from multiproxy.pipeline._values import Decision
 from multiproxy.balancing import Backend, BackendPool, RoundRobin, TLSOrigination
 from multiproxy.tcp import (
     TCPBackendConfig,

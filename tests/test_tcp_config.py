@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.balancing import HealthChecker, HTTPCheck, LeastConnections
 from multiproxy.tcp import TCPConfig, TCPOptions, make_tcp_service, tcp_config_from_table

@@ -10,10 +10,10 @@ import inspect
 
 import pytest
 
-from multiproxy._values import Intent
+from multiproxy.pipeline._values import Intent
 from multiproxy.http._exchange import ForwardedRequest
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import RequestHead
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import RequestHead
 
 HAND_WRITTEN = [Intent, ForwardedRequest]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from multiproxy._config import read_configuration
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tap import Options
 from multiproxy._workers import describe_exit, listen_descriptions, parse_workers
 

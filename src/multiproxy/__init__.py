@@ -11,9 +11,9 @@ writes the access log.  The proxies themselves live in
 __version__ = "0.1.0"
 
 from multiproxy._accesslog import AccessLog, format_record, format_record_json
-from multiproxy._contract import AllowAll, check
-from multiproxy._errors import ConfigError, MultiproxyError, ProtocolError, UpstreamError
-from multiproxy._interfaces import (
+from multiproxy.pipeline._contract import AllowAll, check
+from multiproxy.pipeline._errors import ConfigError, MultiproxyError, ProtocolError, UpstreamError
+from multiproxy.pipeline._interfaces import (
     IBalancer,
     IPolicy,
     IProxy,
@@ -21,7 +21,7 @@ from multiproxy._interfaces import (
     IUpstream,
     IUpstreamChooser,
 )
-from multiproxy._values import ALLOW, AccessRecord, Decision, Intent
+from multiproxy.pipeline._values import ALLOW, AccessRecord, Decision, Intent
 
 __all__ = [
     "ALLOW",

@@ -23,8 +23,8 @@ from typing import IO
 
 from zope.interface import implementer
 
-from multiproxy._interfaces import IReporter
-from multiproxy._values import AccessRecord
+from multiproxy.pipeline._interfaces import IReporter
+from multiproxy.pipeline._values import AccessRecord
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 

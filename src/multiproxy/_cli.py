@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from multiproxy import __version__
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 
 __all__ = ["main"]
 

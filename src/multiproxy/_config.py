@@ -19,9 +19,9 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from multiproxy._accept import AcceptGuard
+from multiproxy.transport._accept import AcceptGuard
 from multiproxy._accesslog import FORMATS, AccessLog
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._signals import SIGUSR1, on_signal
 from multiproxy._tablereader import TableReader
 

@@ -24,7 +24,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 
 _log = Logger()
 

@@ -26,7 +26,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from multiproxy._errors import ConfigError, MultiproxyError
+from multiproxy.pipeline._errors import ConfigError, MultiproxyError
 
 _log = Logger()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 
 T = TypeVar("T")
 

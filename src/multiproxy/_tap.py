@@ -24,7 +24,7 @@ from multiproxy._config import (
     make_services,
     proxy_kinds,
 )
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.forward._config import ForwardOptions
 from multiproxy.reverse import ReverseOptions
 from multiproxy.socks._config import SocksOptions

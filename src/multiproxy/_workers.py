@@ -37,7 +37,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import directlyProvides, providedBy
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 
 __all__ = ["AdoptingReactor", "WorkerMaster", "listen_descriptions", "parse_workers"]
 

@@ -21,8 +21,8 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._connect import DeadlineEndpoint, with_deadline
-from multiproxy._interfaces import IUpstream
+from multiproxy.pipeline._connect import DeadlineEndpoint, with_deadline
+from multiproxy.pipeline._interfaces import IUpstream
 
 __all__ = [
     "Backend",
@@ -274,7 +274,7 @@ class Backend:
 
     def _tls(self) -> Any:
         if self._tls_creator is None:
-            from multiproxy._tls import client_tls
+            from multiproxy.transport._tls import client_tls
 
             assert self.tls is not None
             self._tls_creator = client_tls(

@@ -16,8 +16,8 @@ from typing import Any
 
 from zope.interface import implementer
 
-from multiproxy._interfaces import IBalancer
-from multiproxy._values import Intent
+from multiproxy.pipeline._interfaces import IBalancer
+from multiproxy.pipeline._values import Intent
 from multiproxy.balancing._ring import HashRing
 
 __all__ = [

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from multiproxy._connect import UpstreamEndpoint
+from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.balancing._backend import Backend
 
 if TYPE_CHECKING:

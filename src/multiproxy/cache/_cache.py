@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from zope.interface import implementer
 
-from multiproxy._errors import STATUS_REASONS
+from multiproxy.pipeline._errors import STATUS_REASONS
 from multiproxy.cache._config import CacheConfig
 from multiproxy.cache._directives import (
     RequestDirectives,
@@ -58,8 +58,8 @@ from multiproxy.cache._validation import (
     stored_etag,
     validation_headers,
 )
-from multiproxy.http._dates import format_http_date
-from multiproxy.http._headers import Headers
+from multiproxy.http1._dates import format_http_date
+from multiproxy.http1._headers import Headers
 
 _AGE_MAX = 2**31
 _NO_DIRECTIVES = RequestDirectives()

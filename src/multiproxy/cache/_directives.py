@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from multiproxy.http._structured import (
+from multiproxy.http1._structured import (
     InnerList,
     StructuredFieldError,
     field_text,
@@ -29,7 +29,7 @@ from multiproxy.http._structured import (
 )
 
 if TYPE_CHECKING:
-    from multiproxy.http._headers import Headers
+    from multiproxy.http1._headers import Headers
 
 #: RFC 9111 1.2.2: a delta-seconds too large to represent counts as 2**31.
 DELTA_MAX = 2**31

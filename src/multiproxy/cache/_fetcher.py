@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from multiproxy._errors import UpstreamError
+from multiproxy.pipeline._errors import UpstreamError
 from multiproxy.cache._cache import Action, Answer, Plan, SharedCache
 from multiproxy.cache._collapse import CollapsedForwarding, Flight
 from multiproxy.cache._config import CacheConfig, make_store
@@ -36,7 +36,7 @@ from multiproxy.cache._interfaces import IBodyReader
 from multiproxy.cache._keys import cache_key
 from multiproxy.cache._store import CorruptEntry
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
-from multiproxy.http._parser import RequestHead, ResponseHead
+from multiproxy.http1._parser import RequestHead, ResponseHead
 
 log = Logger()
 

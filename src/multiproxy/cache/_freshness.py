@@ -12,11 +12,11 @@ import enum
 from typing import TYPE_CHECKING, NamedTuple
 
 from multiproxy.cache._directives import DELTA_MAX, RequestDirectives, ResponseDirectives
-from multiproxy.http._dates import parse_http_date
+from multiproxy.http1._dates import parse_http_date
 
 if TYPE_CHECKING:
     from multiproxy.cache._store import StoredResponse
-    from multiproxy.http._headers import Headers
+    from multiproxy.http1._headers import Headers
 
 #: Status codes defined as heuristically cacheable (RFC 9110 15.1).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})

@@ -15,7 +15,7 @@ from urllib.parse import urljoin, urlsplit
 from multiproxy.cache._keys import cache_key
 
 if TYPE_CHECKING:
-    from multiproxy.http._headers import Headers
+    from multiproxy.http1._headers import Headers
 
 #: Methods RFC 9110 9.2.1 defines as safe; every other method invalidates.
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})

@@ -18,10 +18,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from multiproxy.cache._directives import split_list
-from multiproxy.http._target import normalise_percent
+from multiproxy.http1._target import normalise_percent
 
 if TYPE_CHECKING:
-    from multiproxy.http._headers import Headers
+    from multiproxy.http1._headers import Headers
 
 #: One Vary-nominated field: (lower-case name, normalised value or None if absent).
 VaryValue = tuple[bytes, bytes | None]

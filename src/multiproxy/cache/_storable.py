@@ -12,7 +12,7 @@ from multiproxy.cache._freshness import HEURISTIC_STATUSES
 from multiproxy.cache._keys import vary_names
 
 if TYPE_CHECKING:
-    from multiproxy.http._headers import Headers
+    from multiproxy.http1._headers import Headers
 
 #: Request methods whose responses this cache stores.
 STORABLE_METHODS = frozenset({b"GET"})

@@ -11,14 +11,14 @@ from functools import lru_cache
 
 from zope.interface import implementer
 
-from multiproxy._errors import MultiproxyError
+from multiproxy.pipeline._errors import MultiproxyError
 from multiproxy.cache._directives import ResponseDirectives
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._interfaces import IBodyReader
 from multiproxy.cache._keys import VaryValue, variant_id, vary_names, vary_values
 from multiproxy.cache._storable import stored_fields
-from multiproxy.http._dates import format_http_date
-from multiproxy.http._headers import Headers
+from multiproxy.http1._dates import format_http_date
+from multiproxy.http1._headers import Headers
 
 Fields = tuple[tuple[bytes, bytes], ...]
 

@@ -24,8 +24,8 @@ from multiproxy.cache._freshness import age_value, date_value, freshness_lifetim
 from multiproxy.cache._keys import vary_names
 from multiproxy.cache._storable import is_dropped_on_update
 from multiproxy.cache._store import pack_fields
-from multiproxy.http._dates import format_http_date, parse_http_date
-from multiproxy.http._headers import Headers
+from multiproxy.http1._dates import format_http_date, parse_http_date
+from multiproxy.http1._headers import Headers
 
 if TYPE_CHECKING:
     from multiproxy.cache._store import Fields, StoredResponse

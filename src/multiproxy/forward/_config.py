@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from multiproxy._accept import AcceptGuard, GuardedEndpoint
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
     add_listen_option,
@@ -25,8 +25,8 @@ from multiproxy._startup import (
     startup_summary,
 )
 from multiproxy._tablereader import TableReader
-from multiproxy._tls import ServerTLS, tls_server_endpoint
-from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
+from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
+from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing import HealthChecker, HealthConfig, TCPCheck, health_from_table
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
@@ -55,7 +55,7 @@ from multiproxy.http._config import (
     timeouts_from_table,
     via_from_table,
 )
-from multiproxy.http._parser import Limits
+from multiproxy.http1._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.policy._hosts import parse_host_pattern
 from multiproxy.policy._options import DenyPageOptions, PolicyOptions

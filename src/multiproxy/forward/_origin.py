@@ -11,8 +11,8 @@ from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from zope.interface import implementer
 
-from multiproxy._interfaces import IUpstream, IUpstreamChooser
-from multiproxy._values import Intent
+from multiproxy.pipeline._interfaces import IUpstream, IUpstreamChooser
+from multiproxy.pipeline._values import Intent
 from multiproxy.balancing import host_endpoint
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from multiproxy._relay import Relay
+from multiproxy.transport._relay import Relay
 from multiproxy.forward._sni import ClientHello, HelloError, HelloReader, NotTLS
 
 __all__ = ["HelloGate", "alert"]

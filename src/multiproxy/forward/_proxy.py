@@ -20,13 +20,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._connect import UpstreamEndpoint
-from multiproxy._attempts import Attempts
-from multiproxy._contract import AllowAll, check_plugins
-from multiproxy._errors import ProtocolError, UpstreamError
-from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
-from multiproxy._relay import Relay
-from multiproxy._values import Decision, Intent
+from multiproxy.pipeline._connect import UpstreamEndpoint
+from multiproxy.pipeline._attempts import Attempts
+from multiproxy.pipeline._contract import AllowAll, check_plugins
+from multiproxy.pipeline._errors import ProtocolError, UpstreamError
+from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy.transport._relay import Relay
+from multiproxy.pipeline._values import Decision, Intent
 from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.forward._bump import InspectedTunnel
 from multiproxy.forward._origin import DirectChooser
@@ -44,11 +44,11 @@ from multiproxy.forward._sni import ClientHello, NotTLS
 from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import ForwardedRequest, IFetcher
 from multiproxy.http._failover import BalancingFetcher
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import Limits, RequestHead
-from multiproxy.http._rules import end_to_end, via_value
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import Limits, RequestHead
+from multiproxy.http1._rules import end_to_end, via_value
 from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
-from multiproxy.http._target import is_origin_form, parse_absolute_target, parse_authority
+from multiproxy.http1._target import is_origin_form, parse_absolute_target, parse_authority
 from multiproxy.policy._admission import (
     Refusal,
     decide,

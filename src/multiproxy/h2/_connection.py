@@ -36,10 +36,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
-from multiproxy._errors import ProtocolError
+from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.h2._settings import HTTP2Settings
 from multiproxy.h2._translate import MalformedRequest, read_request, request_bytes, response_fields
-from multiproxy.http._parser import (
+from multiproxy.http1._parser import (
     Data,
     EndOfMessage,
     Limits,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from multiproxy._errors import ProtocolError
+from multiproxy.pipeline._errors import ProtocolError
 
 __all__ = [
     "CONNECTION_SPECIFIC",

@@ -15,8 +15,8 @@ from multiproxy.http._exchange import (
     IResponseSink,
     RequestBody,
 )
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import (
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import (
     Limits,
     RequestHead,
     RequestReader,

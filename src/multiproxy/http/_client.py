@@ -19,13 +19,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._connect import UpstreamEndpoint
-from multiproxy._deadline import Deadline
-from multiproxy._directwrite import no_delay, send_now
-from multiproxy._errors import ProtocolError, UpstreamError
+from multiproxy.pipeline._connect import UpstreamEndpoint
+from multiproxy.transport._deadline import Deadline
+from multiproxy.transport._directwrite import no_delay, send_now
+from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.balancing._backend import note_exchanged
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
-from multiproxy.http._parser import (
+from multiproxy.http1._parser import (
     CLOSED,
     NEED_DATA,
     PAUSED,
@@ -35,7 +35,7 @@ from multiproxy.http._parser import (
     ResponseHead,
     ResponseReader,
 )
-from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, request_head_bytes
+from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, request_head_bytes
 
 log = Logger()
 

@@ -7,7 +7,7 @@ table, and the twistd options the two proxies share word for word.
 from __future__ import annotations
 
 from multiproxy._tablereader import TableReader
-from multiproxy.http._parser import Limits
+from multiproxy.http1._parser import Limits
 from multiproxy.http._server import Timeouts
 
 __all__ = [

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
 
-from multiproxy._errors import UpstreamError
+from multiproxy.pipeline._errors import UpstreamError
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IPushProducer
 
-    from multiproxy._values import AccessRecord, Intent
-    from multiproxy.http._parser import RequestHead
+    from multiproxy.pipeline._values import AccessRecord, Intent
+    from multiproxy.http1._parser import RequestHead
 
 
 class IResponseSink(Interface):

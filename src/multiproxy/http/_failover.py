@@ -39,12 +39,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._attempts import Attempts
-from multiproxy._errors import UpstreamError
+from multiproxy.pipeline._attempts import Attempts
+from multiproxy.pipeline._errors import UpstreamError
 from multiproxy.balancing._backend import note_connect_failed, note_retried
 from multiproxy.http._client import ConnectionPool, UpstreamConnection
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
-from multiproxy.http._parser import ResponseHead
+from multiproxy.http1._parser import ResponseHead
 
 log = Logger()
 

@@ -21,16 +21,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._contract import report_all
-from multiproxy._deadline import Deadline
-from multiproxy._directwrite import no_delay, send_now, write_direct
-from multiproxy._errors import STATUS_REASONS, ProtocolError, UpstreamError
-from multiproxy._values import AccessRecord
+from multiproxy.pipeline._contract import report_all
+from multiproxy.transport._deadline import Deadline
+from multiproxy.transport._directwrite import no_delay, send_now, write_direct
+from multiproxy.pipeline._errors import STATUS_REASONS, ProtocolError, UpstreamError
+from multiproxy.pipeline._values import AccessRecord
 from multiproxy.h2._settings import PREFACE, HTTP2Settings
-from multiproxy.http._dates import format_http_date
+from multiproxy.http1._dates import format_http_date
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import (
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import (
     CLOSED,
     NEED_DATA,
     PAUSED,
@@ -41,8 +41,8 @@ from multiproxy.http._parser import (
     RequestReader,
     ResponseHead,
 )
-from multiproxy.http._rules import end_to_end, via_value
-from multiproxy.http._writer import LAST_CHUNK, chunk_bytes, response_head_bytes
+from multiproxy.http1._rules import end_to_end, via_value
+from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, response_head_bytes
 
 log = Logger()
 
@@ -728,7 +728,7 @@ class HTTPServerProtocol(Protocol):
 
     def become_tunnel(self, tunnel) -> bytes:
         """
-        Hand the connection to ``tunnel`` (a `multiproxy._relay.Relay`):
+        Hand the connection to ``tunnel`` (a `multiproxy.transport._relay.Relay`):
         from now on bytes go to it.  Returns bytes the client already sent
         past the request, which belong to the tunnel.
         """

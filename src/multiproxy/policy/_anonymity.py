@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 __all__ = ["AnonymityOptions", "anonymise_headers"]
 

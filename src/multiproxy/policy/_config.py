@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from twisted.cred.portal import Portal
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.policy._anonymity import AnonymityOptions
 from multiproxy.policy._auth import (

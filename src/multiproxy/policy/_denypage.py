@@ -18,11 +18,11 @@ from string import Template
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from multiproxy._errors import STATUS_REASONS
-from multiproxy.http._dates import format_http_date
+from multiproxy.pipeline._errors import STATUS_REASONS
+from multiproxy.http1._dates import format_http_date
 
 if TYPE_CHECKING:
-    from multiproxy._values import Decision, Intent
+    from multiproxy.pipeline._values import Decision, Intent
 
 __all__ = ["DEFAULT_DENY_TEMPLATE", "DENY_PAGE_CONTENT_TYPE", "PLACEHOLDERS", "check_template",
            "load_deny_template", "render_deny_page"]

@@ -10,8 +10,8 @@ from dataclasses import replace
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from multiproxy._errors import ConfigError
-from multiproxy._values import Decision, Intent
+from multiproxy.pipeline._errors import ConfigError
+from multiproxy.pipeline._values import Decision, Intent
 from multiproxy.policy._admission import IAccessControl
 from multiproxy.policy._anonymity import AnonymityOptions
 from multiproxy.policy._auth import ProxyAuthenticator, RunBlocking

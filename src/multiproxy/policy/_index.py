@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from zope.interface import implementer
 
-from multiproxy._interfaces import IPolicy
-from multiproxy._values import Decision, Intent
+from multiproxy.pipeline._interfaces import IPolicy
+from multiproxy.pipeline._values import Decision, Intent
 from multiproxy.policy._hosts import glob_tail, is_ip_literal
 from multiproxy.policy._rules import MatchContext, Rule
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._anonymity import AnonymityOptions
 from multiproxy.policy._auth import load_htpasswd
 from multiproxy.policy._config import (

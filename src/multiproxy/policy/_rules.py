@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from multiproxy._values import Action, Decision
+from multiproxy.pipeline._values import Action, Decision
 from multiproxy.policy._hosts import HostMatcher, parse_host_pattern
 from multiproxy.policy._networks import IPAddress, NetworkSet, client_address, parse_network
 from multiproxy.policy._timewindow import TimeWindow
 
 if TYPE_CHECKING:
-    from multiproxy._values import Intent
+    from multiproxy.pipeline._values import Intent
 
 __all__ = ["ACTIONS", "KINDS", "PortSet", "Rule", "parse_ports"]
 

@@ -9,7 +9,7 @@ from `reverse_config_from_table` or `ReverseOptions`), or assemble a
 `multiproxy.balancing.BackendPool`s.
 """
 
-from multiproxy._tls import CertificateFile
+from multiproxy.transport._tls import CertificateFile
 from multiproxy.http._failover import BalancingFetcher
 from multiproxy.reverse._config import (
     BackendConfig,

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 from twisted.python import usage
 
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import add_listen_option, listen_from_table
 from multiproxy._tablereader import TableReader
-from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
+from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.balancing._options import HealthOptions
@@ -29,7 +29,7 @@ from multiproxy.http._config import (
     timeouts_from_table,
     via_from_table,
 )
-from multiproxy.http._parser import Limits
+from multiproxy.http1._parser import Limits
 from multiproxy.http._server import Timeouts
 from multiproxy.policy._options import ClientPolicyOptions
 from multiproxy.reverse._forwarded import ForwardedSettings, parse_network

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from multiproxy._errors import PoolUnavailable, UpstreamError
+from multiproxy.pipeline._errors import PoolUnavailable, UpstreamError
 from multiproxy.http._exchange import ForwardedRequest
-from multiproxy.http._parser import RequestHead
+from multiproxy.http1._parser import RequestHead
 
 __all__ = ["ReverseRequest", "backend_authority"]
 

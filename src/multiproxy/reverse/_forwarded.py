@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from multiproxy.http._headers import Headers
+from multiproxy.http1._headers import Headers
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from multiproxy.http._target import normalise_percent
+from multiproxy.http1._target import normalise_percent
 
 HostHeaderMode = Literal["keep", "backend"]
 

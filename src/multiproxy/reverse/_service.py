@@ -13,14 +13,14 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from multiproxy._accept import AcceptGuard, GuardedEndpoint
-from multiproxy._errors import ConfigError
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import ProxyService, parse_listen
 from multiproxy._signals import SIGHUP, on_signal
 from multiproxy._startup import (
     describe_cache, describe_policy, describe_pool, listening, startup_summary,
 )
-from multiproxy._tls import ServerTLS, tls_server_endpoint
+from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
 from multiproxy.balancing import (
     Backend,
     BackendPool,

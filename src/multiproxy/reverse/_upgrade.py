@@ -19,14 +19,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._attempts import Attempts
-from multiproxy._connect import UpstreamEndpoint
-from multiproxy._errors import ProtocolError, UpstreamError
-from multiproxy._relay import Relay
-from multiproxy._values import Intent
+from multiproxy.pipeline._attempts import Attempts
+from multiproxy.pipeline._connect import UpstreamEndpoint
+from multiproxy.pipeline._errors import ProtocolError, UpstreamError
+from multiproxy.transport._relay import Relay
+from multiproxy.pipeline._values import Intent
 from multiproxy.balancing._backend import note_exchanged
-from multiproxy.http._headers import Headers
-from multiproxy.http._parser import (
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import (
     NEED_DATA,
     PAUSED,
     Data,
@@ -35,9 +35,9 @@ from multiproxy.http._parser import (
     ResponseHead,
     ResponseReader,
 )
-from multiproxy.http._rules import end_to_end
+from multiproxy.http1._rules import end_to_end
 from multiproxy.http._server import Exchange
-from multiproxy.http._writer import request_head_bytes, response_head_bytes
+from multiproxy.http1._writer import request_head_bytes, response_head_bytes
 
 log = Logger()
 

@@ -17,8 +17,8 @@ from typing import Any
 from twisted.python import usage
 
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy._accept import AcceptGuard, GuardedEndpoint
-from multiproxy._errors import ConfigError
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
     add_listen_option,

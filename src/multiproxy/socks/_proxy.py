@@ -24,11 +24,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._connect import UpstreamEndpoint
-from multiproxy._contract import AllowAll, check_plugins, report_all
-from multiproxy._interfaces import IPolicy, IProxy, IUpstreamChooser
-from multiproxy._relay import Relay
-from multiproxy._values import AccessRecord, Decision, Intent
+from multiproxy.pipeline._connect import UpstreamEndpoint
+from multiproxy.pipeline._contract import AllowAll, check_plugins, report_all
+from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy.transport._relay import Relay
+from multiproxy.pipeline._values import AccessRecord, Decision, Intent
 from multiproxy.forward._origin import DirectChooser
 from multiproxy.policy._admission import IAccessControl, connection_slot, rate_limited
 from multiproxy.policy._hosts import normalise_host

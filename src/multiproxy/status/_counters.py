@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from zope.interface import implementer
 
-from multiproxy._interfaces import IReporter
-from multiproxy._values import AccessRecord
+from multiproxy.pipeline._interfaces import IReporter
+from multiproxy.pipeline._values import AccessRecord
 
 CACHE_RESULTS = ("hit", "miss", "revalidated", "stale")
 """The cache outcomes counted (the access log's ``cache=`` column, lower case)."""

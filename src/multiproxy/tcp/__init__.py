@@ -3,8 +3,8 @@ The TCP relay: a layer-4 proxy with balancing, health checks, TLS at the
 edge and the PROXY protocol (see docs/tcp.md).
 """
 
-from multiproxy._tls import CertificateFile
-from multiproxy._tlsconfig import TLSConfig
+from multiproxy.transport._tls import CertificateFile
+from multiproxy.transport._tlsconfig import TLSConfig
 from multiproxy.tcp._config import (
     TCPBackendConfig,
     TCPConfig,

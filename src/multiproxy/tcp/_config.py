@@ -6,7 +6,7 @@ anything listens; `make_tcp_service` turns it into a running service.
 The health-check and TLS-certificate keys are the reverse proxy's
 (``[tcp.health]`` and ``[tcp.tls]`` are read by the same
 `multiproxy.balancing.health_from_table` and
-`multiproxy._tlsconfig.tls_from_table` as ``[reverse.health]`` and
+`multiproxy.transport._tlsconfig.tls_from_table` as ``[reverse.health]`` and
 ``[reverse.tls]``), so both proxies are configured the same way.
 """
 
@@ -22,8 +22,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy._accept import AcceptGuard, GuardedEndpoint
-from multiproxy._errors import ConfigError
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
     add_listen_option,
@@ -32,8 +32,8 @@ from multiproxy._proxyservice import (
 )
 from multiproxy._startup import describe_policy, describe_pool, listening, startup_summary
 from multiproxy._tablereader import TableReader
-from multiproxy._tls import ServerTLS, tls_server_endpoint
-from multiproxy._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
+from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
+from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing import (
     BALANCER_NAMES,
     Backend,

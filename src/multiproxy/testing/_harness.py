@@ -11,8 +11,8 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from multiproxy._interfaces import IReporter
-from multiproxy._values import AccessRecord
+from multiproxy.pipeline._interfaces import IReporter
+from multiproxy.pipeline._values import AccessRecord
 from multiproxy.testing._client import FakeClient
 from multiproxy.testing._network import tcp_address
 from multiproxy.testing._origin import Answer, FakeOrigin

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from multiproxy.http._headers import Headers
+    from multiproxy.http1._headers import Headers
 
 IntentKind = Literal["http", "connect", "tcp"]
 Action = Literal["allow", "deny", "authenticate"]

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy._errors import UpstreamError
+from multiproxy.pipeline._errors import UpstreamError
 
 __all__ = [
     "DeadlineEndpoint",

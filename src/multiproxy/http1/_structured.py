@@ -17,7 +17,7 @@ import binascii
 from decimal import Decimal
 from typing import NamedTuple
 
-from multiproxy._errors import MultiproxyError
+from multiproxy.pipeline._errors import MultiproxyError
 
 
 class StructuredFieldError(MultiproxyError):

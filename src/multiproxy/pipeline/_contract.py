@@ -11,9 +11,9 @@ from zope.interface import Interface, implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from multiproxy._errors import ConfigError
-from multiproxy._interfaces import IPolicy, IReporter, IUpstreamChooser
-from multiproxy._values import ALLOW, AccessRecord, Decision, Intent
+from multiproxy.pipeline._errors import ConfigError
+from multiproxy.pipeline._interfaces import IPolicy, IReporter, IUpstreamChooser
+from multiproxy.pipeline._values import ALLOW, AccessRecord, Decision, Intent
 
 _log = Logger()
 

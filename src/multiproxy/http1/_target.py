@@ -15,7 +15,7 @@ import ipaddress
 import re
 from typing import NamedTuple
 
-from multiproxy._errors import ProtocolError
+from multiproxy.pipeline._errors import ProtocolError
 
 __all__ = [
     "DEFAULT_PORTS",

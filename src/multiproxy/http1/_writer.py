@@ -14,8 +14,8 @@ import re
 from operator import itemgetter
 from collections.abc import Iterable
 
-from multiproxy._errors import ProtocolError
-from multiproxy.http._headers import Headers
+from multiproxy.pipeline._errors import ProtocolError
+from multiproxy.http1._headers import Headers
 
 __all__ = [
     "LAST_CHUNK",

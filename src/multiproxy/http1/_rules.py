@@ -10,7 +10,7 @@ that say where a message goes and where it ends.
 
 from __future__ import annotations
 
-from multiproxy.http._headers import Headers, list_tokens
+from multiproxy.http1._headers import Headers, list_tokens
 
 __all__ = ["HOP_BY_HOP", "end_to_end", "via_value"]
 

@@ -20,14 +20,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Union
 
-from multiproxy._errors import (
+from multiproxy.pipeline._errors import (
     BodyTooLarge,
     HeadTooLarge,
     ProtocolError,
     TargetTooLong,
     UnsupportedFraming,
 )
-from multiproxy.http._headers import Headers, adopt
+from multiproxy.http1._headers import Headers, adopt
 
 __all__ = [
     "CLOSED",

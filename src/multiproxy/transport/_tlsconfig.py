@@ -1,7 +1,7 @@
 """
 Configuring the certificates of TLS listeners: the `TLSConfig` value, its
 TOML reader and its twistd options, shared by every proxy that terminates
-TLS with the SNI-chosen certificates of `multiproxy._tls.ServerTLS`
+TLS with the SNI-chosen certificates of `multiproxy.transport._tls.ServerTLS`
 (``[reverse.tls]`` and ``[tcp.tls]`` read the same keys; ``--tls-cert``,
 ``--tls-dir`` and ``--tls-default`` mean the same).
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from multiproxy._tablereader import TableReader
-from multiproxy._tls import CertificateFile
+from multiproxy.transport._tls import CertificateFile
 
 __all__ = ["TLSCertificateOptions", "TLSConfig", "tls_from_table"]
 

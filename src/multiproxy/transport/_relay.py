@@ -29,7 +29,7 @@ What it does
   restarts it) measured on the injected reactor.
 - **Zero copy on Linux** (``splice=True``).  When both sides are plain TCP
   transports and a read of `SPLICE_THRESHOLD` bytes or more shows bulk
-  traffic, `multiproxy._splice.SplicePump` takes the sockets over and the
+  traffic, `multiproxy.transport._splice.SplicePump` takes the sockets over and the
   kernel moves the bytes through a pipe per direction, never through Python
   (see that module).  Short exchanges stay in Python, where they are
   cheaper than setting up two pipes; TLS or wrapped transports always do.
@@ -87,7 +87,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from multiproxy._splice import SplicePump, splice_capable
+from multiproxy.transport._splice import SplicePump, splice_capable
 
 __all__ = [
     "EARLY_LIMIT",

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from multiproxy._errors import ConfigError
+from multiproxy.pipeline._errors import ConfigError
 
 log = Logger()
 

@@ -9,7 +9,7 @@ backpressure, and hands an `AccessRecord` to each `IReporter`.  The proxies
 differ only where their protocols really differ.
 
 Implementations are checked with `zope.interface.verify.verifyObject` when a
-proxy is assembled (see `multiproxy._contract.check`), so a plug-in that does
+proxy is assembled (see `multiproxy.pipeline._contract.check`), so a plug-in that does
 not fit fails loudly at start-up, not on the first request.
 """
 
