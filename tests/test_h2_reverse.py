@@ -372,3 +372,56 @@ def test_a_websocket_over_http2_is_an_http11_upgrade_to_the_backend(tmp_path, ca
         log = running.stop()
         backend.shutdown()
     assert "Traceback" not in log
+
+
+def _trailer_backend():
+    """A backend answering every request with a chunked body and trailer fields."""
+    import socketserver
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                _, _, data = data.partition(b"\r\n\r\n")
+                self.request.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\n"
+                    b"Transfer-Encoding: chunked\r\nTrailer: grpc-status, grpc-message\r\n\r\n"
+                    b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n"
+                    b"content-length: 5\r\n\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_trailers_pass_end_to_end_to_http11_and_http2_clients(tmp_path, ca):
+    backend = _trailer_backend()
+    running = _Proxy(tmp_path, backend, ca)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"GET /call HTTP/1.1\r\nHost: site.test\r\nTE: trailers\r\n"
+                         b"Connection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.endswith(b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n")
+        sock, conn = _h2_client(running.port)
+        conn.send_headers(1, _get(b"/call") + [(b"te", b"trailers")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        events = _events(sock, conn, lambda seen: any(
+            isinstance(e, h2.events.StreamEnded) for e in seen))
+        [trailers] = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+        assert trailers.headers == [(b"grpc-status", b"0"), (b"grpc-message", b"fine")]
+        assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == \
+            b"hello"
+        sock.close()
+    finally:
+        log = running.stop()
+        backend.shutdown()
+    assert "Traceback" not in log

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from multiproxy.pipeline._errors import UpstreamError
 from multiproxy.cache._cache import Action, Answer, Plan, SharedCache
 from multiproxy.cache._collapse import CollapsedForwarding, Flight
 from multiproxy.cache._config import CacheConfig, make_store
@@ -37,6 +37,7 @@ from multiproxy.cache._keys import cache_key
 from multiproxy.cache._store import CorruptEntry
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
 from multiproxy.http1._parser import RequestHead, ResponseHead
+from multiproxy.pipeline._errors import UpstreamError
 
 log = Logger()
 
@@ -285,17 +286,20 @@ class _UpstreamSink:
         if self.relaying and self.client is not None:
             self.client.data(data)
 
-    def end(self) -> None:
+    def end(self, trailers: Any = None) -> None:
         if self.replaced:
             return
         if self.writer is not None:
-            self.writer.commit()
+            self.writer.commit()  # the body only: a stored answer has no trailers
             self.writer = None
         if self.flight is not None:
             self.flight.end()
             self.flight = None
         if self.relaying and self.client is not None:
-            self.client.end()
+            if trailers:
+                self.client.end(trailers)
+            else:
+                self.client.end()
         self._done()
 
     def flush(self) -> None:

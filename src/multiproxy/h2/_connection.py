@@ -36,9 +36,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
-from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.h2._settings import HTTP2Settings
-from multiproxy.h2._translate import MalformedRequest, read_request, request_bytes, response_fields
+from multiproxy.h2._translate import (
+    MalformedRequest,
+    read_request,
+    request_bytes,
+    response_fields,
+    trailer_fields,
+)
 from multiproxy.http1._parser import (
     Data,
     EndOfMessage,
@@ -46,6 +51,7 @@ from multiproxy.http1._parser import (
     ResponseHead,
     ResponseReader,
 )
+from multiproxy.pipeline._errors import ProtocolError
 
 __all__ = ["HIGH_WATER", "H2ServerConnection", "StreamTransport"]
 
@@ -89,6 +95,7 @@ class _Stream:
         self.outbound: deque[bytes] = deque()
         self.outbound_bytes = 0
         self.ending = False  # the response is complete: END_STREAM once the DATA is out
+        self.trailers: Any = None  # the response's trailer fields, sent after its DATA
         self.closed = False  # END_STREAM or RST_STREAM sent or received
         self.remote_ended = False  # the client's END_STREAM has arrived
         self.unacknowledged = 0  # request DATA taken from the window, not yet given back
@@ -277,8 +284,11 @@ class H2ServerConnection:
             self._idle = None
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
-            if stream.protocol is not None:
-                stream.protocol.connectionLost(reason or Failure(ConnectionDone()))
+            # Nothing goes out any more: the protocol's own close is not to be answered.
+            stream.closed = True
+            protocol, stream.protocol = stream.protocol, None
+            if protocol is not None:
+                protocol.connectionLost(reason or Failure(ConnectionDone()))
 
     # -- streams -------------------------------------------------------------
 
@@ -414,6 +424,7 @@ class H2ServerConnection:
                 self._queue(stream, event.data)
             elif kind is EndOfMessage:
                 stream.ending = True
+                stream.trailers = event.trailers
                 self._flush(stream)
                 return
             else:  # NEED_DATA: the rest of the response has not been written yet
@@ -461,7 +472,11 @@ class H2ServerConnection:
                 stream.outbound[0] = chunk[size:]
             stream.outbound_bytes -= size
         if stream.ending and not stream.outbound and not stream.closed:
-            conn.end_stream(stream.id)
+            if stream.trailers:
+                # Trailing HEADERS end the stream (RFC 9113 8.1): gRPC's status rides here.
+                conn.send_headers(stream.id, trailer_fields(stream.trailers), end_stream=True)
+            else:
+                conn.end_stream(stream.id)
             stream.ending = False
             stream.closed = True
             if stream.reader is not None or stream.remote_ended:
@@ -497,6 +512,8 @@ class H2ServerConnection:
         a response cut short is reset; the protocol hears connectionLost on
         the next reactor turn, as from any transport.
         """
+        if self._lost:
+            return  # the client's connection is gone; its streams have been told
         if stream.reader is None:
             if not stream.closed:
                 stream.ending = True

@@ -29,6 +29,7 @@ __all__ = [
     "read_request",
     "request_bytes",
     "response_fields",
+    "trailer_fields",
 ]
 
 CONNECTION_SPECIFIC = frozenset({
@@ -188,3 +189,9 @@ def response_fields(status: int, headers: list[tuple[bytes, bytes]]) -> list[tup
             continue
         block.append((lower, value))
     return block
+
+
+def trailer_fields(trailers) -> list[tuple[bytes, bytes]]:
+    """An HTTP/1.1 trailer section as the trailing HEADERS of a stream (no pseudo-headers)."""
+    return [(name.lower(), value) for name, value in trailers
+            if name.lower() not in CONNECTION_SPECIFIC and name.lower() != b"te"]

@@ -19,12 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy.pipeline._connect import UpstreamEndpoint
-from multiproxy.transport._deadline import Deadline
-from multiproxy.transport._directwrite import no_delay, send_now
-from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.balancing._backend import note_exchanged
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
+from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     CLOSED,
     NEED_DATA,
@@ -36,6 +33,10 @@ from multiproxy.http1._parser import (
     ResponseReader,
 )
 from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, request_head_bytes
+from multiproxy.pipeline._connect import UpstreamEndpoint
+from multiproxy.pipeline._errors import ProtocolError, UpstreamError
+from multiproxy.transport._deadline import Deadline
+from multiproxy.transport._directwrite import no_delay, send_now
 
 log = Logger()
 
@@ -173,7 +174,7 @@ class UpstreamConnection(Protocol):
                 self._in_body = True
                 self._sink.head(event, self.transport)
             elif kind is EndOfMessage:
-                self._finish_response()
+                self._finish_response(event.trailers)
                 return
             elif event is NEED_DATA:
                 if self._in_body:
@@ -191,7 +192,7 @@ class UpstreamConnection(Protocol):
                 self._keep_alive = False
                 return
 
-    def _finish_response(self) -> None:
+    def _finish_response(self, trailers: Headers | None = None) -> None:
         sink, request = self._sink, self._request
         self._sink = None
         self._in_body = False
@@ -205,7 +206,10 @@ class UpstreamConnection(Protocol):
             self._reader.start_next()
         if request is not None:
             self._settle(request, True)
-        sink.end()
+        if trailers:
+            sink.end(trailers)
+        else:
+            sink.end()
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:

@@ -23,8 +23,8 @@ from multiproxy.pipeline._errors import UpstreamError
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IPushProducer
 
-    from multiproxy.pipeline._values import AccessRecord, Intent
     from multiproxy.http1._parser import RequestHead
+    from multiproxy.pipeline._values import AccessRecord, Intent
 
 
 class IResponseSink(Interface):
@@ -45,8 +45,13 @@ class IResponseSink(Interface):
     def data(data):
         """A piece of the response body (bytes, never empty)."""
 
-    def end():
-        """The response body is complete."""
+    def end(trailers=None):
+        """
+        The response body is complete.  ``trailers`` (a `Headers`) are the
+        trailer fields of a chunked response (RFC 9110 6.5), given only
+        when there are some: a sink that passes them on calls ``end(trailers)``
+        on the next one, else ``end()``.
+        """
 
     def fail(error):
         """

@@ -39,12 +39,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy.pipeline._attempts import Attempts
-from multiproxy.pipeline._errors import UpstreamError
 from multiproxy.balancing._backend import note_connect_failed, note_retried
 from multiproxy.http._client import ConnectionPool, UpstreamConnection
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink
 from multiproxy.http1._parser import ResponseHead
+from multiproxy.pipeline._attempts import Attempts
+from multiproxy.pipeline._errors import UpstreamError
 
 log = Logger()
 
@@ -214,9 +214,12 @@ class _AttemptSink:
     def data(self, data: bytes) -> None:
         self.delivery.sink.data(data)
 
-    def end(self) -> None:
+    def end(self, trailers: Any = None) -> None:
         self.delivery.answering = False
-        self.delivery.sink.end()
+        if trailers:
+            self.delivery.sink.end(trailers)
+        else:
+            self.delivery.sink.end()
 
     def flush(self) -> None:
         self.delivery.sink.flush()

@@ -21,14 +21,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy.pipeline._contract import report_all
-from multiproxy.transport._deadline import Deadline
-from multiproxy.transport._directwrite import no_delay, send_now, write_direct
-from multiproxy.pipeline._errors import STATUS_REASONS, ProtocolError, UpstreamError
-from multiproxy.pipeline._values import AccessRecord
 from multiproxy.h2._settings import PREFACE, HTTP2Settings
-from multiproxy.http1._dates import format_http_date
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
+from multiproxy.http1._dates import format_http_date
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     CLOSED,
@@ -41,8 +36,13 @@ from multiproxy.http1._parser import (
     RequestReader,
     ResponseHead,
 )
-from multiproxy.http1._rules import end_to_end, via_value
-from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, response_head_bytes
+from multiproxy.http1._rules import end_to_end, trailers_to_forward, via_value
+from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, response_head_bytes, trailers_bytes
+from multiproxy.pipeline._contract import report_all
+from multiproxy.pipeline._errors import STATUS_REASONS, ProtocolError, UpstreamError
+from multiproxy.pipeline._values import AccessRecord
+from multiproxy.transport._deadline import Deadline
+from multiproxy.transport._directwrite import no_delay, send_now, write_direct
 
 log = Logger()
 
@@ -244,11 +244,13 @@ class Exchange:
             self._held = b""
         self._write(data)
 
-    def end(self) -> None:
+    def end(self, trailers: Headers | None = None) -> None:
         if self.finished:
             return
         if self._chunked:
-            self._held += LAST_CHUNK
+            # Trailers reach a client only in a chunked body (RFC 9112 7.1.2).
+            forwarded = trailers_to_forward(trailers) if trailers else None
+            self._held += trailers_bytes(forwarded) if forwarded else LAST_CHUNK
         self._producer = None  # nothing more to pause once this is written
         if self._held:
             self.flush()

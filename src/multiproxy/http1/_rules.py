@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from multiproxy.http1._headers import Headers, list_tokens
 
-__all__ = ["HOP_BY_HOP", "end_to_end", "via_value"]
+__all__ = ["HOP_BY_HOP", "NOT_IN_TRAILERS", "end_to_end", "trailers_to_forward", "via_value"]
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -67,3 +67,18 @@ def via_value(version: bytes, pseudonym: bytes) -> bytes:
     if version.startswith(b"HTTP/"):
         version = version[5:]
     return version + b" " + pseudonym
+
+
+NOT_IN_TRAILERS: frozenset[bytes] = HOP_BY_HOP | frozenset({
+    b"content-length", b"content-encoding", b"content-type", b"content-range", b"host",
+    b"cache-control", b"expect", b"max-forwards", b"pragma", b"range", b"authorization",
+    b"set-cookie", b"cookie", b"www-authenticate", b"age", b"expires", b"date", b"location",
+    b"retry-after", b"vary", b"warning",
+})
+"""Fields a trailer section must not carry (RFC 9110 6.5.1: framing, routing,
+request modifiers, authentication, response control and content format)."""
+
+
+def trailers_to_forward(trailers: Headers) -> list[tuple[bytes, bytes]]:
+    """The trailer fields a proxy passes on (gRPC's ``grpc-status`` among them)."""
+    return [(n, v) for n, v in trailers if n.lower() not in NOT_IN_TRAILERS]

@@ -19,12 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy.pipeline._attempts import Attempts
-from multiproxy.pipeline._connect import UpstreamEndpoint
-from multiproxy.pipeline._errors import ProtocolError, UpstreamError
-from multiproxy.transport._relay import Relay
-from multiproxy.pipeline._values import Intent
 from multiproxy.balancing._backend import note_exchanged
+from multiproxy.http._server import Exchange
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     NEED_DATA,
@@ -36,8 +32,12 @@ from multiproxy.http1._parser import (
     ResponseReader,
 )
 from multiproxy.http1._rules import end_to_end
-from multiproxy.http._server import Exchange
 from multiproxy.http1._writer import request_head_bytes, response_head_bytes
+from multiproxy.pipeline._attempts import Attempts
+from multiproxy.pipeline._connect import UpstreamEndpoint
+from multiproxy.pipeline._errors import ProtocolError, UpstreamError
+from multiproxy.pipeline._values import Intent
+from multiproxy.transport._relay import Relay
 
 log = Logger()
 
@@ -175,9 +175,12 @@ class _Upgrade:
     def data(self, data: bytes) -> None:
         self.exchange.data(data)
 
-    def end(self) -> None:
+    def end(self, trailers: Any = None) -> None:
         self._settle(True)
-        self.exchange.end()
+        if trailers:
+            self.exchange.end(trailers)
+        else:
+            self.exchange.end()
 
     def fail(self, error: UpstreamError) -> None:
         self._settle(False)
