@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from multiproxy.forward import ForwardProxy, ForwardSettings
     from multiproxy.http._client import ConnectionPool
-    from multiproxy.http1._parser import Limits
     from multiproxy.http._server import Timeouts
+    from multiproxy.http1._parser import Limits
 
     levels: collections.Counter = collections.Counter()
     accept_errors: collections.Counter = collections.Counter()

@@ -205,9 +205,9 @@ def serve_proxy(args) -> None:
     from twisted.logger import LogLevel, formatEvent, globalLogBeginner
     from zope.interface import implementer
 
-    from multiproxy.pipeline._interfaces import IUpstreamChooser
     from multiproxy.forward import ForwardProxy
     from multiproxy.forward._origin import Origin
+    from multiproxy.pipeline._interfaces import IUpstreamChooser
     from multiproxy.policy import PolicySource, make_policy_holder
 
     def warnings_to_stderr(event: dict) -> None:

@@ -29,18 +29,17 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(ROOT, "src"), ROOT]
 
 from _harness import absolute_url_lua, cpu_seconds, free_port, running, twistd_argv, wrk  # noqa: E402
-
 from tests.redis_server import RedisServer  # noqa: E402
 
 ROUNDS = 2000
 
 
 def clients(redis: RedisServer) -> None:
+    import txredisapi
     from twisted.internet import defer, reactor
     from twisted.internet.endpoints import HostnameEndpoint
     from twisted.internet.protocol import Factory
 
-    import txredisapi
     from multiproxy._redislink import RespProtocol
 
     @defer.inlineCallbacks

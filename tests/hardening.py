@@ -40,8 +40,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy.pipeline._interfaces import IUpstream, IUpstreamChooser
 from multiproxy.forward import Origin
+from multiproxy.pipeline._interfaces import IUpstream, IUpstreamChooser
 
 # -- failing a test on a logged traceback ---------------------------------------
 

@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from multiproxy.pipeline._interfaces import IBalancer, IUpstream, IUpstreamChooser
-from multiproxy.pipeline._values import Intent
 from multiproxy.balancing import (
     BALANCER_NAMES,
     Backend,
@@ -33,6 +31,8 @@ from multiproxy.balancing import (
     parse_status_line,
 )
 from multiproxy.http1._headers import Headers
+from multiproxy.pipeline._interfaces import IBalancer, IUpstream, IUpstreamChooser
+from multiproxy.pipeline._values import Intent
 
 
 def backends(n, **kwargs):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from tests.fake_redis import linked
 from twisted.internet import task
 
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
 from multiproxy.balancing._sharedpool import SYNC_INTERVAL, PoolShare
-from tests.fake_redis import linked
 
 KEY = b"multiproxy:pool:site:web"
 

@@ -6,7 +6,6 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
@@ -21,6 +20,7 @@ from multiproxy.cache import (
     parse_size,
 )
 from multiproxy.cache._fetcher import CachingFetcher, caching_fetcher_factory
+from multiproxy.pipeline._errors import ConfigError
 
 
 @pytest.mark.parametrize(

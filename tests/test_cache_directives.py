@@ -5,7 +5,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multiproxy.http1._dates import format_http_date, parse_http_date
 from multiproxy.cache._directives import (
     ANY_STALENESS,
     DELTA_MAX,
@@ -13,6 +12,7 @@ from multiproxy.cache._directives import (
     parse_response_directives,
     split_list,
 )
+from multiproxy.http1._dates import format_http_date, parse_http_date
 from multiproxy.http1._headers import Headers
 
 

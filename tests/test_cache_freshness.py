@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy.http1._dates import format_http_date
 from multiproxy.cache._directives import parse_request_directives, parse_response_directives
 from multiproxy.cache._freshness import (
     Reuse,
@@ -15,6 +14,7 @@ from multiproxy.cache._freshness import (
     usable_on_error,
 )
 from multiproxy.cache._store import describe_response
+from multiproxy.http1._dates import format_http_date
 from multiproxy.http1._headers import Headers
 
 T0 = 1_700_000_000.0

@@ -18,11 +18,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from multiproxy.cache._redis import CHUNK_SIZE, decode_record, encode_record
-from multiproxy._redislink import parse_redis_url
-from multiproxy.cache._store import StoredResponse
 from tests.redis_server import RedisServer, free_port, redis_available
+
+from multiproxy._redislink import parse_redis_url
+from multiproxy.cache._redis import CHUNK_SIZE, decode_record, encode_record
+from multiproxy.cache._store import StoredResponse
 
 pytestmark = pytest.mark.integration
 
@@ -358,9 +358,9 @@ def test_a_proxy_configured_by_toml_shares_with_one_configured_by_options(redis,
 
 
 def test_a_bad_redis_key_in_the_cache_table_is_refused(tmp_path):
-    from multiproxy.pipeline._errors import ConfigError
     from multiproxy._tablereader import TableReader
     from multiproxy.cache import cache_from_table
+    from multiproxy.pipeline._errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"forward\[0\]\.cache\.redis: expected redis://"):
         cache_from_table(TableReader({"redis": "redis://x:y/0"}, "forward[0].cache"))

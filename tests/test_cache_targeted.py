@@ -10,7 +10,6 @@ import pytest
 from test_cache_core import Harness
 from twisted.python import usage
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import (
     GATEWAY_TARGETS,
@@ -21,6 +20,7 @@ from multiproxy.cache import (
 from multiproxy.cache._directives import INVALID, targeted_directives
 from multiproxy.cache._freshness import freshness_lifetime
 from multiproxy.http1._headers import Headers
+from multiproxy.pipeline._errors import ConfigError
 
 CDN = CacheConfig(targets=GATEWAY_TARGETS)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy.http1._dates import format_http_date
 from multiproxy.cache._directives import parse_response_directives
 from multiproxy.cache._invalidation import invalidated_keys
 from multiproxy.cache._store import describe_response
@@ -20,6 +19,7 @@ from multiproxy.cache._validation import (
     refresh_from_head,
     validation_headers,
 )
+from multiproxy.http1._dates import format_http_date
 from multiproxy.http1._headers import Headers
 
 T0 = 1_700_000_000.0

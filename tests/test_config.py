@@ -11,9 +11,9 @@ import pytest
 from twisted.python import usage
 
 from multiproxy._config import load_configuration, read_configuration
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tap import Options
 from multiproxy.forward._config import DEFAULT_LISTEN
+from multiproxy.pipeline._errors import ConfigError
 
 
 def _options(*argv: str) -> Options:
@@ -228,8 +228,8 @@ def test_every_client_listener_is_guarded_against_running_out_of_descriptors(tmp
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.task import Clock
 
-    from multiproxy.transport._accept import GuardedEndpoint
     from multiproxy._config import make_services
+    from multiproxy.transport._accept import GuardedEndpoint
 
     path = tmp_path / "both.toml"
     path.write_text(

@@ -7,9 +7,8 @@ import json
 import pathlib
 
 import pytest_twisted
-from twisted.internet import reactor
-
 from loopback import curl
+from twisted.internet import reactor
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "custom_forward_proxy.py"
 

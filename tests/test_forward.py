@@ -10,9 +10,9 @@ import hashlib
 import json
 
 import pytest_twisted
+from loopback import curl, http_client_request, raw_exchange
 from twisted.internet import reactor
 
-from loopback import curl, http_client_request, raw_exchange
 from multiproxy.forward import ForwardSettings
 
 

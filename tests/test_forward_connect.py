@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 import trustme
+from loopback import curl, origin_site, raw_exchange, wait_for
 from twisted.internet import reactor, ssl
 
-from loopback import curl, origin_site, raw_exchange, wait_for
 from multiproxy.forward import ForwardSettings
 
 

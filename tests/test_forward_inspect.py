@@ -21,17 +21,17 @@ import pytest_twisted
 import trustme
 from cryptography import x509
 from hardening import no_tracebacks  # noqa: F401  (autouse: a logged traceback fails the test)
+from loopback import curl, wait_for
 from twisted.internet import reactor, ssl, threads
 from twisted.web import resource, server
 
-from loopback import curl, wait_for
 from multiproxy._config import read_configuration
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.cache import CacheConfig, caching_fetcher_factory
 from multiproxy.forward import ForwardSettings
 from multiproxy.forward._config import ForwardOptions, inspect_from_table
 from multiproxy.forward._inspect import CertificateMint, InspectConfig, Inspector, make_ca
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy import PolicyHolder, settings_from_table
 
 

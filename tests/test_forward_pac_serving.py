@@ -17,22 +17,22 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from loopback import curl, raw_exchange
+from tests.test_twistd_operations import run_twistd
 from twisted.internet import reactor, threads
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.testing import StringTransport
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.web import resource, server
 from zope.interface import directlyProvides
 
-from loopback import curl, raw_exchange
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.forward import DirectChooser, ForwardProxy, ForwardSettings
 from multiproxy.forward._config import ForwardOptions, forward_config_from_table
 from multiproxy.forward._pac import PacSettings
-from tests.test_twistd_operations import run_twistd
+from multiproxy.pipeline._errors import ConfigError
 
 OPERATOR_PAC = b'function FindProxyForURL(url, host) {\r\n  return "PROXY ours.example:3128";\r\n}\n'
 

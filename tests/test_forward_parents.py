@@ -25,8 +25,6 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from multiproxy._config import read_configuration
-from multiproxy.pipeline._errors import ConfigError
-from multiproxy.pipeline._values import Intent
 from multiproxy.forward import ForwardOptions, ForwardProxy, ForwardSettings
 from multiproxy.forward._config import make_forward_service
 from multiproxy.forward._origin import Origin
@@ -41,6 +39,8 @@ from multiproxy.forward._parents import (
 from multiproxy.forward._tunnel import connect_request
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import RequestHead
+from multiproxy.pipeline._errors import ConfigError
+from multiproxy.pipeline._values import Intent
 from multiproxy.policy import make_policy_holder
 
 # -- parent URLs ------------------------------------------------------------

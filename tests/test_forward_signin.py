@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from tests.test_policy_twistd import TWISTD, free_port, listening, wait_until
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "work_hours.toml"

@@ -13,15 +13,15 @@ import tomllib
 import pytest
 import pytest_twisted
 import trustme
+from loopback import raw_exchange, wait_for
 from twisted.internet import protocol, reactor, ssl, utils
 from twisted.python import usage
 
-from loopback import raw_exchange, wait_for
 from multiproxy._accesslog import format_record
 from multiproxy._tablereader import TableReader
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy.forward import ForwardOptions, ForwardSettings
 from multiproxy.forward._config import forward_config_from_table
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._config import policy_from_options
 
 OPENSSL = shutil.which("openssl")

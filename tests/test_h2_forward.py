@@ -15,7 +15,6 @@ import h2.connection
 import h2.events
 import pytest
 import trustme
-
 from tests.test_h2_reverse import _events, _free_port, _origin
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from twisted.internet import reactor, task, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
-from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint, default_max_connections
 from multiproxy.forward import ForwardProxy
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint, default_max_connections
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 from _proxyproc import ProxyProcess

@@ -40,8 +40,8 @@ from twisted.internet import task
 from multiproxy.balancing import Backend, BackendPool, balancer_from_name
 from multiproxy.forward import ForwardProxy
 from multiproxy.http._client import UpstreamConnection
-from multiproxy.http1._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.http1._parser import Limits
 from multiproxy.reverse import ReverseProxy, Route, RouteTable
 
 sys.path.insert(0, str(Path(__file__).parent))

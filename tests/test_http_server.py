@@ -9,9 +9,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from multiproxy.pipeline._errors import UpstreamError
 from multiproxy.forward import ForwardProxy
 from multiproxy.http import Headers, IFetcher, ResponseHead, Timeouts
+from multiproxy.pipeline._errors import UpstreamError
 
 
 @implementer(IFetcher)

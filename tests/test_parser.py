@@ -7,13 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy.pipeline._errors import (
-    BodyTooLarge,
-    HeadTooLarge,
-    ProtocolError,
-    TargetTooLong,
-    UnsupportedFraming,
-)
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     CLOSED,
@@ -28,6 +21,13 @@ from multiproxy.http1._parser import (
     ResponseHead,
     ResponseReader,
     UnsupportedVersion,
+)
+from multiproxy.pipeline._errors import (
+    BodyTooLarge,
+    HeadTooLarge,
+    ProtocolError,
+    TargetTooLong,
+    UnsupportedFraming,
 )
 
 MODES = ["whole", "bytewise"]

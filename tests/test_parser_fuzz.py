@@ -24,7 +24,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     CLOSED,
@@ -45,6 +44,7 @@ from multiproxy.http1._writer import (
     response_head_bytes,
     trailers_bytes,
 )
+from multiproxy.pipeline._errors import ProtocolError
 
 # MULTIPROXY_FUZZ_SCALE=50 runs fifty times more examples (a long local run).
 SCALE = float(os.environ.get("MULTIPROXY_FUZZ_SCALE", "1"))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.http1._parser import (
     NEED_DATA,
     PAUSED,
@@ -22,6 +21,7 @@ from multiproxy.http1._parser import (
     ResponseReader,
 )
 from multiproxy.http1._target import parse_absolute_target, parse_authority
+from multiproxy.pipeline._errors import ProtocolError
 
 
 def load_corpus():

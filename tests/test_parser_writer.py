@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._writer import (
     LAST_CHUNK,
@@ -14,6 +13,7 @@ from multiproxy.http1._writer import (
     response_head_bytes,
     trailers_bytes,
 )
+from multiproxy.pipeline._errors import ProtocolError
 
 
 def test_request_head_bytes():

@@ -15,8 +15,17 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from multiproxy.policy import (
-    HashedPasswords, IProxyUser, ProxyAuthenticator, ProxyRealm, ProxyUser, basic_challenge,
-    parse_basic_credentials, parse_group_file, parse_htpasswd, sha_crypt, sha_crypt_verify,
+    HashedPasswords,
+    IProxyUser,
+    ProxyAuthenticator,
+    ProxyRealm,
+    ProxyUser,
+    basic_challenge,
+    parse_basic_credentials,
+    parse_group_file,
+    parse_htpasswd,
+    sha_crypt,
+    sha_crypt_verify,
     verify_password,
 )
 

@@ -12,12 +12,16 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from zope.interface.verify import verifyObject
 
+from multiproxy._tablereader import TableReader
 from multiproxy.pipeline._errors import ConfigError
 from multiproxy.pipeline._interfaces import IPolicy
-from multiproxy._tablereader import TableReader
 from multiproxy.pipeline._values import Intent
 from multiproxy.policy import (
-    PolicyHolder, load_policy_file, normalise_host, policy_from_options, policy_from_table,
+    PolicyHolder,
+    load_policy_file,
+    normalise_host,
+    policy_from_options,
+    policy_from_table,
     rules_from_options,
     settings_from_table,
 )

@@ -19,13 +19,18 @@ from twisted.internet import threads
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy._tap import Options
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.pipeline._values import Decision, Intent
 from multiproxy.policy import (
-    DEFAULT_DENY_TEMPLATE, PolicyHolder, check_template, load_deny_template, refusal,
-    render_deny_page, settings_from_table,
+    DEFAULT_DENY_TEMPLATE,
+    PolicyHolder,
+    check_template,
+    load_deny_template,
+    refusal,
+    render_deny_page,
+    settings_from_table,
 )
 from multiproxy.policy._denypage import PLACEHOLDERS
 

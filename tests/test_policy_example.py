@@ -9,11 +9,11 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest_twisted
+from loopback import curl
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from loopback import curl
 from multiproxy import IUpstreamChooser
 from multiproxy._config import load_configuration
 from multiproxy.forward import Origin

@@ -13,15 +13,19 @@ from zoneinfo import ZoneInfo
 
 import bcrypt
 import pytest_twisted
+from loopback import curl, raw_exchange
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from loopback import curl, raw_exchange
 from multiproxy._accesslog import AccessLog
 from multiproxy._tablereader import TableReader
 from multiproxy.forward import ForwardSettings
 from multiproxy.policy import (
-    PolicyHolder, PolicyService, PolicySource, make_policy_holder, settings_from_table,
+    PolicyHolder,
+    PolicyService,
+    PolicySource,
+    make_policy_holder,
+    settings_from_table,
 )
 
 PASSWORD_HASH = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode()

@@ -8,7 +8,11 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from multiproxy.policy import (
-    ConnectionLimit, NetworkSet, RequestRateLimit, client_key, parse_network,
+    ConnectionLimit,
+    NetworkSet,
+    RequestRateLimit,
+    client_key,
+    parse_network,
 )
 
 

@@ -25,10 +25,10 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from multiproxy._config import make_services
-from multiproxy.pipeline._interfaces import IPolicy
 from multiproxy._tablereader import TableReader
 from multiproxy._tap import Options
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
+from multiproxy.pipeline._interfaces import IPolicy
 from multiproxy.policy import PolicyHolder, settings_from_table
 from multiproxy.tcp import TCPRelayFactory
 

@@ -23,13 +23,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from multiproxy.transport._splice import SPLICE_AVAILABLE
 from multiproxy.transport._relay import (
     EARLY_LIMIT,
     Relay,
     RelayServerProtocol,
     RelayUpstreamProtocol,
 )
+from multiproxy.transport._splice import SPLICE_AVAILABLE
 
 
 class HalfCloseTransport(StringTransport):

@@ -8,8 +8,8 @@ import tomllib
 import pytest
 from twisted.python import usage
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.reverse._config import (
     DEFAULT_LISTEN,
     ReverseOptions,

@@ -11,9 +11,9 @@ import ssl
 
 import pytest
 import pytest_twisted
+from loopback import wait_for
 from twisted.internet import reactor, threads
 
-from loopback import wait_for
 from multiproxy._config import load_configuration
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 from twisted.internet import defer
 
-from multiproxy.pipeline._errors import UpstreamError
-from multiproxy.pipeline._values import Intent
 from multiproxy.http._failover import BalancingFetcher
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import RequestHead
+from multiproxy.pipeline._errors import UpstreamError
+from multiproxy.pipeline._values import Intent
 from multiproxy.reverse._fetch import ReverseRequest, backend_authority
 
 
@@ -258,9 +258,9 @@ def test_reverse_proxy_fits_the_shared_contract():
     from twisted.internet.task import Clock
     from zope.interface.verify import verifyObject
 
+    from multiproxy.balancing import Backend, BackendPool, RoundRobin
     from multiproxy.pipeline._errors import ConfigError
     from multiproxy.pipeline._interfaces import IProxy, IUpstreamChooser
-    from multiproxy.balancing import Backend, BackendPool, RoundRobin
     from multiproxy.reverse import ReverseProxy, Route, RouteTable
 
     clock = Clock()

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
-from multiproxy.transport._tls import CertificateFile
-from multiproxy.transport._tlsconfig import TLSConfig, tls_from_table
 from multiproxy.balancing import HealthConfig, health_from_table
 from multiproxy.forward._config import ForwardOptions, forward_config_from_table
 from multiproxy.http._config import limits_from_table, timeouts_from_table
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.reverse import ReverseOptions, reverse_config_from_table
 from multiproxy.tcp import TCPOptions, tcp_config_from_table
+from multiproxy.transport._tls import CertificateFile
+from multiproxy.transport._tlsconfig import TLSConfig, tls_from_table
 
 BOUNDS = {
     "max_head_size": 4096, "max_request_line": 1024, "max_header_fields": 20,

@@ -6,7 +6,8 @@ import socket
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from multiproxy.socks._parser import (
     AUTH_NONE,

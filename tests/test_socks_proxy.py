@@ -12,9 +12,9 @@ import time
 
 import pytest
 import pytest_twisted
+from loopback import CURL, curl, origin_site, raw_exchange, wait_for
 from twisted.internet import reactor
 
-from loopback import CURL, curl, origin_site, raw_exchange, wait_for
 from multiproxy._tap import Options
 from multiproxy.policy import make_policy_holder
 from multiproxy.policy._shacrypt import sha_crypt

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 
+from tests.test_policy_twistd import free_port, listening, wait_until
+from tests.test_twistd_operations import start, stop
+
 from multiproxy._startup import describe_cache, describe_policy, describe_pool, startup_summary
 from multiproxy.balancing import HealthConfig
 from multiproxy.cache import CacheConfig
 from multiproxy.policy import PolicyHolder, load_policy_file
-from tests.test_policy_twistd import free_port, listening, wait_until
-from tests.test_twistd_operations import start, stop
 
 
 def test_cache_descriptions_name_the_store_and_sizes_and_hide_a_redis_password():

@@ -6,10 +6,12 @@ import json
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
+from tests.fake_redis import linked
 from twisted.internet import task
 
-from multiproxy.pipeline._values import AccessRecord
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
+from multiproxy.balancing._backend import BackendStatus
+from multiproxy.pipeline._values import AccessRecord
 from multiproxy.status import (
     AdminCommand,
     PoolStatus,
@@ -23,9 +25,7 @@ from multiproxy.status import (
     render_json,
     render_metrics,
 )
-from multiproxy.balancing._backend import BackendStatus
 from multiproxy.status._group import STALE_AFTER, decode_report, encode_report
-from tests.fake_redis import linked
 
 
 def _record(status=200, sent=100):

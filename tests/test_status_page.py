@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 
 from multiproxy._config import read_configuration
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tap import Options
-from multiproxy.pipeline._values import AccessRecord
 from multiproxy.balancing import Backend, BackendPool, RoundRobin
+from multiproxy.pipeline._errors import ConfigError
+from multiproxy.pipeline._values import AccessRecord
 from multiproxy.status import (
     AdminCommand,
     AdminRefused,

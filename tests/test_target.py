@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.http1._target import (
     AbsoluteTarget,
     UnsupportedScheme,
@@ -12,6 +11,7 @@ from multiproxy.http1._target import (
     parse_absolute_target,
     parse_authority,
 )
+from multiproxy.pipeline._errors import ProtocolError
 
 
 @pytest.mark.parametrize(

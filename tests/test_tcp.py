@@ -25,11 +25,9 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from multiproxy.pipeline._interfaces import IPolicy, IProxy, IReporter
-from multiproxy.transport._splice import PIPE_SIZE
-from multiproxy.transport._tls import CertificateFile, ServerTLS
-from multiproxy.pipeline._values import Decision
 from multiproxy.balancing import Backend, BackendPool, RoundRobin, TLSOrigination
+from multiproxy.pipeline._interfaces import IPolicy, IProxy, IReporter
+from multiproxy.pipeline._values import Decision
 from multiproxy.tcp import (
     TCPBackendConfig,
     TCPConfig,
@@ -39,6 +37,8 @@ from multiproxy.tcp import (
     proxy_header_v1,
     server_endpoint,
 )
+from multiproxy.transport._splice import PIPE_SIZE
+from multiproxy.transport._tls import CertificateFile, ServerTLS
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
 from multiproxy.balancing import HealthChecker, HTTPCheck, LeastConnections
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.tcp import TCPConfig, TCPOptions, make_tcp_service, tcp_config_from_table
 from multiproxy.tcp._haproxy import ProxyHeaderWrappingFactory
 

@@ -10,10 +10,10 @@ import inspect
 
 import pytest
 
-from multiproxy.pipeline._values import Intent
 from multiproxy.http._exchange import ForwardedRequest
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import RequestHead
+from multiproxy.pipeline._values import Intent
 
 HAND_WRITTEN = [Intent, ForwardedRequest]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from multiproxy._config import read_configuration
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tap import Options
 from multiproxy._workers import describe_exit, listen_descriptions, parse_workers
+from multiproxy.pipeline._errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX processes")
 

@@ -19,11 +19,11 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from multiproxy.transport._accept import AcceptGuard
 from multiproxy._accesslog import FORMATS, AccessLog
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._signals import SIGUSR1, on_signal
 from multiproxy._tablereader import TableReader
+from multiproxy.pipeline._errors import ConfigError
+from multiproxy.transport._accept import AcceptGuard
 
 if TYPE_CHECKING:
     from multiproxy.status._page import WorkerStatus

@@ -24,8 +24,8 @@ from multiproxy._config import (
     make_services,
     proxy_kinds,
 )
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy.forward._config import ForwardOptions
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.reverse import ReverseOptions
 from multiproxy.socks._config import SocksOptions
 from multiproxy.tcp._config import TCPOptions

@@ -16,9 +16,9 @@ from typing import Any
 
 from zope.interface import implementer
 
+from multiproxy.balancing._ring import HashRing
 from multiproxy.pipeline._interfaces import IBalancer
 from multiproxy.pipeline._values import Intent
-from multiproxy.balancing._ring import HashRing
 
 __all__ = [
     "BALANCER_NAMES",

@@ -22,8 +22,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.balancing._backend import Backend
+from multiproxy.pipeline._connect import UpstreamEndpoint
 
 if TYPE_CHECKING:
     from multiproxy.balancing._sharedhealth import HealthShare

@@ -11,9 +11,9 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from multiproxy.balancing._backend import Backend, BackendStatus
 from multiproxy.pipeline._interfaces import IBalancer, IUpstreamChooser
 from multiproxy.pipeline._values import Intent
-from multiproxy.balancing._backend import Backend, BackendStatus
 
 __all__ = ["BackendPool"]
 

@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 from zope.interface import implementer
 
-from multiproxy.pipeline._errors import STATUS_REASONS
 from multiproxy.cache._config import CacheConfig
 from multiproxy.cache._directives import (
     RequestDirectives,
@@ -60,6 +59,7 @@ from multiproxy.cache._validation import (
 )
 from multiproxy.http1._dates import format_http_date
 from multiproxy.http1._headers import Headers
+from multiproxy.pipeline._errors import STATUS_REASONS
 
 _AGE_MAX = 2**31
 _NO_DIRECTIVES = RequestDirectives()

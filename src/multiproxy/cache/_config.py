@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
+from multiproxy.pipeline._errors import ConfigError
 
 MiB = 1024 * 1024
 

@@ -40,9 +40,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from multiproxy._redislink import RedisLink
 from multiproxy.cache._freshness import current_age
 from multiproxy.cache._interfaces import IBodyReader, ICacheEntry, ICacheStore, IEntryWriter
-from multiproxy._redislink import RedisLink
 from multiproxy.cache._store import CorruptEntry, StoredResponse, decode_meta, encode_meta
 
 _log = Logger()

@@ -11,7 +11,6 @@ from functools import lru_cache
 
 from zope.interface import implementer
 
-from multiproxy.pipeline._errors import MultiproxyError
 from multiproxy.cache._directives import ResponseDirectives
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._interfaces import IBodyReader
@@ -19,6 +18,7 @@ from multiproxy.cache._keys import VaryValue, variant_id, vary_names, vary_value
 from multiproxy.cache._storable import stored_fields
 from multiproxy.http1._dates import format_http_date
 from multiproxy.http1._headers import Headers
+from multiproxy.pipeline._errors import MultiproxyError
 
 Fields = tuple[tuple[bytes, bytes], ...]
 

@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
     add_listen_option,
@@ -25,8 +23,6 @@ from multiproxy._startup import (
     startup_summary,
 )
 from multiproxy._tablereader import TableReader
-from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
-from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing import HealthChecker, HealthConfig, TCPCheck, health_from_table
 from multiproxy.cache import (
     CACHE_OPT_FLAGS,
@@ -55,11 +51,15 @@ from multiproxy.http._config import (
     timeouts_from_table,
     via_from_table,
 )
-from multiproxy.http1._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.http1._parser import Limits
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._hosts import parse_host_pattern
 from multiproxy.policy._options import DenyPageOptions, PolicyOptions
 from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
+from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
+from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 _TIMEOUTS = Timeouts()

@@ -37,8 +37,8 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from multiproxy.pipeline._errors import ConfigError
-from multiproxy.transport._tls import server_context
 from multiproxy.policy._hosts import HostMatcher, is_ip_literal, normalise_host, parse_host_pattern
+from multiproxy.transport._tls import server_context
 
 __all__ = ["CA_CERT", "CA_KEY", "CertificateMint", "InspectConfig", "Inspector", "make_ca",
            "server_name_of"]

@@ -11,9 +11,9 @@ from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from zope.interface import implementer
 
+from multiproxy.balancing import host_endpoint
 from multiproxy.pipeline._interfaces import IUpstream, IUpstreamChooser
 from multiproxy.pipeline._values import Intent
-from multiproxy.balancing import host_endpoint
 
 
 @implementer(IUpstream)

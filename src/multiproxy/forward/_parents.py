@@ -33,14 +33,14 @@ from urllib.parse import quote, unquote, urlsplit
 from twisted.internet.endpoints import wrapClientTLS
 from zope.interface import implementer
 
-from multiproxy.pipeline._errors import ParentsUnavailable, UpstreamError
-from multiproxy.pipeline._interfaces import IBalancer, IUpstream, IUpstreamChooser
-from multiproxy.pipeline._values import Intent
 from multiproxy.balancing import Backend, BackendPool
 from multiproxy.forward._origin import DirectChooser, origin_tls_for
 from multiproxy.forward._tunnel import ParentTunnelEndpoint
 from multiproxy.http._exchange import ForwardedRequest
 from multiproxy.http1._parser import RequestHead
+from multiproxy.pipeline._errors import ParentsUnavailable, UpstreamError
+from multiproxy.pipeline._interfaces import IBalancer, IUpstream, IUpstreamChooser
+from multiproxy.pipeline._values import Intent
 
 __all__ = [
     "DEFAULT_PARENT_PORT",

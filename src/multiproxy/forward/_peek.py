@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from multiproxy.transport._relay import Relay
 from multiproxy.forward._sni import ClientHello, HelloError, HelloReader, NotTLS
+from multiproxy.transport._relay import Relay
 
 __all__ = ["HelloGate", "alert"]
 

@@ -20,13 +20,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy.pipeline._connect import UpstreamEndpoint
-from multiproxy.pipeline._attempts import Attempts
-from multiproxy.pipeline._contract import AllowAll, check_plugins
-from multiproxy.pipeline._errors import ProtocolError, UpstreamError
-from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
-from multiproxy.transport._relay import Relay
-from multiproxy.pipeline._values import Decision, Intent
 from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.forward._bump import InspectedTunnel
 from multiproxy.forward._origin import DirectChooser
@@ -44,11 +37,17 @@ from multiproxy.forward._sni import ClientHello, NotTLS
 from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import ForwardedRequest, IFetcher
 from multiproxy.http._failover import BalancingFetcher
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import Limits, RequestHead
 from multiproxy.http1._rules import end_to_end, via_value
-from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http1._target import is_origin_form, parse_absolute_target, parse_authority
+from multiproxy.pipeline._attempts import Attempts
+from multiproxy.pipeline._connect import UpstreamEndpoint
+from multiproxy.pipeline._contract import AllowAll, check_plugins
+from multiproxy.pipeline._errors import ProtocolError, UpstreamError
+from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy.pipeline._values import Decision, Intent
 from multiproxy.policy._admission import (
     Refusal,
     decide,
@@ -60,6 +59,7 @@ from multiproxy.policy._admission import (
     upstream_fields,
 )
 from multiproxy.policy._hosts import normalise_host
+from multiproxy.transport._relay import Relay
 
 if TYPE_CHECKING:
     from multiproxy.forward._inspect import Inspector

@@ -24,9 +24,9 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.http1._parser import NEED_DATA, Limits, ResponseHead, ResponseReader
 from multiproxy.http1._writer import request_head_bytes
+from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 
 __all__ = ["ParentTunnelEndpoint", "connect_request"]
 

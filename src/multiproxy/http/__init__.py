@@ -15,6 +15,7 @@ from multiproxy.http._exchange import (
     IResponseSink,
     RequestBody,
 )
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     Limits,
@@ -23,7 +24,6 @@ from multiproxy.http1._parser import (
     ResponseHead,
     ResponseReader,
 )
-from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 
 __all__ = [
     "ConnectionPool",

@@ -7,8 +7,8 @@ table, and the twistd options the two proxies share word for word.
 from __future__ import annotations
 
 from multiproxy._tablereader import TableReader
-from multiproxy.http1._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.http1._parser import Limits
 
 __all__ = [
     "HTTP_CLIENT_OPT_PARAMETERS",

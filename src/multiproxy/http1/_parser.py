@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Union
 
+from multiproxy.http1._headers import Headers, adopt
 from multiproxy.pipeline._errors import (
     BodyTooLarge,
     HeadTooLarge,
@@ -27,7 +28,6 @@ from multiproxy.pipeline._errors import (
     TargetTooLong,
     UnsupportedFraming,
 )
-from multiproxy.http1._headers import Headers, adopt
 
 __all__ = [
     "CLOSED",

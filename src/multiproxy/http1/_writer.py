@@ -11,11 +11,11 @@ injection can then never reach the wire, whatever the caller passes.
 from __future__ import annotations
 
 import re
-from operator import itemgetter
 from collections.abc import Iterable
+from operator import itemgetter
 
-from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.http1._headers import Headers
+from multiproxy.pipeline._errors import ProtocolError
 
 __all__ = [
     "LAST_CHUNK",

@@ -7,6 +7,7 @@ Everything here is sans-I/O: no sockets, no reactor (the clock is injected).
 See ``docs/policy.md`` for the configuration and the exact matching rules.
 """
 
+from multiproxy.policy._admission import IAccessControl, Refusal, refusal
 from multiproxy.policy._anonymity import FORWARDING_FIELDS, AnonymityOptions, anonymise_headers
 from multiproxy.policy._auth import (
     HashedPasswords,
@@ -39,15 +40,14 @@ from multiproxy.policy._denypage import (
     load_deny_template,
     render_deny_page,
 )
-from multiproxy.policy._admission import IAccessControl, Refusal, refusal
 from multiproxy.policy._holder import PolicyHolder
-from multiproxy.policy._options import ClientPolicyOptions, DenyPageOptions, PolicyOptions
-from multiproxy.policy._service import PolicyService, make_policy_holder
 from multiproxy.policy._hosts import HostMatcher, HostPattern, normalise_host, parse_host_pattern
 from multiproxy.policy._index import RuleSet
 from multiproxy.policy._networks import NetworkSet, client_address, parse_network
+from multiproxy.policy._options import ClientPolicyOptions, DenyPageOptions, PolicyOptions
 from multiproxy.policy._ratelimit import ConnectionLimit, RequestRateLimit, client_key
 from multiproxy.policy._rules import PortSet, Rule
+from multiproxy.policy._service import PolicyService, make_policy_holder
 from multiproxy.policy._shacrypt import sha_crypt, sha_crypt_verify
 from multiproxy.policy._timewindow import TimeWindow
 

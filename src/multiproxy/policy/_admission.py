@@ -19,13 +19,15 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute
 
+from multiproxy.http1._headers import Headers
 from multiproxy.pipeline._interfaces import IPolicy
 from multiproxy.pipeline._values import Decision, Intent
-from multiproxy.http1._headers import Headers
 from multiproxy.policy._anonymity import AnonymityOptions, anonymise_headers
 from multiproxy.policy._auth import basic_challenge
 from multiproxy.policy._denypage import (
-    DEFAULT_DENY_TEMPLATE, DENY_PAGE_CONTENT_TYPE, render_deny_page,
+    DEFAULT_DENY_TEMPLATE,
+    DENY_PAGE_CONTENT_TYPE,
+    render_deny_page,
 )
 
 __all__ = [

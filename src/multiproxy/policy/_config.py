@@ -14,19 +14,30 @@ from dataclasses import dataclass, field, replace
 
 from twisted.cred.portal import Portal
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._tablereader import TableReader
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._anonymity import AnonymityOptions
 from multiproxy.policy._auth import (
-    HashedPasswords, ProxyAuthenticator, ProxyRealm, RunBlocking, load_htpasswd,
-    parse_group_file, parse_htpasswd,
+    HashedPasswords,
+    ProxyAuthenticator,
+    ProxyRealm,
+    RunBlocking,
+    load_htpasswd,
+    parse_group_file,
+    parse_htpasswd,
 )
 from multiproxy.policy._denypage import DEFAULT_DENY_TEMPLATE, load_deny_template
 from multiproxy.policy._index import RuleSet
 from multiproxy.policy._networks import NetworkSet
 from multiproxy.policy._ratelimit import ConnectionLimit, RequestRateLimit
 from multiproxy.policy._rules import (
-    ACTIONS, Rule, parse_clients, parse_hosts, parse_kinds, parse_methods, parse_ports,
+    ACTIONS,
+    Rule,
+    parse_clients,
+    parse_hosts,
+    parse_kinds,
+    parse_methods,
+    parse_ports,
     parse_url_regex,
 )
 from multiproxy.policy._timewindow import TimeWindow, parse_days, parse_hours, parse_zone

@@ -18,8 +18,8 @@ from string import Template
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from multiproxy.pipeline._errors import STATUS_REASONS
 from multiproxy.http1._dates import format_http_date
+from multiproxy.pipeline._errors import STATUS_REASONS
 
 if TYPE_CHECKING:
     from multiproxy.pipeline._values import Decision, Intent

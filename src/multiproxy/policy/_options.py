@@ -20,7 +20,11 @@ from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._anonymity import AnonymityOptions
 from multiproxy.policy._auth import load_htpasswd
 from multiproxy.policy._config import (
-    AuthSettings, LimitSettings, PolicySettings, PolicySource, rules_from_options,
+    AuthSettings,
+    LimitSettings,
+    PolicySettings,
+    PolicySource,
+    rules_from_options,
 )
 from multiproxy.policy._denypage import DEFAULT_DENY_TEMPLATE, load_deny_template
 from multiproxy.policy._index import RuleSet

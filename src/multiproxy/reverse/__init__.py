@@ -9,7 +9,6 @@ from `reverse_config_from_table` or `ReverseOptions`), or assemble a
 `multiproxy.balancing.BackendPool`s.
 """
 
-from multiproxy.transport._tls import CertificateFile
 from multiproxy.http._failover import BalancingFetcher
 from multiproxy.reverse._config import (
     BackendConfig,
@@ -31,6 +30,7 @@ from multiproxy.reverse._service import (
     make_reverse_service,
 )
 from multiproxy.status import PoolStatus, StatusSite, StatusSnapshot, pool_status
+from multiproxy.transport._tls import CertificateFile
 
 __all__ = [
     "BackendConfig",

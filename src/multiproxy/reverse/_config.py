@@ -15,10 +15,8 @@ from urllib.parse import urlsplit
 from twisted.python import usage
 
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import add_listen_option, listen_from_table
 from multiproxy._tablereader import TableReader
-from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing._balancers import BALANCER_NAMES, balancer_from_name
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.balancing._options import HealthOptions
@@ -29,11 +27,13 @@ from multiproxy.http._config import (
     timeouts_from_table,
     via_from_table,
 )
-from multiproxy.http1._parser import Limits
 from multiproxy.http._server import Timeouts
+from multiproxy.http1._parser import Limits
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._options import ClientPolicyOptions
 from multiproxy.reverse._forwarded import ForwardedSettings, parse_network
 from multiproxy.reverse._routing import Route, RouteTable
+from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 DEFAULT_POOL = "default"

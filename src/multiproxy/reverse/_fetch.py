@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from multiproxy.pipeline._errors import PoolUnavailable, UpstreamError
 from multiproxy.http._exchange import ForwardedRequest
 from multiproxy.http1._parser import RequestHead
+from multiproxy.pipeline._errors import PoolUnavailable, UpstreamError
 
 __all__ = ["ReverseRequest", "backend_authority"]
 

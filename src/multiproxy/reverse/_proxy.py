@@ -30,19 +30,19 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from multiproxy.pipeline._contract import AllowAll, check_plugins
-from multiproxy.pipeline._errors import ProtocolError
-from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.h2._settings import HTTP2Settings
-from multiproxy.pipeline._values import Intent
 from multiproxy.http._client import ConnectionPool
 from multiproxy.http._exchange import IFetcher
 from multiproxy.http._failover import BalancingFetcher
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http1._rules import HOP_BY_HOP, end_to_end, via_value
-from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http1._target import is_origin_form, parse_absolute_target
+from multiproxy.pipeline._contract import AllowAll, check_plugins
+from multiproxy.pipeline._errors import ProtocolError
+from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
+from multiproxy.pipeline._values import Intent
 from multiproxy.policy._admission import Refusal, rate_limited, refusal
 from multiproxy.reverse._fetch import ReverseRequest, backend_authority
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded

@@ -13,14 +13,15 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import ProxyService, parse_listen
 from multiproxy._signals import SIGHUP, on_signal
 from multiproxy._startup import (
-    describe_cache, describe_policy, describe_pool, listening, startup_summary,
+    describe_cache,
+    describe_policy,
+    describe_pool,
+    listening,
+    startup_summary,
 )
-from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
 from multiproxy.balancing import (
     Backend,
     BackendPool,
@@ -33,9 +34,12 @@ from multiproxy.balancing import (
 from multiproxy.cache import GATEWAY_TARGETS, CacheConfig, caching_fetcher_factory
 from multiproxy.h2 import HTTP2Settings
 from multiproxy.http._exchange import IFetcher
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.reverse._config import BackendConfig, PoolConfig, ReverseConfig, check_config
 from multiproxy.reverse._proxy import ReverseProxy
 from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
+from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
 
 log = Logger()
 

@@ -17,8 +17,6 @@ from typing import Any
 from twisted.python import usage
 
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
     add_listen_option,
@@ -28,9 +26,11 @@ from multiproxy._proxyservice import (
 )
 from multiproxy._startup import describe_policy, listening, startup_summary
 from multiproxy._tablereader import TableReader
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._options import PolicyOptions
 from multiproxy.socks._proxy import SocksProxy, SocksSettings
 from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
 
 __all__ = [
     "DEFAULT_SOCKS_LISTEN",

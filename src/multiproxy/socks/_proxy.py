@@ -24,12 +24,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy.forward._origin import DirectChooser
 from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._contract import AllowAll, check_plugins, report_all
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
-from multiproxy.transport._relay import Relay
 from multiproxy.pipeline._values import AccessRecord, Decision, Intent
-from multiproxy.forward._origin import DirectChooser
 from multiproxy.policy._admission import IAccessControl, connection_slot, rate_limited
 from multiproxy.policy._hosts import normalise_host
 from multiproxy.socks._parser import (
@@ -50,6 +49,7 @@ from multiproxy.socks._parser import (
     socks4_reply,
     socks5_reply,
 )
+from multiproxy.transport._relay import Relay
 
 __all__ = ["SocksProxy", "SocksProxyProtocol", "SocksSettings"]
 

@@ -17,11 +17,11 @@ from twisted.application.service import MultiService
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import listening_service, parse_listen
+from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import Limits
-from multiproxy.http._server import Exchange, HTTPProxyFactory, HTTPServerProtocol, Timeouts
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.status._admin import AdminCommand, AdminRefused, read_admin_request
 from multiproxy.status._counters import TrafficCounters
 from multiproxy.status._group import StatusGroup

@@ -3,8 +3,6 @@ The TCP relay: a layer-4 proxy with balancing, health checks, TLS at the
 edge and the PROXY protocol (see docs/tcp.md).
 """
 
-from multiproxy.transport._tls import CertificateFile
-from multiproxy.transport._tlsconfig import TLSConfig
 from multiproxy.tcp._config import (
     TCPBackendConfig,
     TCPConfig,
@@ -17,6 +15,8 @@ from multiproxy.tcp._config import (
 from multiproxy.tcp._haproxy import ProxyHeaderWrapper, proxy_header_endpoint
 from multiproxy.tcp._proxy import TCPRelayFactory, TCPRelayProtocol, TCPSettings
 from multiproxy.tcp._proxyheader import proxy_header, proxy_header_v1, proxy_header_v2
+from multiproxy.transport._tls import CertificateFile
+from multiproxy.transport._tlsconfig import TLSConfig
 
 __all__ = [
     "ProxyHeaderWrapper",

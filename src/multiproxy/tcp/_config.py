@@ -22,8 +22,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from multiproxy._accesslog import AccessLogOptions
-from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
-from multiproxy.pipeline._errors import ConfigError
 from multiproxy._proxyservice import (
     ProxyService,
     add_listen_option,
@@ -32,8 +30,6 @@ from multiproxy._proxyservice import (
 )
 from multiproxy._startup import describe_policy, describe_pool, listening, startup_summary
 from multiproxy._tablereader import TableReader
-from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
-from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 from multiproxy.balancing import (
     BALANCER_NAMES,
     Backend,
@@ -46,10 +42,14 @@ from multiproxy.balancing import (
 )
 from multiproxy.balancing._config import HealthConfig, health_from_table
 from multiproxy.balancing._options import HealthOptions
+from multiproxy.pipeline._errors import ConfigError
 from multiproxy.policy._options import ClientPolicyOptions
 from multiproxy.status import Reading, StatusSite, TrafficCounters, add_status_listeners
 from multiproxy.tcp._haproxy import proxy_header_endpoint
 from multiproxy.tcp._proxy import TCPRelayFactory, TCPSettings
+from multiproxy.transport._accept import AcceptGuard, GuardedEndpoint
+from multiproxy.transport._tls import ServerTLS, tls_server_endpoint
+from multiproxy.transport._tlsconfig import TLSCertificateOptions, TLSConfig, tls_from_table
 
 __all__ = [
     "TCPBackendConfig",

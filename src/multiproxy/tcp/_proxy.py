@@ -18,16 +18,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.pipeline._attempts import Attempts
 from multiproxy.pipeline._connect import connect_failure_kind, upstream_connect_error, with_deadline
 from multiproxy.pipeline._contract import AllowAll, check_plugins, report_all
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
-from multiproxy.transport._relay import Relay, RelayServerProtocol
 from multiproxy.pipeline._values import AccessRecord, Decision, Intent
-from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.policy._admission import connection_slot, rate_limited
 from multiproxy.tcp._haproxy import find_proxy_header_wrapper
 from multiproxy.tcp._proxyheader import proxy_header
+from multiproxy.transport._relay import Relay, RelayServerProtocol
 
 __all__ = ["TCPRelayFactory", "TCPRelayProtocol", "TCPSettings", "OUTCOMES"]
 
