@@ -40,6 +40,7 @@ class Origin(http.server.ThreadingHTTPServer):
     """What the proxy forwards to; ``seen`` holds (method, path, version, headers)."""
 
     daemon_threads = True
+    request_queue_size = 512  # a proxy opening 200 connections at once is not refused
     seen: list
     release: threading.Event
 
@@ -137,6 +138,7 @@ class Proxy:
             f'[[reverse.routes]]\npool = "web"\n[reverse.pools.web]\n'
             f'backends = ["http://127.0.0.1:{origin.server_address[1]}"]\n')
         self.log = tmp_path / "twistd.log"
+        self.terminated = False
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -163,9 +165,14 @@ class Proxy:
             time.sleep(0.05)
         raise AssertionError(f"fewer than {count} access log lines")
 
-    def stop(self) -> str:
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one while twistd shuts down is an error of its own."""
+        if self.process.poll() is None and not self.terminated:
+            self.terminated = True
             self.process.terminate()
+
+    def stop(self) -> str:
+        self.terminate()
         self.process.wait(20)
         return self.log.read_text()
 
