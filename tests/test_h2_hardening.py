@@ -32,10 +32,12 @@ from h2_peers import (
     start_origin,
 )
 from hyperframe.frame import (
+    ContinuationFrame,
     DataFrame,
     HeadersFrame,
     PingFrame,
     PriorityFrame,
+    RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
@@ -114,7 +116,81 @@ def _origin_quiet(origin, seconds: float = 0.3) -> int:
 # -- Rapid Reset (CVE-2023-44487) --------------------------------------------
 
 
+def test_rapid_reset_gets_goaway_enhance_your_calm_and_spares_the_backend(running):
+    proxy = running.proxy
+    client = RawClient(proxy.port)
+    encoder = hpack.Encoder()
+    opened = 0
+    for _ in range(40):  # 40 x 50 = 2000 streams at most
+        frames = []
+        for _ in range(50):
+            sid = 2 * opened + 1
+            opened += 1
+            frames += [_headers(encoder, sid, b"/r%d" % sid),
+                       RstStreamFrame(sid, error_code=CODES.CANCEL)]
+        if not client.send(*frames):
+            break
+    client.read(has_goaway, timeout=5)
+    goaway = client.goaway()
+    assert goaway is not None and goaway.error_code == CODES.ENHANCE_YOUR_CALM
+    client.read(lambda frames: False, timeout=5)
+    assert client.closed
+    reached = _origin_quiet(running.origin)
+    assert reached <= LIMITS.resets and reached < opened // 4
+    client.close()
+    assert len(_refusals(running.stop())) == 1
+
+
 # -- CONTINUATION flood (CVE-2024-27316) and oversized frames -----------------
+
+
+def test_a_header_block_that_never_ends_is_cut_at_the_head_size_limit(running):
+    proxy = running.proxy
+    client = RawClient(proxy.port)
+    block = _block(hpack.Encoder(), b"/cont")
+    client.send(HeadersFrame(1, data=block, flags={"END_STREAM"}))  # no END_HEADERS
+    fragment = ContinuationFrame(1, data=b"\x00" * 16384)
+    sent = 0
+    for _ in range(64):  # 1 MiB at most: h2's own bound is 64 frames
+        if not client.send(fragment):
+            break
+        sent += 1
+        if client.read(has_goaway, timeout=0.3) and has_goaway(client.frames):
+            break
+    goaway = client.goaway()
+    assert goaway is not None and goaway.error_code == CODES.ENHANCE_YOUR_CALM
+    # Cut once the block passes max_head (64 KiB, four frames), not at h2's 1 MiB.
+    assert sent <= 65536 // 16384 + 2
+    client.close()
+    # Many connections doing it at once: the proxy's memory stays bounded.
+    pid = proxy.process.pid
+    reset_peak_rss(pid)
+    before = peak_rss_kib(pid)
+    clients = [RawClient(proxy.port) for _ in range(30)]
+    for each in clients:
+        each.send(HeadersFrame(1, data=block, flags={"END_STREAM"}))
+    for _ in range(64):
+        alive = [each for each in clients if each.send(fragment)]
+        if not alive:
+            break
+    for each in clients:
+        each.read(has_goaway, timeout=5)
+        assert has_goaway(each.frames)
+        each.close()
+    grew = peak_rss_kib(pid) - before
+    assert grew < 8 * 1024, f"peak RSS grew by {grew} KiB"
+    assert running.origin.seen == []
+    assert len(_refusals(running.stop())) == 31
+
+
+def test_a_frame_longer_than_max_frame_size_is_refused_from_its_header(proxy):
+    client = RawClient(proxy.port)
+    # A HEADERS frame announcing 16 MiB: refused before its body is buffered.
+    client.send(b"\xff\xff\xff\x01\x04\x00\x00\x00\x01" + b"\x00" * 1000)
+    client.read(has_goaway, timeout=3)
+    goaway = client.goaway()
+    assert goaway is not None and goaway.error_code == CODES.FRAME_SIZE_ERROR
+    client.close()
 
 
 # -- SETTINGS, PING, PRIORITY and empty DATA floods ---------------------------
@@ -130,7 +206,7 @@ def _flood_frames(kind: str, encoder) -> tuple[list, object]:
     return [_headers(encoder, 1, b"/upload", end_stream=False, method=b"POST")], DataFrame(1)
 
 
-@pytest.mark.parametrize("kind", ["settings", "ping", "empty-data"])
+@pytest.mark.parametrize("kind", ["settings", "ping", "priority", "empty-data"])
 def test_a_control_frame_flood_gets_goaway_enhance_your_calm(running, kind):
     client = RawClient(running.proxy.port)
     first, frame = _flood_frames(kind, hpack.Encoder())

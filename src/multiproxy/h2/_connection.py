@@ -14,7 +14,10 @@ Flow control is backpressure both ways: a stream's request DATA is
 acknowledged (WINDOW_UPDATE) only as the upstream takes it, and a stream
 whose send window is spent holds its DATA and, past `HIGH_WATER` bytes,
 pauses its upstream; when the client stops reading the connection, every
-stream stops sending.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`).
+stream stops sending.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`):
+streams reset soon after they open, by the client or by the proxy (Rapid
+Reset), and control frames; frame and header block sizes are checked from
+the frame headers (`FrameScanner`) before the h2 library buffers them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
 from multiproxy._errors import ProtocolError
+from multiproxy.h2._frames import FrameLimitError, FrameScanner
 from multiproxy.h2._settings import H2Limits
 from multiproxy.h2._translate import MalformedRequest, read_request, request_bytes, response_fields
 from multiproxy.http._parser import (
@@ -62,11 +66,11 @@ class _Rate:
         self.slot = -1
         self.count = 0
 
-    def add(self, now: float) -> int:
+    def add(self, now: float, events: int = 1) -> int:
         slot = int(now)
         if slot != self.slot:
             self.slot, self.count = slot, 0
-        self.count += 1
+        self.count += events
         return self.count
 
 
@@ -188,19 +192,24 @@ class H2ServerConnection:
         self._resets = _Rate()
         self._control = _Rate()
         self._lost = False
+        self._closing = False  # the connection is ending: nothing more is read
+        self._malformed_logged = False
         self._idle: Any = None
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True,
                                            normalize_inbound_headers=True)
         self.conn = h2.connection.H2Connection(config)
         codes = h2.settings.SettingCodes
-        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+        max_head = self.factory.limits.max_head
+        advertised = {
             codes.MAX_CONCURRENT_STREAMS: limits.max_streams,
             codes.INITIAL_WINDOW_SIZE: limits.window,
-            codes.MAX_HEADER_LIST_SIZE: self.factory.limits.max_head,
+            codes.MAX_HEADER_LIST_SIZE: max_head,
             codes.ENABLE_CONNECT_PROTOCOL: 0,
-        })
+        }
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
         self.conn.initiate_connection()
+        self._frames = FrameScanner(self.conn.max_inbound_frame_size, max_head)
         self.transport.registerProducer(self, True)
         self._send()
         self._idle_from_now()
@@ -219,21 +228,30 @@ class H2ServerConnection:
     # -- bytes from the client ---------------------------------------------
 
     def downstream_data(self, data: bytes) -> None:
-        if self._lost:
+        if self._lost or self._closing:
             return
+        now = self.reactor.seconds()
+        try:
+            control = self._frames.feed(data)
+        except FrameLimitError as e:
+            self._refuse(e.code, str(e))
+            return
+        if control:
+            self._flood(now, control)
+            if self._closing:
+                return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            _log.info("{proxy}: HTTP/2 protocol error from {client}: {error}",
+            _log.info("{proxy}: HTTP/2 client {client}: protocol error: {error}; GOAWAY",
                       proxy=self.factory.name, client=self.outer.client_host, error=e)
             self._send()
             self._close()
             return
-        now = self.reactor.seconds()
         for event in events:
             kind = type(event)
             if kind is h2.events.RequestReceived:
-                self._request(event)
+                self._request(event, now)
             elif kind is h2.events.DataReceived:
                 self._data(event, now)
             elif kind is h2.events.StreamEnded:
@@ -246,14 +264,11 @@ class H2ServerConnection:
                 self._window(event.stream_id)
             elif kind is h2.events.RemoteSettingsChanged:
                 self._window(0)
-                self._flood(now)
-            elif kind is h2.events.PingReceived:
-                self._flood(now)
             elif kind is h2.events.ConnectionTerminated:
                 self._send()
                 self._close()
                 return
-            if self._lost:
+            if self._lost or self._closing:
                 return
         self._send()
 
@@ -272,17 +287,19 @@ class H2ServerConnection:
 
     # -- streams -------------------------------------------------------------
 
-    def _request(self, event: h2.events.RequestReceived) -> None:
+    def _request(self, event: h2.events.RequestReceived, now: float) -> None:
         sid = event.stream_id
         if self.draining:
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._refuse_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM, now)
             return
         try:
             request = read_request(event.headers)
         except MalformedRequest as e:
-            _log.info("{proxy}: malformed HTTP/2 request from {client}: {error}",
-                      proxy=self.factory.name, client=self.outer.client_host, error=e)
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            if not self._malformed_logged:  # one line per connection, not per stream
+                self._malformed_logged = True
+                _log.info("{proxy}: malformed HTTP/2 request from {client}: {error}",
+                          proxy=self.factory.name, client=self.outer.client_host, error=e)
+            self._refuse_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR, now)
             return
         ended = event.stream_ended is not None
         if self._idle is not None:
@@ -315,6 +332,8 @@ class H2ServerConnection:
             return
         if not event.data and event.stream_ended is None:
             self._flood(now)
+            if self._closing:
+                return
         stream.unacknowledged += size
         if event.data:
             data = event.data
@@ -354,6 +373,7 @@ class H2ServerConnection:
     def _client_reset(self, sid: int, now: float) -> None:
         stream = self.streams.pop(sid, None)
         if stream is None:
+            self._flood(now)  # a reset of a stream already done costs as a PING does
             return
         stream.closed = True
         protocol, stream.protocol = stream.protocol, None
@@ -361,17 +381,33 @@ class H2ServerConnection:
             protocol.connectionLost(Failure(ConnectionLost("the client reset the stream")))
         if not self.streams:
             self._idle_from_now()
+        self._count_reset(now)
+
+    def _refuse_stream(self, sid: int, code: int, now: float) -> None:
+        """
+        Reset a stream the proxy will not serve; it counts as a client's
+        reset, or a client could have the proxy reset streams for it
+        (refused, malformed) at no cost.
+        """
+        self.conn.reset_stream(sid, code)
+        self._count_reset(now)
+
+    def _count_reset(self, now: float) -> None:
         if self._resets.add(now) > self.limits.resets:
-            self._calm("too many streams reset")
+            self._refuse(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many streams reset")
 
-    def _flood(self, now: float) -> None:
-        if self._control.add(now) > self.limits.control_frames:
-            self._calm("too many control frames")
+    def _flood(self, now: float, frames: int = 1) -> None:
+        if self._control.add(now, frames) > self.limits.control_frames:
+            self._refuse(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many control frames")
 
-    def _calm(self, why: str) -> None:
-        _log.info("{proxy}: HTTP/2 client {client}: {why}; GOAWAY ENHANCE_YOUR_CALM",
-                  proxy=self.factory.name, client=self.outer.client_host, why=why)
-        self.conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+    def _refuse(self, code: h2.errors.ErrorCodes, why: str) -> None:
+        """End the connection with GOAWAY ``code``, logged once."""
+        if self._closing or self._lost:
+            return
+        _log.info("{proxy}: HTTP/2 client {client}: {why}; GOAWAY {code}",
+                  proxy=self.factory.name, client=self.outer.client_host, why=why,
+                  code=code.name)
+        self.conn.close_connection(code)
         self._send()
         self._close()
 
@@ -503,7 +539,7 @@ class H2ServerConnection:
 
     def drain(self) -> None:
         """Graceful stop: GOAWAY now; close once the open streams are done."""
-        if self.draining or self._lost:
+        if self.draining or self._lost or self._closing:
             return
         self.draining = True
         self.conn.close_connection(h2.errors.ErrorCodes.NO_ERROR)
@@ -517,6 +553,7 @@ class H2ServerConnection:
             self.transport.write(data)
 
     def _close(self) -> None:
+        self._closing = True
         if not self._lost:
             self.transport.loseConnection()
 
