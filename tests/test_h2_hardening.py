@@ -141,6 +141,27 @@ def test_rapid_reset_gets_goaway_enhance_your_calm_and_spares_the_backend(runnin
     assert len(_refusals(running.stop())) == 1
 
 
+def test_streams_the_proxy_refuses_count_as_resets(running):
+    # Made-you-reset: a client can have the server reset its streams (here
+    # with a malformed request) instead of resetting them itself.
+    client = RawClient(running.proxy.port)
+    encoder = hpack.Encoder()
+    sid = 1
+    for _ in range(10):
+        frames = []
+        for _ in range(50):
+            bad = get(b"/a b")
+            frames.append(HeadersFrame(sid, data=encoder.encode(bad),
+                                       flags={"END_HEADERS", "END_STREAM"}))
+            sid += 2
+        if not client.send(*frames):
+            break
+    client.read(has_goaway, timeout=5)
+    goaway = client.goaway()
+    assert goaway is not None and goaway.error_code == CODES.ENHANCE_YOUR_CALM
+    client.close()
+
+
 # -- CONTINUATION flood (CVE-2024-27316) and oversized frames -----------------
 
 
@@ -276,6 +297,28 @@ def test_an_hpack_bomb_is_refused_without_decoding_it(running):
 
 
 # -- SETTINGS_MAX_CONCURRENT_STREAMS -----------------------------------------
+
+
+def test_the_stream_past_max_concurrent_streams_is_refused_and_the_others_complete(running):
+    client = RawClient(running.proxy.port)
+    client.send(SettingsFrame(0, flags={"ACK"}))
+    encoder = hpack.Encoder()
+    sids = [2 * n + 1 for n in range(LIMITS.max_streams + 1)]
+    client.send(*[_headers(encoder, sid, b"/hold") for sid in sids])
+    last = sids[-1]
+    client.read(lambda frames: any(isinstance(f, RstStreamFrame) for f in frames), timeout=10)
+    resets = [f for f in client.frames if isinstance(f, RstStreamFrame)]
+    assert [(f.stream_id, f.error_code) for f in resets] == [(last, CODES.REFUSED_STREAM)]
+    assert not has_goaway(client.frames)
+    deadline = time.monotonic() + 10
+    while len(running.origin.seen) < LIMITS.max_streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running.origin.release.set()
+    client.read(lambda frames: all(_ended(frames, sid) for sid in sids[:-1]), timeout=15)
+    assert all(_ended(client.frames, sid) for sid in sids[:-1])
+    assert not has_goaway(client.frames)
+    assert len(running.origin.seen) == LIMITS.max_streams
+    client.close()
 
 
 # -- a client that never reads ---------------------------------------------------

@@ -194,6 +194,7 @@ class H2ServerConnection:
         self._lost = False
         self._closing = False  # the connection is ending: nothing more is read
         self._malformed_logged = False
+        self._admitted: set[int] = set()  # streams served that h2 may still count as open
         self._idle: Any = None
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True,
@@ -209,6 +210,12 @@ class H2ServerConnection:
         }
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
         self.conn.initiate_connection()
+        # h2 meets a stream past its own MAX_CONCURRENT_STREAMS with a
+        # connection error (GOAWAY, every stream lost); RFC 9113 5.1.2 makes
+        # it a stream error, so the limit advertised above is enforced in
+        # `_request` (REFUSED_STREAM) and h2's own check is set out of reach.
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            **advertised, codes.MAX_CONCURRENT_STREAMS: 2**31 - 1})
         self._frames = FrameScanner(self.conn.max_inbound_frame_size, max_head)
         self.transport.registerProducer(self, True)
         self._send()
@@ -289,7 +296,8 @@ class H2ServerConnection:
 
     def _request(self, event: h2.events.RequestReceived, now: float) -> None:
         sid = event.stream_id
-        if self.draining:
+        # After GOAWAY (RFC 9113 6.8), or past SETTINGS_MAX_CONCURRENT_STREAMS (5.1.2).
+        if self.draining or self._streams_open() >= self.limits.max_streams:
             self._refuse_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM, now)
             return
         try:
@@ -301,6 +309,7 @@ class H2ServerConnection:
                           proxy=self.factory.name, client=self.outer.client_host, error=e)
             self._refuse_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR, now)
             return
+        self._admitted.add(sid)
         ended = event.stream_ended is not None
         if self._idle is not None:
             self._idle.cancel()
@@ -382,6 +391,18 @@ class H2ServerConnection:
         if not self.streams:
             self._idle_from_now()
         self._count_reset(now)
+
+    def _streams_open(self) -> int:
+        """
+        Streams served that are open or half-closed, as RFC 9113 5.1.2
+        counts them: a stream whose response is sent stays open until the
+        client ends its side.  Asked of h2, but only for streams served:
+        h2 has already opened every stream of the bytes just read.
+        """
+        h2_streams = self.conn.streams
+        self._admitted = {sid for sid in self._admitted
+                          if (s := h2_streams.get(sid)) is not None and s.open}
+        return len(self._admitted)
 
     def _refuse_stream(self, sid: int, code: int, now: float) -> None:
         """
