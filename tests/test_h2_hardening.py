@@ -296,6 +296,31 @@ def test_an_hpack_bomb_is_refused_without_decoding_it(running):
     client.close()
 
 
+def test_a_header_list_within_the_advertised_size_is_decoded(tmp_path, ca):
+    run = _Running(tmp_path, ca, extra="max_head_size = 262144\n")
+    try:
+        client = RawClient(run.proxy.port)
+        settings = client.read(lambda frames: any(
+            isinstance(f, SettingsFrame) and "ACK" not in f.flags for f in frames))
+        advertised = next(f.settings for f in settings if isinstance(f, SettingsFrame))
+        assert advertised[SettingsFrame.MAX_HEADER_LIST_SIZE] == 262144
+        # 80 KiB of fields: past h2's default 64 KiB, within what was advertised.
+        encoder = hpack.Encoder()
+        fields = [*get(b"/wide"), (b"x-one", b"1" * 40000), (b"x-two", b"2" * 40000)]
+        block = encoder.encode(fields, huffman=False)
+        chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        frames = [HeadersFrame(1, data=chunks[0], flags={"END_STREAM"})]
+        frames += [ContinuationFrame(1, data=c) for c in chunks[1:]]
+        frames[-1].flags.add("END_HEADERS")
+        client.send(*frames)
+        client.read(lambda frames: _ended(frames, 1) or has_goaway(frames))
+        assert not has_goaway(client.frames) and _ended(client.frames, 1)
+        assert [p for _, p, _, _ in run.origin.seen] == ["/wide"]
+        client.close()
+    finally:
+        run.stop()
+
+
 # -- SETTINGS_MAX_CONCURRENT_STREAMS -----------------------------------------
 
 

@@ -216,6 +216,10 @@ class H2ServerConnection:
         # `_request` (REFUSED_STREAM) and h2's own check is set out of reach.
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             **advertised, codes.MAX_CONCURRENT_STREAMS: 2**31 - 1})
+        # Initial values never pass through h2's acknowledgement, which is
+        # where it would hand MAX_HEADER_LIST_SIZE to the HPACK decoder: the
+        # decoder stops at the size advertised, not at h2's default 64 KiB.
+        self.conn.decoder.max_header_list_size = max_head
         self._frames = FrameScanner(self.conn.max_inbound_frame_size, max_head)
         self.transport.registerProducer(self, True)
         self._send()
