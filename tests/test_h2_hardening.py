@@ -381,6 +381,36 @@ def test_a_client_that_never_reads_with_huge_windows_holds_little_memory(running
 # -- graceful shutdown and idle connections -------------------------------------
 
 
+def test_sigterm_sends_goaway_lets_the_open_stream_finish_and_refuses_new_ones(running):
+    proxy = running.proxy
+    client = RawClient(proxy.port)
+    client.send(SettingsFrame(0, flags={"ACK"}))
+    encoder = hpack.Encoder()
+    client.send(_headers(encoder, 1, b"/slow"))
+    deadline = time.monotonic() + 5
+    while not running.origin.seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proxy.terminate()
+    client.read(has_goaway, timeout=5)
+    goaway = client.goaway()
+    assert goaway is not None and goaway.error_code == CODES.NO_ERROR
+    assert goaway.last_stream_id == 1
+    # A stream opened after the GOAWAY is not served; frames on the open one still are.
+    client.send(_headers(encoder, 3, b"/late"), WindowUpdateFrame(0, window_increment=1000),
+                PingFrame(0, opaque_data=b"stillok!"))
+    client.read(lambda frames: _ended(frames, 1), timeout=5)
+    body = b"".join(f.data for f in client.frames
+                    if isinstance(f, DataFrame) and f.stream_id == 1)
+    assert body == b"hello /slow"
+    client.read(lambda frames: False, timeout=5)
+    assert client.closed  # the connection closes once the stream is done
+    assert not any(f.stream_id == 3 for f in client.frames
+                   if isinstance(f, (HeadersFrame, DataFrame)))
+    assert [p for _, p, _, _ in running.origin.seen] == ["/slow"]
+    proxy.process.wait(10)  # twistd ends with the signal it was stopped by
+    client.close()
+
+
 def test_an_idle_connection_gets_goaway_after_the_keepalive_timeout(tmp_path, ca):
     run = _Running(tmp_path, ca, extra="keepalive_timeout = 1\n")
     try:

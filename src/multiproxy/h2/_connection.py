@@ -31,6 +31,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITransport
 from twisted.logger import Logger
@@ -567,8 +568,16 @@ class H2ServerConnection:
         if self.draining or self._lost or self._closing:
             return
         self.draining = True
-        self.conn.close_connection(h2.errors.ErrorCodes.NO_ERROR)
         self._send()
+        # Written here rather than by h2's close_connection, which moves h2 to
+        # its CLOSED state: the client's next frame (a WINDOW_UPDATE the open
+        # streams need, a HEADERS sent before it saw the GOAWAY) would then
+        # be a protocol error ending every stream.  New streams are refused
+        # in `_request`.
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = h2.errors.ErrorCodes.NO_ERROR
+        self.transport.write(goaway.serialize())
         if not self.streams:
             self._close()
 
