@@ -14,7 +14,8 @@ Flow control is backpressure both ways: a stream's request DATA is
 acknowledged (WINDOW_UPDATE) only as the upstream takes it, and a stream
 whose send window is spent holds its DATA and, past `HIGH_WATER` bytes,
 pauses its upstream; when the client stops reading the connection, every
-stream stops sending.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`):
+stream stops sending, and past `HIGH_WATER` of other frames the proxy stops
+reading the client too.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`):
 streams reset soon after they open, by the client or by the proxy (Rapid
 Reset), and control frames; frame and header block sizes are checked from
 the frame headers (`FrameScanner`) before the h2 library buffers them.
@@ -55,7 +56,11 @@ __all__ = ["HIGH_WATER", "H2Limits", "H2ServerConnection", "StreamTransport"]
 _log = Logger()
 
 HIGH_WATER = 65536
-"""Bytes a stream may hold for a client that has no window left before its upstream pauses."""
+"""
+Bytes a stream may hold for a client that has no window left before its
+upstream pauses; and bytes of replies (ACKs, resets) written to a client
+that does not read before the proxy stops reading it.
+"""
 
 
 class _Rate:
@@ -189,6 +194,8 @@ class H2ServerConnection:
         self.limits = limits
         self.streams: dict[int, _Stream] = {}
         self.sending_paused = False
+        self.reading_paused = False  # the client's bytes are not read while it reads none
+        self._unread = 0  # bytes written since the client's socket filled up
         self.draining = False
         self._resets = _Rate()
         self._control = _Rate()
@@ -585,6 +592,15 @@ class H2ServerConnection:
         data = self.conn.data_to_send()
         if data and not self._lost:
             self.transport.write(data)
+            if self.sending_paused:
+                # DATA waits while the client does not read, but what h2 answers
+                # by itself (PING and SETTINGS ACKs, RST_STREAM on closed
+                # streams) does not: past HIGH_WATER of it, stop reading the
+                # client until it reads.
+                self._unread += len(data)
+                if self._unread > HIGH_WATER and not self.reading_paused:
+                    self.reading_paused = True
+                    self.transport.pauseProducing()
 
     def _close(self) -> None:
         self._closing = True
@@ -598,6 +614,10 @@ class H2ServerConnection:
 
     def resumeProducing(self) -> None:  # noqa: N802
         self.sending_paused = False
+        self._unread = 0
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resumeProducing()
         self._window(0)
 
     def stopProducing(self) -> None:  # noqa: N802
