@@ -15,7 +15,7 @@ import h2.connection
 import h2.events
 import pytest
 import trustme
-from tests.test_h2_reverse import _events, _free_port, _origin
+from h2_peers import free_port, read_events, start_origin
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +27,8 @@ def https_proxy(tmp_path):
     ca.issue_cert("proxy.test").private_key_and_cert_chain_pem.write_to_path(str(cert))
     cafile = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
-    origin = _origin()
-    port = _free_port()
+    origin = start_origin()
+    port = free_port()
     access = tmp_path / "access.log"
     (tmp_path / "p.toml").write_text(
         f'[log]\naccess = "{access}"\n[[forward]]\nname = "out"\n'
@@ -88,21 +88,21 @@ def test_http2_requests_and_a_connect_tunnel_over_one_tls_connection(https_proxy
     conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"),
                           (b":authority", authority), (b":path", b"/via-h2")], end_stream=True)
     sock.sendall(conn.data_to_send())
-    events = _events(sock, conn, lambda seen: any(
+    events = read_events(sock, conn, lambda seen: any(
         isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in seen))
     assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == \
         b"hello /via-h2"
     # RFC 9113 8.5: CONNECT with only :method and :authority opens a tunnel.
     conn.send_headers(3, [(b":method", b"CONNECT"), (b":authority", authority)])
     sock.sendall(conn.data_to_send())
-    events = _events(sock, conn, lambda seen: any(
+    events = read_events(sock, conn, lambda seen: any(
         isinstance(e, h2.events.ResponseReceived) for e in seen))
     [answer] = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
     assert dict(answer.headers)[b":status"] == b"200"
     request = b"GET /in-tunnel HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n"
     conn.send_data(3, request, end_stream=True)  # half-close: the client is done sending
     sock.sendall(conn.data_to_send())
-    events = _events(sock, conn, lambda seen: any(
+    events = read_events(sock, conn, lambda seen: any(
         isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in seen))
     data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"hello /in-tunnel")

@@ -3,140 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
 import pytest
 import trustme
+from h2_peers import BIG, Proxy, get, h2_client, read_events, start_origin
 
 pytestmark = pytest.mark.integration
 
 CURL = shutil.which("curl")
 NGHTTP = shutil.which("nghttp")
-BIG = hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32)
 
 
 def _curl_has_http2() -> bool:
     if CURL is None:
         return False
     return "HTTP2" in subprocess.run([CURL, "--version"], capture_output=True, text=True).stdout
-
-
-class _Origin(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-def _origin() -> _Origin:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _send(self, body: bytes, status: int = 200) -> None:
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "keep-alive")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_GET(self):  # noqa: N802
-            server.seen.append((self.command, self.path, self.request_version,
-                                {k.lower(): v for k, v in self.headers.items()}))
-            self._send(BIG if self.path == "/big" else b"hello " + self.path.encode())
-
-        do_HEAD = do_GET
-
-        def do_POST(self):  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
-            if self.headers.get("Transfer-Encoding") == "chunked":
-                body = b""
-                while True:
-                    size = int(self.rfile.readline().strip(), 16)
-                    if not size:
-                        self.rfile.readline()
-                        break
-                    body += self.rfile.read(size)
-                    self.rfile.readline()
-            else:
-                body = self.rfile.read(length)
-            server.seen.append(("POST", self.path, self.request_version,
-                                {k.lower(): v for k, v in self.headers.items()}))
-            self._send(hashlib.sha256(body).hexdigest().encode())
-
-        def log_message(self, *args):
-            pass
-
-    server = _Origin(("127.0.0.1", 0), Handler)
-    server.seen = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Proxy:
-    """``twistd multiproxy`` with a reverse proxy, plain and TLS, access log to a file."""
-
-    def __init__(self, tmp_path: Path, origin: _Origin, ca: trustme.CA, extra: str = "") -> None:
-        self.port, self.tls_port = _free_port(), _free_port()
-        cert = tmp_path / "site.pem"
-        ca.issue_cert("site.test").private_key_and_cert_chain_pem.write_to_path(str(cert))
-        self.cafile = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(self.cafile))
-        self.access = tmp_path / "access.log"
-        (tmp_path / "p.toml").write_text(
-            f'[log]\naccess = "{self.access}"\n[[reverse]]\nname = "site"\n'
-            f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
-            f'tls_listen = ["tcp:{self.tls_port}:interface=127.0.0.1"]\n{extra}'
-            f'[reverse.tls]\ncerts = [{{ cert = "{cert}" }}]\n'
-            f'[[reverse.routes]]\npool = "web"\n[reverse.pools.web]\n'
-            f'backends = ["http://127.0.0.1:{origin.server_address[1]}"]\n')
-        self.log = tmp_path / "twistd.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-                 "--pidfile=", "multiproxy", "--config", str(tmp_path / "p.toml")],
-                stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.tls_port), timeout=1).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, self.log.read_text()
-                time.sleep(0.05)
-        raise AssertionError(self.log.read_text())
-
-    def access_lines(self, count: int) -> list[str]:
-        """The access log once it holds ``count`` lines (it is written in batches)."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            lines = self.access.read_text().splitlines() if self.access.exists() else []
-            if len(lines) >= count:
-                return lines
-            time.sleep(0.05)
-        raise AssertionError(f"fewer than {count} access log lines")
-
-    def stop(self) -> str:
-        self.process.terminate()
-        self.process.wait(20)
-        return self.log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +35,8 @@ def ca():
 
 @pytest.fixture
 def proxy(tmp_path, ca):
-    origin = _origin()
-    running = _Proxy(tmp_path, origin, ca)
+    origin = start_origin()
+    running = Proxy(tmp_path, origin, ca)
     running.origin = origin
     yield running
     log = running.stop()
@@ -206,41 +95,12 @@ def test_many_streams_on_one_connection(proxy):
     assert paths == sorted(f"/s{i}" for i in range(20))
 
 
-def _h2_client(port: int):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
-                                                                header_encoding=None))
-    conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
-    return sock, conn
-
-
-def _events(sock, conn, until, timeout: float = 10.0) -> list:
-    """Read until ``until(events)`` is true (or the connection ends)."""
-    seen: list = []
-    deadline = time.monotonic() + timeout
-    while not until(seen) and time.monotonic() < deadline:
-        data = sock.recv(65536)
-        if not data:
-            break
-        seen += conn.receive_data(data)
-        out = conn.data_to_send()
-        if out:
-            sock.sendall(out)
-    return seen
-
-
-def _get(path: bytes, authority: bytes = b"site.test") -> list:
-    return [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", authority),
-            (b":path", path)]
-
-
 def test_a_client_that_does_not_read_pauses_the_backend_instead_of_filling_memory(proxy):
-    sock, conn = _h2_client(proxy.port)
-    conn.send_headers(1, _get(b"/big"), end_stream=True)
+    sock, conn = h2_client(proxy.port)
+    conn.send_headers(1, get(b"/big"), end_stream=True)
     sock.sendall(conn.data_to_send())
     # Read the HEADERS and the first window's worth, then stop giving window back.
-    events = _events(sock, conn, lambda seen: sum(
+    events = read_events(sock, conn, lambda seen: sum(
         len(e.data) for e in seen if isinstance(e, h2.events.DataReceived)) >= 65535)
     received = sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived))
     assert received == 65535  # the initial stream window, not more
@@ -253,7 +113,7 @@ def test_a_client_that_does_not_read_pauses_the_backend_instead_of_filling_memor
     def done(seen):
         return any(isinstance(e, h2.events.StreamEnded) for e in seen)
 
-    events = _events(sock, conn, done, timeout=20)
+    events = read_events(sock, conn, done, timeout=20)
     for event in events:
         if isinstance(event, h2.events.DataReceived):
             conn.acknowledge_received_data(event.flow_controlled_length, 1)
@@ -263,20 +123,20 @@ def test_a_client_that_does_not_read_pauses_the_backend_instead_of_filling_memor
 
 
 def test_malformed_requests_are_refused_before_they_reach_the_backend(proxy):
-    sock, conn = _h2_client(proxy.port)
+    sock, conn = h2_client(proxy.port)
     # A :path with a space would be two request-line fields after translation.
     bad = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"site.test"),
            (b":path", b"/a b")]
     conn.send_headers(1, bad, end_stream=True)
     sock.sendall(conn.data_to_send())
-    events = _events(sock, conn, lambda seen: any(
+    events = read_events(sock, conn, lambda seen: any(
         isinstance(e, (h2.events.StreamReset, h2.events.ConnectionTerminated)) for e in seen))
     reset = [e for e in events if isinstance(e, h2.events.StreamReset)]
     assert reset and reset[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
     # The connection carries on: the next stream is served.
-    conn.send_headers(3, _get(b"/ok"), end_stream=True)
+    conn.send_headers(3, get(b"/ok"), end_stream=True)
     sock.sendall(conn.data_to_send())
-    events = _events(sock, conn, lambda seen: any(
+    events = read_events(sock, conn, lambda seen: any(
         isinstance(e, h2.events.StreamEnded) for e in seen))
     assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == \
         b"hello /ok"
@@ -285,11 +145,11 @@ def test_malformed_requests_are_refused_before_they_reach_the_backend(proxy):
 
 
 def test_http2_can_be_switched_off(tmp_path, ca):
-    origin = _origin()
-    running = _Proxy(tmp_path, origin, ca,
+    origin = start_origin()
+    running = Proxy(tmp_path, origin, ca,
                      extra="http2 = false\nhttp2_prior_knowledge = false\n")
     try:
-        sock, conn = _h2_client(running.port)
+        sock, conn = h2_client(running.port)
         sock.sendall(b"")  # the preface went with the SETTINGS
         answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 ")  # read as HTTP/1, and refused
@@ -341,10 +201,10 @@ def _websocket_backend():
 
 def test_a_websocket_over_http2_is_an_http11_upgrade_to_the_backend(tmp_path, ca):
     backend = _websocket_backend()
-    running = _Proxy(tmp_path, backend, ca)
+    running = Proxy(tmp_path, backend, ca)
     try:
-        sock, conn = _h2_client(running.port)
-        events = _events(sock, conn, lambda seen: any(
+        sock, conn = h2_client(running.port)
+        events = read_events(sock, conn, lambda seen: any(
             isinstance(e, h2.events.RemoteSettingsChanged) for e in seen))
         [settings] = [e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)]
         assert settings.changed_settings[
@@ -353,7 +213,7 @@ def test_a_websocket_over_http2_is_an_http11_upgrade_to_the_backend(tmp_path, ca
                               (b":scheme", b"http"), (b":authority", b"site.test"),
                               (b":path", b"/chat"), (b"sec-websocket-version", b"13")])
         sock.sendall(conn.data_to_send())
-        events = _events(sock, conn, lambda seen: any(
+        events = read_events(sock, conn, lambda seen: any(
             isinstance(e, h2.events.ResponseReceived) for e in seen))
         [answer] = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
         assert dict(answer.headers)[b":status"] == b"200"  # RFC 8441 5
@@ -361,7 +221,7 @@ def test_a_websocket_over_http2_is_an_http11_upgrade_to_the_backend(tmp_path, ca
         frame = b"\x81\x85" + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(b"hello"))
         conn.send_data(1, frame)
         sock.sendall(conn.data_to_send())
-        events = _events(sock, conn, lambda seen: sum(
+        events = read_events(sock, conn, lambda seen: sum(
             len(e.data) for e in seen if isinstance(e, h2.events.DataReceived)) >= len(frame))
         assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == frame
         head = backend.heads[0].lower()
@@ -402,7 +262,7 @@ def _trailer_backend():
 
 def test_trailers_pass_end_to_end_to_http11_and_http2_clients(tmp_path, ca):
     backend = _trailer_backend()
-    running = _Proxy(tmp_path, backend, ca)
+    running = Proxy(tmp_path, backend, ca)
     try:
         with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
             sock.sendall(b"GET /call HTTP/1.1\r\nHost: site.test\r\nTE: trailers\r\n"
@@ -411,10 +271,10 @@ def test_trailers_pass_end_to_end_to_http11_and_http2_clients(tmp_path, ca):
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.endswith(b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n")
-        sock, conn = _h2_client(running.port)
-        conn.send_headers(1, _get(b"/call") + [(b"te", b"trailers")], end_stream=True)
+        sock, conn = h2_client(running.port)
+        conn.send_headers(1, get(b"/call") + [(b"te", b"trailers")], end_stream=True)
         sock.sendall(conn.data_to_send())
-        events = _events(sock, conn, lambda seen: any(
+        events = read_events(sock, conn, lambda seen: any(
             isinstance(e, h2.events.StreamEnded) for e in seen))
         [trailers] = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
         assert trailers.headers == [(b"grpc-status", b"0"), (b"grpc-message", b"fine")]

@@ -14,7 +14,11 @@ Flow control is backpressure both ways: a stream's request DATA is
 acknowledged (WINDOW_UPDATE) only as the upstream takes it, and a stream
 whose send window is spent holds its DATA and, past `HIGH_WATER` bytes,
 pauses its upstream; when the client stops reading the connection, every
-stream stops sending.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`).
+stream stops sending, and past `HIGH_WATER` of other frames the proxy stops
+reading the client too.  Floods get GOAWAY ENHANCE_YOUR_CALM (`H2Limits`):
+streams reset soon after they open, by the client or by the proxy (Rapid
+Reset), and control frames; frame and header block sizes are checked from
+the frame headers (`FrameScanner`) before the h2 library buffers them.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
+from multiproxy.h2._frames import FrameLimitError, FrameScanner
 from multiproxy.h2._settings import HTTP2Settings
 from multiproxy.h2._translate import (
     MalformedRequest,
@@ -58,7 +64,11 @@ __all__ = ["HIGH_WATER", "H2ServerConnection", "StreamTransport"]
 _log = Logger()
 
 HIGH_WATER = 65536
-"""Bytes a stream may hold for a client that has no window left before its upstream pauses."""
+"""
+Bytes a stream may hold for a client that has no window left before its
+upstream pauses; and bytes of replies (ACKs, resets) written to a client
+that does not read before the proxy stops reading it.
+"""
 
 
 class _Rate:
@@ -70,11 +80,11 @@ class _Rate:
         self.slot = -1
         self.count = 0
 
-    def add(self, now: float) -> int:
+    def add(self, now: float, events: int = 1) -> int:
         slot = int(now)
         if slot != self.slot:
             self.slot, self.count = slot, 0
-        self.count += 1
+        self.count += events
         return self.count
 
 
@@ -201,23 +211,41 @@ class H2ServerConnection:
         self.limits = limits
         self.streams: dict[int, _Stream] = {}
         self.sending_paused = False
+        self.reading_paused = False  # the client's bytes are not read while it reads none
+        self._unread = 0  # bytes written since the client's socket filled up
         self.draining = False
         self._resets = _Rate()
         self._control = _Rate()
         self._lost = False
+        self._closing = False  # the connection is ending: nothing more is read
+        self._malformed_logged = False
+        self._admitted: set[int] = set()  # streams served that h2 may still count as open
         self._idle: Any = None
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True,
                                            normalize_inbound_headers=True)
         self.conn = h2.connection.H2Connection(config)
         codes = h2.settings.SettingCodes
-        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+        max_head = self.factory.limits.max_head
+        advertised = {
             codes.MAX_CONCURRENT_STREAMS: limits.max_streams,
             codes.INITIAL_WINDOW_SIZE: limits.window,
-            codes.MAX_HEADER_LIST_SIZE: self.factory.limits.max_head,
+            codes.MAX_HEADER_LIST_SIZE: max_head,
             codes.ENABLE_CONNECT_PROTOCOL: 1 if settings.websockets else 0,
-        })
+        }
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
         self.conn.initiate_connection()
+        # h2 meets a stream past its own MAX_CONCURRENT_STREAMS with a
+        # connection error (GOAWAY, every stream lost); RFC 9113 5.1.2 makes
+        # it a stream error, so the limit advertised above is enforced in
+        # `_request` (REFUSED_STREAM) and h2's own check is set out of reach.
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            **advertised, codes.MAX_CONCURRENT_STREAMS: 2**31 - 1})
+        # Initial values never pass through h2's acknowledgement, which is
+        # where it would hand MAX_HEADER_LIST_SIZE to the HPACK decoder: the
+        # decoder stops at the size advertised, not at h2's default 64 KiB.
+        self.conn.decoder.max_header_list_size = max_head
+        self._frames = FrameScanner(self.conn.max_inbound_frame_size, max_head)
         self.transport.registerProducer(self, True)
         self._send()
         self._idle_from_now()
@@ -236,21 +264,30 @@ class H2ServerConnection:
     # -- bytes from the client ---------------------------------------------
 
     def downstream_data(self, data: bytes) -> None:
-        if self._lost:
+        if self._lost or self._closing:
             return
+        now = self.reactor.seconds()
+        try:
+            control = self._frames.feed(data)
+        except FrameLimitError as e:
+            self._refuse(e.code, str(e))
+            return
+        if control:
+            self._flood(now, control)
+            if self._closing:
+                return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            _log.info("{proxy}: HTTP/2 protocol error from {client}: {error}",
+            _log.info("{proxy}: HTTP/2 client {client}: protocol error: {error}; GOAWAY",
                       proxy=self.factory.name, client=self.outer.client_host, error=e)
             self._send()
             self._close()
             return
-        now = self.reactor.seconds()
         for event in events:
             kind = type(event)
             if kind is h2.events.RequestReceived:
-                self._request(event)
+                self._request(event, now)
             elif kind is h2.events.DataReceived:
                 self._data(event, now)
             elif kind is h2.events.StreamEnded:
@@ -263,14 +300,11 @@ class H2ServerConnection:
                 self._window(event.stream_id)
             elif kind is h2.events.RemoteSettingsChanged:
                 self._window(0)
-                self._flood(now)
-            elif kind is h2.events.PingReceived:
-                self._flood(now)
             elif kind is h2.events.ConnectionTerminated:
                 self._send()
                 self._close()
                 return
-            if self._lost:
+            if self._lost or self._closing:
                 return
         self._send()
 
@@ -292,18 +326,22 @@ class H2ServerConnection:
 
     # -- streams -------------------------------------------------------------
 
-    def _request(self, event: h2.events.RequestReceived) -> None:
+    def _request(self, event: h2.events.RequestReceived, now: float) -> None:
         sid = event.stream_id
-        if self.draining:
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        # After GOAWAY (RFC 9113 6.8), or past SETTINGS_MAX_CONCURRENT_STREAMS (5.1.2).
+        if self.draining or self._streams_open() >= self.limits.max_streams:
+            self._refuse_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM, now)
             return
         try:
             request = read_request(event.headers)
         except MalformedRequest as e:
-            _log.info("{proxy}: malformed HTTP/2 request from {client}: {error}",
-                      proxy=self.factory.name, client=self.outer.client_host, error=e)
-            self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            if not self._malformed_logged:  # one line per connection, not per stream
+                self._malformed_logged = True
+                _log.info("{proxy}: malformed HTTP/2 request from {client}: {error}",
+                          proxy=self.factory.name, client=self.outer.client_host, error=e)
+            self._refuse_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR, now)
             return
+        self._admitted.add(sid)
         ended = event.stream_ended is not None
         if self._idle is not None:
             self._idle.cancel()
@@ -337,6 +375,8 @@ class H2ServerConnection:
             return
         if not event.data and event.stream_ended is None:
             self._flood(now)
+            if self._closing:
+                return
         stream.unacknowledged += size
         if event.data:
             data = event.data
@@ -380,6 +420,7 @@ class H2ServerConnection:
     def _client_reset(self, sid: int, now: float) -> None:
         stream = self.streams.pop(sid, None)
         if stream is None:
+            self._flood(now)  # a reset of a stream already done costs as a PING does
             return
         stream.closed = True
         protocol, stream.protocol = stream.protocol, None
@@ -387,17 +428,45 @@ class H2ServerConnection:
             protocol.connectionLost(Failure(ConnectionLost("the client reset the stream")))
         if not self.streams:
             self._idle_from_now()
+        self._count_reset(now)
+
+    def _streams_open(self) -> int:
+        """
+        Streams served that are open or half-closed, as RFC 9113 5.1.2
+        counts them: a stream whose response is sent stays open until the
+        client ends its side.  Asked of h2, but only for streams served:
+        h2 has already opened every stream of the bytes just read.
+        """
+        h2_streams = self.conn.streams
+        self._admitted = {sid for sid in self._admitted
+                          if (s := h2_streams.get(sid)) is not None and s.open}
+        return len(self._admitted)
+
+    def _refuse_stream(self, sid: int, code: int, now: float) -> None:
+        """
+        Reset a stream the proxy will not serve; it counts as a client's
+        reset, or a client could have the proxy reset streams for it
+        (refused, malformed) at no cost.
+        """
+        self.conn.reset_stream(sid, code)
+        self._count_reset(now)
+
+    def _count_reset(self, now: float) -> None:
         if self._resets.add(now) > self.limits.resets:
-            self._calm("too many streams reset")
+            self._refuse(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many streams reset")
 
-    def _flood(self, now: float) -> None:
-        if self._control.add(now) > self.limits.control_frames:
-            self._calm("too many control frames")
+    def _flood(self, now: float, frames: int = 1) -> None:
+        if self._control.add(now, frames) > self.limits.control_frames:
+            self._refuse(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many control frames")
 
-    def _calm(self, why: str) -> None:
-        _log.info("{proxy}: HTTP/2 client {client}: {why}; GOAWAY ENHANCE_YOUR_CALM",
-                  proxy=self.factory.name, client=self.outer.client_host, why=why)
-        self.conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+    def _refuse(self, code: h2.errors.ErrorCodes, why: str) -> None:
+        """End the connection with GOAWAY ``code``, logged once."""
+        if self._closing or self._lost:
+            return
+        _log.info("{proxy}: HTTP/2 client {client}: {why}; GOAWAY {code}",
+                  proxy=self.factory.name, client=self.outer.client_host, why=why,
+                  code=code.name)
+        self.conn.close_connection(code)
         self._send()
         self._close()
 
@@ -557,11 +626,19 @@ class H2ServerConnection:
 
     def drain(self) -> None:
         """Graceful stop: GOAWAY now; close once the open streams are done."""
-        if self.draining or self._lost:
+        if self.draining or self._lost or self._closing:
             return
         self.draining = True
-        self.conn.close_connection(h2.errors.ErrorCodes.NO_ERROR)
         self._send()
+        # Written here rather than by h2's close_connection, which moves h2 to
+        # its CLOSED state: the client's next frame (a WINDOW_UPDATE the open
+        # streams need, a HEADERS sent before it saw the GOAWAY) would then
+        # be a protocol error ending every stream.  New streams are refused
+        # in `_request`.
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = h2.errors.ErrorCodes.NO_ERROR
+        self.transport.write(goaway.serialize())
         if not self.streams:
             self._close()
 
@@ -569,8 +646,18 @@ class H2ServerConnection:
         data = self.conn.data_to_send()
         if data and not self._lost:
             self.transport.write(data)
+            if self.sending_paused:
+                # DATA waits while the client does not read, but what h2 answers
+                # by itself (PING and SETTINGS ACKs, RST_STREAM on closed
+                # streams) does not: past HIGH_WATER of it, stop reading the
+                # client until it reads.
+                self._unread += len(data)
+                if self._unread > HIGH_WATER and not self.reading_paused:
+                    self.reading_paused = True
+                    self.transport.pauseProducing()
 
     def _close(self) -> None:
+        self._closing = True
         if not self._lost:
             self.transport.loseConnection()
 
@@ -581,6 +668,10 @@ class H2ServerConnection:
 
     def resumeProducing(self) -> None:  # noqa: N802
         self.sending_paused = False
+        self._unread = 0
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resumeProducing()
         self._window(0)
 
     def stopProducing(self) -> None:  # noqa: N802

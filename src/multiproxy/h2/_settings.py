@@ -15,13 +15,20 @@ class H2Limits:
     """
     Bounds of one HTTP/2 client connection.
 
-    @ivar max_streams: SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 5.1.2).
+    @ivar max_streams: SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 5.1.2);
+        a stream past it is refused (RST_STREAM REFUSED_STREAM).
     @ivar window: SETTINGS_INITIAL_WINDOW_SIZE: bytes of request body a
         stream may send before the upstream has taken any.
-    @ivar resets: streams a client may open and cancel (RST_STREAM) per
-        second before GOAWAY ENHANCE_YOUR_CALM (Rapid Reset, CVE-2023-44487).
-    @ivar control_frames: SETTINGS, PING and empty DATA frames per second
-        before GOAWAY ENHANCE_YOUR_CALM.
+    @ivar resets: streams per second that may end in a reset before their
+        response, whether the client cancels them (RST_STREAM) or the proxy
+        refuses them (malformed, over max_streams, after GOAWAY), before
+        GOAWAY ENHANCE_YOUR_CALM (Rapid Reset, CVE-2023-44487).
+    @ivar control_frames: SETTINGS, PING and PRIORITY frames (ACKs
+        included), empty DATA frames and resets of streams already done,
+        per second, before GOAWAY ENHANCE_YOUR_CALM.
+
+    The header list (SETTINGS_MAX_HEADER_LIST_SIZE) and the encoded header
+    block are bounded by the proxy's ``Limits.max_head``.
     """
 
     max_streams: int = 100
