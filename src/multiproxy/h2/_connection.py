@@ -221,9 +221,14 @@ class H2ServerConnection:
         self._malformed_logged = False
         self._admitted: set[int] = set()  # streams served that h2 may still count as open
         self._idle: Any = None
+        # What goes out was read by the strict HTTP/1 parser and put in HTTP/2
+        # form by `_translate` (lower-case names, no connection-specific
+        # fields): h2's outbound checks would only repeat that (~10 us a response).
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True,
-                                           normalize_inbound_headers=True)
+                                           normalize_inbound_headers=True,
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config)
         codes = h2.settings.SettingCodes
         max_head = self.factory.limits.max_head
