@@ -392,7 +392,7 @@ class H2ServerConnection:
 
     def acknowledge(self, stream: _Stream) -> None:
         """Give the client back the window its DATA used, unless the upstream is behind."""
-        if stream.reading_paused or not stream.unacknowledged or stream.remote_ended:
+        if stream.reading_paused or not stream.unacknowledged:
             return
         size, stream.unacknowledged = stream.unacknowledged, 0
         try:
@@ -428,6 +428,9 @@ class H2ServerConnection:
             self._flood(now)  # a reset of a stream already done costs as a PING does
             return
         stream.closed = True
+        if stream.unacknowledged:  # the connection's window gets back what was held
+            size, stream.unacknowledged = stream.unacknowledged, 0
+            self.conn.acknowledge_received_data(size, sid)
         protocol, stream.protocol = stream.protocol, None
         if protocol is not None:
             protocol.connectionLost(Failure(ConnectionLost("the client reset the stream")))
@@ -621,6 +624,10 @@ class H2ServerConnection:
         """END_STREAM or RST_STREAM has been sent: nothing more goes out on the stream."""
         stream.closed = True
         self.streams.pop(stream.id, None)
+        if stream.unacknowledged and not self._lost:
+            # DATA its upstream never took: the connection's window gets it back.
+            size, stream.unacknowledged = stream.unacknowledged, 0
+            self.conn.acknowledge_received_data(size, stream.id)
         if not self.streams:
             if self.draining:
                 self._close()
