@@ -10,6 +10,7 @@ ignored.
 from __future__ import annotations
 
 import hashlib
+import re
 import http.client
 import subprocess
 import sys
@@ -163,6 +164,28 @@ def test_a_large_body_streams_out_of_redis_in_chunks(proxies, origin, redis):
     # The body is in Redis as bounded chunks, not one value.
     keys = redis.command(b"KEYS", b"multiproxy:c:*")
     assert keys.count(b"multiproxy:c:") == BIG // CHUNK_SIZE
+
+
+def _chunk_reads(redis) -> int:
+    """How many GETs (body chunks) Redis has answered."""
+    stats = redis.command(b"INFO", b"commandstats")
+    found = re.search(rb"cmdstat_get:calls=(\d+)", stats)
+    return int(found.group(1)) if found else 0
+
+
+def test_a_process_reads_a_hot_body_from_redis_once(proxies, origin, redis):
+    a, b = proxies[0], proxies[1]
+    url = f"http://127.0.0.1:{origin}/big"
+    status, _, first = _get(a, url)
+    assert status == 200
+    time.sleep(0.5)
+    _get(b, url)  # b reads the body's chunks from Redis ...
+    before = _chunk_reads(redis)
+    assert before >= BIG // CHUNK_SIZE
+    status, cache, again = _get(b, url)  # ... and the next hit from its own memory
+    assert status == 200 and cache.startswith("multiproxy; hit")
+    assert hashlib.sha256(again).digest() == hashlib.sha256(first).digest()
+    assert _chunk_reads(redis) == before
 
 
 def test_redis_stopped_is_bypassed_and_sharing_resumes_when_it_is_back(proxies, origin, redis):

@@ -201,8 +201,13 @@ class RedisReader:
         csize = self._entry.chunk_size
         first = self._pos // csize
         last = min(self._entry.chunks, first + _READ_AHEAD + 1, math.ceil(self._end / csize))
+        store, gen = self._store, self._entry.gen
         for n in range(max(1, first), last):
             if n in self._chunks or n in self._asked:
+                continue
+            hot = store.hot_chunk(gen, n)
+            if hot is not None:
+                self._chunks[n] = hot  # checked when it arrived, as every chunk is
                 continue
             expected = min(csize, self._entry.meta.body_length - n * csize)
             d = self._store._link.call("GET", self._store._chunk_key(self._entry.gen, n))
@@ -215,9 +220,11 @@ class RedisReader:
         if self._closed:
             return
         try:
-            self._chunks[n] = _decode_chunk(raw, expected)
+            chunk = self._chunks[n] = _decode_chunk(raw, expected)
         except ValueError as e:
             self._failed = f"chunk {n}: {e}"
+        else:
+            self._store.keep_hot(self._entry.gen, n, chunk)
         self._wake()
 
     def _lost(self, failure, n: int) -> None:
@@ -349,6 +356,7 @@ class RedisStore:
         stale_window: float = 0.0,
         lock_timeout: float = 5.0,
         memory_poll: float = 5.0,
+        hot_size: int = 16 * 1024 * 1024,
     ) -> None:
         self._link = link
         self.prefix = prefix
@@ -363,9 +371,34 @@ class RedisStore:
         # record header (its generation and checksum) -> the decoded record:
         # a hot record is decoded once, not on every hit
         self._decoded: OrderedDict[bytes, tuple] = OrderedDict()
+        # (write generation, chunk number) -> chunk: body chunks this process
+        # read lately.  A generation names one write and its chunks never
+        # change, and every hit reads the record first, which says which
+        # generation is current: a chunk kept here is never stale, and one
+        # of a replaced write just ages out.
+        self.hot_size = hot_size
+        self._hot: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._hot_bytes = 0
         self._poll = None
         self._memory_poll = memory_poll
         self._poll_memory()
+
+    def hot_chunk(self, gen: bytes, n: int) -> bytes | None:
+        """Chunk ``n`` of write ``gen`` if this process read it lately."""
+        chunk = self._hot.get((gen, n))
+        if chunk is not None:
+            self._hot.move_to_end((gen, n))
+        return chunk
+
+    def keep_hot(self, gen: bytes, n: int, chunk: bytes) -> None:
+        """Keep a chunk just read (least recently used ones go past ``hot_size``)."""
+        if len(chunk) > self.hot_size // 8 or (gen, n) in self._hot:
+            return
+        self._hot[(gen, n)] = chunk
+        self._hot_bytes += len(chunk)
+        while self._hot_bytes > self.hot_size:
+            _, old = self._hot.popitem(last=False)
+            self._hot_bytes -= len(old)
 
     @property
     def available(self) -> bool:
@@ -552,6 +585,8 @@ class RedisStore:
     def clear(self) -> None:
         """Forget what this process loaded (other hosts' entries stay in Redis)."""
         self._loaded.clear()
+        self._hot.clear()
+        self._hot_bytes = 0
 
     def close(self) -> None:
         if self._poll is not None and self._poll.active():
