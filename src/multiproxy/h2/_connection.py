@@ -217,6 +217,7 @@ class H2ServerConnection:
         self._resets = _Rate()
         self._control = _Rate()
         self._lost = False
+        self._holding = False  # frames wait in h2 until the response's write is read whole
         self._closing = False  # the connection is ending: nothing more is read
         self._malformed_logged = False
         self._admitted: set[int] = set()  # streams served that h2 may still count as open
@@ -483,6 +484,16 @@ class H2ServerConnection:
     def response_bytes(self, stream: _Stream, data: bytes) -> None:
         if stream.closed or self._lost:
             return
+        # A small response arrives in one write: its HEADERS, DATA and end
+        # leave in one write to the client too.
+        self._holding = True
+        try:
+            self._response_bytes(stream, data)
+        finally:
+            self._holding = False
+        self._send()
+
+    def _response_bytes(self, stream: _Stream, data: bytes) -> None:
         if stream.reader is None:  # a tunnel: the bytes are DATA as they are
             self._queue(stream, data)
             return
@@ -655,6 +666,8 @@ class H2ServerConnection:
             self._close()
 
     def _send(self) -> None:
+        if self._holding:
+            return
         data = self.conn.data_to_send()
         if data and not self._lost:
             self.transport.write(data)
