@@ -10,7 +10,7 @@ that pipeline; they hold no sockets and need no reactor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from multiproxy.http1._headers import Headers
@@ -28,6 +28,8 @@ class Intent:
     ASCII form, IP literals in canonical form); for a TCP relay it is empty and
     ``port`` is the listening port.  ``target`` is the absolute URL of an HTTP
     request, ``host:port`` for CONNECT and empty for a TCP connection.
+    ``route`` is what the reverse proxy's routing matched (a `RouteMatch`),
+    so its chooser picks the backend from the route's pool; None elsewhere.
     """
 
     kind: IntentKind
@@ -42,6 +44,7 @@ class Intent:
     headers: Headers | None = None
     user: str | None = None
     groups: frozenset[str] = frozenset()
+    route: Any = None
 
     def __init__(
         self,
@@ -57,6 +60,7 @@ class Intent:
         headers: Headers | None = None,
         user: str | None = None,
         groups: frozenset[str] = frozenset(),
+        route: Any = None,
     ) -> None:
         # An Intent is made for every request.  The __init__ a frozen
         # dataclass generates sets each field through object.__setattr__,
@@ -66,7 +70,7 @@ class Intent:
         self.__dict__.update(
             kind=kind, proxy=proxy, client_host=client_host, client_port=client_port,
             host=host, port=port, method=method, scheme=scheme, target=target,
-            headers=headers, user=user, groups=groups,
+            headers=headers, user=user, groups=groups, route=route,
         )
 
 
