@@ -366,9 +366,9 @@ class H2ServerConnection:
         protocol.wire_version = "HTTP/2.0"
         stream.protocol = protocol
         protocol.makeConnection(stream.transport)
+        key = base64.b64encode(os.urandom(16)) if request.websocket else b""
         head = request_bytes(request, absolute=self.factory.absolute_targets,
-                             has_body=has_body,
-                             websocket_key=base64.b64encode(os.urandom(16)))
+                             has_body=has_body, websocket_key=key)
         stream.websocket = request.websocket
         protocol.dataReceived(head)
 
