@@ -120,10 +120,14 @@ def free_port() -> int:
 class Proxy:
     """
     ``twistd multiproxy`` with a reverse proxy, plain and TLS, access log to
-    a file; ``extra`` is TOML added to its ``[[reverse]]`` table.
+    a file; ``extra`` is TOML added to its ``[[reverse]]`` table, ``backends``
+    the pool's list (TOML; default: the origin).
     """
 
-    def __init__(self, tmp_path: Path, origin: Origin, ca: trustme.CA, extra: str = "") -> None:
+    def __init__(self, tmp_path: Path, origin: Origin, ca: trustme.CA, extra: str = "",
+                 backends: str | None = None) -> None:
+        if backends is None:
+            backends = f'["http://127.0.0.1:{origin.server_address[1]}"]'
         self.port, self.tls_port = free_port(), free_port()
         cert = tmp_path / "site.pem"
         ca.issue_cert("site.test").private_key_and_cert_chain_pem.write_to_path(str(cert))
@@ -136,7 +140,7 @@ class Proxy:
             f'tls_listen = ["tcp:{self.tls_port}:interface=127.0.0.1"]\n{extra}'
             f'[reverse.tls]\ncerts = [{{ cert = "{cert}" }}]\n'
             f'[[reverse.routes]]\npool = "web"\n[reverse.pools.web]\n'
-            f'backends = ["http://127.0.0.1:{origin.server_address[1]}"]\n')
+            f'backends = {backends}\n')
         self.log = tmp_path / "twistd.log"
         self.terminated = False
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -190,6 +190,28 @@ def test_backend_url_forms() -> None:
         parse_backend_url("http://:80")
 
 
+def test_http2_backends_by_url_and_by_table_option() -> None:
+    from multiproxy.reverse._service import make_backend
+
+    clear = parse_backend_url("h2://127.0.0.1:50051")
+    assert (clear.scheme, clear.http2, clear.port) == ("h2", True, 50051)
+    assert parse_backend_url("h2://grpc.internal").port == 80
+    backend = make_backend(clear, 5)
+    assert backend.http2 and backend.tls is None
+    assert backend.key != make_backend(parse_backend_url("http://127.0.0.1:50051"), 5).key
+    config = read('''
+[[reverse]]
+backends = [{ url = "https://10.0.0.1:8443", http2 = true, server_name = "api.internal" },
+            "https://10.0.0.2:8443"]
+''')
+    tls_h2, tls_h1 = (make_backend(b, 5) for b in config.pools[0].backends)
+    assert tls_h2.http2 and tls_h2.tls.alpn == (b"h2",)
+    assert not tls_h1.http2 and tls_h1.tls.alpn == (b"http/1.1",)
+    with pytest.raises(ConfigError, match="h2://host:port"):
+        read('[[reverse]]\nbackends = [{ url = "http://10.0.0.1", http2 = true }]\n')
+    assert options("--backend", "h2://127.0.0.1:50051").config.pools[0].backends[0].http2
+
+
 # ---- twistd options ----------------------------------------------------------------------------
 
 

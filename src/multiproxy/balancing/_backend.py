@@ -183,6 +183,8 @@ class Backend:
     (``tcp:host=10.0.0.5:port=5432``, ``unix:path=/run/app.sock``,
     ``tls:db.internal:5432``), or ``host`` and ``port``.  ``tls`` adds TLS
     origination (verified unless it says otherwise) on top of either.
+    ``http2``: an HTTP proxy speaks HTTP/2 to it (prior knowledge, or ALPN
+    ``h2`` over TLS), many requests multiplexed on one connection.
 
     The proxy calls `started` and `finished` around each connection or
     request; a `BackendPool` watches `finished` for passive health checks and
@@ -200,6 +202,7 @@ class Backend:
         weight: int = 1,
         connect_timeout: float | None = None,
         proxy_protocol: str | None = None,
+        http2: bool = False,
     ) -> None:
         if (address is None) == (not host):
             raise ValueError("a backend needs either an endpoint address or a host and port")
@@ -221,9 +224,10 @@ class Backend:
         self.weight = weight
         self.connect_timeout = connect_timeout
         self.proxy_protocol = proxy_protocol
+        self.http2 = http2
         self.name = name or address or _host_port(host, port)
         self.key = (address or _host_port(host, port), tls.server_name if tls else None,
-                    tls is not None)
+                    tls is not None, http2)
         self.active = 0
         self.requests = 0
         self.failures = 0

@@ -100,14 +100,28 @@ class HTTPCheck:
         if not self.path.startswith("/") or any(c in self.path for c in " \r\n\t"):
             raise ValueError(f"health check path must start with / and hold no spaces: {self.path!r}")
 
-    def request(self, backend: Backend) -> bytes:
+    def _host(self, backend: Backend) -> str:
         host = self.host or (backend.tls and backend.tls.server_name) or backend.host or "localhost"
         if backend.host and backend.port and not self.host:
             host = f"{host}:{backend.port}"
+        return host
+
+    def request(self, backend: Backend) -> bytes:
         return (
-            f"GET {self.path} HTTP/1.1\r\nHost: {host}\r\n"
+            f"GET {self.path} HTTP/1.1\r\nHost: {self._host(backend)}\r\n"
             "User-Agent: multiproxy-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         ).encode("ascii", "strict")
+
+    def h2_request(self, backend: Backend) -> list[tuple[bytes, bytes]]:
+        """The same request as an HTTP/2 header block, for an ``http2`` backend."""
+        return [
+            (b":method", b"GET"),
+            (b":scheme", b"https" if backend.tls is not None else b"http"),
+            (b":authority", self._host(backend).encode("ascii", "strict")),
+            (b":path", self.path.encode("ascii", "strict")),
+            (b"user-agent", b"multiproxy-health-check"),
+            (b"accept", b"*/*"),
+        ]
 
     def judge(self, status: int) -> bool:
         if self.expect:
@@ -161,6 +175,48 @@ class _Probe(Protocol):
         self.transport.abortConnection()
 
 
+class _H2Probe(_Probe):
+    """The check's GET as the one stream of an HTTP/2 connection; reads just its ``:status``."""
+
+    def __init__(self, fields: list[tuple[bytes, bytes]], result: defer.Deferred) -> None:
+        import h2.config
+        import h2.connection
+
+        super().__init__(None, result)
+        self.fields = fields
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None))
+
+    def connectionMade(self) -> None:
+        self.conn.initiate_connection()
+        self.conn.send_headers(1, self.fields, end_stream=True)
+        self.transport.write(self.conn.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        import h2.events
+        import h2.exceptions
+
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._fail(f"invalid HTTP/2: {e}")
+            return
+        for event in events:
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers).get(b":status", b"")
+                if len(status) == 3 and status.isdigit():
+                    self._finish(int(status))
+                else:
+                    self._fail(f"bad :status {status!r}")
+                return
+            if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                self._fail("the backend reset the check's stream")
+                return
+        pending = self.conn.data_to_send()
+        if pending:
+            self.transport.write(pending)
+
+
 class _ProbeRun:
     """One probe of one backend: connection, deadline and outcome."""
 
@@ -172,7 +228,10 @@ class _ProbeRun:
         request = check.request(backend)
 
         def build() -> _Probe:
-            self.protocol = _Probe(request, self.result)
+            if request is not None and getattr(backend, "http2", False):
+                self.protocol = _H2Probe(check.h2_request(backend), self.result)
+            else:
+                self.protocol = _Probe(request, self.result)
             return self.protocol
 
         endpoint = UpstreamEndpoint(reactor, backend, timeout)

@@ -106,6 +106,10 @@ class _Stream:
         self.outbound_bytes = 0
         self.ending = False  # the response is complete: END_STREAM once the DATA is out
         self.trailers: Any = None  # the response's trailer fields, sent after its DATA
+        # The response's HEADERS, held until its first DATA or its end: a
+        # response without a body is one HEADERS frame ending the stream, as
+        # gRPC's trailers-only answers must be.
+        self.head_fields: list | None = None
         self.closed = False  # END_STREAM or RST_STREAM sent or received
         self.remote_ended = False  # the client's END_STREAM has arrived
         self.unacknowledged = 0  # request DATA taken from the window, not yet given back
@@ -516,6 +520,7 @@ class H2ServerConnection:
                 self._flush(stream)
                 return
             else:  # NEED_DATA: the rest of the response has not been written yet
+                self._send_head(stream)
                 return
 
     def _head(self, stream: _Stream, head: ResponseHead) -> None:
@@ -527,10 +532,22 @@ class H2ServerConnection:
             self.conn.send_headers(stream.id, response_fields(200, fields))
             self._tunnel_from_here(stream)
         elif status != 101:
-            self.conn.send_headers(stream.id, response_fields(status, list(head.headers)))
+            fields = response_fields(status, list(head.headers))
             if stream.raw and not stream.websocket and 200 <= status < 300:
+                self.conn.send_headers(stream.id, fields)
                 self._tunnel_from_here(stream)  # a CONNECT's tunnel is open
+            elif status < 200:
+                self.conn.send_headers(stream.id, fields)
+            else:
+                stream.head_fields = fields
+                return
         self._send()
+
+    def _send_head(self, stream: _Stream) -> None:
+        """The response's HEADERS go out (before its DATA or trailers)."""
+        fields, stream.head_fields = stream.head_fields, None
+        if fields is not None:
+            self.conn.send_headers(stream.id, fields)
 
     def _tunnel_from_here(self, stream: _Stream) -> None:
         """From here on the stream's bytes are a tunnel's: DATA as they are, both ways."""
@@ -547,6 +564,8 @@ class H2ServerConnection:
 
     def _flush(self, stream: _Stream) -> None:
         conn = self.conn
+        if stream.head_fields is not None and (stream.outbound or stream.trailers):
+            self._send_head(stream)
         while stream.outbound and not self.sending_paused and not stream.closed:
             window = conn.local_flow_control_window(stream.id)
             if window <= 0:
@@ -563,6 +582,9 @@ class H2ServerConnection:
             if stream.trailers:
                 # Trailing HEADERS end the stream (RFC 9113 8.1): gRPC's status rides here.
                 conn.send_headers(stream.id, trailer_fields(stream.trailers), end_stream=True)
+            elif stream.head_fields is not None:
+                fields, stream.head_fields = stream.head_fields, None
+                conn.send_headers(stream.id, fields, end_stream=True)
             else:
                 conn.end_stream(stream.id)
             stream.ending = False

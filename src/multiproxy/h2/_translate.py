@@ -30,6 +30,8 @@ __all__ = [
     "request_bytes",
     "response_fields",
     "trailer_fields",
+    "upstream_request_fields",
+    "upstream_response",
 ]
 
 CONNECTION_SPECIFIC = frozenset({
@@ -195,3 +197,51 @@ def trailer_fields(trailers) -> list[tuple[bytes, bytes]]:
     """An HTTP/1.1 trailer section as the trailing HEADERS of a stream (no pseudo-headers)."""
     return [(name.lower(), value) for name, value in trailers
             if name.lower() not in CONNECTION_SPECIFIC and name.lower() != b"te"]
+
+
+# -- to and from an HTTP/2 upstream ------------------------------------------
+
+_NOT_TO_UPSTREAM = CONNECTION_SPECIFIC | {b"host", b"te", b"content-length"}
+
+
+def upstream_request_fields(method: bytes, target: bytes, headers, *, scheme: bytes,
+                            length: int | None) -> list[tuple[bytes, bytes]]:
+    """
+    A request head the proxy forwards (end-to-end fields, ``Host`` set) as
+    the header block of a stream to an HTTP/2 upstream: ``Host`` becomes
+    ``:authority`` (RFC 9113 8.3.1), framing fields go (``length`` is the
+    body's, when known), and ``te: trailers`` says the proxy takes trailers,
+    which it does whatever its client speaks (gRPC servers ask for it).
+    """
+    authority = headers.get(b"host")
+    block = [(b":method", method), (b":scheme", scheme)]
+    if authority is not None:
+        block.append((b":authority", authority))
+    block.append((b":path", target))
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in _NOT_TO_UPSTREAM:
+            block.append((lower, value))
+    if length is not None:
+        block.append((b"content-length", b"%d" % length))
+    block.append((b"te", b"trailers"))
+    return block
+
+
+def upstream_response(block: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """
+    The status and fields of an HTTP/2 upstream's response header block (h2
+    has checked it against RFC 9113 8.3.2).
+
+    @raise ProtocolError: the status is not three digits.
+    """
+    status = None
+    fields = []
+    for name, value in block:
+        if name == b":status":
+            status = value
+        elif not name.startswith(b":"):
+            fields.append((name, value))
+    if status is None or len(status) != 3 or not status.isdigit():
+        raise ProtocolError(f"bad :status {status!r} from upstream")
+    return int(status), fields

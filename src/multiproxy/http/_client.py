@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy.balancing._backend import note_exchanged
+from multiproxy.h2._client import H2Sessions, UpstreamStream
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
@@ -37,6 +38,7 @@ from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.transport._deadline import Deadline
 from multiproxy.transport._directwrite import no_delay, send_now
+from multiproxy.transport._tls import tls_failure
 
 log = Logger()
 
@@ -285,29 +287,11 @@ class UpstreamConnection(Protocol):
             else:
                 message = "upstream closed the connection without answering"
             kind = "closed"
-            tls = _tls_failure(reason)
+            tls = tls_failure(reason)
             if tls is not None:
                 message = f"TLS handshake with the upstream failed: {tls}"
                 kind = "tls"
             self._fail(UpstreamError(message, 502, kind))
-
-
-def _tls_failure(reason: Failure | None) -> str | None:
-    """What went wrong in a TLS handshake that ended the connection, if that is what did."""
-    if reason is None:
-        return None
-    from OpenSSL.SSL import Error as SSLError
-    from service_identity import VerificationError
-
-    if reason.check(VerificationError):
-        return f"the certificate does not match the upstream's name ({reason.value})"
-    if reason.check(SSLError):
-        message = reason.getErrorMessage()
-        if "certificate verify failed" in message:
-            return ("the upstream's certificate is not signed by a trusted CA "
-                    "(certificate verify failed)")
-        return message
-    return None
 
 
 class _ConnectionFactory(Factory):
@@ -353,6 +337,7 @@ class ConnectionPool:
         self.max_idle_total = max_idle_total
         self._idle: dict[object, list[UpstreamConnection]] = {}
         self._idle_order: dict[UpstreamConnection, None] = {}  # every idle one, oldest first
+        self.h2 = H2Sessions(self)  # connections to HTTP/2 upstreams, multiplexed
 
     @classmethod
     def from_timeouts(cls, reactor, limits: Limits, timeouts) -> ConnectionPool:
@@ -371,8 +356,13 @@ class ConnectionPool:
             return len(self._idle.get(key, ()))
         return len(self._idle_order)
 
-    def take_idle(self, upstream) -> UpstreamConnection | None:
-        """An idle connection to ``upstream``, if one is kept (most recently used first)."""
+    def take_idle(self, upstream) -> UpstreamConnection | UpstreamStream | None:
+        """
+        An idle connection to ``upstream``, if one is kept (most recently
+        used first); for an HTTP/2 upstream, a stream on an open connection.
+        """
+        if getattr(upstream, "http2", False):
+            return self.h2.ready_stream(upstream)
         idle = self._idle.get(upstream.key)
         while idle:
             conn = idle.pop()
@@ -389,13 +379,21 @@ class ConnectionPool:
             return defer.succeed(conn)
         return self.connect(upstream)
 
-    def connect(self, upstream) -> defer.Deferred[UpstreamConnection]:
-        """A new connection to ``upstream``, failing with `UpstreamError`."""
+    def connect(self, upstream) -> defer.Deferred[UpstreamConnection | UpstreamStream]:
+        """
+        A new connection to ``upstream``, failing with `UpstreamError`; for an
+        HTTP/2 upstream, a stream on a connection with room (new if none has).
+        """
+        if getattr(upstream, "http2", False):
+            return self.h2.stream(upstream)
         endpoint = UpstreamEndpoint(self.reactor, upstream, self.connect_timeout)
         return endpoint.connect(_ConnectionFactory(self, upstream.key))
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection | UpstreamStream) -> None:
         """``conn`` finished a request and may be reused."""
+        if type(conn) is UpstreamStream:
+            conn.session.release(conn)
+            return
         idle = self._idle.get(conn.key)
         if idle is not None and len(idle) >= self.max_idle_per_key:
             conn.transport.loseConnection()
@@ -419,6 +417,7 @@ class ConnectionPool:
 
     def close_idle(self) -> None:
         """Close every idle connection (at shutdown)."""
+        self.h2.close_idle()
         for idle in list(self._idle.values()):
             for conn in list(idle):
                 conn.transport.loseConnection()

@@ -42,16 +42,19 @@ _TIMEOUTS = Timeouts()
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     """
-    One backend, from a URL ``http://host[:port]`` or ``https://host[:port]``.
+    One backend, from a URL ``http://host[:port]``, ``https://host[:port]``
+    or ``h2://host[:port]`` (HTTP/2 in clear text, prior knowledge).
 
     @ivar server_name: for https: the name sent by SNI and verified in the
         certificate (default: ``host``).
     @ivar verify: for https: False only when configured explicitly.
     @ivar ca_file: for https: CA certificates to trust instead of the system's.
+    @ivar http2: for https: offer only ``h2`` in ALPN and speak HTTP/2 (an
+        ``h2://`` backend always does).
     """
 
     url: str
-    scheme: Literal["http", "https"]
+    scheme: Literal["http", "https", "h2"]
     host: str
     port: int
     weight: int = 1
@@ -59,6 +62,7 @@ class BackendConfig:
     verify: bool = True
     ca_file: str | None = None
     name: str | None = None
+    http2: bool = False
 
     @property
     def authority(self) -> str:
@@ -70,7 +74,8 @@ class BackendConfig:
 
 def parse_backend_url(url: str, **options: object) -> BackendConfig:
     """
-    A `BackendConfig` from ``http://host:port`` or ``https://host:port``.
+    A `BackendConfig` from ``http://host:port``, ``https://host:port`` or
+    ``h2://host:port``.
 
     @raise ValueError: with a sentence saying what is wrong and what is right.
     """
@@ -80,9 +85,10 @@ def parse_backend_url(url: str, **options: object) -> BackendConfig:
         port = parts.port
     except ValueError as e:
         raise ValueError(f"backend {url!r}: {e}") from None
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in ("http", "https", "h2"):
         raise ValueError(
-            f"backend {url!r}: expected http://host:port or https://host:port"
+            f"backend {url!r}: expected http://host:port, https://host:port "
+            f"or h2://host:port (HTTP/2 in clear text)"
         )
     if not parts.hostname:
         raise ValueError(f"backend {url!r} has no host; write it as {parts.scheme}://host:port")
@@ -102,6 +108,8 @@ def parse_backend_url(url: str, **options: object) -> BackendConfig:
         port = 443 if parts.scheme == "https" else 80
     if not 0 < port < 65536:
         raise ValueError(f"backend {url!r}: port must be 1-65535")
+    if parts.scheme == "h2":
+        options = {**options, "http2": True}
     return BackendConfig(url=text, scheme=parts.scheme, host=host, port=port,  # type: ignore[arg-type]
                          **options)  # type: ignore[arg-type]
 
@@ -344,13 +352,17 @@ def _pool_from_table(reader: TableReader, name: str) -> PoolConfig:
                 "verify": sub.boolean("verify", True),
                 "ca_file": sub.string("ca_file", None),
                 "name": sub.string("name", None),
+                "http2": sub.boolean("http2", False),
             }
             backend = sub.convert("url", url, partial(parse_backend_url, **options))
             sub.finish()
-            if backend.scheme == "http" and (
+            if backend.scheme != "https" and (
                 options["server_name"] or options["ca_file"] or not options["verify"]
             ):
                 raise sub.error("url", "server_name, ca_file and verify apply to https backends")
+            if backend.scheme == "http" and options["http2"]:
+                raise sub.error("http2", "HTTP/2 to a clear-text backend is written "
+                                         "h2://host:port (prior knowledge)")
             backends.append(backend)
         else:
             raise reader.error(key, f"expected a URL or a table with url, got {item!r}")
@@ -488,7 +500,7 @@ class ReverseOptions(AccessLogOptions, ClientPolicyOptions, HealthOptions, TLSCe
         add_listen_option(self, "status-listen", description)
 
     def opt_backend(self, url: str) -> None:
-        """Backend URL (repeatable): http://host:port or https://host:port."""
+        """Backend URL (repeatable): http://host:port, https://host:port or h2://host:port."""
         self["backend"].append(url)
 
     def opt_trust_forwarded(self, network: str) -> None:

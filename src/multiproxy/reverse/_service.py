@@ -55,11 +55,11 @@ def make_backend(config: BackendConfig, connect_timeout: float) -> Backend:
             server_name=config.server_name or config.host,
             ca_file=config.ca_file,
             verify=config.verify,
-            alpn=(b"http/1.1",),
+            alpn=(b"h2",) if config.http2 else (b"http/1.1",),
         )
     return Backend(
         config.name or config.url, host=config.host, port=config.port, tls=tls,
-        weight=config.weight, connect_timeout=connect_timeout,
+        weight=config.weight, connect_timeout=connect_timeout, http2=config.http2,
     )
 
 

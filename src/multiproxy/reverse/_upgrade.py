@@ -45,6 +45,11 @@ log = Logger()
 def start_upgrade(protocol: Any, exchange: Exchange, intent: Intent, pool: Any, backend: Any,
                   head: RequestHead) -> None:
     """Send the upgrade request ``head`` to ``backend`` (failing over within ``pool``)."""
+    if getattr(backend, "http2", False):
+        # The upgrade is HTTP/1.1's; RFC 8441 to a backend is not spoken here.
+        exchange.respond_error(502, f"WebSocket upgrades to the HTTP/2 backend {backend.name} "
+                                    "are not supported; give the route an http:// backend")
+        return
     headers = head.headers.copy()
     headers.add(b"Connection", b"Upgrade")
     headers.add(b"Upgrade", b"websocket")

@@ -35,6 +35,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy.pipeline._errors import ConfigError
@@ -361,3 +362,19 @@ def _ssl_reason(error: SSL.Error) -> str:
             parts.append(str(item[2]))
     return "; ".join(parts) or str(error)
 
+
+def tls_failure(reason: Failure | None) -> str | None:
+    """What went wrong in a TLS handshake that ended the connection, if that is what did."""
+    if reason is None:
+        return None
+    from service_identity import VerificationError
+
+    if reason.check(VerificationError):
+        return f"the certificate does not match the upstream's name ({reason.value})"
+    if reason.check(SSL.Error):
+        message = reason.getErrorMessage()
+        if "certificate verify failed" in message:
+            return ("the upstream's certificate is not signed by a trusted CA "
+                    "(certificate verify failed)")
+        return message
+    return None

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""
+HTTP/2 to backends: multiproxy's reverse proxy in front of the same nginx
+over HTTP/1.1 (``http://``) and over HTTP/2 (``h2://``, prior knowledge),
+and HAProxy in front of it over HTTP/2 (``proto h2``), same run, rounds
+alternating.
+
+    python3 bench/h2_backend_bench.py [--requests 20000] [--rounds 3]
+
+nginx serves a 100-byte file on two ports, HTTP/1.1 and h2c.  h2load sends
+``--requests`` GETs over 10 HTTP/1.1 keep-alive connections (``--h1``) to
+each proxy, which runs one process (one thread for HAProxy).  CPU per
+request is the proxy's user + system time (``/proc``) over the requests
+completed.  Also printed: how many TCP connections each proxy held to nginx
+at the end (``ss``), the point of a multiplexed backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import cpu_seconds, ensure_apt, free_port, running, twistd_argv  # noqa: E402
+from h2_bench import h2load  # noqa: E402
+
+
+@contextlib.contextmanager
+def nginx_two_ports(root: str):
+    """nginx serving /100b over HTTP/1.1 and h2c; yields (h1_port, h2_port)."""
+    nginx = ensure_apt("nginx", "nginx")
+    if nginx is None:
+        raise RuntimeError("nginx is not available")
+    www = os.path.join(root, "www")
+    os.makedirs(www, mode=0o755)
+    with open(os.path.join(www, "100b"), "wb") as f:
+        f.write(b"x" * 100)
+    h1, h2 = free_port(), free_port()
+    conf = os.path.join(root, "origin.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+daemon off;
+error_log {root}/origin-error.log;
+pid {root}/origin.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    http2_max_concurrent_streams 128;
+    server {{
+        listen 127.0.0.1:{h1};
+        listen 127.0.0.1:{h2} http2;
+        root {www};
+    }}
+}}
+""")
+    with running([nginx, "-c", conf, "-p", root], h1):
+        yield h1, h2
+
+
+def multiproxy_argv(port: int, backend: str) -> list[str]:
+    return twistd_argv("multiproxy", "--access-log", "none", "reverse",
+                       "--listen", f"tcp:{port}:interface=127.0.0.1", "--backend", backend)
+
+
+def haproxy_h2_argv(port: int, origin: int, root: str) -> list[str] | None:
+    haproxy = ensure_apt("haproxy", "haproxy")
+    if haproxy is None:
+        return None
+    conf = os.path.join(root, f"haproxy-{port}.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend front
+    bind 127.0.0.1:{port}
+    default_backend origin
+backend origin
+    http-reuse always
+    server o1 127.0.0.1:{origin} proto h2
+""")
+    return [haproxy, "-f", conf, "-db"]
+
+
+def upstream_connections(pid: int, port: int) -> int:
+    """Established TCP connections of process ``pid`` to 127.0.0.1:``port``."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{port}"],
+                         capture_output=True, text=True).stdout
+    return sum(f"pid={pid}," in line for line in out.splitlines())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        sys.exit("h2load is needed: apt-get install nghttp2-client")
+    root = tempfile.mkdtemp(prefix="bench-h2-backend-")
+    os.chmod(root, 0o755)
+    names = ["multiproxy -> HTTP/1.1", "multiproxy -> HTTP/2", "HAProxy -> HTTP/2"]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    try:
+        with nginx_two_ports(root) as (h1, h2):
+            subjects = {
+                names[0]: (lambda port: multiproxy_argv(port, f"http://127.0.0.1:{h1}"), h1),
+                names[1]: (lambda port: multiproxy_argv(port, f"h2://127.0.0.1:{h2}"), h2),
+                names[2]: (lambda port: haproxy_h2_argv(port, h2, root), h2),
+            }
+            for number in range(args.rounds):
+                for name, (build, backend_port) in subjects.items():
+                    port = free_port()
+                    argv = build(port)
+                    if argv is None:
+                        print(f"{name}: not installed; skipped")
+                        continue
+                    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+                    with running(argv, port, env=env) as process:
+                        url = f"http://127.0.0.1:{port}/100b"
+                        h2load(url, 1000, True)  # warm-up
+                        before = cpu_seconds(process.pid)
+                        result = h2load(url, args.requests, True)
+                        used = cpu_seconds(process.pid) - before
+                        held = upstream_connections(process.pid, backend_port)
+                    cpu_us = used / max(result["ok"], 1) * 1e6
+                    results[name].append((result["rps"], cpu_us))
+                    print(f"round {number + 1} {name:24} {result['rps']:8.0f} req/s "
+                          f"{cpu_us:6.0f} us CPU/request ({result['ok']} ok, "
+                          f"{held} connections to nginx)", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nmedians over {args.rounds} rounds (10 HTTP/1.1 client connections, 100-byte body):")
+    base = statistics.median(r for r, _ in results[names[0]]) or 1
+    for name, rows in results.items():
+        if not rows:
+            continue
+        rps = statistics.median(r for r, _ in rows)
+        cpu = statistics.median(c for _, c in rows)
+        print(f"  {name:24} {rps:8.0f} req/s ({rps / base:.2f}x multiproxy -> HTTP/1.1), "
+              f"{cpu:6.0f} us CPU/request")
+
+
+if __name__ == "__main__":
+    main()
