@@ -34,6 +34,7 @@ from h2_peers import (
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
+    GoAwayFrame,
     HeadersFrame,
     PingFrame,
     PriorityFrame,
@@ -381,7 +382,8 @@ def test_a_client_that_never_reads_with_huge_windows_holds_little_memory(running
 # -- graceful shutdown and idle connections -------------------------------------
 
 
-def test_sigterm_sends_goaway_lets_the_open_stream_finish_and_refuses_new_ones(running):
+def test_sigterm_sends_goaway_in_two_steps_lets_open_streams_finish_and_refuses_new_ones(
+        running):
     proxy = running.proxy
     client = RawClient(proxy.port)
     client.send(SettingsFrame(0, flags={"ACK"}))
@@ -391,24 +393,59 @@ def test_sigterm_sends_goaway_lets_the_open_stream_finish_and_refuses_new_ones(r
     while not running.origin.seen and time.monotonic() < deadline:
         time.sleep(0.02)
     proxy.terminate()
-    client.read(has_goaway, timeout=5)
-    goaway = client.goaway()
-    assert goaway is not None and goaway.error_code == CODES.NO_ERROR
-    assert goaway.last_stream_id == 1
-    # A stream opened after the GOAWAY is not served; frames on the open one still are.
-    client.send(_headers(encoder, 3, b"/late"), WindowUpdateFrame(0, window_increment=1000),
+    # Step one (RFC 9113 6.8): GOAWAY with the largest stream id, then a PING.
+    client.read(lambda frames: has_goaway(frames) and _ping(frames) is not None, timeout=5)
+    first = client.goaway()
+    assert first.error_code == CODES.NO_ERROR and first.last_stream_id == 2**31 - 1
+    # A stream the client sent before it saw the GOAWAY is still served ...
+    client.send(_headers(encoder, 3, b"/inflight"))
+    # ... and once the PING is answered, the final GOAWAY names the last stream served.
+    client.send(PingFrame(0, flags={"ACK"}, opaque_data=_ping(client.frames).opaque_data))
+    client.read(lambda frames: len(_goaways(frames)) == 2, timeout=5)
+    final = _goaways(client.frames)[1]
+    assert final.error_code == CODES.NO_ERROR and final.last_stream_id == 3
+    # A stream opened after the final GOAWAY is not served; frames on the open ones still are.
+    client.send(_headers(encoder, 5, b"/late"), WindowUpdateFrame(0, window_increment=1000),
                 PingFrame(0, opaque_data=b"stillok!"))
-    client.read(lambda frames: _ended(frames, 1), timeout=5)
-    body = b"".join(f.data for f in client.frames
-                    if isinstance(f, DataFrame) and f.stream_id == 1)
-    assert body == b"hello /slow"
+    client.read(lambda frames: _ended(frames, 1) and _ended(frames, 3), timeout=5)
+    for sid, body in ((1, b"hello /slow"), (3, b"hello /inflight")):
+        assert b"".join(f.data for f in client.frames
+                        if isinstance(f, DataFrame) and f.stream_id == sid) == body
     client.read(lambda frames: False, timeout=5)
-    assert client.closed  # the connection closes once the stream is done
-    assert not any(f.stream_id == 3 for f in client.frames
+    assert client.closed  # the connection closes once the streams are done
+    assert not any(f.stream_id == 5 for f in client.frames
                    if isinstance(f, (HeadersFrame, DataFrame)))
-    assert [p for _, p, _, _ in running.origin.seen] == ["/slow"]
+    assert sorted(p for _, p, _, _ in running.origin.seen) == ["/inflight", "/slow"]
     proxy.process.wait(10)  # twistd ends with the signal it was stopped by
     client.close()
+
+
+def test_a_client_goaway_lets_its_open_streams_finish(running):
+    client = RawClient(running.proxy.port)
+    client.send(SettingsFrame(0, flags={"ACK"}))
+    encoder = hpack.Encoder()
+    goaway = GoAwayFrame(0)
+    goaway.last_stream_id = 0
+    goaway.error_code = CODES.NO_ERROR
+    client.send(_headers(encoder, 1, b"/slow"))
+    deadline = time.monotonic() + 5
+    while not running.origin.seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.send(goaway)  # the client opens no more streams; stream 1 is still wanted
+    client.read(lambda frames: _ended(frames, 1), timeout=5)
+    assert b"".join(f.data for f in client.frames
+                    if isinstance(f, DataFrame) and f.stream_id == 1) == b"hello /slow"
+    client.read(lambda frames: False, timeout=3)
+    assert client.closed
+    client.close()
+
+
+def _goaways(frames) -> list:
+    return [f for f in frames if isinstance(f, GoAwayFrame)]
+
+
+def _ping(frames):
+    return next((f for f in frames if isinstance(f, PingFrame) and "ACK" not in f.flags), None)
 
 
 def test_an_idle_connection_gets_goaway_after_the_keepalive_timeout(tmp_path, ca):

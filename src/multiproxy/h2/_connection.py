@@ -63,6 +63,11 @@ __all__ = ["HIGH_WATER", "H2ServerConnection", "StreamTransport"]
 
 _log = Logger()
 
+DRAIN_GRACE = 1.0
+"""Seconds between a graceful stop's first GOAWAY and its final one, when the PING is not answered."""
+
+_DRAIN_PING = b"mp-drain"
+
 HIGH_WATER = 65536
 """
 Bytes a stream may hold for a client that has no window left before its
@@ -217,7 +222,10 @@ class H2ServerConnection:
         self.sending_paused = False
         self.reading_paused = False  # the client's bytes are not read while it reads none
         self._unread = 0  # bytes written since the client's socket filled up
-        self.draining = False
+        self.draining = False  # closing once the open streams are done
+        # The last stream id of the final GOAWAY: streams above it are refused.
+        self._last_stream: int | None = None
+        self._final_goaway_call: Any = None
         self._resets = _Rate()
         self._control = _Rate()
         self._lost = False
@@ -310,7 +318,18 @@ class H2ServerConnection:
                 self._window(event.stream_id)
             elif kind is h2.events.RemoteSettingsChanged:
                 self._window(0)
+            elif kind is h2.events.PingAckReceived:
+                if event.ping_data == _DRAIN_PING:
+                    self._final_goaway()
             elif kind is h2.events.ConnectionTerminated:
+                if event.error_code == h2.errors.ErrorCodes.NO_ERROR and self.streams:
+                    # The client opens no more streams (RFC 9113 6.8); those it
+                    # opened still get their answers.  h2 takes any GOAWAY as
+                    # the end of the connection: its state goes back to open.
+                    self.conn.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+                    self.draining = True
+                    self._last_stream = self.conn.highest_inbound_stream_id
+                    continue
                 self._send()
                 self._close()
                 return
@@ -323,6 +342,8 @@ class H2ServerConnection:
 
     def downstream_lost(self, reason: Failure | None) -> None:
         self._lost = True
+        if self._final_goaway_call is not None and self._final_goaway_call.active():
+            self._final_goaway_call.cancel()
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -338,8 +359,9 @@ class H2ServerConnection:
 
     def _request(self, event: h2.events.RequestReceived, now: float) -> None:
         sid = event.stream_id
-        # After GOAWAY (RFC 9113 6.8), or past SETTINGS_MAX_CONCURRENT_STREAMS (5.1.2).
-        if self.draining or self._streams_open() >= self.limits.max_streams:
+        # After the final GOAWAY (RFC 9113 6.8), or past SETTINGS_MAX_CONCURRENT_STREAMS (5.1.2).
+        if (self._last_stream is not None and sid > self._last_stream) or (
+                self._closing or self._streams_open() >= self.limits.max_streams):
             self._refuse_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM, now)
             return
         try:
@@ -663,6 +685,7 @@ class H2ServerConnection:
             self.conn.acknowledge_received_data(size, stream.id)
         if not self.streams:
             if self.draining:
+                self._final_goaway()
                 self._close()
             else:
                 self._idle_from_now()
@@ -670,22 +693,47 @@ class H2ServerConnection:
     # -- the connection ----------------------------------------------------
 
     def drain(self) -> None:
-        """Graceful stop: GOAWAY now; close once the open streams are done."""
+        """
+        Graceful stop in two steps (RFC 9113 6.8): a GOAWAY naming the
+        largest stream id tells the client to open no more streams, and a
+        PING follows it; once the PING's ACK is back (every stream the
+        client sent before it saw the GOAWAY has arrived), or after
+        `DRAIN_GRACE` seconds, the final GOAWAY names the last stream served.
+        The connection closes once the open streams are done.
+        """
         if self.draining or self._lost or self._closing:
             return
         self.draining = True
         self._send()
+        if not self.streams:
+            self._final_goaway()
+            return
+        self._write_goaway(2**31 - 1)
+        self.conn.ping(_DRAIN_PING)
+        self._send()
+        self._final_goaway_call = self.reactor.callLater(DRAIN_GRACE, self._final_goaway)
+
+    def _final_goaway(self) -> None:
+        if self._last_stream is not None or self._lost:
+            return
+        if self._final_goaway_call is not None:
+            if self._final_goaway_call.active():
+                self._final_goaway_call.cancel()
+            self._final_goaway_call = None
+        self._last_stream = self.conn.highest_inbound_stream_id
+        self._write_goaway(self._last_stream)
+        if not self.streams:
+            self._close()
+
+    def _write_goaway(self, last_stream_id: int) -> None:
         # Written here rather than by h2's close_connection, which moves h2 to
         # its CLOSED state: the client's next frame (a WINDOW_UPDATE the open
         # streams need, a HEADERS sent before it saw the GOAWAY) would then
-        # be a protocol error ending every stream.  New streams are refused
-        # in `_request`.
+        # be a protocol error ending every stream.
         goaway = GoAwayFrame(0)
-        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.last_stream_id = last_stream_id
         goaway.error_code = h2.errors.ErrorCodes.NO_ERROR
         self.transport.write(goaway.serialize())
-        if not self.streams:
-            self._close()
 
     def _send(self) -> None:
         if self._holding:
