@@ -136,7 +136,9 @@ class ScriptedBackend:
     ``drop`` closes the connection on every request, without answering;
     ``goaway-first`` answers the first request with GOAWAY (last stream 0:
     not processed) and closes, and serves later connections; ``refuse-first`` resets the first request with
-    REFUSED_STREAM and serves the rest.  Served requests get ``ok PATH``;
+    REFUSED_STREAM and serves the rest; ``serve`` serves every request.
+    Served requests get ``ok PATH``, and ``trailers=name=value,...`` when the
+    request had trailer fields;
     ``seen`` lists (connection number, path) of every request that arrived.
     """
 
@@ -175,6 +177,7 @@ class ScriptedBackend:
         conn.initiate_connection()
         client.sendall(conn.data_to_send())
         paths: dict[int, bytes] = {}
+        trailers: dict[int, list] = {}
         with client:
             while True:
                 try:
@@ -186,6 +189,11 @@ class ScriptedBackend:
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
                         paths[event.stream_id] = dict(event.headers)[b":path"]
+                    elif isinstance(event, h2.events.TrailersReceived):
+                        trailers[event.stream_id] = event.headers
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length,
+                                                       event.stream_id)
                     if not isinstance(event, h2.events.StreamEnded):
                         continue
                     sid = event.stream_id
@@ -202,6 +210,9 @@ class ScriptedBackend:
                         conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                         continue
                     body = b"ok " + path
+                    if sid in trailers:
+                        body += b" trailers=" + b",".join(
+                            n + b"=" + v for n, v in trailers.pop(sid))
                     conn.send_headers(sid, [(b":status", b"200"),
                                             (b"content-length", b"%d" % len(body))])
                     conn.send_data(sid, body, end_stream=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -153,6 +154,39 @@ def test_requests_the_backend_never_processed_are_sent_again(start, mode):
         first, again = backend.seen
         assert first[1] == again[1] == b"/p"
         assert (again[0] > first[0]) == (mode == "goaway-first")  # GOAWAY: a new connection
+    finally:
+        backend.stop()
+
+
+def test_request_trailers_reach_an_h2_backend_from_http2_and_http1_clients(start):
+    import h2.events
+    from h2_peers import h2_client, read_events
+
+    backend = ScriptedBackend("serve")
+    try:
+        proxy = start(f'["h2://127.0.0.1:{backend.port}"]')
+        sock, conn = h2_client(proxy.port)
+        conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"),
+                              (b":authority", b"site.test"), (b":path", b"/t2")])
+        conn.send_data(1, b"abc")
+        conn.send_headers(1, [(b"x-checksum", b"123"), (b"authorization", b"no")],
+                          end_stream=True)
+        sock.sendall(conn.data_to_send())
+        events = read_events(sock, conn, lambda seen: any(
+            isinstance(e, h2.events.StreamEnded) for e in seen))
+        sock.close()
+        body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        # RFC 9110 6.5.1: a field that must not be a trailer (authorization) is dropped.
+        assert body == b"ok /t2 trailers=x-checksum=123"
+
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as plain:
+            plain.sendall(b"POST /t1 HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+                          b"0\r\nX-Checksum: 456\r\n\r\n")
+            answer = b""
+            while chunk := plain.recv(65536):
+                answer += chunk
+        assert answer.endswith(b"\r\n\r\nok /t1 trailers=x-checksum=456"), answer
     finally:
         backend.stop()
 

@@ -39,9 +39,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy.balancing._backend import note_exchanged
-from multiproxy.h2._translate import upstream_request_fields, upstream_response
+from multiproxy.h2._translate import trailer_fields, upstream_request_fields, upstream_response
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import ResponseHead
+from multiproxy.http1._rules import trailers_to_forward
 from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.transport._deadline import Deadline
@@ -463,7 +464,12 @@ class UpstreamStream:
                 sent += len(chunk)
             if not held and self._body_ended and self._body_open:
                 self._body_open = False
-                conn.end_stream(sid)
+                trailers = self._request.body.trailers
+                forwarded = trailers_to_forward(trailers) if trailers else None
+                if forwarded:
+                    conn.send_headers(sid, trailer_fields(forwarded), end_stream=True)
+                else:
+                    conn.end_stream(sid)
                 sent = sent or 1  # the end goes out too
         except h2.exceptions.H2Error:
             return  # the stream is closed; its reset or end is reported by the session

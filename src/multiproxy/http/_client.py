@@ -33,7 +33,8 @@ from multiproxy.http1._parser import (
     ResponseHead,
     ResponseReader,
 )
-from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, request_head_bytes
+from multiproxy.http1._rules import trailers_to_forward
+from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, request_head_bytes, trailers_bytes
 from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.transport._deadline import Deadline
@@ -119,8 +120,11 @@ class UpstreamConnection(Protocol):
 
     def body_end(self) -> None:
         if self._request is not None and self._request.body.chunked:
-            self.transport.write(LAST_CHUNK)
-            self._sent += len(LAST_CHUNK)
+            trailers = self._request.body.trailers
+            forwarded = trailers_to_forward(trailers) if trailers else None
+            end = trailers_bytes(forwarded) if forwarded else LAST_CHUNK
+            self.transport.write(end)
+            self._sent += len(end)
         self._body_sent = True
         if self._request is None:
             self._maybe_idle()

@@ -23,6 +23,7 @@ from multiproxy.pipeline._errors import UpstreamError
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IPushProducer
 
+    from multiproxy.http1._headers import Headers
     from multiproxy.http1._parser import RequestHead
     from multiproxy.pipeline._values import AccessRecord, Intent
 
@@ -88,7 +89,7 @@ class IBodyConsumer(Interface):
         """A piece of the request body."""
 
     def body_end():
-        """The request body is complete."""
+        """The request body is complete (its trailer fields, if any, in ``trailers``)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class RequestBody:
         self.length = length
         self.received = 0
         self.complete = False
+        self.trailers: Headers | None = None  # a chunked body's trailer fields, once complete
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._paused = False
@@ -182,8 +184,9 @@ class RequestBody:
             self._paused = True
             self.producer.pauseProducing()
 
-    def finish(self) -> None:
+    def finish(self, trailers: Headers | None = None) -> None:
         self.complete = True
+        self.trailers = trailers
         if self._consumer is not None:
             self._release(self._consumer)
             self._consumer.body_end()

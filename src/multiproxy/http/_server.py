@@ -173,10 +173,10 @@ class Exchange:
         if self.body is not None:
             self.body.write(data)
 
-    def request_end(self) -> None:
+    def request_end(self, trailers: Headers | None = None) -> None:
         self.request_complete = True
         if self.body is not None:
-            self.body.finish()
+            self.body.finish(trailers)
         if self.finished:
             self.protocol.exchange_done(self)
 
@@ -569,7 +569,7 @@ class HTTPServerProtocol(Protocol):
             elif kind is EndOfMessage:
                 if self._deadline.kind == "client_idle":
                     self._deadline.clear()
-                self.exchange.request_end()
+                self.exchange.request_end(event.trailers)
             elif event is NEED_DATA:
                 return
             elif event is PAUSED:
