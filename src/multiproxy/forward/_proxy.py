@@ -47,17 +47,8 @@ from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._contract import AllowAll, check_plugins
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
-from multiproxy.pipeline._values import Decision, Intent
-from multiproxy.policy._admission import (
-    Refusal,
-    decide,
-    judge,
-    needs_credential_check,
-    rate_limited,
-    refusal,
-    sign_in_blocked,
-    upstream_fields,
-)
+from multiproxy.pipeline._values import Intent
+from multiproxy.policy._admission import Verdict, refusal, upstream_fields
 from multiproxy.policy._hosts import normalise_host
 from multiproxy.transport._relay import Relay
 
@@ -239,74 +230,18 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             head.method.decode("latin-1"), scheme, target, head.headers,
         )
 
-    def admit(self, exchange: Exchange, intent: Intent, proceed) -> None:
-        """
-        Ask the policy about ``intent`` (after the per-client request rate and
-        the proxy credentials, if the policy has them); call
-        ``proceed(intent)`` if it is allowed, with the user filled in.
-        """
-        policy = self.factory.policy
-        wait = rate_limited(policy, intent.client_host)
-        if wait is not None:
-            self.refuse(exchange, refusal(
-                policy, 429, intent, retry_after=wait, now=self.factory.reactor.seconds(),
-            ))
-            return
-        credentials = exchange.request.headers.get(b"proxy-authorization")
-        if not needs_credential_check(policy, credentials):
-            self._judged((intent, decide(policy, intent)), exchange, proceed)
-            return
-        wait = sign_in_blocked(policy, intent.client_host)
-        if wait is not None:
-            # Too many failed sign-ins from here: the password is not even checked.
-            self.refuse(exchange, refusal(
-                policy, 429, intent, retry_after=wait, now=self.factory.reactor.seconds(),
-            ))
-            return
-        judged = judge(policy, intent, credentials)
-        judged.addCallback(_note_sign_in, exchange)
-        judged.addCallback(self._judged, exchange, proceed)
-        judged.addErrback(self._judge_failed, exchange)
+    def credentials(self, exchange: Exchange) -> bytes | None:
+        """``Proxy-Authorization``: what the policy's authenticator checks."""
+        return exchange.request.headers.get(b"proxy-authorization")
 
-    def _judged(self, result: tuple[Intent, Decision], exchange: Exchange, proceed) -> None:
-        intent, decision = result
-        if exchange.finished:
-            return  # the client left while its credentials were checked
-        exchange.record.rule = decision.rule
-        exchange.record.user = intent.user
-        if decision.action == "allow":
-            if decision.parents:
-                exchange.chooser = self.factory.chooser_for(decision.parents)
-            try:
-                proceed(intent)
-            except (ProtocolError, UpstreamError) as e:
-                exchange.respond_error(e.status, str(e))
-        elif decision.action == "authenticate":
-            self.challenge(exchange, intent, decision)
-        else:
-            self.deny(exchange, intent, decision)
-
-    def _judge_failed(self, failure, exchange: Exchange) -> None:
-        log.failure("access check failed", failure)
-        if not exchange.finished:
-            exchange.respond_error(500, "the access check failed; see the proxy's log")
-
-    def deny(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
-        """Answer a request the policy refused: 403 with a page saying what and why."""
-        self.refuse(exchange, refusal(
-            self.factory.policy, 403, intent, decision, now=self.factory.reactor.seconds(),
-        ))
-
-    def challenge(self, exchange: Exchange, intent: Intent, decision: Decision) -> None:
-        """Answer 407 with ``Proxy-Authenticate``: the policy wants to know who the client is."""
-        self.refuse(exchange, refusal(
-            self.factory.policy, 407, intent, decision, now=self.factory.reactor.seconds(),
-        ))
-
-    def refuse(self, exchange: Exchange, answer: Refusal, *, close: bool = False) -> None:
-        """Send a refusal (403, 407, 429) from the policy layer."""
-        exchange.record.ended = answer.ended
-        exchange.respond(answer.status, answer.headers, answer.body, close=close)
+    def admitted(self, verdict: Verdict, exchange: Exchange, proceed) -> None:
+        """As for any HTTP proxy, and a policy rule may name the parent proxies to use."""
+        if verdict.checked and verdict.intent.user is None:
+            exchange.record.extra["auth"] = "failed"
+        decision = verdict.decision
+        if verdict.action == "allow" and decision is not None and decision.parents:
+            exchange.chooser = self.factory.chooser_for(decision.parents)
+        super().admitted(verdict, exchange, proceed)
 
     def request_headers(self, exchange: Exchange, intent: Intent, authority: bytes) -> Headers:
         """The header fields sent upstream (framing fields are added later)."""
@@ -552,15 +487,6 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             record.extra["reason"] = f"SNI name {name} is denied by the policy"
             return record.extra["reason"]
         return None
-
-
-def _note_sign_in(result: tuple[Intent, Decision], exchange: Exchange
-                  ) -> tuple[Intent, Decision]:
-    """Mark the record of a request whose proxy credentials were checked and refused."""
-    intent, _ = result
-    if intent.user is None:
-        exchange.record.extra["auth"] = "failed"
-    return result
 
 
 @lru_cache(maxsize=4096)

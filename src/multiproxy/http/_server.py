@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -40,7 +41,8 @@ from multiproxy.http1._rules import end_to_end, trailers_to_forward, via_value
 from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, response_head_bytes, trailers_bytes
 from multiproxy.pipeline._contract import report_all
 from multiproxy.pipeline._errors import STATUS_REASONS, ProtocolError, UpstreamError
-from multiproxy.pipeline._values import AccessRecord
+from multiproxy.pipeline._values import AccessRecord, Decision, Intent
+from multiproxy.policy._admission import Refusal, Verdict, admit, connection_slot, refusal
 from multiproxy.transport._deadline import Deadline
 from multiproxy.transport._directwrite import no_delay, send_now, write_direct
 
@@ -441,9 +443,6 @@ class HTTPServerProtocol(Protocol):
         self._sniffing = self.factory.http2 is not None and not self.nested
         # The policy's per-client connection limit: over it, the first
         # request is answered 429 by the subclass (see `over_connection_limit`).
-        # Imported here: multiproxy.policy builds on this package.
-        from multiproxy.policy._admission import connection_slot
-
         if not self.nested:
             self._release_slot, self.over_connection_limit = connection_slot(
                 getattr(self.factory, "policy", None), self._peer_host
@@ -630,6 +629,76 @@ class HTTPServerProtocol(Protocol):
     def handle(self, exchange: Exchange) -> None:
         """Decide what to do with a request; subclasses must implement this."""
         raise NotImplementedError
+
+    # -- admission -----------------------------------------------------------
+
+    def admit(self, exchange: Exchange, intent: Intent, proceed: Callable[[Intent], None]) -> None:
+        """
+        Ask the shared admission (`multiproxy.policy._admission.admit`: the
+        client's request rate, proxy credentials where `credentials` gives
+        some, the policy) about ``intent``; call ``proceed(intent)`` if it is
+        allowed, with the user filled in.  Override to add checks first.
+        """
+        verdict = admit(self.factory.policy, intent, self.credentials(exchange))
+        if isinstance(verdict, Deferred):
+            verdict.addCallback(self.admitted, exchange, proceed)
+            verdict.addErrback(self._failed_after_admission, exchange)
+        else:
+            self.admitted(verdict, exchange, proceed)
+
+    def _failed_after_admission(self, failure: Failure, exchange: Exchange) -> None:
+        log.failure("error handling {method} {target}", failure,
+                    method=exchange.record.method, target=exchange.record.target)
+        if not exchange.finished:
+            exchange.respond_error(500, "internal error in the proxy; see its log", close=True)
+
+    def credentials(self, exchange: Exchange) -> bytes | None:
+        """The proxy credentials the policy is to check for this request: none here."""
+        return None
+
+    def admitted(self, verdict: Verdict, exchange: Exchange,
+                 proceed: Callable[[Intent], None]) -> None:
+        """Act on admission's ``verdict``: go on, or answer 403, 407, 429 or 500."""
+        if exchange.finished:
+            return  # the client left while its credentials were checked
+        record = exchange.record
+        intent, decision = verdict.intent, verdict.decision
+        if decision is not None:
+            record.rule = decision.rule
+        record.user = intent.user
+        action = verdict.action
+        if action == "allow":
+            try:
+                proceed(intent)
+            except (ProtocolError, UpstreamError) as e:
+                exchange.respond_error(e.status, str(e))
+        elif action == "authenticate":
+            self.challenge(exchange, intent, decision)
+        elif action == "rate-limited":
+            self.refuse(exchange, refusal(self.factory.policy, 429, intent,
+                                          retry_after=verdict.retry_after,
+                                          now=self.factory.reactor.seconds()))
+        elif action == "error":
+            exchange.respond_error(500, "the access check failed; see the proxy's log")
+        else:
+            self.deny(exchange, intent, decision)
+
+    def deny(self, exchange: Exchange, intent: Intent, decision: Decision | None) -> None:
+        """Answer a request the policy refused: 403 with a page saying what and why."""
+        self.refuse(exchange, refusal(
+            self.factory.policy, 403, intent, decision, now=self.factory.reactor.seconds(),
+        ))
+
+    def challenge(self, exchange: Exchange, intent: Intent, decision: Decision | None) -> None:
+        """Answer 407 with ``Proxy-Authenticate``: the policy wants to know who the client is."""
+        self.refuse(exchange, refusal(
+            self.factory.policy, 407, intent, decision, now=self.factory.reactor.seconds(),
+        ))
+
+    def refuse(self, exchange: Exchange, answer: Refusal, *, close: bool = False) -> None:
+        """Send a refusal (403, 407, 429) from the policy layer."""
+        exchange.record.ended = answer.ended
+        exchange.respond(answer.status, answer.headers, answer.body, close=close)
 
     allowed_methods: bytes = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
     """The ``Allow`` value of the proxy's own answer to ``OPTIONS`` with ``Max-Forwards: 0``."""

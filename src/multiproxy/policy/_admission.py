@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import Attribute
 
 from multiproxy.http1._headers import Headers
@@ -30,8 +32,11 @@ from multiproxy.policy._denypage import (
     render_deny_page,
 )
 
+_log = Logger()
+
 __all__ = [
-    "IAccessControl", "Refusal", "anonymity_of", "connection_slot", "decide", "judge",
+    "IAccessControl", "Refusal", "Verdict", "admit", "anonymity_of", "connection_slot",
+    "decide", "judge",
     "needs_credential_check", "rate_limited", "sign_in_blocked",
     "refusal", "upstream_fields",
 ]
@@ -173,6 +178,68 @@ def judge(
         return known, policy.decide(known)
 
     return authenticator.authenticate(credentials).addCallback(checked)
+
+
+class Verdict(NamedTuple):
+    """
+    What admission made of one request.  ``action`` is the decision's
+    ("allow", "deny", "authenticate"), or "rate-limited" (the client's
+    request rate or its failed sign-ins: wait ``retry_after`` seconds), or
+    "error" (the policy or its credential check raised; logged).  ``intent``
+    has ``user`` and ``groups`` filled in when credentials were good;
+    ``checked`` says whether credentials were checked at all.
+    """
+
+    action: str
+    intent: Intent
+    decision: Decision | None = None
+    retry_after: int | None = None
+    checked: bool = False
+
+    @property
+    def ended(self) -> str:
+        """The access log's ``end=`` for a request this verdict refuses."""
+        return _ENDED.get(self.action, "denied")
+
+
+_ENDED = {"authenticate": "auth-required", "rate-limited": "rate-limited", "error": "error"}
+
+
+def admit(policy: IPolicy, intent: Intent, credentials: bytes | None = None
+          ) -> Verdict | Deferred[Verdict]:
+    """
+    The one admission path of every proxy: the client's request rate, then,
+    when ``credentials`` are given and the policy checks them, the sign-in
+    (refused at once after too many failures), then the policy's decision.
+
+    @return: the `Verdict` at once in the common case; a Deferred of it,
+        never failing, when credentials have to be checked (a password hash
+        runs in a thread).
+    """
+    wait = rate_limited(policy, intent.client_host)
+    if wait is not None:
+        return Verdict("rate-limited", intent, None, wait)
+    if not needs_credential_check(policy, credentials):
+        try:
+            decision = decide(policy, intent)
+        except Exception:  # noqa: BLE001 - a plug-in's bug is answered, not raised into the protocol
+            _log.failure("{proxy}: the access policy failed", proxy=intent.proxy)
+            return Verdict("error", intent)
+        return Verdict(decision.action, intent, decision)
+    wait = sign_in_blocked(policy, intent.client_host)
+    if wait is not None:
+        # Too many failed sign-ins from here: the password is not even checked.
+        return Verdict("rate-limited", intent, None, wait)
+
+    def judged(result: tuple[Intent, Decision]) -> Verdict:
+        known, decision = result
+        return Verdict(decision.action, known, decision, checked=True)
+
+    def failed(failure) -> Verdict:
+        _log.failure("{proxy}: the access check failed", failure, proxy=intent.proxy)
+        return Verdict("error", intent)
+
+    return judge(policy, intent, credentials).addCallbacks(judged, failed)
 
 
 def refusal(

@@ -42,8 +42,8 @@ from multiproxy.http1._target import is_origin_form, parse_absolute_target
 from multiproxy.pipeline._contract import AllowAll, check_plugins
 from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
-from multiproxy.pipeline._values import Intent
-from multiproxy.policy._admission import Refusal, rate_limited, refusal
+from multiproxy.pipeline._values import Decision, Intent
+from multiproxy.policy._admission import refusal
 from multiproxy.reverse._fetch import ReverseRequest, backend_authority
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
 from multiproxy.reverse._routing import RouteMatch, RouteTable
@@ -194,33 +194,12 @@ class ReverseProxyProtocol(HTTPServerProtocol):
             match,
         )
 
-    def admit(self, exchange: Exchange, intent: Intent, proceed) -> None:
+    def challenge(self, exchange: Exchange, intent: Intent, decision: Decision | None) -> None:
         """
-        Apply the per-client request rate and ask the policy about
-        ``intent``; call ``proceed(intent)`` if it is allowed.  A policy that
-        wants credentials gets 403 too: proxy authentication is for forward
-        proxies, and a site's own login is its backends' business.
+        A policy that wants credentials gets 403 here: proxy authentication
+        is for forward proxies, and a site's own login is its backends' business.
         """
-        policy = self.factory.policy
-        wait = rate_limited(policy, intent.client_host)
-        if wait is not None:
-            self.refuse(exchange, refusal(
-                policy, 429, intent, retry_after=wait, now=self.factory.reactor.seconds(),
-            ))
-            return
-        decision = policy.decide(intent)
-        exchange.record.rule = decision.rule
-        if decision.action == "allow":
-            proceed(intent)
-        else:
-            self.refuse(exchange, refusal(
-                policy, 403, intent, decision, now=self.factory.reactor.seconds(),
-            ))
-
-    def refuse(self, exchange: Exchange, answer: Refusal, *, close: bool = False) -> None:
-        """Send a refusal (403, 429) from the policy layer."""
-        exchange.record.ended = answer.ended
-        exchange.respond(answer.status, answer.headers, answer.body, close=close)
+        self.deny(exchange, intent, decision)
 
     # -- forwarding ------------------------------------------------------
 

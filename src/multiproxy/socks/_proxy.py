@@ -29,7 +29,7 @@ from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._contract import AllowAll, check_plugins, report_all
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import AccessRecord, Decision, Intent
-from multiproxy.policy._admission import IAccessControl, connection_slot, rate_limited
+from multiproxy.policy._admission import IAccessControl, admit, connection_slot
 from multiproxy.policy._hosts import normalise_host
 from multiproxy.socks._parser import (
     AUTH_NONE,
@@ -241,19 +241,14 @@ class SocksProxyProtocol(Protocol):
         if self._over_limit:
             self._refuse(REPLY_NOT_ALLOWED, "connection-limit")
             return
-        if rate_limited(policy, self._client[0]) is not None:
-            self._refuse(REPLY_NOT_ALLOWED, "rate-limited")
-            return
-        try:
-            self.decision = policy.decide(self.intent)
-        except Exception:  # noqa: BLE001 - a plug-in's bug must not leave the client hanging
-            _log.failure("{proxy}: the access policy failed; connection closed",
-                         proxy=self.factory.name)
+        # The user signed in by SOCKS itself: no credentials to check, never deferred.
+        verdict = admit(policy, self.intent)
+        self.decision = verdict.decision
+        if verdict.action == "error":
             self._refuse(REPLY_GENERAL_FAILURE, "error")
             return
-        if self.decision.action != "allow":
-            ended = "auth-required" if self.decision.action == "authenticate" else "denied"
-            self._refuse(REPLY_NOT_ALLOWED, ended)
+        if verdict.action != "allow":
+            self._refuse(REPLY_NOT_ALLOWED, verdict.ended)
             return
         self._connect()
 

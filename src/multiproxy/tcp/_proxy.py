@@ -24,7 +24,7 @@ from multiproxy.pipeline._connect import connect_failure_kind, upstream_connect_
 from multiproxy.pipeline._contract import AllowAll, check_plugins, report_all
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import AccessRecord, Decision, Intent
-from multiproxy.policy._admission import connection_slot, rate_limited
+from multiproxy.policy._admission import admit, connection_slot
 from multiproxy.tcp._haproxy import find_proxy_header_wrapper
 from multiproxy.tcp._proxyheader import proxy_header
 from multiproxy.transport._relay import Relay, RelayServerProtocol
@@ -147,18 +147,10 @@ class TCPRelayProtocol(RelayServerProtocol):
         if over_limit:
             self._give_up("connection-limit")
             return
-        if rate_limited(policy, client[0]) is not None:
-            self._give_up("rate-limited")
-            return
-        try:
-            self.decision = policy.decide(self.intent)
-        except Exception:  # noqa: BLE001 - a plug-in's bug must not leave the client hanging
-            _log.failure("{proxy}: the access policy failed; connection closed",
-                         proxy=self.factory.name)
-            self._give_up("error")
-            return
-        if not self.decision.allowed:
-            self._give_up("denied")
+        verdict = admit(policy, self.intent)  # no credentials here: never deferred
+        self.decision = verdict.decision
+        if verdict.action != "allow":
+            self._give_up(verdict.ended)
             return
         self.attempts = Attempts(self.factory.chooser, self.intent,
                                  self.factory.settings.retries + 1)
