@@ -320,14 +320,14 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             return
         self.admit(exchange, intent, lambda intent: self._open_tunnel(exchange, intent))
 
+    def _tunnel_fields(self) -> Headers:
+        """The fields of the 200 that opens a tunnel: RFC 9110 6.6.1, the proxy is its origin."""
+        return Headers([(b"Date", self.http_date())])
+
     def _inspect_tunnel(self, exchange: Exchange, intent: Intent) -> None:
         """Answer the CONNECT here and read the requests inside it (see `InspectedTunnel`)."""
         record = exchange.record
         record.kind = "connect"
-        record.status = 200
-        exchange.finished = True
-        exchange.response_started = True
-        self.exchange = None
 
         def ended(tunnel: InspectedTunnel) -> None:
             record.ended = "inspected" if tunnel.established else "inspect-tls-failed"
@@ -335,11 +335,9 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             record.bytes_from_client += tunnel.bytes_from_client
             self.report(exchange)
 
-        self.transport.write(
-            b"HTTP/1.1 200 Connection established\r\nDate: %s\r\n\r\n" % self.http_date()
-        )
         tunnel = InspectedTunnel(self, intent.host, intent.port, self.factory.inspector, ended)
-        early = self.become_tunnel(tunnel)
+        early = exchange.become_tunnel(200, b"Connection established", self._tunnel_fields(),
+                                       tunnel)
         if early:
             tunnel.downstream_data(early)
 
@@ -385,19 +383,11 @@ class ForwardProxyProtocol(HTTPServerProtocol):
             upstream.finished(True, reactor.seconds() - started)
             if exchange.finished:
                 return
-            exchange.abort_fetch = None
             relay.on_end = lambda relay, how: ended(relay, how, upstream)
             self.factory.tunnels_open += 1
             self.factory.tunnels_opened += 1
-            exchange.finished = True
-            exchange.response_started = True
-            record.status = 200
-            self.exchange = None
-            # RFC 9110 6.6.1: the proxy is this answer's origin, and has a clock.
-            self.transport.write(
-                b"HTTP/1.1 200 Connection established\r\nDate: %s\r\n\r\n" % self.http_date()
-            )
-            early = self.become_tunnel(relay)
+            early = exchange.become_tunnel(200, b"Connection established", self._tunnel_fields(),
+                                           relay)
             if peek:
                 self.tunnel = self.hello_gate(exchange, intent, relay)
             if early:

@@ -374,6 +374,25 @@ class Exchange:
         self.abort_fetch = None
         self.protocol.exchange_done(self)
 
+    def become_tunnel(self, status: int, reason: bytes, headers: Headers, tunnel) -> bytes:
+        """
+        Answer ``status`` (200 to a CONNECT, 101 to an upgrade) with
+        ``headers`` and hand the client connection to ``tunnel`` (a
+        `multiproxy.transport._relay.Relay` or anything taking
+        ``downstream_data``/``downstream_eof``/``downstream_lost``): from now
+        on the client's bytes are the tunnel's.  The exchange is over as
+        HTTP; whoever ends the tunnel reports its record.  Returns the bytes
+        the client sent past the request, which belong to the tunnel.
+        """
+        self.abort_fetch = None
+        self.finished = True
+        self.response_started = True
+        self.record.status = status
+        protocol = self.protocol
+        protocol.exchange = None
+        protocol.transport.write(response_head_bytes(status, reason, headers))
+        return protocol.hand_over(tunnel)
+
     def client_lost(self) -> None:
         """The client went away: abandon the upstream side quietly."""
         if self.body is not None:
@@ -797,11 +816,11 @@ class HTTPServerProtocol(Protocol):
 
     # -- switching to a byte relay (CONNECT, Upgrade) --------------------
 
-    def become_tunnel(self, tunnel) -> bytes:
+    def hand_over(self, tunnel) -> bytes:
         """
-        Hand the connection to ``tunnel`` (a `multiproxy.transport._relay.Relay`):
-        from now on bytes go to it.  Returns bytes the client already sent
-        past the request, which belong to the tunnel.
+        From now on the connection's bytes go to ``tunnel`` (see
+        `Exchange.become_tunnel`, the one way a request switches to one).
+        Returns bytes the client already sent past the request.
         """
         self._cancel_timer()
         self.tunnel = tunnel

@@ -32,7 +32,7 @@ from multiproxy.http1._parser import (
     ResponseReader,
 )
 from multiproxy.http1._rules import end_to_end
-from multiproxy.http1._writer import request_head_bytes, response_head_bytes
+from multiproxy.http1._writer import request_head_bytes
 from multiproxy.pipeline._attempts import Attempts
 from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
@@ -144,20 +144,13 @@ class _Upgrade:
 
     def _switch(self, response: ResponseHead) -> None:
         protocol, exchange = self.protocol, self.exchange
-        record = exchange.record
-        exchange.abort_fetch = None
-        exchange.finished = True
-        exchange.response_started = True
-        record.status = 101
-        protocol.exchange = None
         headers = end_to_end(response.headers)
         headers.add(b"Connection", b"Upgrade")
         headers.add(b"Upgrade", b"websocket")
-        protocol.transport.write(response_head_bytes(101, response.reason, headers))
         relay = Relay(self.reactor, protocol.transport, idle_timeout=self.timeouts.tunnel_idle,
                       on_end=self._relay_ended)
         self.relay = relay
-        early = protocol.become_tunnel(relay)
+        early = exchange.become_tunnel(101, response.reason, headers, relay)
         upstream = self.upstream
         leftover = upstream.take_over(relay)
         relay.attach_upstream(upstream.transport)
