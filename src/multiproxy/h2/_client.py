@@ -294,7 +294,7 @@ class H2Session(Protocol):
             elif kind is h2.events.InformationalResponseReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream.interim_received(event.headers)
+                    stream.head_received(event.headers, interim=True)
             elif kind is h2.events.StreamReset:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -513,7 +513,8 @@ class UpstreamStream:
 
     # -- the response ---------------------------------------------------------------
 
-    def interim_received(self, block: list[tuple[bytes, bytes]]) -> None:
+    def head_received(self, block: list[tuple[bytes, bytes]], interim: bool = False) -> None:
+        """A response header block: the final one, or (``interim``) a 1xx."""
         if self._sink is None:
             return
         try:
@@ -523,22 +524,14 @@ class UpstreamStream:
                                                "invalid-response"))
             return
         self._got_response = True
-        self._sink.head(ResponseHead(_VERSION, status, _reason(status), Headers(fields)), None)
-
-    def head_received(self, block: list[tuple[bytes, bytes]]) -> None:
-        if self._sink is None:
-            return
-        try:
-            status, fields = upstream_response(block)
-        except ProtocolError as e:
-            self._fail_and_reset(UpstreamError(f"invalid response from upstream: {e}", 502,
-                                               "invalid-response"))
-            return
-        self._got_response = True
-        self._status = status
         self._received += sum(len(n) + len(v) for n, v in block)
+        head = ResponseHead(_VERSION, status, _reason(status), Headers(fields))
+        if interim:
+            self._sink.head(head, None)
+            return
+        self._status = status
         self._deadline.set("body", self.session.pool.idle_timeout)
-        self._sink.head(ResponseHead(_VERSION, status, _reason(status), Headers(fields)), self)
+        self._sink.head(head, self)
         self.session.touched.add(self)
 
     def data_received(self, data: bytes, flow_length: int) -> None:

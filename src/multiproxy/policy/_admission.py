@@ -131,7 +131,12 @@ def decide(policy: IPolicy, intent: Intent) -> Decision:
     deciding ACL needs a user) when the policy checks credentials.
     """
     decision = policy.decide(intent)
-    if decision.action != "deny" or intent.user is not None:
+    return _challenged(policy, intent, decision) if decision.action == "deny" else decision
+
+
+def _challenged(policy: IPolicy, intent: Intent, decision: Decision) -> Decision:
+    """`decide`'s refusal, or ``authenticate`` when signing in could turn it into an allow."""
+    if intent.user is not None:
         return decision
     access = _access(policy)
     if access is None or access.authenticator is None:
@@ -216,12 +221,16 @@ def admit(policy: IPolicy, intent: Intent, credentials: bytes | None = None
         never failing, when credentials have to be checked (a password hash
         runs in a thread).
     """
-    wait = rate_limited(policy, intent.client_host)
-    if wait is not None:
-        return Verdict("rate-limited", intent, None, wait)
-    if not needs_credential_check(policy, credentials):
+    access = _access(policy)
+    if access is not None:
+        limit = access.request_rate_limit
+        if limit is not None and not limit.allow(intent.client_host):
+            return Verdict("rate-limited", intent, None, limit.retry_after(intent.client_host))
+    if credentials is None or access is None or access.authenticator is None:
         try:
-            decision = decide(policy, intent)
+            decision = policy.decide(intent)
+            if decision.action == "deny":
+                decision = _challenged(policy, intent, decision)  # as `decide` does
         except Exception:  # noqa: BLE001 - a plug-in's bug is answered, not raised into the protocol
             _log.failure("{proxy}: the access policy failed", proxy=intent.proxy)
             return Verdict("error", intent)
