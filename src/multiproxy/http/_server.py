@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy.h2._settings import PREFACE, HTTP2Settings
+from multiproxy.http1._connection import ExchangeRules, response_framing
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
 from multiproxy.http1._dates import format_http_date
 from multiproxy.http1._headers import Headers
@@ -37,8 +38,8 @@ from multiproxy.http1._parser import (
     RequestReader,
     ResponseHead,
 )
-from multiproxy.http1._rules import end_to_end, trailers_to_forward, via_value
-from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, response_head_bytes, trailers_bytes
+from multiproxy.http1._rules import end_to_end, via_value
+from multiproxy.http1._writer import response_head_bytes
 from multiproxy.pipeline._contract import report_all
 from multiproxy.pipeline._errors import STATUS_REASONS, ProtocolError, UpstreamError
 from multiproxy.pipeline._values import AccessRecord, Decision, Intent
@@ -134,9 +135,11 @@ class HTTPProxyFactory(Factory):
 
 
 @implementer(IResponseSink)
-class Exchange:
+class Exchange(ExchangeRules):
     """
-    One request and its response on a client connection.
+    One request and its response on a client connection: the HTTP/1.1
+    rules of `ExchangeRules` (framing, interim responses, keep-alive), and
+    the I/O.
 
     It is the `IResponseSink` the upstream side writes into: it rewrites the
     response head for this client (end-to-end fields, ``Via``, framing) and
@@ -149,20 +152,14 @@ class Exchange:
     """
 
     def __init__(self, protocol: HTTPServerProtocol, request: RequestHead, record: AccessRecord):
+        ExchangeRules.__init__(self, request)
         self.protocol = protocol
-        self.request = request
         self.record = record
         self.body: RequestBody | None = None
-        self.request_complete = False
-        self.response_started = False
-        self.finished = False
-        self.close_after = not request.keep_alive
         self.abort_fetch: Callable[[], None] | None = None
         self.chooser = None
         """The `IUpstreamChooser` the policy's decision named for this request
         (a rule's parent proxies); None: the proxy's own."""
-        self._chunked = False
-        self._close_delimited = False
         self._producer = None  # the upstream's, while the body streams
         self._registered = False  # whether it is the client transport's producer
         self._transport = protocol.transport
@@ -199,39 +196,18 @@ class Exchange:
             return
         status = response.status
         if status < 200:
-            # RFC 9110 15.2: no 1xx to an HTTP/1.0 client; 101 is the
-            # upgrade path's business, never relayed as an interim answer.
-            if self.request.version == b"HTTP/1.1":
-                if status != 101:
-                    interim = end_to_end(response.headers)
-                    # RFC 9110 8.6: never Content-Length in a 1xx.
-                    interim.remove(b"content-length")
-                    via = self.protocol.factory.via
-                    if via is not None:
-                        # RFC 9110 7.6.3: Via on every message forwarded.
-                        interim.add(b"Via", via_value(response.version, via))
-                    write_direct(
-                        self._transport, response_head_bytes(status, response.reason, interim)
-                    )
+            interim = self.interim_fields(response, self.protocol.factory.via)
+            if interim is not None:
+                write_direct(self._transport, response_head_bytes(status, response.reason,
+                                                                  interim))
             return
         self.response_started = True
         self.record.status = status
-        if not self.request_complete and self.body is not None and not self.body.received:
-            self._unsent_body_ends_connection()
         headers = self.protocol.response_headers(self, response)
         framing = self.protocol.response_framing(self, response)
-        if framing == "chunked":
-            self._chunked = True
-            headers.add(b"Transfer-Encoding", b"chunked")
-        elif framing == "close":
-            self.close_after = True
-            self._close_delimited = True
-        elif status == 204:
-            # RFC 9110 8.6: a 204 carries no Content-Length, whatever the
-            # upstream sent (a client trusting it would read the next
-            # response as this one's body).
-            headers.remove(b"content-length")
-        self._held = self._head_bytes(status, response.reason, headers)
+        body = self.body
+        self._held = self.final_head(status, response.reason, headers, framing,
+                                     body is not None and body.received > 0)
         if framing != "none":
             self._producer = producer
 
@@ -239,8 +215,7 @@ class Exchange:
         if self.finished:
             return
         self.record.bytes_to_client += len(data)
-        if self._chunked:
-            data = chunk_bytes(data)
+        data = self.body_bytes(data)
         if self._held:
             data = self._held + data
             self._held = b""
@@ -249,10 +224,7 @@ class Exchange:
     def end(self, trailers: Headers | None = None) -> None:
         if self.finished:
             return
-        if self._chunked:
-            # Trailers reach a client only in a chunked body (RFC 9112 7.1.2).
-            forwarded = trailers_to_forward(trailers) if trailers else None
-            self._held += trailers_bytes(forwarded) if forwarded else LAST_CHUNK
+        self._held += self.end_bytes(trailers)
         self._producer = None  # nothing more to pause once this is written
         if self._held:
             self.flush()
@@ -281,7 +253,7 @@ class Exchange:
         # Closing without the framing's end (length not reached, no last
         # chunk) is how HTTP/1.1 says "truncated"; flush what arrived first.
         self.protocol.exchange = None
-        if self._close_delimited:
+        if self.close_delimited:
             # The close itself ends a close-delimited body, so a clean close
             # would pass the truncated body off as complete: reset instead.
             self.protocol.abort()
@@ -296,18 +268,12 @@ class Exchange:
         """Answer from the proxy itself with a complete, small response."""
         if self.finished or self.response_started:
             return
-        self.response_started = True
         self.record.status = status
-        if close or not self.request_complete:
-            # An unread request body cannot be skipped safely: close after.
-            self.close_after = True
-        headers.add(b"Content-Length", b"%d" % len(body))
-        self.protocol.add_date(headers)  # the proxy is this answer's origin
-        head = self._head_bytes(status, STATUS_REASONS.get(status, b"Unknown"), headers)
         if body and self.request.method != b"HEAD":
             self.record.bytes_to_client += len(body)
-            head += body
-        write_direct(self._transport, head)
+        write_direct(self._transport, self.answer(
+            status, STATUS_REASONS.get(status, b"Unknown"), headers, body, close=close,
+            date=self.protocol.http_date()))
         self._finish()
 
     def respond_error(
@@ -333,20 +299,6 @@ class Exchange:
         self.respond(status, headers, body, close=close)
 
     # -- internals -------------------------------------------------------
-
-    def _unsent_body_ends_connection(self) -> None:
-        # RFC 9110 10.1.1: a client waiting for 100 (Continue) that gets a
-        # final status may never send the body; whatever it sends next would
-        # be read as that body.  Say the connection closes after this answer.
-        if b"100-continue" in self.request.headers.tokens(b"expect"):
-            self.close_after = True
-
-    def _head_bytes(self, status: int, reason: bytes, headers: Headers) -> bytes:
-        if self.close_after:
-            headers.add(b"Connection", b"close")
-        elif self.request.version == b"HTTP/1.0":
-            headers.add(b"Connection", b"keep-alive")
-        return response_head_bytes(status, reason, headers)
 
     def _write(self, data: bytes) -> None:
         """Send ``data``; what the kernel does not take waits, with backpressure on."""
@@ -780,13 +732,7 @@ class HTTPServerProtocol(Protocol):
         How the response body is delimited for this client: "none", "length"
         (the upstream's Content-Length is kept), "chunked" or "close".
         """
-        if exchange.request.method == b"HEAD" or response.status in (204, 304):
-            return "none"
-        if b"content-length" in response.headers:
-            return "length"
-        if exchange.request.version == b"HTTP/1.1":
-            return "chunked"
-        return "close"
+        return response_framing(exchange.request, response)
 
     def report(self, exchange: Exchange) -> None:
         record = exchange.record
@@ -797,13 +743,12 @@ class HTTPServerProtocol(Protocol):
         """The response is complete; move on to the next request when the request is too."""
         if exchange is not self.exchange:
             return
-        if self.factory.draining:
-            exchange.close_after = True
-        if not exchange.request_complete and not exchange.close_after:
-            return  # keep reading the body; request_end brings us back here
+        step = exchange.after(self.factory.draining)
+        if step == "read-body":
+            return  # request_end brings us back here
         self.exchange = None
         self.report(exchange)
-        if exchange.close_after or self._closing:
+        if step == "close" or self._closing:
             self._close()
             return
         if self._backlog_paused:

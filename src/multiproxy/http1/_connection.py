@@ -1,0 +1,176 @@
+"""
+The HTTP/1.1 rules of one exchange on a client connection, without I/O.
+
+In the spirit of h11's ``Connection`` for the server side: given the request
+head and what the proxy is about to answer, `ExchangeRules` decides how the
+response is framed for this client (RFC 9112 6.3: none for HEAD, 204 and
+304; the upstream's length; chunked to an HTTP/1.1 client; the
+connection's end to an HTTP/1.0 one), what an interim (1xx) response
+becomes (RFC 9110 15.2: none to HTTP/1.0, never a 101, never a
+Content-Length), whether the connection goes on after this exchange
+(``Connection: close`` asked for, an unread request body, a final status
+sent to a client still waiting for 100-continue, a close-delimited body),
+and turns the answer into bytes.  The Twisted `multiproxy.http.Exchange`
+is this object plus the writing, the producers and the fetch; an HTTP/2
+stream drives the same exchange through its `StreamTransport`.
+
+Nothing here reads a clock or a socket: tests/test_http1_connection.py
+drives it with plain values.
+"""
+
+from __future__ import annotations
+
+from multiproxy.http1._headers import Headers
+from multiproxy.http1._parser import RequestHead, ResponseHead
+from multiproxy.http1._rules import end_to_end, trailers_to_forward, via_value
+from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, response_head_bytes, trailers_bytes
+
+__all__ = ["FRAMINGS", "ExchangeRules", "response_framing"]
+
+FRAMINGS = ("none", "length", "chunked", "close")
+"""How a response body is delimited for the client (see `response_framing`)."""
+
+
+def response_framing(request: RequestHead, response: ResponseHead) -> str:
+    """
+    How ``response``'s body is delimited for the client that sent
+    ``request``: "none" (HEAD, 204, 304), "length" (the upstream's
+    Content-Length is kept), "chunked" (an HTTP/1.1 client) or "close" (an
+    HTTP/1.0 client: the connection's end delimits it).
+    """
+    if request.method == b"HEAD" or response.status in (204, 304):
+        return "none"
+    if b"content-length" in response.headers:
+        return "length"
+    if request.version == b"HTTP/1.1":
+        return "chunked"
+    return "close"
+
+
+class ExchangeRules:
+    """
+    One request and its response on an HTTP/1.x client connection, as rules.
+
+    @ivar close_after: the connection closes once this exchange is over.
+    @ivar request_complete: the whole request (body included) has been read.
+    @ivar response_started: a final response head has been decided.
+    @ivar finished: the response is complete (or abandoned).
+    """
+
+    def __init__(self, request: RequestHead) -> None:
+        self.request = request
+        self.request_complete = False
+        self.response_started = False
+        self.finished = False
+        self.close_after = not request.keep_alive
+        self._chunked = False
+        self._close_delimited = False
+
+    # -- the response head -------------------------------------------------
+
+    def interim_fields(self, response: ResponseHead, via: bytes | None) -> Headers | None:
+        """
+        The fields of the interim (1xx) ``response`` to send on, or None when
+        none is sent: to an HTTP/1.0 client (RFC 9110 15.2), and a 101,
+        which only the upgrade path sends.  Never a Content-Length (8.6);
+        ``via`` adds this proxy's Via entry (7.6.3).
+        """
+        if self.request.version != b"HTTP/1.1" or response.status == 101:
+            return None
+        fields = end_to_end(response.headers)
+        fields.remove(b"content-length")
+        if via is not None:
+            fields.add(b"Via", via_value(response.version, via))
+        return fields
+
+    def final_head(self, status: int, reason: bytes, headers: Headers, framing: str,
+                   body_started: bool) -> bytes:
+        """
+        The bytes of the final response head, for a body delimited by
+        ``framing`` (one of `FRAMINGS`); ``body_started``: some of the
+        request body has been read.
+        """
+        self.response_started = True
+        if not self.request_complete and not body_started:
+            # RFC 9110 10.1.1: a client waiting for 100 (Continue) that gets
+            # a final status may never send the body; whatever it sends next
+            # would be read as that body.  The connection closes after this.
+            if b"100-continue" in self.request.headers.tokens(b"expect"):
+                self.close_after = True
+        if framing == "chunked":
+            self._chunked = True
+            headers.add(b"Transfer-Encoding", b"chunked")
+        elif framing == "close":
+            self.close_after = True
+            self._close_delimited = True
+        elif status == 204:
+            # RFC 9110 8.6: a 204 carries no Content-Length, whatever the
+            # upstream sent (a client trusting it would read the next
+            # response as this one's body).
+            headers.remove(b"content-length")
+        return self.head_bytes(status, reason, headers)
+
+    def head_bytes(self, status: int, reason: bytes, headers: Headers) -> bytes:
+        """A response head, with the Connection field this exchange's end calls for."""
+        if self.close_after:
+            headers.add(b"Connection", b"close")
+        elif self.request.version == b"HTTP/1.0":
+            headers.add(b"Connection", b"keep-alive")
+        return response_head_bytes(status, reason, headers)
+
+    # -- the response body -------------------------------------------------
+
+    def body_bytes(self, data: bytes) -> bytes:
+        """A piece of the response body as it goes to the client."""
+        return chunk_bytes(data) if self._chunked else data
+
+    def end_bytes(self, trailers: Headers | None) -> bytes:
+        """
+        What ends the body: the last chunk, with the trailer fields that may
+        be forwarded (RFC 9110 6.5.1), when it is chunked; else nothing.
+        """
+        if not self._chunked:
+            return b""
+        forwarded = trailers_to_forward(trailers) if trailers else None
+        return trailers_bytes(forwarded) if forwarded else LAST_CHUNK
+
+    @property
+    def close_delimited(self) -> bool:
+        """The connection's end delimits the body (a truncated one must be a reset)."""
+        return self._close_delimited
+
+    # -- the proxy's own answers -------------------------------------------
+
+    def answer(self, status: int, reason: bytes, headers: Headers, body: bytes, *,
+               close: bool = False, date: bytes | None = None) -> bytes:
+        """
+        The bytes of a complete small answer the proxy makes itself: with
+        Content-Length, dated ``date`` unless it has a Date (RFC 9110 6.6.1:
+        the proxy is its origin), the body left out for HEAD, and the
+        connection closed after it when asked or when the request body has
+        not all been read (it cannot be skipped safely).
+        """
+        self.response_started = True
+        if close or not self.request_complete:
+            self.close_after = True
+        headers.add(b"Content-Length", b"%d" % len(body))
+        if date is not None and b"date" not in headers:
+            headers.add(b"Date", date)
+        head = self.head_bytes(status, reason, headers)
+        if body and self.request.method != b"HEAD":
+            head += body
+        return head
+
+    # -- the connection after this exchange ---------------------------------
+
+    def after(self, draining: bool) -> str:
+        """
+        Once the response is complete: "read-body" (the request body is
+        still arriving and the connection goes on: read it to its end
+        first), "close", or "next" (the next request may be read).
+        """
+        if draining:
+            self.close_after = True
+        if not self.request_complete and not self.close_after:
+            return "read-body"
+        return "close" if self.close_after else "next"
