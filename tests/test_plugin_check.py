@@ -81,3 +81,24 @@ def test_duck_typed_plugins_with_the_right_methods_fit(kind):
             pass
 
     build(kind, policy=Policy(), reporters=[Reporter()], chooser=Chooser())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_proxy_is_assembled_from_one_pipeline(kind):
+    class Policy:
+        def decide(self, intent):
+            raise AssertionError("not asked at build time")
+
+    class Reporter:
+        def report(self, record):
+            pass
+
+    policy, reporter, chooser = Policy(), Reporter(), Chooser()
+    # A generator of reporters is read once and checked like a list.
+    proxy = build(kind, policy=policy, reporters=(r for r in [reporter]), chooser=chooser)
+    pipeline = proxy.pipeline
+    assert pipeline.policy is proxy.policy is policy
+    assert pipeline.reporters == (reporter,)
+    assert chooser in pipeline.choosers.values()
+    with pytest.raises(ConfigError, match="reporter"):
+        build(kind, reporters=(r for r in [NoReport()]))

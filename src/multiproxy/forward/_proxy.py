@@ -44,7 +44,7 @@ from multiproxy.http1._rules import end_to_end, via_value
 from multiproxy.http1._target import is_origin_form, parse_absolute_target, parse_authority
 from multiproxy.pipeline._attempts import Attempts
 from multiproxy.pipeline._connect import UpstreamEndpoint
-from multiproxy.pipeline._contract import AllowAll, check_plugins
+from multiproxy.pipeline._contract import Pipeline
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import Intent
@@ -535,12 +535,12 @@ class ForwardProxy(HTTPProxyFactory):
             reporters=tuple(reporters),
             via=settings.via,
         )
-        self.policy = policy or AllowAll()
+        self.pipeline = Pipeline(name, policy=policy, choosers={"chooser": chooser},
+                                 reporters=self.reporters)
+        self.policy = self.pipeline.policy
+        self.chooser = chooser
         self.inspector = inspector
         """The `Inspector` that says which CONNECT hosts are inspected, or None."""
-        self.chooser = chooser
-        check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
-                      reporters=self.reporters)
         self.parent_fallback = parent_fallback
         """A rule's parents all down: ``fail`` (502) or ``direct``."""
         self._rule_choosers: dict[tuple[str, ...], ParentChooser] = {}

@@ -35,25 +35,35 @@ def check(interface: type[Interface], obj: object, role: str) -> object:
     return obj
 
 
-def check_plugins(
-    proxy: str,
-    *,
-    policy: object,
-    choosers: Mapping[str, object],
-    reporters: Iterable[object] = (),
-) -> None:
+class Pipeline:
     """
-    Verify, once, every plug-in a proxy is assembled from: its policy, its
-    upstream choosers (by the role each plays, e.g. "chooser" or "backend
-    pool web") and its reporters.  Every proxy kind calls this when it is
-    built, so a broken plug-in is refused then, with a sentence naming the
-    proxy, the plug-in and what it lacks, instead of failing its first request.
+    What one proxy is assembled from, verified once when the proxy is built:
+    its policy (`AllowAll` when none is given), its upstream choosers by the
+    role each plays ("chooser", "backend pool web", ...) and its reporters.
+    Every proxy kind builds one, so a broken plug-in is refused then, with a
+    sentence naming the proxy, the plug-in and what it lacks, instead of
+    failing its first request.  Upstreams are reached through the one
+    connect path (`UpstreamEndpoint`), admission is
+    `multiproxy.policy._admission.admit`, and `report` ends every request.
     """
-    check(IPolicy, policy, f"{proxy}: policy")
-    for role, chooser in choosers.items():
-        check(IUpstreamChooser, chooser, f"{proxy}: {role}")
-    for reporter in reporters:
-        check(IReporter, reporter, f"{proxy}: reporter")
+
+    __slots__ = ("name", "policy", "choosers", "reporters")
+
+    def __init__(self, name: str, *, policy: object | None = None,
+                 choosers: Mapping[str, object] | None = None,
+                 reporters: Iterable[object] = ()) -> None:
+        self.name = name
+        self.policy = policy if policy is not None else AllowAll()
+        self.choosers = dict(choosers or {})
+        self.reporters = tuple(reporters)
+        check(IPolicy, self.policy, f"{name}: policy")
+        for role, chooser in self.choosers.items():
+            check(IUpstreamChooser, chooser, f"{name}: {role}")
+        for reporter in self.reporters:
+            check(IReporter, reporter, f"{name}: reporter")
+
+    def report(self, record: AccessRecord) -> None:
+        report_all(self.reporters, record)
 
 
 def report_all(reporters: Iterable[IReporter], record: AccessRecord) -> None:

@@ -39,7 +39,7 @@ from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import Limits, RequestHead, ResponseHead
 from multiproxy.http1._rules import HOP_BY_HOP, end_to_end, via_value
 from multiproxy.http1._target import is_origin_form, parse_absolute_target
-from multiproxy.pipeline._contract import AllowAll, check_plugins
+from multiproxy.pipeline._contract import Pipeline
 from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import Decision, Intent
@@ -370,10 +370,10 @@ class ReverseProxy(HTTPProxyFactory):
             # responses (RFC 9110 7.6.3), which ``response_headers`` does not.
             via=via,
         )
-        self.policy = policy or AllowAll()
-        check_plugins(name, policy=self.policy, reporters=self.reporters,
-                      choosers={f"backend pool {pool_name}": pool
-                                for pool_name, pool in pools.items()})
+        self.pipeline = Pipeline(name, policy=policy, reporters=self.reporters,
+                                 choosers={f"backend pool {pool_name}": pool
+                                           for pool_name, pool in pools.items()})
+        self.policy = self.pipeline.policy
         self.cached_fetcher = cached_fetcher
         self.chooser = RouteChooser(routes, pools)
         self.forwarded = forwarded

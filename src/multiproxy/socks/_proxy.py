@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from multiproxy.forward._origin import DirectChooser
 from multiproxy.pipeline._connect import UpstreamEndpoint
-from multiproxy.pipeline._contract import AllowAll, check_plugins, report_all
+from multiproxy.pipeline._contract import Pipeline
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import AccessRecord, Decision, Intent
 from multiproxy.policy._admission import IAccessControl, admit, connection_slot
@@ -362,7 +362,7 @@ class SocksProxyProtocol(Protocol):
             rule=self.decision.rule if self.decision is not None else None,
             ended=ended,
         )
-        report_all(self.factory.reporters, record)
+        self.factory.pipeline.report(record)
 
 
 @implementer(IProxy)
@@ -390,11 +390,11 @@ class SocksProxy(Factory):
     ) -> None:
         self.reactor = reactor
         self.name = name
-        self.policy = policy if policy is not None else AllowAll()
         self.chooser = chooser if chooser is not None else DirectChooser(settings.connect_timeout)
-        self.reporters = tuple(reporters)
-        check_plugins(name, policy=self.policy, choosers={"chooser": self.chooser},
-                      reporters=self.reporters)
+        self.pipeline = Pipeline(name, policy=policy, choosers={"chooser": self.chooser},
+                                 reporters=reporters)
+        self.policy = self.pipeline.policy
+        self.reporters = self.pipeline.reporters
         self.settings = settings
         self.connections: set[SocksProxyProtocol] = set()
 

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.pipeline._attempts import Attempts
 from multiproxy.pipeline._connect import connect_failure_kind, upstream_connect_error, with_deadline
-from multiproxy.pipeline._contract import AllowAll, check_plugins, report_all
+from multiproxy.pipeline._contract import Pipeline
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import AccessRecord, Decision, Intent
 from multiproxy.policy._admission import admit, connection_slot
@@ -242,7 +242,7 @@ class TCPRelayProtocol(RelayServerProtocol):
             ended=ended,
             upstream_error=self.upstream_error if ended == "connect-failed" else None,
         )
-        report_all(self.factory.reporters, record)
+        self.factory.pipeline.report(record)
 
 
 @implementer(IProxy)
@@ -269,10 +269,10 @@ class TCPRelayFactory(Factory):
         self.reactor = reactor
         self.chooser = chooser
         self.name = name
-        self.policy = policy if policy is not None else AllowAll()
-        self.reporters = tuple(reporters)
-        check_plugins(name, policy=self.policy, choosers={"chooser": chooser},
-                      reporters=self.reporters)
+        self.pipeline = Pipeline(name, policy=policy, choosers={"chooser": chooser},
+                                 reporters=reporters)
+        self.policy = self.pipeline.policy
+        self.reporters = self.pipeline.reporters
         self.settings = settings
         self.connections: set[TCPRelayProtocol] = set()
         self.accepted = 0

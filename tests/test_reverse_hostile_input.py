@@ -33,7 +33,7 @@ from multiproxy.http._server import Timeouts
 from multiproxy.reverse import Route
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_hardening_vectors import _replay, split_responses
+from test_smuggling_vectors import _replay, split_responses
 from vectors.smuggling import load_vectors
 
 PARSER_REJECTED = [v for v in load_vectors("request", "parser") if v.status is not None]
