@@ -48,7 +48,7 @@ from multiproxy.pipeline._contract import Pipeline
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import Intent
-from multiproxy.policy._admission import Verdict, refusal, upstream_fields
+from multiproxy.policy._admission import Verdict, upstream_fields
 from multiproxy.policy._hosts import normalise_host
 from multiproxy.transport._relay import Relay
 
@@ -101,11 +101,6 @@ class ForwardProxyProtocol(HTTPServerProtocol):
 
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
-        if self.over_connection_limit:
-            self.refuse(exchange, refusal(
-                self.factory.policy, 429, None, now=self.factory.reactor.seconds(),
-            ), close=True)
-            return
         if self.inspected is not None:
             head = self._inspected_request(exchange)
         elif head.method == b"CONNECT":

@@ -413,7 +413,7 @@ class HTTPServerProtocol(Protocol):
             self.factory.connections.add(self)
         self._sniffing = self.factory.http2 is not None and not self.nested
         # The policy's per-client connection limit: over it, the first
-        # request is answered 429 by the subclass (see `over_connection_limit`).
+        # request is answered 429 and the connection closes (`_begin`).
         if not self.nested:
             self._release_slot, self.over_connection_limit = connection_slot(
                 getattr(self.factory, "policy", None), self._peer_host
@@ -587,6 +587,11 @@ class HTTPServerProtocol(Protocol):
             exchange.body = RequestBody(
                 self.transport, framing == "chunked", self._reader.body_length
             )
+        if self.over_connection_limit:
+            self.refuse(exchange, refusal(
+                factory.policy, 429, None, now=factory.reactor.seconds(),
+            ), close=True)
+            return
         try:
             self.handle(exchange)
         except (ProtocolError, UpstreamError) as e:

@@ -43,7 +43,6 @@ from multiproxy.pipeline._contract import Pipeline
 from multiproxy.pipeline._errors import ProtocolError
 from multiproxy.pipeline._interfaces import IPolicy, IProxy, IUpstreamChooser
 from multiproxy.pipeline._values import Decision, Intent
-from multiproxy.policy._admission import refusal
 from multiproxy.reverse._fetch import ReverseRequest, backend_authority
 from multiproxy.reverse._forwarded import ForwardedSettings, apply_forwarded
 from multiproxy.reverse._routing import RouteMatch, RouteTable
@@ -118,11 +117,6 @@ class ReverseProxyProtocol(HTTPServerProtocol):
 
     def handle(self, exchange: Exchange) -> None:
         head = exchange.request
-        if self.over_connection_limit:
-            self.refuse(exchange, refusal(
-                self.factory.policy, 429, None, now=self.factory.reactor.seconds(),
-            ), close=True)
-            return
         if head.method == b"CONNECT":
             exchange.record.ended = "denied"
             exchange.respond_error(405, "this is a reverse proxy: CONNECT is not supported",
