@@ -128,3 +128,24 @@ def test_connection_close_from_the_client_or_draining_ends_the_connection() -> N
     kept = ExchangeRules(request())
     kept.request_complete = True
     assert kept.after(draining=True) == "close"
+
+
+def test_a_forwarded_request_is_framed_for_its_body_whatever_the_client_sent() -> None:
+    from multiproxy.http1._connection import forwarded_request_head
+
+    head = RequestHead(b"POST", b"/u", b"HTTP/1.1", Headers([
+        (b"Host", b"h"), (b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")]))
+    assert forwarded_request_head(head, True, None) == (
+        b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert forwarded_request_head(head, False, 7) == (
+        b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n")
+    bare = RequestHead(b"GET", b"/", b"HTTP/1.1", Headers([(b"Host", b"h")]))
+    assert forwarded_request_head(bare, None, None) == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+def test_the_last_chunk_carries_only_forwardable_trailers() -> None:
+    from multiproxy.http1._connection import last_chunk
+
+    assert last_chunk(None) == b"0\r\n\r\n"
+    assert last_chunk(Headers([(b"Host", b"evil"), (b"X-Sum", b"1")])) == b"0\r\nX-Sum: 1\r\n\r\n"
+    assert last_chunk(Headers([(b"Transfer-Encoding", b"chunked")])) == b"0\r\n\r\n"

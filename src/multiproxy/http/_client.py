@@ -22,6 +22,7 @@ from zope.interface import implementer
 from multiproxy.balancing._backend import note_exchanged
 from multiproxy.h2._client import H2Sessions, UpstreamStream
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
+from multiproxy.http1._connection import forwarded_request_head, last_chunk
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     CLOSED,
@@ -33,8 +34,7 @@ from multiproxy.http1._parser import (
     ResponseHead,
     ResponseReader,
 )
-from multiproxy.http1._rules import trailers_to_forward
-from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, request_head_bytes, trailers_bytes
+from multiproxy.http1._writer import chunk_bytes
 from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.transport._deadline import Deadline
@@ -42,8 +42,6 @@ from multiproxy.transport._directwrite import no_delay, send_now
 from multiproxy.transport._tls import tls_failure
 
 log = Logger()
-
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 @implementer(IBodyConsumer)
@@ -92,17 +90,11 @@ class UpstreamConnection(Protocol):
         self._got_response = False
         self._sent_at = self.pool.reactor.seconds()
         self._reader.expect(request.head.method)
-        head = request.head
-        headers = head.headers
         body = request.body
-        if body is not None:
-            headers = headers.copy()
-            headers.remove_all(_FRAMING)
-            if body.chunked:
-                headers.add(b"Transfer-Encoding", b"chunked")
-            else:
-                headers.add(b"Content-Length", b"%d" % (body.length or 0,))
-        head_bytes = request_head_bytes(head.method, head.target, headers)
+        if body is None:
+            head_bytes = forwarded_request_head(request.head, None, None)
+        else:
+            head_bytes = forwarded_request_head(request.head, body.chunked, body.length)
         rest = send_now(self.transport, head_bytes)
         if rest:
             self.transport.write(rest)
@@ -120,9 +112,7 @@ class UpstreamConnection(Protocol):
 
     def body_end(self) -> None:
         if self._request is not None and self._request.body.chunked:
-            trailers = self._request.body.trailers
-            forwarded = trailers_to_forward(trailers) if trailers else None
-            end = trailers_bytes(forwarded) if forwarded else LAST_CHUNK
+            end = last_chunk(self._request.body.trailers)
             self.transport.write(end)
             self._sent += len(end)
         self._body_sent = True

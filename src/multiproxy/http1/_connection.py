@@ -10,7 +10,10 @@ becomes (RFC 9110 15.2: none to HTTP/1.0, never a 101, never a
 Content-Length), whether the connection goes on after this exchange
 (``Connection: close`` asked for, an unread request body, a final status
 sent to a client still waiting for 100-continue, a close-delimited body),
-and turns the answer into bytes.  The Twisted `multiproxy.http.Exchange`
+and turns the answer into bytes.  Towards the upstream,
+`forwarded_request_head` frames a forwarded request for its body and
+`last_chunk` ends a chunked body with its forwardable trailers; the
+response is read by `multiproxy.http1._parser.ResponseReader`.  The Twisted `multiproxy.http.Exchange`
 is this object plus the writing, the producers and the fetch; an HTTP/2
 stream drives the same exchange through its `StreamTransport`.
 
@@ -23,9 +26,16 @@ from __future__ import annotations
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import RequestHead, ResponseHead
 from multiproxy.http1._rules import end_to_end, trailers_to_forward, via_value
-from multiproxy.http1._writer import LAST_CHUNK, chunk_bytes, response_head_bytes, trailers_bytes
+from multiproxy.http1._writer import (
+    LAST_CHUNK,
+    chunk_bytes,
+    request_head_bytes,
+    response_head_bytes,
+    trailers_bytes,
+)
 
-__all__ = ["FRAMINGS", "ExchangeRules", "response_framing"]
+__all__ = ["FRAMINGS", "ExchangeRules", "forwarded_request_head", "last_chunk",
+           "response_framing"]
 
 FRAMINGS = ("none", "length", "chunked", "close")
 """How a response body is delimited for the client (see `response_framing`)."""
@@ -45,6 +55,35 @@ def response_framing(request: RequestHead, response: ResponseHead) -> str:
     if request.version == b"HTTP/1.1":
         return "chunked"
     return "close"
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    """
+    The end of a chunked body, either way: the last chunk with the trailer
+    fields that may be forwarded (RFC 9110 6.5.1; none are merged anywhere).
+    """
+    forwarded = trailers_to_forward(trailers) if trailers else None
+    return trailers_bytes(forwarded) if forwarded else LAST_CHUNK
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def forwarded_request_head(head: RequestHead, chunked: bool | None, length: int | None) -> bytes:
+    """
+    ``head`` as sent to an upstream, framed for the body it has: none
+    (``chunked`` None), chunked, or ``length`` bytes (RFC 9112 6.1-6.2:
+    one framing, whatever the client sent, which the proxy has decoded).
+    """
+    headers = head.headers
+    if chunked is not None:
+        headers = headers.copy()
+        headers.remove_all(_FRAMING)
+        if chunked:
+            headers.add(b"Transfer-Encoding", b"chunked")
+        else:
+            headers.add(b"Content-Length", b"%d" % (length or 0,))
+    return request_head_bytes(head.method, head.target, headers)
 
 
 class ExchangeRules:
@@ -129,10 +168,7 @@ class ExchangeRules:
         What ends the body: the last chunk, with the trailer fields that may
         be forwarded (RFC 9110 6.5.1), when it is chunked; else nothing.
         """
-        if not self._chunked:
-            return b""
-        forwarded = trailers_to_forward(trailers) if trailers else None
-        return trailers_bytes(forwarded) if forwarded else LAST_CHUNK
+        return last_chunk(trailers) if self._chunked else b""
 
     @property
     def close_delimited(self) -> bool:
