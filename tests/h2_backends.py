@@ -2,8 +2,9 @@
 HTTP/2 backends started by the tests of tests/test_h2_backends.py.
 
 - `Nginx`: nginx speaking HTTP/2 in clear text (prior knowledge) and over
-  TLS (ALPN h2; ``tls_h1_port`` is TLS with HTTP/1.1 only) on 127.0.0.1: ``/who`` answers with nginx's connection
-  number, request count on it and protocol; ``/big`` is a static file;
+  TLS (ALPN h2; ``tls_h1_port`` is TLS with HTTP/1.1 only) on 127.0.0.1:
+  ``/who`` answers with nginx's connection number, request count on it and
+  protocol; ``/big`` is a static file, ``/huge`` a 40 MiB one;
   ``/echo`` goes on to an HTTP/1.1 origin (the proxy's body arrives at nginx
   over HTTP/2, then travels on).  ``keepalive_requests`` bounds the requests
   per connection, after which nginx sends GOAWAY.
@@ -29,6 +30,7 @@ from pathlib import Path
 from h2_peers import free_port
 
 BIG_SIZE = 3 * 1024 * 1024 + 17
+HUGE_SIZE = 40 * 1024 * 1024
 
 
 class Nginx:
@@ -40,6 +42,8 @@ class Nginx:
         www.mkdir(mode=0o755)
         self.big = bytes(range(256)) * (BIG_SIZE // 256) + b"x" * (BIG_SIZE % 256)
         (www / "big").write_bytes(self.big)
+        with (www / "huge").open("wb") as huge:
+            huge.truncate(HUGE_SIZE)
         cert = self.root / "site.pem"
         ca.issue_cert("backend.test").private_key_and_cert_chain_pem.write_to_path(str(cert))
         self.port, self.tls_port, self.tls_h1_port = free_port(), free_port(), free_port()

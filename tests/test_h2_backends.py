@@ -15,7 +15,7 @@ import time
 
 import pytest
 import trustme
-from h2_backends import BIG_SIZE, Nginx, ScriptedBackend, start_grpc
+from h2_backends import BIG_SIZE, HUGE_SIZE, Nginx, ScriptedBackend, start_grpc
 from h2_peers import Proxy, free_port, start_origin
 
 pytestmark = [
@@ -127,6 +127,30 @@ def test_large_bodies_both_ways_under_flow_control(start, nginx, tmp_path):
         echoed = _curl("--data-binary", f"@{upload}", *framing,
                        f"http://127.0.0.1:{proxy.port}/echo")
         assert echoed.stdout == hashlib.sha256(upload.read_bytes()).hexdigest().encode()
+
+
+def test_a_client_that_stops_reading_stops_the_backend_stream(start, nginx):
+    """Flow control is backpressure: the proxy holds about a window, not the body."""
+    from h2_peers import rss_kib
+
+    proxy = start(f'["h2://127.0.0.1:{nginx.port}"]')
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        before = rss_kib(proxy.process.pid)
+        client.sendall(b"GET /huge HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        time.sleep(2)  # the client reads nothing
+        held = rss_kib(proxy.process.pid) - before
+        # 40 MiB asked for: the proxy holds its stream window (1 MiB) and the
+        # socket buffers, not the body.
+        assert held < 12 * 1024, held
+        got = 0
+        client.settimeout(10)
+        while got < HUGE_SIZE:
+            chunk = client.recv(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        assert got > HUGE_SIZE  # the head and the whole body, once the client reads
 
 
 def test_goaway_moves_new_requests_to_a_fresh_connection(start, ca, origin):
