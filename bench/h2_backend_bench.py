@@ -30,6 +30,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import cpu_seconds, ensure_apt, free_port, running, twistd_argv, wrk  # noqa: E402
+from reverse_bench import haproxy_argv  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -71,31 +72,6 @@ def multiproxy_argv(port: int, backend: str) -> list[str]:
                        "--listen", f"tcp:{port}:interface=127.0.0.1", "--backend", backend)
 
 
-def haproxy_h2_argv(port: int, origin: int, root: str) -> list[str] | None:
-    haproxy = ensure_apt("haproxy", "haproxy")
-    if haproxy is None:
-        return None
-    conf = os.path.join(root, f"haproxy-{port}.cfg")
-    with open(conf, "w") as f:
-        f.write(f"""
-global
-    nbthread 1
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend front
-    bind 127.0.0.1:{port}
-    default_backend origin
-backend origin
-    http-reuse always
-    server o1 127.0.0.1:{origin} proto h2
-""")
-    return [haproxy, "-f", conf, "-db"]
-
-
 def upstream_connections(pid: int, port: int) -> int:
     """Established TCP connections of process ``pid`` to 127.0.0.1:``port``."""
     out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{port}"],
@@ -119,7 +95,7 @@ def main() -> None:
             subjects = {
                 names[0]: (lambda port: multiproxy_argv(port, f"http://127.0.0.1:{h1}"), h1),
                 names[1]: (lambda port: multiproxy_argv(port, f"h2://127.0.0.1:{h2}"), h2),
-                names[2]: (lambda port: haproxy_h2_argv(port, h2, root), h2),
+                names[2]: (lambda port: haproxy_argv(port, h2, root, origin_http2=True), h2),
             }
             for number in range(args.rounds):
                 for name, (build, backend_port) in subjects.items():

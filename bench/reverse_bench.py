@@ -99,10 +99,11 @@ reactor.run()
 
 
 def haproxy_argv(port: int, origin: int, root: str, threads: int = 1,
-                 http2: bool = False) -> list[str] | None:
+                 http2: bool = False, origin_http2: bool = False) -> list[str] | None:
     """
     HAProxy in front of ``origin`` with ``threads`` threads, its front end
-    HTTP/1.1 or (``http2``) HTTP/2 with prior knowledge; None if it cannot be installed.
+    HTTP/1.1 or (``http2``) HTTP/2 with prior knowledge, speaking HTTP/1.1 or
+    (``origin_http2``) HTTP/2 to the origin; None if it cannot be installed.
     """
     haproxy = ensure_apt("haproxy", "haproxy")
     if haproxy is None:
@@ -124,7 +125,7 @@ frontend front
     default_backend origin
 backend origin
     http-reuse always
-    server o1 127.0.0.1:{origin}
+    server o1 127.0.0.1:{origin}{" proto h2" if origin_http2 else ""}
 """)
     return [haproxy, "-f", conf, "-db"]
 

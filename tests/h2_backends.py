@@ -140,7 +140,8 @@ class ScriptedBackend:
     ``drop`` closes the connection on every request, without answering;
     ``goaway-first`` answers the first request with GOAWAY (last stream 0:
     not processed) and closes, and serves later connections; ``refuse-first`` resets the first request with
-    REFUSED_STREAM and serves the rest; ``serve`` serves every request.
+    REFUSED_STREAM and serves the rest; ``hang`` never answers; ``serve``
+    serves every request.
     Served requests get ``ok PATH``, and ``trailers=name=value,...`` when the
     request had trailer fields;
     ``seen`` lists (connection number, path) of every request that arrived.
@@ -206,6 +207,8 @@ class ScriptedBackend:
                     self.seen.append((number, path))
                     if self.mode == "drop":
                         return
+                    if self.mode == "hang":
+                        continue
                     if self.mode == "goaway-first" and first:
                         conn.close_connection(last_stream_id=0)
                         client.sendall(conn.data_to_send())

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import h11
 import pytest
+import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import (
@@ -186,6 +187,14 @@ class Recorder:
 
     def stop(self) -> defer.Deferred:
         return self.port.stopListening()
+
+
+@pytest.fixture
+def recorder():
+    """A `Recorder` on loopback for one test (import it beside `no_tracebacks`)."""
+    rec = Recorder()
+    yield rec
+    pytest_twisted.blockon(rec.stop())
 
 
 @implementer(IUpstreamChooser)

@@ -215,6 +215,20 @@ def test_request_trailers_reach_an_h2_backend_from_http2_and_http1_clients(start
         backend.stop()
 
 
+def test_an_h2_backend_that_never_answers_is_a_504(start):
+    backend = ScriptedBackend("hang")
+    try:
+        proxy = start(f'["h2://127.0.0.1:{backend.port}"]', extra="response_timeout = 1\n")
+        started = time.monotonic()
+        result = _curl("-w", " %{http_code}", f"http://127.0.0.1:{proxy.port}/slow")
+        assert result.stdout.endswith(b" 504"), result
+        assert b"no response within 1 s" in result.stdout
+        assert time.monotonic() - started < 5
+        assert [path for _, path in backend.seen] == [b"/slow"]  # a GET, but not replayed
+    finally:
+        backend.stop()
+
+
 def test_dead_h2_backend_fails_over(start, nginx):
     dead = free_port()
     proxy = start(f'["h2://127.0.0.1:{dead}", "h2://127.0.0.1:{nginx.port}"]')

@@ -16,7 +16,7 @@ import re
 
 import pytest
 import pytest_twisted
-from hardening import Recorder, no_tracebacks, status_of, to_recorder  # noqa: F401
+from hardening import no_tracebacks, recorder, status_of, to_recorder  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loopback import raw_exchange
@@ -33,13 +33,6 @@ COMBINED = re.compile(
     r" rt=\S+ up=\S+ cache=\S+ rule=\S+ end=\S+( in=\d+)?( sni=\S+( alpn=\S+)?)?"
     r"( reason=" + _QUOTED + ")?"
 )
-
-
-@pytest.fixture
-def recorder():
-    rec = Recorder()
-    yield rec
-    pytest_twisted.blockon(rec.stop())
 
 
 @pytest.fixture

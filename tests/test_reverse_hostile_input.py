@@ -20,6 +20,7 @@ from hardening import (  # noqa: F401
     Firehose,
     Recorder,
     no_tracebacks,
+    recorder,
     sleep,
     status_of,
     wait_until,
@@ -42,13 +43,6 @@ PARSER_ACCEPTED = [v for v in load_vectors("request", "parser") if v.status is N
 
 def origin_form(data: bytes) -> bytes:
     return data.replace(b"http://origin.test", b"", 1)
-
-
-@pytest.fixture
-def recorder():
-    rec = Recorder()
-    yield rec
-    pytest_twisted.blockon(rec.stop())
 
 
 @pytest.fixture

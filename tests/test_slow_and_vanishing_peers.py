@@ -19,6 +19,7 @@ from hardening import (  # noqa: F401
     Recorder,
     StalledUpstream,
     no_tracebacks,
+    recorder,
     rss_bytes,
     sleep,
     status_of,
@@ -55,13 +56,6 @@ class Client(protocol.Protocol):
 
 async def connect(port: int) -> Client:
     return await protocol.ClientCreator(reactor, Client).connectTCP("127.0.0.1", port)
-
-
-@pytest.fixture
-def recorder():
-    rec = Recorder()
-    yield rec
-    pytest_twisted.blockon(rec.stop())
 
 
 @pytest.fixture

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from hardening import Recorder, no_tracebacks, sleep, status_of, to_recorder, wait_until  # noqa: F401
+from hardening import (  # noqa: F401
+    no_tracebacks,
+    recorder,
+    sleep,
+    status_of,
+    to_recorder,
+    wait_until,
+)
 from loopback import listen_scripted, raw_exchange
 from twisted.internet import defer
 
@@ -40,13 +47,6 @@ def test_corpus_is_large_and_varied():
     assert len(RESPONSES) >= 10
     assert {v.stage for v in REJECTED} == {"parser", "target", "authority"}
     assert {v.status for v in REJECTED} <= REJECT_STATUSES
-
-
-@pytest.fixture
-def recorder():
-    rec = Recorder()
-    yield rec
-    pytest_twisted.blockon(rec.stop())
 
 
 @pytest.fixture
