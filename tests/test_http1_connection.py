@@ -1,6 +1,7 @@
 """
 The HTTP/1.1 rules of an exchange on a client connection (`multiproxy.http1._connection`),
-driven with plain values: no reactor, no transport.
+and of the connection around them (`ServerConnection`: pipelining, timers,
+what follows each exchange), driven with plain values: no reactor, no transport.
 """
 
 from __future__ import annotations
@@ -149,3 +150,162 @@ def test_the_last_chunk_carries_only_forwardable_trailers() -> None:
     assert last_chunk(None) == b"0\r\n\r\n"
     assert last_chunk(Headers([(b"Host", b"evil"), (b"X-Sum", b"1")])) == b"0\r\nX-Sum: 1\r\n\r\n"
     assert last_chunk(Headers([(b"Transfer-Encoding", b"chunked")])) == b"0\r\n\r\n"
+
+
+# -- the connection around the exchanges (ServerConnection) -----------------
+
+
+def drain(conn) -> list:
+    """`next_event` until the connection needs the driver (more bytes, or an answer)."""
+    from multiproxy.http1._parser import NEED_DATA, PAUSED
+
+    events = []
+    while True:
+        event = conn.next_event()
+        events.append(event)
+        if event is NEED_DATA or event is PAUSED or type(event).__name__ == "_Sentinel":
+            return events
+
+
+def answer(conn, exchange: ExchangeRules) -> str:
+    """Answer ``exchange`` with a small 200, as the proxy's own answers are."""
+    exchange.answer(200, b"OK", Headers(), b"hi")
+    exchange.finished = True
+    return conn.exchange_over(exchange, draining=False)
+
+
+def test_pipelined_requests_are_answered_one_at_a_time_in_order() -> None:
+    from multiproxy.http1._connection import ServerConnection
+    from multiproxy.http1._parser import NEED_DATA, PAUSED, EndOfMessage
+
+    conn = ServerConnection()
+    conn.receive_data(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    first = conn.next_event()
+    assert first.target == b"/a"
+    exchange = ExchangeRules(first)
+    assert conn.begin(exchange, draining=False) == "none"
+    assert conn.timer is None  # a body-less request: no client timeout while it is answered
+    assert drain(conn) == [EndOfMessage(), PAUSED]  # /b waits until /a is answered
+    assert answer(conn, exchange) == "next"
+    assert conn.timer == "keepalive" and conn.exchange is None
+    second = conn.next_event()
+    assert second.target == b"/b"
+    conn.begin(ExchangeRules(second), draining=False)
+    drain(conn)
+    assert answer(conn, conn.exchange) == "next"
+    assert drain(conn) == [NEED_DATA]
+    assert conn.idle_between_requests and conn.requests_begun == 2
+
+
+def test_past_one_heads_worth_of_pipelined_bytes_reading_stops_until_the_answer() -> None:
+    from multiproxy.http1._connection import STOP_READING, ServerConnection
+    from multiproxy.http1._parser import Limits
+
+    conn = ServerConnection(Limits(max_head=100))
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = conn.next_event()
+    conn.begin(ExchangeRules(head), draining=False)
+    drain(conn)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 5)
+    assert conn.next_event() is STOP_READING and conn.reading_stopped
+    assert answer(conn, conn.exchange) == "next"
+    assert conn.reading_stopped  # until the driver reads again
+
+
+def test_the_timers_follow_the_request() -> None:
+    from multiproxy.http1._connection import ServerConnection
+    from multiproxy.http1._parser import Data, EndOfMessage
+
+    conn = ServerConnection()
+    assert conn.timer == "keepalive" and conn.timer_moved
+    conn.timer_moved = False
+    conn.receive_data(b"POST / HTTP/1.1\r\nHo")
+    drain(conn)  # part of a head: from now on, the header timeout
+    assert conn.timer == "header" and conn.timer_moved
+    conn.timer_moved = False
+    conn.receive_data(b"st: h\r\n")
+    drain(conn)  # more of it does not restart the clock (slowloris)
+    assert conn.timer == "header" and not conn.timer_moved
+    conn.receive_data(b"Content-Length: 4\r\n\r\nab")
+    head = conn.next_event()
+    assert conn.begin(ExchangeRules(head), draining=False) == "length"
+    assert conn.timer == "client_idle"
+    conn.timer_moved = False
+    assert conn.next_event() == Data(b"ab")
+    assert conn.timer == "client_idle" and conn.timer_moved  # each piece restarts it
+    conn.receive_data(b"cd")
+    assert conn.next_event() == Data(b"cd")
+    assert conn.next_event() == EndOfMessage()
+    assert conn.timer is None
+
+
+def test_what_a_timeout_means() -> None:
+    from multiproxy.http1._connection import ServerConnection
+
+    conn = ServerConnection()
+    assert conn.expired("keepalive") == ("close", None)
+    assert conn.expired("header") == ("answer", "the client took too long to send the request head")
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\n")
+    exchange = ExchangeRules(conn.next_event())
+    conn.begin(exchange, draining=False)
+    assert conn.expired("client_idle") == (
+        "answer", "the client took too long to send the request body")
+    assert conn.broken() == "answer"
+    exchange.final_head(200, b"OK", Headers(), "chunked", body_started=True)
+    assert conn.expired("client_idle") == ("reset", None)
+    assert conn.broken() == "reset"  # framing broke mid-response: nothing more can be said
+
+
+def test_an_answer_before_the_request_body_is_read_reads_it_first_or_closes() -> None:
+    from multiproxy.http1._connection import ServerConnection
+
+    conn = ServerConnection()
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
+    exchange = ExchangeRules(conn.next_event())
+    conn.begin(exchange, draining=False)
+    exchange.response_started = exchange.finished = True
+    assert conn.exchange_over(exchange, draining=False) == "read-body"
+    conn.receive_data(b"ok")
+    drain(conn)
+    exchange.request_complete = True
+    assert conn.exchange_over(exchange, draining=False) == "next"
+    # The proxy's own answer to a request whose body is still unread closes.
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
+    exchange = ExchangeRules(conn.next_event())
+    conn.begin(exchange, draining=False)
+    assert answer(conn, exchange) == "close" and conn.closing and conn.timer is None
+
+
+def test_a_client_that_shuts_its_side_gets_its_answer_then_the_close() -> None:
+    from multiproxy.http1._connection import ServerConnection
+    from multiproxy.http1._parser import CLOSED
+
+    conn = ServerConnection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    conn.receive_eof()
+    exchange = ExchangeRules(conn.next_event())
+    conn.begin(exchange, draining=False)
+    assert answer(conn, exchange) == "next" and conn.eof_received
+    assert conn.next_event() is CLOSED
+
+
+def test_handing_over_gives_the_bytes_past_the_request_and_stops_the_timers() -> None:
+    from multiproxy.http1._connection import ServerConnection
+
+    conn = ServerConnection()
+    conn.receive_data(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n\x16\x03\x01")
+    conn.begin(ExchangeRules(conn.next_event()), draining=False)
+    assert conn.hand_over() == b"\x16\x03\x01"
+    assert conn.exchange is None and conn.timer is None
+
+
+def test_draining_closes_after_the_exchange_under_way() -> None:
+    from multiproxy.http1._connection import ServerConnection
+
+    conn = ServerConnection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    exchange = ExchangeRules(conn.next_event())
+    conn.begin(exchange, draining=True)
+    assert exchange.close_after
+    assert exchange.answer(200, b"OK", Headers(), b"").endswith(b"Connection: close\r\n\r\n")
+    assert conn.exchange_over(exchange, draining=True) == "close"

@@ -1,10 +1,10 @@
 """
 The client side of the HTTP proxies: one protocol instance per connection.
 
-`HTTPServerProtocol` reads requests with the sans-I/O `RequestReader`,
-answers them one at a time in order (pipelined requests wait in the reader's
-buffer), enforces the client-facing timeouts, and writes each response with
-framing recomputed for this client.  What a request *means* is decided by a
+`HTTPServerProtocol` joins the sans-I/O `ServerConnection` (which reads
+the requests, answers them one at a time in order, and decides the
+client-facing timeouts and what follows each exchange) to a transport and a
+clock, and writes each response with framing recomputed for this client.  What a request *means* is decided by a
 subclass (`handle`): the forward proxy and the reverse proxy differ only
 there.  Each request lives in an `Exchange`, which is the `IResponseSink`
 the upstream side writes the response into.
@@ -23,8 +23,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from multiproxy.h2._settings import PREFACE, HTTP2Settings
-from multiproxy.http1._connection import ExchangeRules, response_framing
 from multiproxy.http._exchange import ForwardedRequest, IFetcher, IResponseSink, RequestBody
+from multiproxy.http1._connection import (
+    STOP_READING,
+    ExchangeRules,
+    ServerConnection,
+    response_framing,
+)
 from multiproxy.http1._dates import format_http_date
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
@@ -35,7 +40,6 @@ from multiproxy.http1._parser import (
     EndOfMessage,
     Limits,
     RequestHead,
-    RequestReader,
     ResponseHead,
 )
 from multiproxy.http1._rules import end_to_end, via_value
@@ -125,7 +129,7 @@ class HTTPProxyFactory(Factory):
                 conn.tunnel.drain()  # GOAWAY; open streams finish
             elif conn.exchange is not None:
                 conn.exchange.close_after = True
-            elif conn.tunnel is None and conn.idle_between_requests:
+            elif conn.tunnel is None and conn.http.idle_between_requests:
                 conn.transport.loseConnection()
 
     def close_all(self) -> None:
@@ -252,7 +256,6 @@ class Exchange(ExchangeRules):
         self.protocol.report(self)
         # Closing without the framing's end (length not reached, no last
         # chunk) is how HTTP/1.1 says "truncated"; flush what arrived first.
-        self.protocol.exchange = None
         if self.close_delimited:
             # The close itself ends a close-delimited body, so a clean close
             # would pass the truncated body off as complete: reset instead.
@@ -341,7 +344,6 @@ class Exchange(ExchangeRules):
         self.response_started = True
         self.record.status = status
         protocol = self.protocol
-        protocol.exchange = None
         protocol.transport.write(response_head_bytes(status, reason, headers))
         return protocol.hand_over(tunnel)
 
@@ -385,27 +387,28 @@ class HTTPServerProtocol(Protocol):
     """The protocol the client spoke, when it was not the request head's (``HTTP/2.0``)."""
 
     def __init__(self) -> None:
-        self.exchange: Exchange | None = None
+        self.http: ServerConnection | None = None
+        """The HTTP/1 connection's state and rules (`ServerConnection`)."""
         self.tunnel = None
-        self._reader: RequestReader | None = None
         self._deadline: Deadline | None = None
-        self._closing = False
         self._peer_host = ""
         self._peer_port = 0
         self._release_slot: Callable[[], None] | None = None
         self.over_connection_limit = False
-        self._backlog_paused = False  # reading stopped: pipelined requests past the bound
-        self._eof_received = False  # the client shut its write side
-        self._requests_begun = 0  # exchanges begun on this connection
         self._sniffed = b""  # the first bytes, while they may be an HTTP/2 preface
         self._sniffing = False
+
+    @property
+    def exchange(self) -> Exchange | None:
+        """The exchange being answered, or None between requests."""
+        return self.http.exchange if self.http is not None else None
 
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
         self._deadline = Deadline(self.factory.reactor, self._timed_out)
         no_delay(self.transport)
-        self._reader = RequestReader(self.factory.limits)
+        self.http = ServerConnection(self.factory.limits)
         peer = self.transport.getPeer()
         self._peer_host = getattr(peer, "host", "") or ""
         self._peer_port = getattr(peer, "port", 0) or 0
@@ -418,10 +421,11 @@ class HTTPServerProtocol(Protocol):
             self._release_slot, self.over_connection_limit = connection_slot(
                 getattr(self.factory, "policy", None), self._peer_host
             )
-        self._await_request()
+        self._set_timer()
 
     def connectionLost(self, reason: Failure = None) -> None:
-        self._closing = True
+        exchange = self.http.exchange
+        self.http.close()
         self._deadline.cancel()
         self.factory.connections.discard(self)
         release, self._release_slot = self._release_slot, None
@@ -429,7 +433,6 @@ class HTTPServerProtocol(Protocol):
             release()
         if self.tunnel is not None:
             self.tunnel.downstream_lost(reason)
-        exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_lost()
 
@@ -438,18 +441,11 @@ class HTTPServerProtocol(Protocol):
         if self.tunnel is not None:
             self.tunnel.downstream_eof()
             return
-        self._eof_received = True
-        self._reader.feed_eof()
-        self._pump()
+        self.http.receive_eof()
+        self._read_requests()
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
-
-    @property
-    def idle_between_requests(self) -> bool:
-        """Kept alive after an answer, with nothing of the next request read yet."""
-        return (self.exchange is None and self._requests_begun > 0
-                and self._reader is not None and not self._reader.buffered)
 
     @property
     def client_host(self) -> str:
@@ -469,7 +465,7 @@ class HTTPServerProtocol(Protocol):
             data = self._sniff_http2(data)
             if not data:
                 return
-        self._reader.feed(data)
+        self.http.receive_data(data)
         self._read_requests()
 
     def _sniff_http2(self, data: bytes) -> bytes:
@@ -510,55 +506,50 @@ class HTTPServerProtocol(Protocol):
         self._sniffed = b""
         settings = self.factory.http2
         assert settings is not None
-        self._cancel_timer()
+        self.http.hand_over()
+        self._set_timer()
         self.tunnel = H2ServerConnection(self, settings)
         self.tunnel.downstream_data(data)
 
     def _read_requests(self) -> None:
-        """Act on what the reader holds; part of a head left over starts the header timeout."""
-        self._pump()
-        if self._deadline.kind == "keepalive" and self._reader.buffered:
-            # Part of a request head is here (a whole one would have begun
-            # an exchange): from now on it has the header timeout to finish.
-            self._deadline.set("header", self.factory.timeouts.header)
-
-    def _pump(self) -> None:
-        reader = self._reader
-        while not self._closing and self.tunnel is None:
+        """Act on the connection's events until it needs more from the client."""
+        http = self.http
+        while not http.closing and self.tunnel is None:
             try:
-                event = reader.next_event()
+                event = http.next_event()
             except ProtocolError as e:
                 self._protocol_error(e)
-                return
+                break
             kind = type(event)
             if kind is Data:
-                self._arm("client_idle", self.factory.timeouts.client_idle)
-                self.exchange.request_data(event.data)
+                http.exchange.request_data(event.data)
             elif kind is RequestHead:
                 self._begin(event)
             elif kind is EndOfMessage:
-                if self._deadline.kind == "client_idle":
-                    self._deadline.clear()
-                self.exchange.request_end(event.trailers)
-            elif event is NEED_DATA:
-                return
-            elif event is PAUSED:
-                if reader.buffered > self.factory.limits.max_head:
-                    # Pipelined requests wait in the buffer until this one is
-                    # answered: past one head's worth, stop reading, or a
-                    # client could make the proxy hold any amount.  Paused
-                    # again on every read past it, since a request body's
-                    # backpressure may have resumed the transport meanwhile.
-                    self._backlog_paused = True
-                    self.transport.pauseProducing()
-                return
+                http.exchange.request_end(event.trailers)
+            elif event is NEED_DATA or event is PAUSED:
+                break
+            elif event is STOP_READING:
+                self.transport.pauseProducing()
+                break
             elif event is CLOSED:
-                if self.exchange is None:
+                if http.exchange is None:
                     self._close()
-                return
+                break
+        if http.timer_moved:
+            self._set_timer()
+
+    def _set_timer(self) -> None:
+        """Run the client timeout the connection calls for, from now."""
+        http = self.http
+        http.timer_moved = False
+        timer = http.timer
+        if timer is None:
+            self._deadline.clear()
+        else:
+            self._deadline.set(timer, getattr(self.factory.timeouts, timer))
 
     def _begin(self, head: RequestHead) -> None:
-        self._deadline.clear()
         factory = self.factory
         headers = head.headers
         # Positional (kind, proxy, started, client_host, client_port, user,
@@ -575,17 +566,11 @@ class HTTPServerProtocol(Protocol):
         if user_agent is not None:
             record.user_agent = user_agent.decode("latin-1")
         exchange = Exchange(self, head, record)
-        self.exchange = exchange
-        self._requests_begun += 1
-        if self.factory.draining:
-            exchange.close_after = True  # said in its head: Connection: close
-        framing = self._reader.body_framing
-        if framing == "none":
-            exchange.request_complete = True
-        else:
-            self._arm("client_idle", factory.timeouts.client_idle)
+        http = self.http
+        framing = http.begin(exchange, factory.draining)
+        if framing != "none":
             exchange.body = RequestBody(
-                self.transport, framing == "chunked", self._reader.body_length
+                self.transport, framing == "chunked", http.reader.body_length
             )
         if self.over_connection_limit:
             self.refuse(exchange, refusal(
@@ -746,23 +731,23 @@ class HTTPServerProtocol(Protocol):
 
     def exchange_done(self, exchange: Exchange) -> None:
         """The response is complete; move on to the next request when the request is too."""
-        if exchange is not self.exchange:
+        http = self.http
+        if exchange is not http.exchange:
             return
-        step = exchange.after(self.factory.draining)
+        step = http.exchange_over(exchange, self.factory.draining)
         if step == "read-body":
             return  # request_end brings us back here
-        self.exchange = None
         self.report(exchange)
-        if step == "close" or self._closing:
+        if step == "close":
             self._close()
             return
-        if self._backlog_paused:
-            self._resume_backlog()
-        reader = self._reader
-        reader.start_next()
-        self._deadline.set("keepalive", self.factory.timeouts.keepalive)
-        if reader.buffered or self._eof_received:  # else there is nothing to read yet
+        if http.reading_stopped:
+            http.reading_stopped = False
+            self.transport.resumeProducing()
+        if http.reader.buffered or http.eof_received:
             self._read_requests()
+        else:  # nothing to read yet
+            self._set_timer()
 
     # -- switching to a byte relay (CONNECT, Upgrade) --------------------
 
@@ -772,82 +757,72 @@ class HTTPServerProtocol(Protocol):
         `Exchange.become_tunnel`, the one way a request switches to one).
         Returns bytes the client already sent past the request.
         """
-        self._cancel_timer()
+        http = self.http
+        buffered = http.hand_over()
+        self._set_timer()
         self.tunnel = tunnel
-        self._resume_backlog()
-        return self._reader.take_buffered()
-
-    def _resume_backlog(self) -> None:
-        if self._backlog_paused:
-            self._backlog_paused = False
+        if http.reading_stopped:
+            http.reading_stopped = False
             self.transport.resumeProducing()
+        return buffered
 
     # -- errors and timeouts -----------------------------------------------
 
     def _protocol_error(self, error: ProtocolError) -> None:
-        exchange = self.exchange
-        if exchange is None or exchange.response_started:
-            if exchange is None:
-                record = AccessRecord(
-                    kind="http", proxy=self.factory.name,
-                    started=self.factory.reactor.seconds(),
-                    client_host=self._peer_host, client_port=self._peer_port,
-                )
-                if error.request_line is not None:
-                    record.method, record.target, record.version = (
-                        part.decode("latin-1") for part in error.request_line)
-                exchange = Exchange(self, _BAD_REQUEST_HEAD, record)
-                self.exchange = exchange
-            else:
-                # Framing broke while a response was being written: nothing
-                # more can be said on this connection.
-                exchange.client_lost()
-                self.transport.abortConnection()
-                return
+        exchange = self.http.exchange
+        if self.http.broken() == "reset":
+            # Framing broke while a response was being written: nothing
+            # more can be said on this connection.
+            exchange.client_lost()
+            self.abort()
+            return
+        if exchange is None:
+            exchange = self._unasked_exchange()
+            record = exchange.record
+            if error.request_line is not None:
+                record.method, record.target, record.version = (
+                    part.decode("latin-1") for part in error.request_line)
         exchange.record.ended = "bad-request"
         if exchange.abort_fetch is not None:
             abort, exchange.abort_fetch = exchange.abort_fetch, None
             abort()
         exchange.respond_error(error.status, str(error), close=True)
 
-    def _await_request(self) -> None:
-        self._deadline.set("keepalive", self.factory.timeouts.keepalive)
+    def _unasked_exchange(self) -> Exchange:
+        """An exchange for an answer to no request head (400 or 408 before one was read)."""
+        record = AccessRecord(
+            kind="http", proxy=self.factory.name, started=self.factory.reactor.seconds(),
+            client_host=self._peer_host, client_port=self._peer_port,
+        )
+        exchange = Exchange(self, _BAD_REQUEST_HEAD, record)
+        self.http.exchange = exchange
+        return exchange
 
-    def _arm(self, kind: str, seconds: float | None) -> None:
-        self._deadline.set(kind, seconds)
-
-    def _cancel_timer(self) -> None:
-        self._deadline.clear()
-
-    def _timed_out(self, kind: str) -> None:
-        if kind == "abort":
+    def _timed_out(self, timer: str) -> None:
+        if timer == "abort":  # `close_flushing`'s limit
             self.transport.abortConnection()
             return
-        if kind == "keepalive":
+        outcome, why = self.http.expired(timer)
+        if outcome == "close":
             self._close()
             return
-        exchange = self.exchange
-        if exchange is not None and exchange.response_started:
+        exchange = self.http.exchange
+        if outcome == "reset":
+            # The exchange stays: losing the connection abandons its fetch.
             exchange.record.ended = "client-timeout"
             self.transport.abortConnection()
             return
         if exchange is None:
-            record = AccessRecord(
-                kind="http", proxy=self.factory.name, started=self.factory.reactor.seconds(),
-                client_host=self._peer_host, client_port=self._peer_port,
-            )
-            exchange = Exchange(self, _BAD_REQUEST_HEAD, record)
-            self.exchange = exchange
+            exchange = self._unasked_exchange()
         exchange.record.ended = "client-timeout"
         if exchange.abort_fetch is not None:
             abort, exchange.abort_fetch = exchange.abort_fetch, None
             abort()
-        what = "request head" if kind == "header" else "request body"
-        exchange.respond_error(408, f"the client took too long to send the {what}", close=True)
+        exchange.respond_error(408, why, close=True)
 
     def _close(self) -> None:
-        self._closing = True
-        self._cancel_timer()
+        self.http.close()
+        self._set_timer()  # none any more (`close_flushing` sets its own after)
         self.transport.loseConnection()
 
     def close_flushing(self) -> None:
@@ -857,8 +832,8 @@ class HTTPServerProtocol(Protocol):
 
     def abort(self) -> None:
         """Reset the connection now: what is still queued for the client is dropped."""
-        self._closing = True
-        self._cancel_timer()
+        self.http.close()
+        self._set_timer()
         self.transport.abortConnection()
 
 

@@ -10,12 +10,18 @@ becomes (RFC 9110 15.2: none to HTTP/1.0, never a 101, never a
 Content-Length), whether the connection goes on after this exchange
 (``Connection: close`` asked for, an unread request body, a final status
 sent to a client still waiting for 100-continue, a close-delimited body),
-and turns the answer into bytes.  Towards the upstream,
+and turns the answer into bytes.  `ServerConnection` is the connection
+around the exchanges: it reads the requests, answers them one at a time in
+order (pipelined ones wait, and reading stops past one head's worth of
+them), says which client timeout runs and what one expiring means, and
+what follows each exchange.  Towards the upstream,
 `forwarded_request_head` frames a forwarded request for its body and
 `last_chunk` ends a chunked body with its forwardable trailers; the
 response is read by `multiproxy.http1._parser.ResponseReader`.  The Twisted `multiproxy.http.Exchange`
-is this object plus the writing, the producers and the fetch; an HTTP/2
-stream drives the same exchange through its `StreamTransport`.
+is `ExchangeRules` plus the writing, the producers and the fetch, and
+`multiproxy.http.HTTPServerProtocol` is `ServerConnection` joined to a
+transport and a clock; an HTTP/2 stream drives the same exchange through
+its `StreamTransport`.
 
 Nothing here reads a clock or a socket: tests/test_http1_connection.py
 drives it with plain values.
@@ -24,7 +30,18 @@ drives it with plain values.
 from __future__ import annotations
 
 from multiproxy.http1._headers import Headers
-from multiproxy.http1._parser import RequestHead, ResponseHead
+from multiproxy.http1._parser import (
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    Event,
+    Limits,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    _Sentinel,
+)
 from multiproxy.http1._rules import end_to_end, trailers_to_forward, via_value
 from multiproxy.http1._writer import (
     LAST_CHUNK,
@@ -34,8 +51,8 @@ from multiproxy.http1._writer import (
     trailers_bytes,
 )
 
-__all__ = ["FRAMINGS", "ExchangeRules", "forwarded_request_head", "last_chunk",
-           "response_framing"]
+__all__ = ["FRAMINGS", "STOP_READING", "TIMERS", "ExchangeRules", "ServerConnection",
+           "forwarded_request_head", "last_chunk", "response_framing"]
 
 FRAMINGS = ("none", "length", "chunked", "close")
 """How a response body is delimited for the client (see `response_framing`)."""
@@ -210,3 +227,186 @@ class ExchangeRules:
         if not self.request_complete and not self.close_after:
             return "read-body"
         return "close" if self.close_after else "next"
+
+
+STOP_READING = _Sentinel("STOP_READING")
+"""
+From `ServerConnection.next_event`: pipelined requests past one head's worth
+wait in the buffer while the current one is answered; stop reading from the
+client until `ServerConnection.exchange_over` says to go on, or a client
+could make the proxy hold any amount.
+"""
+
+TIMERS = ("keepalive", "header", "client_idle")
+"""
+The client-facing timeouts of a connection: idle between requests, the
+rest of a request head once part of it is here (slowloris), and a request
+body that stops arriving.
+"""
+
+
+class ServerConnection:
+    """
+    The server side of one HTTP/1.x client connection, without I/O.
+
+    The driver feeds what the client sends (`receive_data`, `receive_eof`)
+    and acts on `next_event` until it gives `NEED_DATA`, `PAUSED`,
+    `STOP_READING` or `CLOSED`.  A `RequestHead` is answered by the
+    `ExchangeRules` the driver hands to `begin`; once its response is
+    complete, `exchange_over` says what follows.  Requests are answered one
+    at a time, in order: pipelined ones wait in the reader.
+
+    @ivar exchange: the exchange being answered, or None between requests.
+    @ivar timer: the client timeout that applies now (one of `TIMERS`), or
+        None.
+    @ivar timer_moved: set when ``timer`` must run again from now (it
+        changed, or a piece of request body arrived); the driver clears it
+        when it has set its clock.
+    @ivar reading_stopped: `STOP_READING` was given; the driver clears it
+        when it reads again (after `exchange_over` or `hand_over`).
+    @ivar closing: the connection is closing; nothing more is read.
+    """
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.reader = RequestReader(limits)
+        self._max_backlog = limits.max_head
+        self.exchange: ExchangeRules | None = None
+        self.requests_begun = 0
+        self.eof_received = False
+        self.reading_stopped = False
+        self.closing = False
+        self.timer: str | None = "keepalive"
+        self.timer_moved = True
+
+    # -- what the client sends ---------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self.reader.feed(data)
+
+    def receive_eof(self) -> None:
+        """The client shut its write side: what it asked is still answered."""
+        self.eof_received = True
+        self.reader.feed_eof()
+
+    def next_event(self) -> Event | _Sentinel:
+        """
+        The reader's next event (a `ProtocolError` raised as it does), with
+        the timers it calls for, and `STOP_READING` in place of a `PAUSED`
+        with more than one head's worth of pipelined bytes waiting.
+        """
+        reader = self.reader
+        event = reader.next_event()
+        kind = type(event)
+        if kind is Data:
+            self.timer = "client_idle"  # from now: the body is still coming
+            self.timer_moved = True
+        elif kind is EndOfMessage:
+            if self.timer == "client_idle":
+                self.timer = None
+                self.timer_moved = True
+        elif event is NEED_DATA:
+            if self.timer == "keepalive" and reader.buffered:
+                # Part of a request head is here (a whole one would have
+                # been an event): from now on it has the header timeout.
+                self.timer = "header"
+                self.timer_moved = True
+        elif event is PAUSED and reader.buffered > self._max_backlog:
+            # Given again on every read past the bound, since a request
+            # body's backpressure may have resumed reading meanwhile.
+            self.reading_stopped = True
+            return STOP_READING
+        return event
+
+    # -- the exchanges -------------------------------------------------------
+
+    def begin(self, exchange: ExchangeRules, draining: bool) -> str:
+        """
+        ``exchange`` answers the `RequestHead` just read.  Returns how its
+        body is framed (the reader's ``body_framing``: "none", "length" or
+        "chunked"); ``draining``: the proxy is shutting down, so the
+        connection closes after this one (said in its head).
+        """
+        self.exchange = exchange
+        self.requests_begun += 1
+        if draining:
+            exchange.close_after = True
+        framing = self.reader.body_framing
+        if framing == "none":
+            exchange.request_complete = True
+            self.timer = None
+        else:
+            self.timer = "client_idle"
+        self.timer_moved = True
+        return framing
+
+    def exchange_over(self, exchange: ExchangeRules, draining: bool) -> str:
+        """
+        ``exchange``'s response is complete: "read-body" (read the request
+        body to its end first; its end brings the driver back here),
+        "close", or "next" (the connection is kept alive: read again if
+        ``reading_stopped``, and act on `next_event` again if
+        ``reader.buffered`` or ``eof_received``).
+        """
+        step = exchange.after(draining)
+        if step == "read-body":
+            return step
+        self.exchange = None
+        if step == "close" or self.closing:
+            self.close()
+            return "close"
+        self.reader.start_next()
+        self.timer = "keepalive"
+        self.timer_moved = True
+        return "next"
+
+    def hand_over(self) -> bytes:
+        """
+        The connection becomes a byte relay (a CONNECT's tunnel, an
+        upgrade): no HTTP exchange and no client timeout any more.  Returns
+        the bytes the client sent past the request, which are the relay's.
+        """
+        self.exchange = None
+        self.timer = None
+        self.timer_moved = True
+        return self.reader.take_buffered()
+
+    def close(self) -> None:
+        """No more requests: the connection is closing."""
+        self.closing = True
+        self.exchange = None
+        self.timer = None
+        self.timer_moved = True
+
+    @property
+    def idle_between_requests(self) -> bool:
+        """Kept alive after an answer, with nothing of the next request read yet."""
+        return (self.exchange is None and self.requests_begun > 0
+                and not self.reader.buffered)
+
+    # -- what goes wrong -------------------------------------------------------
+
+    def expired(self, timer: str) -> tuple[str, str | None]:
+        """
+        What ``timer`` (one of `TIMERS`) expiring means: ("close", None)
+        for an idle kept-alive connection; ("reset", None) once a response
+        has started (nothing more can be said on the connection); else
+        ("answer", why) with a 408 naming what the client was slow to send.
+        """
+        if timer == "keepalive":
+            return "close", None
+        exchange = self.exchange
+        if exchange is not None and exchange.response_started:
+            return "reset", None
+        what = "request head" if timer == "header" else "request body"
+        return "answer", f"the client took too long to send the {what}"
+
+    def broken(self) -> str:
+        """
+        What a `ProtocolError` from the reader means: "answer" (400 or the
+        error's own status, then close) or "reset" when a response has
+        started (its framing is no longer trustworthy).
+        """
+        exchange = self.exchange
+        if exchange is not None and exchange.response_started:
+            return "reset"
+        return "answer"
