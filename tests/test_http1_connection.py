@@ -1,7 +1,8 @@
 """
 The HTTP/1.1 rules of an exchange on a client connection (`multiproxy.http1._connection`),
-and of the connection around them (`ServerConnection`: pipelining, timers,
-what follows each exchange), driven with plain values: no reactor, no transport.
+of the connection around them (`ServerConnection`: pipelining, timers,
+what follows each exchange) and of the upstream direction (`ClientConnection`:
+request framing, reuse), driven with plain values: no reactor, no transport.
 """
 
 from __future__ import annotations
@@ -309,3 +310,80 @@ def test_draining_closes_after_the_exchange_under_way() -> None:
     assert exchange.close_after
     assert exchange.answer(200, b"OK", Headers(), b"").endswith(b"Connection: close\r\n\r\n")
     assert conn.exchange_over(exchange, draining=True) == "close"
+
+
+# -- the upstream direction (ClientConnection) ------------------------------
+
+
+def upstream_events(conn, data: bytes) -> list:
+    from multiproxy.http1._parser import NEED_DATA, PAUSED
+
+    conn.reader.feed(data)
+    events = []
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA or event is PAUSED:
+            return events
+        events.append(event)
+
+
+def test_an_upstream_connection_is_reused_only_after_a_whole_persistent_exchange() -> None:
+    from multiproxy.http1._connection import ClientConnection
+    from multiproxy.http1._parser import EndOfMessage
+
+    conn = ClientConnection()
+    head = RequestHead(b"POST", b"/", b"HTTP/1.1", Headers([(b"Host", b"h")]))
+    assert conn.send(head, True, None).endswith(b"Transfer-Encoding: chunked\r\n\r\n")
+    assert conn.body_bytes(b"abc") == b"3\r\nabc\r\n"
+    events = upstream_events(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert type(events[-1]) is EndOfMessage
+    conn.response_over()
+    assert not conn.reusable  # the request body is not all sent yet
+    assert conn.body_end(Headers([(b"X-Sum", b"1")])) == b"0\r\nX-Sum: 1\r\n\r\n"
+    assert conn.reusable
+    assert conn.send(RequestHead(b"GET", b"/", b"HTTP/1.1", Headers()), None, None)
+    assert upstream_events(conn, b"HTTP/1.1 204 No Content\r\n\r\n")[0].status == 204
+    conn.response_over()
+    assert conn.reusable
+
+
+@pytest.mark.parametrize("response, why", [
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "close asked for"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", "HTTP/1.0 without keep-alive"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n", "bytes past the response"),
+])
+def test_an_upstream_connection_is_not_reused(response, why) -> None:
+    from multiproxy.http1._connection import ClientConnection
+
+    conn = ClientConnection()
+    conn.send(RequestHead(b"GET", b"/", b"HTTP/1.1", Headers()), None, None)
+    upstream_events(conn, response)
+    conn.response_over()
+    assert not conn.reusable, why
+
+
+def test_a_close_delimited_body_or_a_connect_tunnel_ends_the_upstream_connection() -> None:
+    from multiproxy.http1._connection import ClientConnection
+
+    conn = ClientConnection()
+    conn.send(RequestHead(b"GET", b"/", b"HTTP/1.1", Headers()), None, None)
+    upstream_events(conn, b"HTTP/1.1 200 OK\r\n\r\nbody until the close")
+    assert conn.in_body and not conn.reusable
+    tunnel = ClientConnection()
+    tunnel.send(RequestHead(b"CONNECT", b"h:443", b"HTTP/1.1", Headers()), None, None)
+    upstream_events(tunnel, b"HTTP/1.1 200 Connection established\r\n\r\n")
+    assert not tunnel.reusable
+
+
+def test_interim_responses_pass_and_an_unasked_101_is_an_error() -> None:
+    from multiproxy.http1._connection import ClientConnection
+    from multiproxy.pipeline._errors import ProtocolError
+
+    conn = ClientConnection()
+    conn.send(RequestHead(b"GET", b"/", b"HTTP/1.1", Headers()), None, None)
+    interim, = upstream_events(conn, b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n")
+    assert interim.status == 103 and not conn.in_body
+    conn = ClientConnection()
+    conn.send(RequestHead(b"GET", b"/", b"HTTP/1.1", Headers()), None, None)
+    with pytest.raises(ProtocolError, match="101"):
+        upstream_events(conn, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")

@@ -2,7 +2,10 @@
 The upstream side of the HTTP proxies: persistent connections and their pool.
 
 An `UpstreamConnection` sends one request at a time over a connection to an
-upstream and feeds the response to an `IResponseSink` as it arrives.  The
+upstream and feeds the response to an `IResponseSink` as it arrives: the
+sans-I/O `ClientConnection` frames the request, reads the response and
+decides whether the connection is reused; this protocol joins it to the
+transport, the timers and the pool.  The
 `ConnectionPool` keeps idle connections per upstream key, bounded in number
 and closed after an idle timeout.  `UpstreamFetcher` is the `IFetcher` that
 puts the two together, and is what the forward and reverse proxies use when
@@ -22,7 +25,7 @@ from zope.interface import implementer
 from multiproxy.balancing._backend import note_exchanged
 from multiproxy.h2._client import H2Sessions, UpstreamStream
 from multiproxy.http._exchange import ForwardedRequest, IBodyConsumer, IFetcher, IResponseSink
-from multiproxy.http1._connection import forwarded_request_head, last_chunk
+from multiproxy.http1._connection import ClientConnection
 from multiproxy.http1._headers import Headers
 from multiproxy.http1._parser import (
     CLOSED,
@@ -32,9 +35,7 @@ from multiproxy.http1._parser import (
     EndOfMessage,
     Limits,
     ResponseHead,
-    ResponseReader,
 )
-from multiproxy.http1._writer import chunk_bytes
 from multiproxy.pipeline._connect import UpstreamEndpoint
 from multiproxy.pipeline._errors import ProtocolError, UpstreamError
 from multiproxy.transport._deadline import Deadline
@@ -52,16 +53,13 @@ class UpstreamConnection(Protocol):
         self.pool = pool
         self.key = key
         self.requests = 0
-        self._reader = ResponseReader(pool.limits)
+        self.http = ClientConnection(pool.limits)
         self._request: ForwardedRequest | None = None
         self._sink: IResponseSink | None = None
         # This request's traffic, told to its record and upstream when it ends.
         self._sent = self._received = self._status = 0
         self._on_stale: Callable[[], None] | None = None
         self._got_response = False
-        self._in_body = False  # the final response head has come, its body not all
-        self._body_sent = True
-        self._keep_alive = False
         self._deadline = Deadline(pool.reactor, self._timed_out)
         self._sent_at = 0.0
         self.lost = False
@@ -89,34 +87,31 @@ class UpstreamConnection(Protocol):
         self._on_stale = on_stale if self.requests > 1 else None
         self._got_response = False
         self._sent_at = self.pool.reactor.seconds()
-        self._reader.expect(request.head.method)
         body = request.body
         if body is None:
-            head_bytes = forwarded_request_head(request.head, None, None)
+            head_bytes = self.http.send(request.head, None, None)
         else:
-            head_bytes = forwarded_request_head(request.head, body.chunked, body.length)
+            head_bytes = self.http.send(request.head, body.chunked, body.length)
         rest = send_now(self.transport, head_bytes)
         if rest:
             self.transport.write(rest)
         self._sent, self._received, self._status = len(head_bytes), 0, 0
-        self._body_sent = body is None
         self._deadline.set("response", self.pool.response_timeout)
         if body is not None:
             body.attach(self)
 
     def body_data(self, data: bytes) -> None:
-        if self._request is not None and self._request.body.chunked:
-            data = chunk_bytes(data)
+        data = self.http.body_bytes(data)
         self.transport.write(data)
         self._sent += len(data)
 
     def body_end(self) -> None:
-        if self._request is not None and self._request.body.chunked:
-            end = last_chunk(self._request.body.trailers)
+        request = self._request
+        end = self.http.body_end(request.body.trailers if request is not None else None)
+        if end:
             self.transport.write(end)
             self._sent += len(end)
-        self._body_sent = True
-        if self._request is None:
+        if request is None:
             self._maybe_idle()
 
     def abandon(self) -> None:
@@ -137,14 +132,14 @@ class UpstreamConnection(Protocol):
             return
         self._got_response = True
         self._received += len(data)
-        self._reader.feed(data)
+        self.http.reader.feed(data)
         self._pump()
 
     def _pump(self) -> None:
-        reader = self._reader
+        http = self.http
         while self._sink is not None:
             try:
-                event = reader.next_event()
+                event = http.next_event()
             except ProtocolError as e:
                 self._fail(UpstreamError(f"invalid response from upstream: {e}", 502,
                                            "invalid-response"))
@@ -155,25 +150,15 @@ class UpstreamConnection(Protocol):
                 self._sink.data(event.data)
             elif kind is ResponseHead:
                 if event.status < 200:
-                    if event.status == 101:
-                        # Upgrade is hop-by-hop and never sent from here: a
-                        # switch nobody asked for (RFC 9110 15.2.2).
-                        self._fail(UpstreamError(
-                            "upstream switched protocols (101) without being asked", 502,
-                            "invalid-response"))
-                        self.transport.abortConnection()
-                        return
                     self._sink.head(event, None)
                     continue
-                self._keep_alive = event.keep_alive and reader.body_framing != "eof"
                 self._status = event.status
-                self._in_body = True
                 self._sink.head(event, self.transport)
             elif kind is EndOfMessage:
                 self._finish_response(event.trailers)
                 return
             elif event is NEED_DATA:
-                if self._in_body:
+                if http.in_body:
                     # The bytes so far end mid-response (a response read
                     # whole never needs this): the rest must keep coming.
                     self._deadline.set("body", self.pool.idle_timeout)
@@ -183,23 +168,15 @@ class UpstreamConnection(Protocol):
                 # The upstream closed before any byte of a response;
                 # connectionLost reports it.
                 return
-            elif event is PAUSED:
-                # A 2xx to CONNECT: the connection is no longer HTTP.
-                self._keep_alive = False
+            elif event is PAUSED:  # a 2xx to CONNECT: no more HTTP here
                 return
 
     def _finish_response(self, trailers: Headers | None = None) -> None:
         sink, request = self._sink, self._request
         self._sink = None
-        self._in_body = False
         self._deadline.clear()
         self._request = None
-        if self._keep_alive and self._reader.buffered:
-            # Bytes past the response we asked for (one request at a time):
-            # reused, they would answer the next request sent here.
-            self._keep_alive = False
-        if self._keep_alive:
-            self._reader.start_next()
+        self.http.response_over()
         if request is not None:
             self._settle(request, True)
         if trailers:
@@ -211,7 +188,7 @@ class UpstreamConnection(Protocol):
     def _maybe_idle(self) -> None:
         if self._request is not None or self._sink is not None or self.lost:
             return
-        if self._keep_alive and self._body_sent:
+        if self.http.reusable:
             self.pool.release(self)
         else:
             self.transport.loseConnection()
@@ -220,8 +197,7 @@ class UpstreamConnection(Protocol):
         sink, request = self._sink, self._request
         self._sink = None
         self._request = None
-        self._keep_alive = False
-        self._in_body = False
+        self.http.failed()
         self._deadline.clear()
         if request is not None:
             if request.body is not None:
@@ -273,7 +249,7 @@ class UpstreamConnection(Protocol):
             retry, self._on_stale, self._sink, self._request = self._on_stale, None, None, None
             retry()
             return
-        self._reader.feed_eof()
+        self.http.reader.feed_eof()
         self._pump()
         if self._sink is not None:
             if self._got_response:

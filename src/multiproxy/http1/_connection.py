@@ -14,13 +14,14 @@ and turns the answer into bytes.  `ServerConnection` is the connection
 around the exchanges: it reads the requests, answers them one at a time in
 order (pipelined ones wait, and reading stops past one head's worth of
 them), says which client timeout runs and what one expiring means, and
-what follows each exchange.  Towards the upstream,
-`forwarded_request_head` frames a forwarded request for its body and
-`last_chunk` ends a chunked body with its forwardable trailers; the
-response is read by `multiproxy.http1._parser.ResponseReader`.  The Twisted `multiproxy.http.Exchange`
+what follows each exchange.  Towards the upstream, `ClientConnection` is
+the other direction: it frames each forwarded request for its body
+(`forwarded_request_head`, `last_chunk`), reads the response, and decides
+whether the connection may carry another request.  The Twisted `multiproxy.http.Exchange`
 is `ExchangeRules` plus the writing, the producers and the fetch, and
 `multiproxy.http.HTTPServerProtocol` is `ServerConnection` joined to a
-transport and a clock; an HTTP/2 stream drives the same exchange through
+transport and a clock (`multiproxy.http.UpstreamConnection` is
+`ClientConnection` so joined); an HTTP/2 stream drives the same exchange through
 its `StreamTransport`.
 
 Nothing here reads a clock or a socket: tests/test_http1_connection.py
@@ -40,6 +41,7 @@ from multiproxy.http1._parser import (
     RequestHead,
     RequestReader,
     ResponseHead,
+    ResponseReader,
     _Sentinel,
 )
 from multiproxy.http1._rules import end_to_end, trailers_to_forward, via_value
@@ -50,9 +52,10 @@ from multiproxy.http1._writer import (
     response_head_bytes,
     trailers_bytes,
 )
+from multiproxy.pipeline._errors import ProtocolError
 
-__all__ = ["FRAMINGS", "STOP_READING", "TIMERS", "ExchangeRules", "ServerConnection",
-           "forwarded_request_head", "last_chunk", "response_framing"]
+__all__ = ["FRAMINGS", "STOP_READING", "TIMERS", "ClientConnection", "ExchangeRules",
+           "ServerConnection", "forwarded_request_head", "last_chunk", "response_framing"]
 
 FRAMINGS = ("none", "length", "chunked", "close")
 """How a response body is delimited for the client (see `response_framing`)."""
@@ -410,3 +413,90 @@ class ServerConnection:
         if exchange is not None and exchange.response_started:
             return "reset"
         return "answer"
+
+
+class ClientConnection:
+    """
+    The client side of one HTTP/1.1 connection to an upstream, without
+    I/O: one request at a time, its response read, and whether the
+    connection may carry another one (`reusable`).
+
+    The driver sends what `send`, `body_bytes` and `body_end` give, feeds
+    what arrives to ``reader``, acts on `next_event`, and calls
+    `response_over` at the response's `EndOfMessage`.
+
+    @ivar in_body: a final response head has come and its body is not
+        complete (a read ending here leaves the rest owed: the driver's
+        body timer).
+    """
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.reader = ResponseReader(limits)
+        self.in_body = False
+        self._keep_alive = False
+        self._body_sent = True
+        self._chunked = False
+
+    def send(self, head: RequestHead, chunked: bool | None, length: int | None) -> bytes:
+        """
+        The bytes of ``head`` forwarded with a body that is chunked, of
+        ``length`` bytes, or none (``chunked`` None); its response is read
+        next.
+        """
+        self.reader.expect(head.method)
+        self.in_body = False
+        self._keep_alive = False
+        self._body_sent = chunked is None
+        self._chunked = bool(chunked)
+        return forwarded_request_head(head, chunked, length)
+
+    def body_bytes(self, data: bytes) -> bytes:
+        """A piece of the request body as it goes to the upstream."""
+        return chunk_bytes(data) if self._chunked else data
+
+    def body_end(self, trailers: Headers | None) -> bytes:
+        """The request body is all sent: what ends it (a chunked body's last chunk)."""
+        self._body_sent = True
+        return last_chunk(trailers) if self._chunked else b""
+
+    def next_event(self) -> Event:
+        """
+        The response reader's next event, a `ProtocolError` raised as it
+        does, and for a 101 nobody asked for (the proxy never sends
+        ``Upgrade`` on this connection, RFC 9110 15.2.2).
+        """
+        reader = self.reader
+        event = reader.next_event()
+        if type(event) is ResponseHead:
+            status = event.status
+            if status >= 200:
+                # RFC 9112 9.3 and 6.3: a close-delimited body ends the connection.
+                self._keep_alive = event.keep_alive and reader.body_framing != "eof"
+                self.in_body = True
+            elif status == 101:
+                raise ProtocolError("it switched protocols (101) without being asked")
+        elif type(event) is EndOfMessage:
+            self.in_body = False
+        elif event is PAUSED and self.in_body:
+            # A head but no end: a 2xx to CONNECT, the connection is no longer HTTP.
+            self._keep_alive = False
+        return event
+
+    def response_over(self) -> None:
+        """The response is complete (its `EndOfMessage`): ready for the next request."""
+        if self._keep_alive and self.reader.buffered:
+            # Bytes past the response asked for (one request at a time):
+            # reused, they would answer the next request sent here.
+            self._keep_alive = False
+        if self._keep_alive:
+            self.reader.start_next()
+
+    def failed(self) -> None:
+        """The exchange broke off: the connection is not reused."""
+        self._keep_alive = False
+        self.in_body = False
+
+    @property
+    def reusable(self) -> bool:
+        """The response is complete, the request body sent, and the connection persists."""
+        return self._keep_alive and self._body_sent and not self.in_body
