@@ -114,6 +114,17 @@ class HTTPProxyFactory(Factory):
     def report(self, record: AccessRecord) -> None:
         report_all(self.reporters, record)
 
+    _date_second = -1
+    _date = b""
+
+    def http_date(self) -> bytes:
+        """The current time as an HTTP-date, formatted once per second."""
+        second = int(self.reactor.seconds())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = format_http_date(second)
+        return self._date
+
     def drain(self) -> None:
         """
         Begin a graceful shutdown: idle keep-alive connections close now,
@@ -715,7 +726,7 @@ class HTTPServerProtocol(Protocol):
 
     def http_date(self) -> bytes:
         """The current time as an HTTP-date."""
-        return _date_value(self.factory.reactor.seconds())
+        return self.factory.http_date()
 
     def response_framing(self, exchange: Exchange, response: ResponseHead) -> str:
         """
@@ -839,14 +850,3 @@ class HTTPServerProtocol(Protocol):
 
 _BAD_REQUEST_HEAD = RequestHead(b"-", b"-", b"HTTP/1.1", Headers())
 
-
-_last_date: list = [0, b""]
-
-
-def _date_value(now: float) -> bytes:
-    """The HTTP-date for ``now``, formatted once per second."""
-    second = int(now)
-    if _last_date[0] != second:
-        _last_date[0] = second
-        _last_date[1] = format_http_date(second)
-    return _last_date[1]

@@ -73,16 +73,9 @@ class Refusal:
     ended: str
 
 
-_last_access: list = [None, None]  # the last policy adapted, and what it gave
-
-
 def _access(policy: object) -> IAccessControl | None:
-    # Asked several times per request, nearly always about the same policy
-    # object: remember the last answer rather than adapting again.
-    if policy is not _last_access[0]:
-        _last_access[1] = IAccessControl(policy, None)
-        _last_access[0] = policy
-    return _last_access[1]
+    """``policy`` when it carries the access configuration, else None (a plain `IPolicy`)."""
+    return policy if IAccessControl.providedBy(policy) else None
 
 
 def connection_slot(policy: object, client_host: str) -> tuple[Callable[[], None] | None, bool]:
