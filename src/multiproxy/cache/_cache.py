@@ -25,11 +25,11 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import NamedTuple
 
 from zope.interface import implementer
 
+from multiproxy import _memo as memo
 from multiproxy.cache._config import CacheConfig
 from multiproxy.cache._directives import (
     RequestDirectives,
@@ -76,7 +76,7 @@ _Marks = tuple[list[tuple[bytes, bytes]], list[bytes]]
 # are bounded, so many cold responses cost no more memory than before.
 
 
-@lru_cache(maxsize=2048)
+@memo.cached("cache.stored-fields", 2048)
 def _stored_fields(head: bytes, drop: frozenset[bytes]) -> _Marks:
     """
     The fields of a stored ``head`` as an answer carries them, with their
@@ -92,7 +92,7 @@ def _stored_fields(head: bytes, drop: frozenset[bytes]) -> _Marks:
     return pairs, lower
 
 
-@lru_cache(maxsize=1024)
+@memo.cached("cache.marks", 1024)
 def _marks(outcome: CacheOutcome, name: str, x_cache: bool) -> _Marks:
     """The Cache-Status (and X-Cache) fields for ``outcome``."""
     pairs = [(b"Cache-Status", outcome.cache_status(name))]
@@ -101,7 +101,7 @@ def _marks(outcome: CacheOutcome, name: str, x_cache: bool) -> _Marks:
     return pairs, [n.lower() for n, _ in pairs]
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("cache.hit", 4096)
 def _hit(ttl: int, stale: bool, swr: bool, name: str, x_cache: bool) -> tuple[CacheOutcome, _Marks]:
     """The outcome of answering from storage, and the fields that say so."""
     outcome = CacheOutcome(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from multiproxy import _memo as memo
 from multiproxy.http1._structured import (
     InnerList,
     StructuredFieldError,
@@ -215,8 +216,7 @@ def _lifetime(arg: bytes | None | _Invalid) -> int:
 
 # Cache-Control values already read -> their directives (immutable, so
 # shared); bounded, as the values come from upstreams.
-_RESPONSE_DIRECTIVES: dict[tuple[bytes, ...], ResponseDirectives] = {}
-_RESPONSE_DIRECTIVES_MAX = 1024
+_RESPONSE_DIRECTIVES = memo.table("cache.response-directives", 1024)
 
 
 def parse_response_directives(
@@ -241,15 +241,13 @@ def parse_response_directives(
     known = _RESPONSE_DIRECTIVES.get(key)
     if known is None:
         known = _response_directives(_parse_values(values))
-        if len(_RESPONSE_DIRECTIVES) >= _RESPONSE_DIRECTIVES_MAX:
-            _RESPONSE_DIRECTIVES.clear()
-        _RESPONSE_DIRECTIVES[key] = known
+        _RESPONSE_DIRECTIVES.remember(key, known)
     return known
 
 
 # Targeted field values already read -> their directives, or None when the
 # field is invalid or empty (bounded, as for Cache-Control).
-_TARGETED: dict[tuple[bytes, ...], ResponseDirectives | None] = {}
+_TARGETED = memo.table("cache.targeted-directives", 1024)
 
 
 def _targeted(name: bytes, values: list[bytes]) -> ResponseDirectives | None:
@@ -259,9 +257,7 @@ def _targeted(name: bytes, values: list[bytes]) -> ResponseDirectives | None:
         return _TARGETED[key]
     d = targeted_directives(values)
     known = None if not d else replace(_response_directives(d), target=name)
-    if len(_TARGETED) >= _RESPONSE_DIRECTIVES_MAX:
-        _TARGETED.clear()
-    _TARGETED[key] = known
+    _TARGETED.remember(key, known)
     return known
 
 

@@ -14,9 +14,9 @@ case-insensitive, member order and case.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from multiproxy import _memo as memo
 from multiproxy.cache._directives import split_list
 from multiproxy.http1._target import normalise_percent
 
@@ -45,7 +45,7 @@ def effective_url(scheme: bytes, authority: bytes, target: bytes) -> bytes:
     return scheme + b"://" + authority + target
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("cache.cache-key", 4096)
 def cache_key(url: bytes) -> bytes:
     """
     The primary cache key for an absolute ``url``: scheme and host lower-cased,

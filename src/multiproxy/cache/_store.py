@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 
 from zope.interface import implementer
 
+from multiproxy import _memo as memo
 from multiproxy.cache._directives import ResponseDirectives
 from multiproxy.cache._freshness import age_value, date_value, freshness_lifetime
 from multiproxy.cache._interfaces import IBodyReader
@@ -32,7 +32,7 @@ def pack_fields(fields) -> bytes:
     return b"".join([n + b": " + v + b"\r\n" for n, v in fields])
 
 
-@lru_cache(maxsize=2048)
+@memo.cached("cache.unpack-fields", 2048)
 def unpack_fields(head: bytes) -> Fields:
     """The inverse of `pack_fields` (memoised: hot responses are unpacked once)."""
     if not head:

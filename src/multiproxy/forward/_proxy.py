@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import ISSLTransport
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from multiproxy import _memo as memo
 from multiproxy.balancing._backend import note_connect_failed, note_exchanged, note_retried
 from multiproxy.forward._bump import InspectedTunnel
 from multiproxy.forward._origin import DirectChooser
@@ -474,7 +474,7 @@ class ForwardProxyProtocol(HTTPServerProtocol):
         return None
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("forward.host-value", 4096)
 def _host_value(scheme: str, host: str, port: int) -> bytes:
     """The Host field for an origin: ``host[:port]``, the port only if not the default."""
     if ":" in host:

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Union
 
+from multiproxy import _memo as memo
 from multiproxy.http1._headers import Headers, adopt
 from multiproxy.pipeline._errors import (
     BodyTooLarge,
@@ -240,17 +241,17 @@ _CHUNK_EXT_RE = re.compile(
 # gets both lists Headers keeps with one C-level map each.  Bounded.  Only
 # lines of a section that passed the byte check (_check_section) go in, so
 # a hit also proves the line free of CR, LF and control characters.
-_LINE_CACHE: dict[bytes, tuple[bytes, bytes]] = {}
-_LINE_NAMES: dict[bytes, bytes] = {}
 _LINE_CACHE_MAX = 4096
 _LINE_CACHE_MAX_LEN = 256
+_LINE_CACHE = memo.table("http1.line-pairs", _LINE_CACHE_MAX)
+_LINE_NAMES = memo.table("http1.line-names", _LINE_CACHE_MAX)
 _cached_pair = _LINE_CACHE.__getitem__
 _cached_name = _LINE_NAMES.__getitem__
 # Status lines already parsed -> (version, status, reason); bounded likewise.
 # A status line matching _STATUS_LINE_RE is free of CR, LF and controls.
-_STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
-_GOOD_HOSTS: set[bytes] = set()
-_NAME_CACHE: dict[bytes, bytes] = {}  # valid field name -> lower case
+_STATUS_LINES = memo.table("http1.status-lines", _LINE_CACHE_MAX)
+_GOOD_HOSTS = memo.table("http1.valid-hosts", _LINE_CACHE_MAX)  # Host values checked
+_NAME_CACHE = memo.table("http1.field-names", _LINE_CACHE_MAX)  # valid name -> lower case
 
 _FRAMING_LOOKALIKES = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -297,10 +298,7 @@ def _field_name(name: bytes) -> bytes:
         # CGI-style backends map "_" and "-" to the same variable, so this
         # field would frame the message there but not here.
         raise ProtocolError(f"field name {_show(name)} imitates a framing field")
-    if len(_NAME_CACHE) >= _LINE_CACHE_MAX:
-        _NAME_CACHE.clear()
-    _NAME_CACHE[name] = lname
-    return lname
+    return _NAME_CACHE.remember(name, lname)
 
 
 def _show(value: bytes, limit: int = 40) -> str:
@@ -936,9 +934,7 @@ class RequestReader(_Reader):
             if host not in _GOOD_HOSTS:
                 if _HOST_RE.fullmatch(host) is None:
                     raise ProtocolError(f"invalid Host header field {_show(host)}")
-                if len(_GOOD_HOSTS) >= _LINE_CACHE_MAX:
-                    _GOOD_HOSTS.clear()
-                _GOOD_HOSTS.add(host)
+                _GOOD_HOSTS.remember(host, True)
         if b"transfer-encoding" in lower:
             if b"content-length" in lower:
                 raise ProtocolError("both Content-Length and Transfer-Encoding in a request")
@@ -1008,9 +1004,7 @@ def _status_line(line: bytes, match: re.Match[bytes]) -> tuple[bytes, int, bytes
         raise ProtocolError(f"invalid status code {status}")
     parsed = (version, status, reason or b"")
     if len(line) <= _LINE_CACHE_MAX_LEN:
-        if len(_STATUS_LINES) >= _LINE_CACHE_MAX:
-            _STATUS_LINES.clear()
-        _STATUS_LINES[line] = parsed
+        _STATUS_LINES.remember(line, parsed)
     return parsed
 
 

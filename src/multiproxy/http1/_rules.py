@@ -10,6 +10,7 @@ that say where a message goes and where it ends.
 
 from __future__ import annotations
 
+from multiproxy import _memo as memo
 from multiproxy.http1._headers import Headers, list_tokens
 
 __all__ = ["HOP_BY_HOP", "NOT_IN_TRAILERS", "end_to_end", "trailers_to_forward", "via_value"]
@@ -33,8 +34,7 @@ _PROTECTED = frozenset({b"content-length", b"host"})
 
 
 # (fields always dropped, Connection values) -> the names to drop; bounded.
-_DROPS: dict[tuple[frozenset[bytes], tuple[bytes, ...]], frozenset[bytes]] = {}
-_DROPS_MAX = 1024
+_DROPS = memo.table("http1.connection-drops", 1024)
 
 
 def end_to_end(headers: Headers, hop_by_hop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
@@ -52,9 +52,7 @@ def end_to_end(headers: Headers, hop_by_hop: frozenset[bytes] = HOP_BY_HOP) -> H
     drop = _DROPS.get(key)
     if drop is None:
         drop = hop_by_hop.union(list_tokens(connection)).difference(_PROTECTED)
-        if len(_DROPS) >= _DROPS_MAX:
-            _DROPS.clear()
-        _DROPS[key] = drop
+        _DROPS.remember(key, drop)
     return headers.without(drop)
 
 

@@ -15,6 +15,7 @@ import ipaddress
 import re
 from typing import NamedTuple
 
+from multiproxy import _memo as memo
 from multiproxy.pipeline._errors import ProtocolError
 
 __all__ = [
@@ -212,8 +213,7 @@ def parse_absolute_target(target: bytes) -> AbsoluteTarget:
 
 
 # (scheme, authority) -> (host, port) for authorities already checked; bounded.
-_AUTHORITIES: dict[tuple[str, bytes], tuple[str, int]] = {}
-_AUTHORITIES_MAX = 4096
+_AUTHORITIES = memo.table("http1.authorities", 4096)
 
 
 def _authority(scheme: str, authority: bytes, target: bytes) -> tuple[str, int]:
@@ -229,9 +229,7 @@ def _authority(scheme: str, authority: bytes, target: bytes) -> tuple[str, int]:
         port = DEFAULT_PORTS[scheme]
     else:
         port = _port(raw_port, target)
-    if len(_AUTHORITIES) >= _AUTHORITIES_MAX:
-        _AUTHORITIES.clear()  # hostile variety cannot grow it
-    _AUTHORITIES[scheme, authority] = host, port
+    _AUTHORITIES.remember((scheme, authority), (host, port))
     return host, port
 
 

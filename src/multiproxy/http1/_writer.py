@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from operator import itemgetter
 
+from multiproxy import _memo as memo
 from multiproxy.http1._headers import Headers
 from multiproxy.pipeline._errors import ProtocolError
 
@@ -50,9 +51,8 @@ _SEPARATORS = [b"\r\n" * n for n in range(256)]
 _name_of = itemgetter(0)
 _HTTP11 = b"HTTP/1.1"
 
-_GOOD_TOKENS: set[bytes] = set()
-_GOOD_TOKENS_MAX = 1024
-_GOOD_REASONS: set[bytes] = set()  # reason phrases checked already ("OK"), as many
+_GOOD_TOKENS = memo.members("http1.written-tokens", 1024)
+_GOOD_REASONS = memo.members("http1.written-reasons", 1024)  # reason phrases checked ("OK")
 
 
 def _is_token(value: bytes) -> bool:
@@ -61,8 +61,7 @@ def _is_token(value: bytes) -> bool:
         return True
     if _TOKEN_RE.fullmatch(value) is None:
         return False
-    if len(_GOOD_TOKENS) < _GOOD_TOKENS_MAX:
-        _GOOD_TOKENS.add(bytes(value))
+    _GOOD_TOKENS.remember(bytes(value))
     return True
 
 
@@ -126,8 +125,7 @@ def response_head_bytes(
     if reason not in _GOOD_REASONS:
         if reason.translate(None, _FIELD_BYTES):
             raise UnsafeField(f"refusing to write control characters in reason {reason[:40]!r}")
-        if len(_GOOD_REASONS) < _GOOD_TOKENS_MAX:
-            _GOOD_REASONS.add(bytes(reason))
+        _GOOD_REASONS.remember(bytes(reason))
     if version is not _HTTP11 and _VERSION_RE.fullmatch(version) is None:
         raise UnsafeField(f"refusing to write invalid version {version[:20]!r}")
     parts = [version, b" %d " % status, reason, b"\r\n"]

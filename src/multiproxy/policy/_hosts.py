@@ -19,9 +19,9 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
+from multiproxy import _memo as memo
 from multiproxy.policy._networks import NetworkSet, parse_network
 
 try:
@@ -42,7 +42,7 @@ _HEX = re.compile(r"[0-9a-fA-F]*\Z")
 _OCTAL = re.compile(r"[0-7]*\Z")
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("policy.normalise-host", 4096)
 def normalise_host(host: str) -> str:
     """
     The canonical form of a host name or IP literal, for matching and logging.

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from functools import lru_cache
+
+from multiproxy import _memo as memo
 
 __all__ = ["NetworkSet", "client_address", "parse_network"]
 
@@ -39,7 +40,7 @@ def parse_network(text: str) -> IPNetwork:
     return network
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("policy.client-address", 4096)
 def client_address(host: str) -> IPAddress | None:
     """
     The address of a client as given by the transport (``intent.client_host``),

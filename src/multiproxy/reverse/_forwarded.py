@@ -15,8 +15,8 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 
+from multiproxy import _memo as memo
 from multiproxy.http1._headers import Headers
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -119,7 +119,7 @@ def apply_forwarded(
     return out
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("reverse.fresh-fields", 4096)
 def _fresh_fields(client: str, node: str, proto: str, host: bytes | None, x_forwarded: bool,
                   forwarded: bool, by: str | None) -> list[tuple[bytes, bytes]]:
     fields = []
@@ -133,7 +133,7 @@ def _fresh_fields(client: str, node: str, proto: str, host: bytes | None, x_forw
     return fields
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("reverse.element", 4096)
 def _element(node: str, by: str | None, proto: str, host: bytes | None) -> bytes:
     return forwarded_element(for_=node, by=by, proto=proto, host=host)
 
@@ -184,7 +184,7 @@ def _node(address: str, port: int | None) -> str:
     return f"{name}:{port}" if port is not None else name
 
 
-@lru_cache(maxsize=4096)
+@memo.cached("reverse.client-forms", 4096)
 def _client_forms(address: str) -> tuple[str, str]:
     """The canonical address of a peer ("unknown" if none) and its RFC 7239 node (cached)."""
     canonical = _canonical(address)
