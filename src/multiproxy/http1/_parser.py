@@ -110,24 +110,10 @@ def _keep_alive(version: bytes, headers: Headers) -> bool:
 
 # The events are NamedTuples rather than frozen dataclasses: as immutable,
 # but a frozen dataclass's __init__ makes one object.__setattr__ call per
-# field, and the reader builds several events per message (the reader builds
-# them with _new_event, skipping even the generated __new__).  Equality stays
-# per type, as a dataclass's: Data(b"x") is not equal to (b"x",) or to an
-# event of another type.
-
-
-def _event_eq(self: tuple, other: object) -> bool:
-    if type(other) is type(self):
-        return tuple.__eq__(self, other)
-    # Not NotImplemented for a tuple: its reflected __eq__ would compare items.
-    return False if isinstance(other, tuple) else NotImplemented
-
-
-def _event_ne(self: tuple, other: object) -> bool:
-    if type(other) is type(self):
-        return tuple.__ne__(self, other)
-    return True if isinstance(other, tuple) else NotImplemented
-
+# field, and the reader builds several events per message.  The reader
+# builds them with _new_event, skipping even the generated __new__ (1.2 %
+# of a forwarded request's instructions, bench/hotpath_bench.py
+# --instructions).  They compare as tuples do: tell them apart by type.
 
 _new_event = tuple.__new__
 
@@ -171,13 +157,6 @@ class EndOfMessage(NamedTuple):
 
     trailers: Headers | None = None
 
-
-for _event_type in (RequestHead, ResponseHead, Data, EndOfMessage):
-    # Equality per type (see above); the hash stays a tuple's, consistent with it.
-    _event_type.__eq__ = _event_eq  # type: ignore[method-assign]
-    _event_type.__ne__ = _event_ne  # type: ignore[method-assign]
-    _event_type.__hash__ = tuple.__hash__  # type: ignore[method-assign]
-del _event_type
 
 _END = EndOfMessage()  # the usual end, shared: events are immutable
 
